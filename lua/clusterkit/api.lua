@@ -1,0 +1,251 @@
+--- The built-in HTTP API: the Go ClusterKit's endpoints, same paths and JSON
+-- field names, served by every node from its own committed state.
+--
+-- Read endpoints carry ETag = the state index (the raft index of the last
+-- change), and answer 304 to a matching If-None-Match. Large bodies
+-- (/cluster, /partitions) are encoded once per state index.
+local json = require "clusterkit.json"
+
+local M = {}
+
+local tostring, tonumber, ipairs, format = tostring, tonumber, ipairs, string.format
+
+local function etag_of(node)
+  return '"' .. format("%d", node:state_index()) .. '"'
+end
+
+-- Serves a cached JSON body for the current state index, with ETag.
+local function cached(node, name, build)
+  local cache = node._api_cache
+  if not cache then
+    cache = {}
+    node._api_cache = cache
+  end
+  return function(req, res)
+    local etag = etag_of(node)
+    if req:header("If-None-Match") == etag then
+      return res:header("ETag", etag):status(304):send("")
+    end
+    local hit = cache[name]
+    if not hit or hit.etag ~= etag then
+      local v, err = build(req)
+      if not v then
+        return res:error(503, err.code, err.message)
+      end
+      hit = {etag = etag, body = json.encode(v)}
+      cache[name] = hit
+    end
+    res:header("ETag", etag):header("Content-Type", "application/json")
+    return res:send(hit.body)
+  end
+end
+
+local function node_json(n)
+  return {
+    id = n.id, name = n.name, ip = n.ip, status = n.status, services = n.services,
+    zone = n.zone, weight = n.weight, raft_addr = n.raft_addr,
+  }
+end
+
+local function partition_json(p)
+  return {id = p.id, primary_node = p.primary_node, replica_nodes = json.array(p.replica_nodes), epoch = p.epoch}
+end
+
+local function cluster_json(node)
+  local c = node:cluster()
+  local nodes = {}
+  for i, n in ipairs(c.nodes) do
+    nodes[i] = node_json(n)
+  end
+  local parts = {}
+  for id, p in pairs(c.partition_map.partitions) do
+    parts[id] = partition_json(p)
+  end
+  local hc = node:hash_config()
+  return {
+    cluster = {
+      id = c.id, name = c.name, nodes = json.array(nodes),
+      partition_map = {partitions = parts}, config = c.config,
+    },
+    hash_config = hc or json.null,
+    state_index = c.state_index,
+  }
+end
+M.cluster_json = cluster_json
+
+local function ready_state(node)
+  local v = node:_view()
+  return node:_ready(), v, v.by_id[node.id], node:leader()
+end
+
+function M.install(node)
+  local srv = node.http
+
+  srv:route("GET", "/health", function(_, res)
+    return res:json({status = "healthy", node_id = node.id})
+  end)
+
+  srv:route("GET", "/ready", function(_, res)
+    local ok, v, me, leader = ready_state(node)
+    local body = {ready = ok, node_id = node.id, initialized = v.ready, registered = me ~= nil,
+                  leader = leader and leader.leader_id or json.null}
+    return res:json(body, ok and 200 or 503)
+  end)
+
+  srv:route("GET", "/health/detailed", function(_, res)
+    local ok, v, me, leader = ready_state(node)
+    local stats = node:consensus_stats()
+    local counts = {}
+    for _, n in ipairs(v.nodes) do
+      counts[n.status] = (counts[n.status] or 0) + 1
+    end
+    return res:json({
+      status = ok and "healthy" or "degraded", node_id = node.id,
+      me = me and node_json(me) or json.null,
+      leader = leader and leader.leader_id or json.null,
+      raft = stats, nodes = {total = #v.nodes, by_status = counts},
+      partitions = v.partitions or 0, state_index = v.index,
+    })
+  end)
+
+  srv:route("GET", "/cluster", cached(node, "cluster", function()
+    return cluster_json(node)
+  end))
+
+  srv:route("GET", "/partitions", cached(node, "partitions", function()
+    local parts, err = node:partitions()
+    if not parts then return nil, err end
+    local out = {}
+    for i, p in ipairs(parts) do
+      out[i] = partition_json(p)
+    end
+    return {partitions = json.array(out), total = #out}
+  end))
+
+  srv:route("GET", "/partitions/stats", cached(node, "partitions_stats", function()
+    return node:partition_stats()
+  end))
+
+  srv:route("GET", "/partitions/key", function(req, res)
+    local key = req.query.key
+    if key == nil or key == "" then
+      return res:error(400, "BAD_REQUEST", "query parameter 'key' is required")
+    end
+    if #key > 4096 then
+      return res:error(400, "BAD_REQUEST", "key longer than 4096 bytes")
+    end
+    local p, err = node:partition_for_key(key)
+    if not p then
+      return res:error(503, err.code, err.message)
+    end
+    local nodes = node:nodes_for_key(key)
+    local list = {}
+    for i, n in ipairs(nodes) do
+      list[i] = {id = n.id, name = n.name, ip = n.ip, status = n.status,
+                 role = i == 1 and "primary" or "replica"}
+    end
+    return res:json({
+      key = key, partition = partition_json(p), partition_id = p.id,
+      primary = p.primary_node, replicas = json.array(p.replica_nodes),
+      nodes = json.array(list),
+    })
+  end)
+
+  srv:route("GET", "/nodes", function(req, res)
+    local q = req.query
+    local limit, offset = 100, 0
+    if q.limit ~= nil then
+      limit = tonumber(q.limit)
+      if not limit or limit ~= math.floor(limit) or limit < 1 or limit > 10000 then
+        return res:error(400, "BAD_REQUEST", "limit must be an integer from 1 to 10000")
+      end
+    end
+    if q.offset ~= nil then
+      offset = tonumber(q.offset)
+      if not offset or offset ~= math.floor(offset) or offset < 0 or offset > 1e9 then
+        return res:error(400, "BAD_REQUEST", "offset must be a non-negative integer")
+      end
+    end
+    local all = node:cluster().nodes
+    local out = {}
+    for i = offset + 1, math.min(#all, offset + limit) do
+      out[#out + 1] = node_json(all[i])
+    end
+    res:header("ETag", etag_of(node))
+    return res:json({nodes = json.array(out), total = #all, limit = limit, offset = offset})
+  end)
+
+  srv:route("GET", "/consensus/leader", function(_, res)
+    local l, err = node:leader()
+    if not l then
+      return res:error(503, err.code, err.message)
+    end
+    return res:json(l)
+  end)
+
+  srv:route("GET", "/consensus/stats", function(_, res)
+    return res:json(node:consensus_stats())
+  end)
+
+  -- POST /sync: in the Go library nodes push state to each other; here the
+  -- state travels through raft, so sync answers with the state index that
+  -- a caller can compare or wait on.
+  srv:route("POST", "/sync", function(_, res)
+    return res:json({status = "ok", state_index = node:state_index(), node_id = node.id})
+  end)
+
+  srv:route("GET", "/metrics", function(_, res)
+    return res:header("Content-Type", "text/plain; version=0.0.4"):send(M.metrics(node))
+  end)
+end
+
+local raft_states = {unavailable = 0, follower = 1, candidate = 2, leader = 3}
+
+--- Prometheus text format.
+function M.metrics(node)
+  local s = node:consensus_stats()
+  local out = {}
+  local function add(name, help, kind, samples)
+    out[#out + 1] = "# HELP " .. name .. " " .. help
+    out[#out + 1] = "# TYPE " .. name .. " " .. kind
+    for _, x in ipairs(samples) do
+      out[#out + 1] = name .. (x[1] or "") .. " " .. format("%.17g", x[2])
+    end
+  end
+  add("clusterkit_raft_term", "Current raft term.", "gauge", {{nil, s.term}})
+  add("clusterkit_raft_state", "Raft state (0 unavailable, 1 follower, 2 candidate, 3 leader).", "gauge",
+    {{nil, raft_states[s.state] or 0}})
+  add("clusterkit_raft_commit_index", "Raft commit index.", "gauge", {{nil, s.commit_index}})
+  add("clusterkit_raft_applied_index", "Raft last applied index.", "gauge", {{nil, s.applied_index}})
+  add("clusterkit_raft_last_log_index", "Raft last log index.", "gauge", {{nil, s.last_log_index}})
+  add("clusterkit_state_index", "Raft index of the last state change.", "gauge", {{nil, s.state_index}})
+  local v = node:_view()
+  local by = {}
+  for _, n in ipairs(v.nodes) do
+    by[n.status] = (by[n.status] or 0) + 1
+  end
+  local samples = {}
+  for _, st in ipairs({"active", "suspect", "down", "left"}) do
+    samples[#samples + 1] = {'{status="' .. st .. '"}', by[st] or 0}
+  end
+  add("clusterkit_nodes", "Nodes by status.", "gauge", samples)
+  local ps = node:partition_stats()
+  samples = {}
+  if ps then
+    for id, c in pairs(ps.partitions_per_node) do
+      samples[#samples + 1] = {'{node="' .. id .. '",role="primary"}', c}
+      samples[#samples + 1] = {'{node="' .. id .. '",role="replica"}', ps.replicas_per_node[id] or 0}
+    end
+  end
+  add("clusterkit_partitions", "Partitions per node and role.", "gauge", samples)
+  samples = {}
+  for key, c in pairs(node.http.counts) do
+    local route, code = key:match("^(.*) (%d+)$")
+    samples[#samples + 1] = {'{route="' .. route .. '",code="' .. code .. '"}', c}
+  end
+  add("clusterkit_http_requests_total", "HTTP requests by route and status.", "counter", samples)
+  add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
+  return table.concat(out, "\n") .. "\n"
+end
+
+return M

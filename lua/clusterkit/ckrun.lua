@@ -1,0 +1,128 @@
+--- ckrun's main program (embedded in the binary).
+--
+--   ckrun app.lua [args]   run app.lua in a coroutine, then the loop
+--   ckrun -e CODE          run CODE the same way
+--   ckrun                  a plain coordination node from the environment
+--
+-- SIGINT and SIGTERM stop every node gracefully, then the loop ends and
+-- ckrun exits 0 (1 if the app raised).
+local core = require "clusterkit.core"
+
+local M = {}
+
+local USAGE = [==[
+usage: ckrun [options] [script.lua [args...]]
+
+Runs a clusterkit application: script.lua runs in a coroutine with
+require "clusterkit" available, then the event loop runs until the app's
+nodes stop or SIGINT/SIGTERM arrives (nodes then stop gracefully).
+
+With no script, runs a plain coordination node configured from the
+environment (NODE_ID, NODE_NAME, HTTP_ADDR, RAFT_ADDR, JOIN_ADDR,
+BOOTSTRAP, DATA_DIR, CLUSTER_NAME, PARTITION_COUNT, REPLICATION_FACTOR, ...).
+
+options:
+  -e CODE      run CODE instead of a script
+  -h, --help   show this help
+  -v, --version
+]==]
+
+local function default_app()
+  local clusterkit = require "clusterkit"
+  local ck = clusterkit.new()
+  local ok, err = ck:start()
+  if not ok then
+    error("clusterkit node failed to start: " .. tostring(err), 0)
+  end
+end
+
+function M.main(argv)
+  local code, script, args = nil, nil, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    if a == "-h" or a == "--help" then
+      io.stdout:write(USAGE)
+      return 0
+    elseif a == "-v" or a == "--version" then
+      io.stdout:write("ckrun (clusterkit) ", core.version, "\n")
+      return 0
+    elseif a == "-e" then
+      code = argv[i + 1]
+      if not code then
+        io.stderr:write("ckrun: -e needs an argument\n")
+        return 2
+      end
+      i = i + 2
+    elseif a == "--" then
+      script = argv[i + 1]
+      for k = i + 2, #argv do args[#args + 1] = argv[k] end
+      break
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
+      io.stderr:write("ckrun: unknown option ", a, "\n", USAGE)
+      return 2
+    else
+      script = a
+      for k = i + 1, #argv do args[#args + 1] = argv[k] end
+      break
+    end
+  end
+
+  local fn, err
+  if code then
+    fn, err = loadstring(code, "=(command line)")
+  elseif script then
+    fn, err = loadfile(script ~= "-" and script or nil)
+  else
+    fn = default_app
+  end
+  if not fn then
+    io.stderr:write("ckrun: ", tostring(err), "\n")
+    return 1
+  end
+  _G.arg = {[0] = script or "ckrun"}
+  for k, v in ipairs(args) do _G.arg[k] = v end
+
+  local clusterkit = require "clusterkit"
+  local status = 0
+  local stopping = false
+  local function on_signal(signum)
+    if stopping then return end
+    stopping = true
+    clusterkit.spawn(function()
+      clusterkit.shutdown()
+      core.stop()
+    end)
+  end
+  local sigs = {}
+  for _, s in ipairs({2, 15}) do -- SIGINT, SIGTERM
+    local h = core.signal(s, on_signal)
+    if h then
+      h:unref() -- Signals alone do not keep the loop alive.
+      sigs[#sigs + 1] = h
+    end
+  end
+
+  clusterkit.spawn(function()
+    local ok, e = xpcall(fn, debug.traceback, unpack(args))
+    if not ok then
+      io.stderr:write("ckrun: ", tostring(e), "\n")
+      status = 1
+      clusterkit.shutdown()
+      core.stop()
+    end
+  end)
+  core.run("default")
+  -- Stopped by a signal or an error: make sure every node is closed.
+  if next(require("clusterkit.node").running) then
+    clusterkit.spawn(function()
+      clusterkit.shutdown()
+      core.stop()
+    end)
+    core.run("default")
+  end
+  for _, h in ipairs(sigs) do h:close() end
+  return status
+end
+
+return M

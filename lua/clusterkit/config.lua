@@ -1,0 +1,176 @@
+--- Node options: from the table given to clusterkit.new, else from the Go
+-- ClusterKit's environment variables (same names), else defaults.
+--
+-- Misuse (a wrong type, an impossible value, a malformed address) raises
+-- with the calling function's name; the message names the option and the
+-- environment variable it may have come from.
+local M = {}
+
+-- name = {env, kind, default}
+local spec = {
+  node_id            = {"NODE_ID", "string", "node-1"},
+  node_name          = {"NODE_NAME", "string", nil},       -- default: node_id
+  http_addr          = {"HTTP_ADDR", "addr", ":8080"},
+  raft_addr          = {"RAFT_ADDR", "addr", "127.0.0.1:9001"},
+  join_addr          = {"JOIN_ADDR", "string", nil},
+  bootstrap          = {"BOOTSTRAP", "boolean", nil},      -- default: no join_addr
+  data_dir           = {"DATA_DIR", "string", nil},        -- default: ./data/<node_id>
+  cluster_name       = {"CLUSTER_NAME", "string", "my-cluster"},
+  partition_count    = {"PARTITION_COUNT", "integer", 16, 1, 65536},
+  replication_factor = {"REPLICATION_FACTOR", "integer", 3, 1, 16},
+  sync_interval      = {"SYNC_INTERVAL", "duration", 5},
+  zone               = {"ZONE", "string", ""},
+  weight             = {"WEIGHT", "integer", 1, 0, 1000000},
+  services           = {"SERVICES", "services", nil},
+  token              = {"CLUSTER_TOKEN", "string", nil},
+  hash_algorithm     = {"HASH_ALGORITHM", "string", "fnv1a64"},
+  hash_tags          = {"HASH_TAGS", "boolean", nil},     -- default: on for fnv1a64, off for md5
+  advertise_http     = {"ADVERTISE_HTTP", "addr", nil},
+  election_timeout   = {"ELECTION_TIMEOUT", "duration", 0.3},
+  heartbeat_timeout  = {"HEARTBEAT_TIMEOUT", "duration", 0.05},
+  start_timeout      = {"START_TIMEOUT", "duration", 30},
+  log_level          = {"CK_LOG_LEVEL", "string", "info"},
+  max_body_size      = {"MAX_BODY_SIZE", "integer", 1048576, 0, 1073741824},
+  max_header_size    = {"MAX_HEADER_SIZE", "integer", 16384, 256, 1048576},
+  max_connections    = {"MAX_CONNECTIONS", "integer", 1024, 1, 1000000},
+  header_timeout     = {"HEADER_TIMEOUT", "duration", 10},
+  body_timeout       = {"BODY_TIMEOUT", "duration", 30},
+  idle_timeout       = {"IDLE_TIMEOUT", "duration", 60},
+}
+M.spec = spec
+
+--- Parses "host:port", ":port" or "[v6]:port" into host, port (or nil, why).
+function M.parse_addr(s)
+  if type(s) ~= "string" then
+    return nil, "must be a string like host:port"
+  end
+  local host, port = s:match("^%[([%x:%.]+)%]:(%d+)$")
+  if not host then
+    host, port = s:match("^([^:%[%]]*):(%d+)$")
+  end
+  port = tonumber(port)
+  if not host or not port or port > 65535 then
+    return nil, "must look like host:port (got " .. s .. ")"
+  end
+  return host, port
+end
+
+local function parse_duration(v)
+  if type(v) == "number" then
+    return v >= 0 and v or nil
+  end
+  if type(v) ~= "string" then
+    return nil
+  end
+  local n, unit = v:match("^(%d+%.?%d*)(%a*)$")
+  n = tonumber(n)
+  local scale = ({[""] = 1, s = 1, ms = 0.001, m = 60, h = 3600})[unit]
+  if not n or not scale then
+    return nil
+  end
+  return n * scale
+end
+
+local function parse_services(v)
+  if type(v) == "table" then
+    for k, a in pairs(v) do
+      if type(k) ~= "string" or type(a) ~= "string" then
+        return nil
+      end
+    end
+    return v
+  end
+  if type(v) ~= "string" then
+    return nil
+  end
+  local out = {}
+  for item in v:gmatch("[^,]+") do
+    local k, a = item:match("^%s*([^=%s]+)%s*=%s*(%S+)%s*$")
+    if not k then
+      return nil
+    end
+    out[k] = a
+  end
+  return out
+end
+
+local convert = {
+  string = function(v) return type(v) == "string" and v or nil end,
+  addr = function(v)
+    if type(v) == "string" and M.parse_addr(v) then return v end
+  end,
+  boolean = function(v)
+    if type(v) == "boolean" then return v end
+    if v == "true" or v == "1" or v == "yes" then return true end
+    if v == "false" or v == "0" or v == "no" or v == "" then return false end
+  end,
+  integer = function(v)
+    v = tonumber(v)
+    if v and v == math.floor(v) then return v end
+  end,
+  duration = parse_duration,
+  services = parse_services,
+}
+
+--- Resolves `opts` (a table or nil) into a complete, checked option set.
+-- `getenv` defaults to os.getenv; `fn` names the caller in errors.
+function M.resolve(opts, fn, getenv)
+  fn = fn or "clusterkit.new"
+  getenv = getenv or os.getenv
+  if opts ~= nil and type(opts) ~= "table" then
+    error(fn .. ": options must be a table", 3)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not spec[k] then
+      error(fn .. ": unknown option '" .. tostring(k) .. "'", 3)
+    end
+  end
+  local o = {}
+  for name, s in pairs(spec) do
+    local env, kind, default, lo, hi = s[1], s[2], s[3], s[4], s[5]
+    local raw, from = opts[name], "option " .. name
+    if raw == nil then
+      raw, from = getenv(env), "environment variable " .. env
+      if raw == "" then raw = nil end
+    end
+    local v = default
+    if raw ~= nil then
+      v = convert[kind](raw)
+      if v == nil then
+        error(string.format("%s: %s has an invalid value (%s expected): %s", fn, from, kind, tostring(raw)), 3)
+      end
+      if lo and (v < lo or v > hi) then
+        error(string.format("%s: %s must be between %d and %d", fn, from, lo, hi), 3)
+      end
+    end
+    o[name] = v
+  end
+  if o.node_id == "" or #o.node_id > 256 or o.node_id:find("[%c%s]") then
+    error(fn .. ": node_id must be 1..256 characters without spaces", 3)
+  end
+  o.node_name = o.node_name or o.node_id
+  if o.bootstrap == nil then
+    o.bootstrap = o.join_addr == nil
+  end
+  o.data_dir = o.data_dir or ("./data/" .. o.node_id)
+  if o.hash_algorithm ~= "fnv1a64" and o.hash_algorithm ~= "md5" then
+    error(fn .. ": hash_algorithm must be fnv1a64 or md5", 3)
+  end
+  if o.hash_tags == nil then
+    o.hash_tags = o.hash_algorithm == "fnv1a64"
+  end
+  o.services = o.services or {}
+  o.http_host, o.http_port = M.parse_addr(o.http_addr)
+  local raft_host = M.parse_addr(o.raft_addr)
+  if raft_host == "" or raft_host == "0.0.0.0" then
+    error(fn .. ": raft_addr must name an address peers can reach, not " .. o.raft_addr, 3)
+  end
+  if o.http_host == "" then
+    o.http_host = "0.0.0.0"
+  end
+  o.raft_host = raft_host
+  return o
+end
+
+return M

@@ -1,0 +1,312 @@
+--- HTTP serving: a router over the C server, and the req/res objects that
+-- handlers see. Each request's handler runs in its own coroutine, so a
+-- handler may wait (call another node, wait for a change) without holding
+-- up other connections. A handler error becomes a 500 JSON answer and a log
+-- line with the traceback; nothing a handler does can crash the node.
+local core = require "clusterkit.core"
+local json = require "clusterkit.json"
+
+local M = {}
+
+local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
+local traceback = debug.traceback
+local type, tostring, pairs = type, tostring, pairs
+local byte, char, gsub, find, sub, lower = string.byte, string.char, string.gsub, string.find, string.sub, string.lower
+
+local JSON_HEADERS = {["Content-Type"] = "application/json"}
+
+--- Percent-decodes s ("+" means a space in queries).
+local function unescape(s, plus)
+  if plus then
+    s = gsub(s, "+", " ")
+  end
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+M.unescape = unescape
+
+--- Parses a raw query string into {name = value} (the last repeat wins).
+local function parse_query(q)
+  local t = {}
+  if q == "" then return t end
+  for pair in q:gmatch("[^&]+") do
+    local eq = find(pair, "=", 1, true)
+    if eq then
+      t[unescape(sub(pair, 1, eq - 1), true)] = unescape(sub(pair, eq + 1), true)
+    else
+      t[unescape(pair, true)] = ""
+    end
+  end
+  return t
+end
+M.parse_query = parse_query
+
+-- ---------------------------------------------------------------------------
+-- Request and response
+-- ---------------------------------------------------------------------------
+
+local Request = {}
+Request.__index = function(self, k)
+  if k == "query" then
+    local q = parse_query(self.raw_query)
+    self.query = q
+    return q
+  elseif k == "headers" then
+    local h = self._c:finished() and {} or self._c:headers()
+    self.headers = h
+    return h
+  end
+  return Request[k]
+end
+
+function Request:header(name)
+  if self._c:finished() then return nil end
+  return self._c:header(name)
+end
+
+function Request:body()
+  if self._body == nil then
+    self._body = self._c:finished() and "" or self._c:body()
+  end
+  return self._body
+end
+
+--- The body decoded as JSON: value, or nil, err.
+function Request:json()
+  local b = self:body()
+  if b == "" then
+    return nil, "empty body"
+  end
+  local v, err = json.decode(b)
+  if v == nil then
+    return nil, "invalid JSON: " .. tostring(err)
+  end
+  return v
+end
+
+function Request:remote()
+  return not self._c:finished() and self._c:remote() or nil
+end
+
+local Response = {}
+Response.__index = Response
+
+function Response:status(code)
+  if type(code) ~= "number" or code < 100 or code > 999 then
+    error("res:status: status must be a number from 100 to 999", 2)
+  end
+  self._status = code
+  return self
+end
+
+function Response:header(name, value)
+  if type(name) ~= "string" then
+    error("res:header: name must be a string", 2)
+  end
+  local h = self._headers
+  if not h then
+    h = {}
+    self._headers = h
+  end
+  h[name] = value ~= nil and tostring(value) or nil
+  return self
+end
+
+--- Sends body (a string) with the status and headers set so far.
+function Response:send(body)
+  if self.sent then
+    error("res:send: response already sent", 2)
+  end
+  if body ~= nil and type(body) ~= "string" then
+    error("res:send: body must be a string", 2)
+  end
+  self.sent = true
+  self._server:_count(self)
+  local ok, err = self._c:respond(self._status, self._headers, body)
+  return ok, err
+end
+
+--- Sends v as JSON (status optional).
+function Response:json(v, status)
+  if status then self:status(status) end
+  local body, err = json.encode(v)
+  if not body then
+    self._status = 500
+    body = json.encode({error = {code = "INTERNAL", message = "response not encodable: " .. tostring(err)}})
+  end
+  local h = self._headers
+  if not h then
+    self._headers = {["Content-Type"] = "application/json"}
+  elseif not h["Content-Type"] then
+    h["Content-Type"] = "application/json"
+  end
+  return self:send(body)
+end
+
+--- Sends {"error": {"code", "message", ...}} with the given status.
+function Response:error(status, code, message, extra)
+  local e = {code = code, message = message}
+  if extra then
+    for k, v in pairs(extra) do e[k] = v end
+  end
+  return self:json({error = e}, status)
+end
+
+-- ---------------------------------------------------------------------------
+-- Router
+-- ---------------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+
+--- A router bound to `node` (whose opts give the limits). Not listening yet.
+function M.server(node)
+  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}}, Server)
+end
+
+local METHODS = {GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, HEAD = true, OPTIONS = true}
+
+--- Adds a route. pattern is a path whose segments may be ":name"
+-- (captured into req.params) or a final "*" (the rest, in req.params["*"]).
+function Server:route(method, pattern, fn)
+  if not METHODS[method] then
+    error("clusterkit: route: unknown method " .. tostring(method), 3)
+  end
+  if type(pattern) ~= "string" or sub(pattern, 1, 1) ~= "/" then
+    error("clusterkit: route: pattern must be a path starting with /", 3)
+  end
+  if type(fn) ~= "function" then
+    error("clusterkit: route: handler must be a function", 3)
+  end
+  if not find(pattern, "[:*]") then
+    self.exact[method .. " " .. pattern] = fn
+    return
+  end
+  local segs = {}
+  for s in pattern:gmatch("[^/]+") do
+    segs[#segs + 1] = s
+  end
+  self.patterns[#self.patterns + 1] = {method = method, segs = segs, fn = fn, pattern = pattern}
+end
+
+local function match(route, parts)
+  local segs, params = route.segs, {}
+  for i = 1, #segs do
+    local s = segs[i]
+    if s == "*" then
+      params["*"] = table.concat(parts, "/", i)
+      return params
+    end
+    local p = parts[i]
+    if p == nil then return nil end
+    if byte(s, 1) == 58 then -- ":"
+      params[sub(s, 2)] = unescape(p)
+    elseif s ~= p then
+      return nil
+    end
+  end
+  if #parts ~= #segs then return nil end
+  return params
+end
+
+-- Finds the handler: fn, params, route name; or nil and whether the path
+-- exists for another method (405 rather than 404).
+function Server:find(method, path)
+  local fn = self.exact[method .. " " .. path]
+  if fn then
+    return fn, nil, path
+  end
+  local parts = {}
+  for s in path:gmatch("[^/]+") do
+    parts[#parts + 1] = s
+  end
+  local other = false
+  for _, r in ipairs(self.patterns) do
+    local params = match(r, parts)
+    if params then
+      if r.method == method then
+        return r.fn, params, r.pattern
+      end
+      other = true
+    end
+  end
+  for m in pairs(METHODS) do
+    if self.exact[m .. " " .. path] then other = true end
+  end
+  return nil, other
+end
+
+function Server:_count(res)
+  local key = res._route .. " " .. res._status
+  self.counts[key] = (self.counts[key] or 0) + 1
+end
+
+local function run(server, fn, req, res)
+  local ok, err = xpcall(fn, traceback, req, res)
+  if not ok then
+    server.node.log:error("handler %s %s failed: %s", req.method, req.path, tostring(err))
+    if not res.sent then
+      res._headers = nil
+      res:error(500, "INTERNAL", "handler error")
+    end
+    return
+  end
+  if not res.sent then
+    res:send("")
+  end
+end
+
+function Server:_dispatch(c, method, path, raw_query)
+  local fn, params, route = self:find(method, path)
+  local req = setmetatable({_c = c, method = method, path = path, raw_query = raw_query,
+                            params = params or {}, node = self.node}, Request)
+  local res = setmetatable({_c = c, _server = self, _status = 200, sent = false,
+                            _route = route or "unmatched"}, Response)
+  if not fn then
+    if params then
+      return res:error(405, "METHOD_NOT_ALLOWED", method .. " is not allowed on " .. path)
+    end
+    return res:error(404, "NOT_FOUND", "no route for " .. method .. " " .. path)
+  end
+  local co = co_create(run)
+  local ok, err = co_resume(co, self, fn, req, res)
+  if not ok then
+    self.node.log:error("handler coroutine: %s", tostring(err))
+  end
+end
+
+--- Starts listening; returns the bound port or nil, msg, code.
+function Server:listen(host, port)
+  local o = self.node.opts
+  self.c = core.http_server({
+    max_header_size = o.max_header_size, max_body_size = o.max_body_size,
+    max_connections = o.max_connections,
+    header_timeout_ms = o.header_timeout * 1000, body_timeout_ms = o.body_timeout * 1000,
+    idle_timeout_ms = o.idle_timeout * 1000,
+  }, function(c, method, path, query)
+    return self:_dispatch(c, method, path, query)
+  end)
+  local bound, msg, code = self.c:listen(host, port)
+  if not bound then
+    self.c:close()
+    self.c = nil
+  end
+  return bound, msg, code
+end
+
+function Server:stats()
+  return self.c and self.c:stats() or {}
+end
+
+--- Closes the server; fn() runs once every connection is gone.
+function Server:close(fn)
+  local c = self.c
+  self.c = nil
+  if c then
+    c:close(fn)
+  elseif fn then
+    fn()
+  end
+end
+
+M.JSON_HEADERS = JSON_HEADERS
+return M

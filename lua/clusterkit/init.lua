@@ -1,0 +1,68 @@
+--- clusterkit: cluster coordination for LuaJIT.
+--
+--   local clusterkit = require "clusterkit"
+--   local ck = clusterkit.new{node_id = "node-1", bootstrap = true}
+--   assert(ck:start())
+--   print(ck:primary_for_key("user:123").id)
+--   clusterkit.run()          -- in a plain luajit; ckrun runs the loop itself
+local core = require "clusterkit.core"
+local sched = require "clusterkit.sched"
+local node = require "clusterkit.node"
+local errors = require "clusterkit.errors"
+local log = require "clusterkit.log"
+
+local M = {
+  version = core.version,
+  errors = errors,
+  json = require "clusterkit.json",
+}
+
+core.set_error_handler(function(msg)
+  log.default:error("%s", tostring(msg))
+end)
+sched.set_error_logger(function(msg)
+  log.default:error("%s", tostring(msg))
+end)
+
+--- A node (not started). See README for the options.
+M.new = node.new
+
+--- Runs the loop until nothing is left on it (or clusterkit.stop_loop()).
+function M.run()
+  return core.run("default")
+end
+
+--- Makes clusterkit.run() return after the current iteration.
+function M.stop_loop()
+  core.stop()
+end
+
+--- Runs fn(...) in a new coroutine; waiting calls inside it yield.
+M.spawn = sched.spawn
+
+--- Sleeps `seconds` (yields inside a coroutine).
+M.sleep = sched.sleep
+
+--- The partition of `key` under a given hash configuration, computed
+-- without a node (what a routing client does).
+function M.partition_of(key, partition_count, algorithm, hash_tags)
+  if type(key) ~= "string" then
+    error("clusterkit.partition_of: key must be a string", 2)
+  end
+  algorithm = algorithm or "fnv1a64"
+  if hash_tags == nil then hash_tags = algorithm == "fnv1a64" end
+  return core.hash_partition(algorithm, partition_count, hash_tags, key)
+end
+
+--- Stops every running node (gracefully); used on SIGINT/SIGTERM.
+function M.shutdown()
+  local list = {}
+  for n in pairs(node.running) do
+    list[#list + 1] = n
+  end
+  for _, n in ipairs(list) do
+    n:stop()
+  end
+end
+
+return M

@@ -1,0 +1,729 @@
+--- The clusterkit node object (what clusterkit.new returns).
+--
+-- State flows one way: the C core applies committed raft entries to the
+-- replicated state and reports "applied"; this file then drops its cached
+-- view, which the next lookup rebuilds from the core. Lua never mutates the
+-- state: every change is a command proposed through raft by the leader's
+-- reconciler (init the cluster, register nodes, commit the table).
+--
+-- Lookups (nodes_for_key, ...) are synchronous: one FFI hash call and one
+-- array read, no allocation. Calls that wait (start, stop,
+-- wait_for_leader, rebalance) yield the calling coroutine.
+local core = require "clusterkit.core"
+local ffi = require "ffi"
+local sched = require "clusterkit.sched"
+local errors = require "clusterkit.errors"
+local config = require "clusterkit.config"
+local logm = require "clusterkit.log"
+local placement = require "clusterkit.placement"
+local json = require "clusterkit.json"
+local http = require "clusterkit.http"
+
+local M = {}
+
+ffi.cdef [[
+struct ck_hasher { uint32_t algo; uint32_t partitions; bool tags; };
+struct ck_ffi_api {
+  uint32_t (*partition)(const struct ck_hasher *h, const char *key, size_t len);
+};
+]]
+local api = ffi.cast("const struct ck_ffi_api *", core.ffi_api())
+local hash_partition = api.partition
+local hasher_ptr_t = ffi.typeof("const struct ck_hasher *")
+
+local type, error, pairs, ipairs, tostring = type, error, pairs, ipairs, tostring
+local format = string.format
+local hrtime = core.hrtime
+
+local HOOKS = {
+  leader_change = true, state_change = true, partition_change = true,
+  node_join = true, node_leave = true, node_rejoin = true,
+  cluster_health_change = true, rebalance_start = true, rebalance_complete = true,
+}
+
+--- Nodes that are started and not yet stopped (ckrun stops them on signals).
+M.running = {}
+
+local Node = {}
+Node.__index = Node
+M.Node = Node
+
+local function deleted()
+  error("clusterkit: this node is stopped", 2)
+end
+
+--- clusterkit.new(opts): a node, not started. Raises on misuse.
+function M.new(opts)
+  local o = config.resolve(opts, "clusterkit.new")
+  local self = setmetatable({
+    opts = o,
+    id = o.node_id,
+    status = "new",
+    _hooks = {},
+    _cond = sched.cond(),
+    _last_leader = false,
+  }, Node)
+  self.log = logm.new(o.log_level, function()
+    local r = self._core and not self._core:closed() and self._core:raft()
+    return r and format("%s t=%d", self.id, r.term) or self.id
+  end)
+  self.http = http.server(self)
+  require("clusterkit.api").install(self)
+  return self
+end
+
+local function check(self, fn)
+  if getmetatable(self) ~= Node then
+    error("clusterkit: " .. fn .. ": call it as ck:" .. fn .. "(...)", 3)
+  end
+  if self.status == "stopped" then
+    error("clusterkit: " .. fn .. ": node is stopped", 3)
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Views: Lua tables derived from the committed state, rebuilt lazily.
+-- ---------------------------------------------------------------------------
+
+local function public_node(n)
+  return {
+    id = n.id, name = n.name, ip = n.http_addr, http_addr = n.http_addr,
+    raft_addr = n.raft_addr, status = n.status, zone = n.zone, weight = n.weight,
+    services = n.services, status_since = n.status_since,
+  }
+end
+
+-- Builds the lookup structures for one committed state:
+--   nodes[i], by_id[id], pnodes[p+1] = {primary, replicas...} (node tables),
+--   parts[p+1] = {id, index, primary_node, replica_nodes, epoch}.
+local function build_view(raw, hasher)
+  local v = {index = raw.index, table_index = raw.table_index, ready = raw.initialized}
+  local nodes, by_id = {}, {}
+  for i, n in ipairs(raw.nodes) do
+    local pn = public_node(n)
+    nodes[i], by_id[n.id] = pn, pn
+  end
+  v.nodes, v.by_id = nodes, by_id
+  if not raw.initialized then
+    return v
+  end
+  v.cluster_id, v.name = raw.cluster_id, raw.name
+  v.partitions, v.replication = raw.partitions, raw.replication
+  v.hash_algo, v.hash_tags = raw.hash_algo, raw.hash_tags
+  v.hasher = ffi.cast(hasher_ptr_t, hasher)
+  local pnodes, parts, replicas = {}, {}, {}
+  local owners, w, epochs = raw.owners, raw.width, raw.epochs
+  for p = 1, raw.partitions do
+    local row, rids, rnodes = {}, {}, {}
+    for k = 1, w do
+      local at = owners[(p - 1) * w + k]
+      if at == 0 then break end
+      row[k] = nodes[at]
+      if k > 1 then
+        rids[k - 1] = nodes[at].id
+        rnodes[k - 1] = nodes[at]
+      end
+    end
+    pnodes[p], replicas[p] = row, rnodes
+    parts[p] = {
+      id = "partition-" .. (p - 1), index = p - 1,
+      primary_node = row[1] and row[1].id or "", replica_nodes = rids, epoch = epochs[p],
+    }
+  end
+  v.pnodes, v.parts, v.replicas = pnodes, parts, replicas
+  return v
+end
+
+function Node:_view()
+  local v = self._cached
+  if v then
+    return v
+  end
+  local c = self._core
+  if not c or c:closed() then
+    return self._last_view or {ready = false, nodes = {}, by_id = {}, index = 0}
+  end
+  v = build_view(c:view(), c:hasher())
+  self._cached, self._last_view = v, v
+  return v
+end
+
+local not_ready = errors.new("NOT_READY", "the cluster state is not initialised yet")
+
+-- The partition index (1-based) of key in view v.
+local function slot(v, key)
+  return hash_partition(v.hasher, key, #key) + 1
+end
+
+local function lookup(self, key, fn)
+  if type(key) ~= "string" then
+    error("clusterkit: " .. fn .. ": key must be a string", 3)
+  end
+  if self.status == "stopped" then
+    error("clusterkit: " .. fn .. ": node is stopped", 3)
+  end
+  local v = self._cached or self:_view()
+  if not v.ready then
+    return nil
+  end
+  return v, slot(v, key)
+end
+
+-- ---------------------------------------------------------------------------
+-- Lookups
+-- ---------------------------------------------------------------------------
+
+--- All nodes that own key's partition, primary first. The table is shared
+-- and must not be modified.
+function Node:nodes_for_key(key)
+  local v, p = lookup(self, key, "nodes_for_key")
+  if not v then return nil, not_ready end
+  return v.pnodes[p]
+end
+
+--- The primary node of key's partition.
+function Node:primary_for_key(key)
+  local v, p = lookup(self, key, "primary_for_key")
+  if not v then return nil, not_ready end
+  local n = v.pnodes[p][1]
+  if not n then
+    return nil, errors.new("NO_OWNER", "partition " .. (p - 1) .. " has no owner")
+  end
+  return n
+end
+
+--- The replica nodes of key's partition (shared table).
+function Node:replicas_for_key(key)
+  local v, p = lookup(self, key, "replicas_for_key")
+  if not v then return nil, not_ready end
+  return v.replicas[p]
+end
+
+--- The partition object of key: {id, index, primary_node, replica_nodes, epoch}.
+function Node:partition_for_key(key)
+  local v, p = lookup(self, key, "partition_for_key")
+  if not v then return nil, not_ready end
+  return v.parts[p]
+end
+
+--- responsible, role ("primary", "replica" or ""), nodes.
+function Node:am_i_responsible_for(key)
+  local v, p = lookup(self, key, "am_i_responsible_for")
+  if not v then return nil, not_ready end
+  local row, me = v.pnodes[p], self.id
+  for k = 1, #row do
+    if row[k].id == me then
+      return true, k == 1 and "primary" or "replica", row
+    end
+  end
+  return false, "", row
+end
+
+--- True when this node is the key's primary.
+function Node:is_primary_for_key(key)
+  local v, p = lookup(self, key, "is_primary_for_key")
+  if not v then return nil, not_ready end
+  local n = v.pnodes[p][1]
+  return n ~= nil and n.id == self.id
+end
+
+--- The partition with 0-based index i, or nil, err.
+function Node:partition(i)
+  check(self, "partition")
+  if type(i) ~= "number" then
+    error("clusterkit: partition: index must be a number", 2)
+  end
+  local v = self:_view()
+  if not v.ready then return nil, not_ready end
+  local p = v.parts[i + 1]
+  if not p then
+    return nil, errors.new("NOT_FOUND", "no partition " .. i)
+  end
+  return p
+end
+
+--- All partitions, in index order.
+function Node:partitions()
+  check(self, "partitions")
+  local v = self:_view()
+  if not v.ready then return nil, not_ready end
+  return v.parts
+end
+
+--- {total_partitions, partitions_per_node, replicas_per_node, nodes}.
+function Node:partition_stats()
+  check(self, "partition_stats")
+  local v = self:_view()
+  if not v.ready then return nil, not_ready end
+  local prim, repl = {}, {}
+  for _, n in ipairs(v.nodes) do
+    prim[n.id], repl[n.id] = 0, 0
+  end
+  for _, p in ipairs(v.parts) do
+    if p.primary_node ~= "" then
+      prim[p.primary_node] = (prim[p.primary_node] or 0) + 1
+    end
+    for _, r in ipairs(p.replica_nodes) do
+      repl[r] = (repl[r] or 0) + 1
+    end
+  end
+  return {total_partitions = v.partitions, partitions_per_node = prim, replicas_per_node = repl,
+          replication_factor = v.replication, nodes = #v.nodes}
+end
+
+--- The cluster as the Go library's GetCluster returns it.
+function Node:cluster()
+  check(self, "cluster")
+  local v = self:_view()
+  local parts = {}
+  for _, p in ipairs(v.parts or {}) do
+    parts[p.id] = p
+  end
+  return {
+    id = v.cluster_id or "", name = v.name or self.opts.cluster_name,
+    nodes = v.nodes,
+    partition_map = {partitions = parts},
+    config = {
+      cluster_name = v.name or self.opts.cluster_name,
+      partition_count = v.partitions or self.opts.partition_count,
+      replication_factor = v.replication or self.opts.replication_factor,
+    },
+    state_index = v.index,
+  }
+end
+
+--- The hash configuration clients need to route keys themselves.
+function Node:hash_config()
+  check(self, "hash_config")
+  local v = self:_view()
+  if not v.ready then return nil, not_ready end
+  return {algorithm = v.hash_algo, partition_count = v.partitions, hash_tags = v.hash_tags,
+          modulo = "hash mod partition_count",
+          spec = v.hash_algo == "md5"
+            and "big-endian uint32 of md5(key)[0..3]"
+            or "fmix64(fnv1a64(key))"}
+end
+
+--- This node as the cluster knows it (or as configured, before it joined).
+function Node:me()
+  check(self, "me")
+  local v = self:_view()
+  return v.by_id[self.id] or public_node(self:_my_entry())
+end
+
+--- The state index: the raft index of the last change (an ETag).
+function Node:state_index()
+  check(self, "state_index")
+  return self:_view().index
+end
+
+-- ---------------------------------------------------------------------------
+-- Consensus
+-- ---------------------------------------------------------------------------
+
+local function raft_info(self)
+  local c = self._core
+  if c and not c:closed() then
+    return c:raft()
+  end
+  return {state = "unavailable", term = 0, commit_index = 0, last_applied = 0, last_index = 0}
+end
+
+function Node:is_leader()
+  check(self, "is_leader")
+  return raft_info(self).state == "leader"
+end
+
+local function leader_node(self, r)
+  if not r.leader_id then return nil end
+  for _, n in ipairs(self:_view().nodes) do
+    if n.raft_addr == r.leader_addr then return n end
+  end
+end
+
+--- {leader_id, leader_name, leader_ip, raft_addr, term} or nil, err.
+function Node:leader()
+  check(self, "leader")
+  local r = raft_info(self)
+  if not r.leader_id then
+    return nil, errors.new("NO_LEADER", "no leader known")
+  end
+  local n = leader_node(self, r)
+  return {
+    leader_id = n and n.id or "", leader_name = n and n.name or "",
+    leader_ip = n and n.http_addr or "", raft_addr = r.leader_addr, term = r.term,
+    is_me = r.state == "leader",
+  }
+end
+
+--- Waits until a leader is known (at most `timeout` seconds, default 10).
+function Node:wait_for_leader(timeout)
+  check(self, "wait_for_leader")
+  timeout = timeout or 10
+  if type(timeout) ~= "number" then
+    error("clusterkit: wait_for_leader: timeout must be seconds", 2)
+  end
+  local ok = self:_wait_until(function()
+    return raft_info(self).leader_id ~= nil
+  end, timeout)
+  if not ok then
+    return nil, errors.new("TIMEOUT", format("no leader after %gs", timeout))
+  end
+  return self:leader()
+end
+
+--- Raft statistics (real term and indexes).
+function Node:consensus_stats()
+  check(self, "consensus_stats")
+  local r = raft_info(self)
+  local n = leader_node(self, r)
+  return {
+    state = r.state, term = r.term, last_log_index = r.last_index,
+    commit_index = r.commit_index, applied_index = r.last_applied,
+    snapshot_index = r.snapshot_index or 0, leader_id = n and n.id or "",
+    leader_addr = r.leader_addr or "", voters = r.voters or 0,
+    standbys = r.standbys or 0, spares = r.spares or 0, role = r.role or "",
+    node_id = self.id, state_index = self:_view().index,
+  }
+end
+
+-- ---------------------------------------------------------------------------
+-- Hooks
+-- ---------------------------------------------------------------------------
+
+--- ck:on(event, fn): fn runs in its own coroutine each time the event fires.
+function Node:on(event, fn)
+  check(self, "on")
+  if not HOOKS[event] then
+    error("clusterkit: on: unknown event '" .. tostring(event) .. "'", 2)
+  end
+  if type(fn) ~= "function" then
+    error("clusterkit: on: handler must be a function", 2)
+  end
+  local list = self._hooks[event] or {}
+  list[#list + 1] = fn
+  self._hooks[event] = list
+  return self
+end
+
+function Node:_fire(event, info)
+  local list = self._hooks[event]
+  if not list then return end
+  for _, fn in ipairs(list) do
+    sched.spawn(function()
+      local ok, err = xpcall(fn, debug.traceback, info, self)
+      if not ok then
+        self.hook_errors = (self.hook_errors or 0) + 1
+        self.log:error("hook %s failed: %s", event, tostring(err))
+      end
+    end)
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Events from the core
+-- ---------------------------------------------------------------------------
+
+function Node:_wait_until(pred, timeout)
+  local deadline = hrtime() + timeout * 1e9
+  while not pred() do
+    local left = (deadline - hrtime()) / 1e9
+    if left <= 0 or self.status == "stopped" then
+      return false
+    end
+    self._cond:wait(left)
+  end
+  return true
+end
+
+function Node:_on_event(ev)
+  if ev == "applied" then
+    self._cached = nil
+    self:_persist()
+    self:_fire("state_change", {index = self:_view().index})
+  elseif ev == "raft" then
+    local r = raft_info(self)
+    local leader = r.leader_id or false
+    if leader ~= self._last_leader then
+      self._last_leader = leader
+      local n = leader_node(self, r)
+      self.log:info("leader is %s (%s)", n and n.id or r.leader_addr or "unknown", r.state)
+      self:_fire("leader_change", {leader_id = n and n.id or "", leader_addr = r.leader_addr or "",
+                                   term = r.term, is_me = r.state == "leader"})
+    end
+  elseif ev == "closed" then
+    self._core_closed = true
+  end
+  self._cond:signal(ev)
+  if ev ~= "closed" then
+    self:_reconcile()
+  end
+end
+
+-- cluster-state.json: the committed state, human-readable, replaced
+-- atomically (tmp + fsync + rename) after each change; writes coalesce.
+function Node:_persist()
+  if self._writing then
+    self._write_again = true
+    return
+  end
+  local v = self:_view()
+  if not v.ready then return end
+  local body = json.encode(require("clusterkit.api").cluster_json(self))
+  self._writing = true
+  core.write_file(self.opts.data_dir .. "/cluster-state.json", body, function(ok, err)
+    self._writing = false
+    if not ok then
+      self.log:warn("writing cluster-state.json failed: %s", tostring(err))
+    end
+    if self._write_again then
+      self._write_again = false
+      self:_persist()
+    else
+      self._cond:signal("written")
+    end
+  end)
+end
+
+-- ---------------------------------------------------------------------------
+-- The leader's reconciler: makes the committed state match what it should
+-- be (initialised, every live node registered, table placed).
+-- ---------------------------------------------------------------------------
+
+function Node:_my_entry()
+  local o = self.opts
+  return {
+    id = self.id, name = o.node_name, http_addr = self.advertise_http or o.http_addr,
+    raft_addr = o.raft_addr, zone = o.zone, weight = o.weight, services = o.services,
+    raft_id = core.raft_id(self.id), status = "active",
+  }
+end
+
+local function same_entry(a, b)
+  if a.name ~= b.name or a.http_addr ~= b.http_addr or a.raft_addr ~= b.raft_addr
+    or a.zone ~= b.zone or a.weight ~= b.weight or a.status ~= b.status then
+    return false
+  end
+  for k, x in pairs(a.services) do
+    if b.services[k] ~= x then return false end
+  end
+  for k in pairs(b.services) do
+    if a.services[k] == nil then return false end
+  end
+  return true
+end
+
+function Node:_propose(bytes)
+  return sched.wait(function(resume)
+    local ok, msg, code = self._core:propose(bytes, resume)
+    if not ok then
+      resume(nil, msg, code)
+    end
+  end)
+end
+
+-- One pass; returns true when it proposed something (then the next event
+-- runs another pass).
+function Node:_reconcile_once()
+  local c = self._core
+  if not c or c:closed() or c:raft().state ~= "leader" then
+    return false
+  end
+  local raw = c:view()
+  local o = self.opts
+  local ok, msg, code
+  if not raw.initialized then
+    self.log:info("initialising cluster %s (P=%d, RF=%d, hash %s)", o.cluster_name,
+      o.partition_count, o.replication_factor, o.hash_algorithm)
+    ok, msg, code = self:_propose(core.encode_init {
+      cluster_id = core.random_hex(16), name = o.cluster_name,
+      partitions = o.partition_count, replication = o.replication_factor,
+      hash_algo = o.hash_algorithm, hash_tags = o.hash_tags,
+    })
+  else
+    local mine = self:_my_entry()
+    local cur
+    for _, n in ipairs(raw.nodes) do
+      if n.id == self.id then cur = n end
+    end
+    if not cur or not same_entry(cur, mine) then
+      mine.time_ms = core.time_ms()
+      ok, msg, code = self:_propose(core.encode_node(mine))
+    else
+      local rows, err = self:_placement(raw)
+      if not rows then
+        self.log:warn("placement refused: %s", err)
+        return false
+      end
+      if placement.same(rows, placement.rows_of(raw)) then
+        return false
+      end
+      local ids, owners = placement.flatten(rows, raw.replication)
+      self:_fire("rebalance_start", {})
+      ok, msg, code = self:_propose(core.encode_table(raw.partitions, raw.replication, ids, owners))
+      if ok then
+        self:_fire("rebalance_complete", {index = ok})
+      end
+    end
+  end
+  if not ok then
+    self.log:warn("proposal failed: %s (%s)", tostring(msg), tostring(code))
+    return false
+  end
+  return true
+end
+
+function Node:_placement(raw)
+  local cfg = {partitions = raw.partitions, replication = raw.replication}
+  local nodes = placement.eligible(raw.nodes)
+  if #nodes == 0 then
+    return nil, "no eligible node"
+  end
+  local policy = self._policy or placement.default
+  local ok, rows = pcall(policy, nodes, placement.rows_of(raw), cfg)
+  if not ok then
+    return nil, "policy error: " .. tostring(rows)
+  end
+  local valid, why = placement.validate(rows, nodes, cfg)
+  if not valid then
+    return nil, why
+  end
+  return rows
+end
+
+function Node:_reconcile()
+  if self._reconciling then
+    self._reconcile_again = true
+    return
+  end
+  local c = self._core
+  if not c or c:closed() or c:raft().state ~= "leader" then
+    return
+  end
+  self._reconciling = true
+  sched.spawn(function()
+    repeat
+      self._reconcile_again = false
+      local ok, more = xpcall(self._reconcile_once, debug.traceback, self)
+      if not ok then
+        self.log:error("reconcile: %s", tostring(more))
+        more = false
+      end
+    until not (more or self._reconcile_again) or self.status ~= "running"
+    self._reconciling = false
+  end)
+end
+
+-- ---------------------------------------------------------------------------
+-- Lifecycle
+-- ---------------------------------------------------------------------------
+
+--- Starts raft and the HTTP server, then waits (yielding) until this node
+-- holds the committed cluster state, is registered in it, and sees a
+-- leader. Returns true, or nil, err (then the node is stopped again).
+function Node:start()
+  check(self, "start")
+  if self.status ~= "new" then
+    error("clusterkit: start: node already started", 2)
+  end
+  local o = self.opts
+  self.status = "starting"
+  local port, msg, code = self.http:listen(o.http_host, o.http_port)
+  if not port then
+    self.status = "new"
+    return nil, errors.from_core("http listen on " .. o.http_addr .. ": " .. tostring(msg), code)
+  end
+  local adv_host = o.http_host
+  if adv_host == "0.0.0.0" or adv_host == "::" then
+    adv_host = o.raft_host
+  end
+  self.http_port = port
+  self.advertise_http = o.advertise_http or (adv_host:find(":") and "[" .. adv_host .. "]" or adv_host) .. ":" .. port
+  if o.http_host ~= "127.0.0.1" and o.http_host ~= "::1" and not o.token then
+    self.log:warn("HTTP on %s without a cluster token: anyone who can reach it can change the cluster", o.http_addr)
+  end
+  self._core = core.node_new({
+    data_dir = o.data_dir, raft_addr = o.raft_addr, raft_id = core.raft_id(self.id),
+    bootstrap = o.bootstrap,
+    election_timeout = math.floor(o.election_timeout * 1000),
+    heartbeat_timeout = math.floor(o.heartbeat_timeout * 1000),
+  }, function(ev) self:_on_event(ev) end)
+  local ok
+  ok, msg, code = self._core:start()
+  if not ok then
+    self:_shutdown()
+    return nil, errors.from_core("raft: " .. tostring(msg), code)
+  end
+  self.status = "running"
+  M.running[self] = true
+  self.log:info("started: http %s, raft %s, data %s%s", self.advertise_http, o.raft_addr, o.data_dir,
+    o.bootstrap and ", bootstrap" or "")
+  local ready = self:_wait_until(function() return self:_ready() end, o.start_timeout)
+  if not ready then
+    return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs", o.start_timeout))
+  end
+  return true
+end
+
+--- True when this node holds an initialised state in which it is
+-- registered and the table is placed, and it knows a leader.
+function Node:_ready()
+  local v = self:_view()
+  return v.ready and v.by_id[self.id] ~= nil and v.parts[1].primary_node ~= ""
+    and raft_info(self).leader_id ~= nil
+end
+
+-- Closes the HTTP server and the raft node and waits for both.
+function Node:_shutdown()
+  local srv_closed = false
+  self.http:close(function() srv_closed = true; self._cond:signal("http_closed") end)
+  if self._core and not self._core:closed() then
+    self._core:close()
+  end
+  self:_wait_until(function()
+    return srv_closed and (self._core == nil or self._core_closed)
+  end, 10)
+end
+
+--- Stops the node gracefully: HTTP server and raft closed, handles freed.
+-- The node keeps its cluster membership (see leave). Returns true.
+function Node:stop()
+  if getmetatable(self) ~= Node then
+    error("clusterkit: stop: call it as ck:stop()", 2)
+  end
+  if self.status == "stopped" or self.status == "stopping" then
+    return true
+  end
+  self.status = "stopping"
+  self.log:info("stopping")
+  self:_shutdown()
+  -- Let the last cluster-state.json write land before we report stopped.
+  self:_wait_until(function() return not self._writing end, 5)
+  self.status = "stopped"
+  M.running[self] = nil
+  self._cached = nil
+  self._cond:signal("stopped")
+  self.log:info("stopped")
+  return true
+end
+
+--- Sets the placement policy (a function, see clusterkit.placement).
+function Node:set_placement(fn)
+  check(self, "set_placement")
+  if type(fn) ~= "function" then
+    error("clusterkit: set_placement: policy must be a function", 2)
+  end
+  self._policy = fn
+  self:_reconcile()
+  return self
+end
+
+--- Adds an HTTP route served by this node: ck:route("GET", "/kv/:key", fn).
+function Node:route(method, pattern, fn)
+  check(self, "route")
+  self.http:route(method, pattern, fn)
+  return self
+end
+
+M.deleted = deleted
+return M

@@ -1,0 +1,148 @@
+--- Coroutines over the libuv loop: spawn, wait, sleep.
+--
+-- Everything that waits (start, join, wait_for_leader, an HTTP call) is
+-- built on `wait`. Inside a coroutine it yields until its callback fires;
+-- on the main thread of a plain luajit process (loop not running) it runs
+-- the loop until the callback fires, so top-level scripts can call
+-- `ck:start()` directly.
+local core = require "clusterkit.core"
+
+local M = {}
+
+local co_running, co_create, co_resume, co_yield, co_status =
+  coroutine.running, coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
+local traceback = debug.traceback
+local unpack, select = unpack, select
+
+local log_error = function(msg) io.stderr:write(msg, "\n") end
+
+--- Sets the function that reports errors in spawned coroutines.
+function M.set_error_logger(fn)
+  log_error = fn
+end
+
+local function finish(ok, err)
+  if not ok then
+    log_error(err)
+  end
+end
+
+local function body(fn, ...)
+  return xpcall(fn, traceback, ...)
+end
+
+--- Runs fn(...) in a new coroutine now; errors are logged with a traceback
+-- (prefixed with `what` when given). Returns the coroutine.
+function M.spawn(fn, ...)
+  local co = co_create(function(...)
+    local ok, err = body(fn, ...)
+    if not ok then
+      log_error(tostring(err))
+    end
+  end)
+  local ok, err = co_resume(co, ...)
+  finish(ok, err)
+  return co
+end
+
+--- True when the caller can yield (it runs in a coroutine that is not the
+-- main thread).
+function M.in_coroutine()
+  local co, main = co_running()
+  return co ~= nil and not main
+end
+
+local pack = function(...) return {n = select("#", ...), ...} end
+
+--- Suspends the caller until the function passed to setup(resume) is
+-- called; returns what resume was called with. resume may be called
+-- before setup returns, and only its first call counts.
+function M.wait(setup)
+  local co = M.in_coroutine() and co_running() or nil
+  if co then
+    local state, early = "setup", nil
+    setup(function(...)
+      if state == "setup" then
+        state, early = "done", pack(...)
+      elseif state == "waiting" then
+        state = "done"
+        local ok, err = co_resume(co, ...)
+        finish(ok, err)
+      end
+    end)
+    if state == "done" then
+      return unpack(early, 1, early.n)
+    end
+    state = "waiting"
+    return co_yield()
+  end
+  if core.running() then
+    error("clusterkit: a waiting call must run in a coroutine (a handler, a hook, "
+      .. "clusterkit.spawn or a ckrun app) while the loop runs", 3)
+  end
+  local result
+  setup(function(...)
+    if not result then result = pack(...) end
+  end)
+  while not result do
+    local alive = core.run("once")
+    if not alive and not result then
+      error("clusterkit: nothing left on the loop to wake this wait", 3)
+    end
+  end
+  return unpack(result, 1, result.n)
+end
+
+--- Sleeps `seconds` (a number, fractions allowed).
+function M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("clusterkit.sleep: seconds must be a non-negative number", 2)
+  end
+  local t = core.timer()
+  M.wait(function(resume)
+    t:start(seconds * 1000, 0, resume)
+  end)
+  t:close()
+end
+
+--- Like wait, but gives up after `seconds`: returns nil, "timeout" then.
+function M.wait_timeout(seconds, setup)
+  local t = core.timer()
+  local res = pack(M.wait(function(resume)
+    t:start(seconds * 1000, 0, function() resume(nil, "timeout") end)
+    setup(resume)
+  end))
+  t:close()
+  return unpack(res, 1, res.n)
+end
+
+--- A condition that many coroutines can wait on until it is signalled.
+local Cond = {}
+Cond.__index = Cond
+
+function M.cond()
+  return setmetatable({waiters = {}}, Cond)
+end
+
+--- Waits for the next signal, at most `seconds` (nil: forever). Returns the
+-- signal's value, or nil, "timeout".
+function Cond:wait(seconds)
+  local waiters = self.waiters
+  local function setup(resume)
+    waiters[#waiters + 1] = resume
+  end
+  if seconds then
+    return M.wait_timeout(seconds, setup)
+  end
+  return M.wait(setup)
+end
+
+function Cond:signal(...)
+  local ws = self.waiters
+  self.waiters = {}
+  for i = 1, #ws do
+    ws[i](...)
+  end
+end
+
+return M

@@ -1,0 +1,583 @@
+#include "ck_node.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ck_common.h"
+#include "ck_hash.h"
+
+struct ck_node {
+    uv_loop_t *loop;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct raft_fsm fsm;
+    struct ck_state state;
+    struct ck_node_options opts;
+    char *dir;
+    char *raft_addr;
+    char *raft_bind;
+    ck_node_event_cb cb;
+    void *data;
+    uv_timer_t notify_timer;
+    uv_timer_t watch_timer;
+    unsigned pending_closes;
+    bool transport_inited, io_inited, raft_inited, started, closing, dirty;
+    int seen_state;
+    uint64_t seen_term, seen_leader;
+    char errmsg[256];
+};
+
+struct node_proposal {
+    struct raft_apply req;
+    struct ck_node *node;
+    ck_node_apply_cb cb;
+    void *data;
+};
+
+struct node_change {
+    union {
+        struct raft_change change;
+        struct raft_transfer transfer;
+    };
+    struct ck_node *node;
+    ck_node_change_cb cb;
+    void *data;
+};
+
+/* Translate raft's positive error codes at the boundary. */
+static int node_err(int rv)
+{
+    switch (rv) {
+    case 0: return 0;
+    case RAFT_NOMEM: return CK_ENOMEM;
+    case RAFT_NOTLEADER:
+    case RAFT_LEADERSHIPLOST: return CK_ENOTLEADER;
+    case RAFT_CANCELED:
+    case RAFT_SHUTDOWN: return CK_ECANCELED;
+    case RAFT_BADID:
+    case RAFT_BADROLE:
+    case RAFT_DUPLICATEID:
+    case RAFT_DUPLICATEADDRESS:
+    case RAFT_NOTFOUND: return CK_EINVAL;
+    case RAFT_CANTCHANGE: return CK_EBUSY;
+    default: return CK_ERAFT;
+    }
+}
+
+uint64_t ck_node_raft_id(const char *node_id)
+{
+    uint64_t id = ck_hash_fnv1a64(node_id, strlen(node_id));
+    return id != 0 ? id : 1;
+}
+
+/* ------------------------------------------------------------------------
+ * FSM
+ * ------------------------------------------------------------------------ */
+
+static void node_on_notify(uv_timer_t *t);
+
+static void node_mark_dirty(struct ck_node *n)
+{
+    n->dirty = true;
+    if (!n->closing && !uv_is_active((uv_handle_t *)&n->notify_timer)) {
+        uv_timer_start(&n->notify_timer, node_on_notify, 0, 0);
+    }
+}
+
+/* Never returns non-zero: see the raft 0.15 notes in ck_node.h. */
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    struct ck_node *n = fsm->data;
+    uint64_t index = n->raft.last_applied + 1;
+    int rv = ck_state_apply(&n->state, buf->base, buf->len, index);
+    *result = (void *)(intptr_t)rv;
+    if (rv == 0) {
+        node_mark_dirty(n);
+    }
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct ck_node *n = fsm->data;
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_state_snapshot(&n->state, &w);
+    if (w.err != 0) {
+        ck_wbuf_free(&w);
+        return RAFT_NOMEM;
+    }
+    struct raft_buffer *b = raft_malloc(sizeof *b);
+    void *base = raft_malloc(w.len);
+    if (b == NULL || base == NULL) {
+        raft_free(b);
+        raft_free(base);
+        ck_wbuf_free(&w);
+        return RAFT_NOMEM;
+    }
+    memcpy(base, w.p, w.len);
+    b->base = base;
+    b->len = w.len;
+    ck_wbuf_free(&w);
+    *bufs = b;
+    *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    struct ck_node *n = fsm->data;
+    int rv = ck_state_restore(&n->state, buf->base, buf->len);
+    if (rv != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "restore snapshot: %s", ck_strerror(rv));
+        return RAFT_CORRUPT;
+    }
+    raft_free(buf->base); /* Ours on success. */
+    node_mark_dirty(n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Timers: change notification and raft watch
+ * ------------------------------------------------------------------------ */
+
+static void node_on_notify(uv_timer_t *t)
+{
+    struct ck_node *n = t->data;
+    if (n->dirty && !n->closing) {
+        n->dirty = false;
+        n->cb(n, CK_NODE_EV_APPLIED);
+    }
+}
+
+static void node_on_watch(uv_timer_t *t)
+{
+    struct ck_node *n = t->data;
+    raft_id leader = 0;
+    const char *addr = NULL;
+    if (n->closing) {
+        return;
+    }
+    raft_leader(&n->raft, &leader, &addr);
+    int state = raft_state(&n->raft);
+    if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader) {
+        n->seen_state = state;
+        n->seen_term = n->raft.current_term;
+        n->seen_leader = leader;
+        n->cb(n, CK_NODE_EV_RAFT);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Lifecycle
+ * ------------------------------------------------------------------------ */
+
+static char *node_strdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck_node_event_cb cb, void *data)
+{
+    struct ck_node *n = calloc(1, sizeof *n);
+    if (n == NULL) {
+        return NULL;
+    }
+    n->loop = loop;
+    n->opts = *o;
+    n->cb = cb;
+    n->data = data;
+    n->seen_state = -1;
+    if (n->opts.election_timeout_ms == 0) n->opts.election_timeout_ms = 300;
+    if (n->opts.heartbeat_timeout_ms == 0) n->opts.heartbeat_timeout_ms = 50;
+    if (n->opts.watch_interval_ms == 0) n->opts.watch_interval_ms = 20;
+    if (n->opts.segment_size == 0) n->opts.segment_size = 256 * 1024;
+    if (n->opts.snapshot_threshold == 0) n->opts.snapshot_threshold = 1024;
+    if (n->opts.snapshot_trailing == 0) n->opts.snapshot_trailing = 128;
+    size_t dlen = strlen(o->data_dir ? o->data_dir : ".") + sizeof "/raft";
+    n->dir = malloc(dlen);
+    n->raft_addr = node_strdup(o->raft_addr);
+    n->raft_bind = node_strdup(o->raft_bind);
+    if (n->dir == NULL || n->raft_addr == NULL || (o->raft_bind && n->raft_bind == NULL)) {
+        free(n->dir);
+        free(n->raft_addr);
+        free(n->raft_bind);
+        free(n);
+        return NULL;
+    }
+    snprintf(n->dir, dlen, "%s/raft", o->data_dir ? o->data_dir : ".");
+    n->opts.data_dir = NULL;
+    n->opts.raft_addr = n->raft_addr;
+    n->opts.raft_bind = n->raft_bind;
+    ck_state_init(&n->state);
+    uv_timer_init(loop, &n->notify_timer);
+    uv_timer_init(loop, &n->watch_timer);
+    n->notify_timer.data = n;
+    n->watch_timer.data = n;
+    return n;
+}
+
+void *ck_node_data(const struct ck_node *n)
+{
+    return n->data;
+}
+
+const char *ck_node_errmsg(const struct ck_node *n)
+{
+    return n->errmsg;
+}
+
+uv_loop_t *ck_node_loop(const struct ck_node *n)
+{
+    return n->loop;
+}
+
+const struct ck_state *ck_node_state(const struct ck_node *n)
+{
+    return &n->state;
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof buf) {
+        return CK_EINVAL;
+    }
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                return -errno;
+            }
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+        return -errno;
+    }
+    return 0;
+}
+
+int ck_node_start(struct ck_node *n)
+{
+    int rv;
+
+    if (n->started || n->closing) {
+        return CK_EINVAL;
+    }
+    if ((rv = mkdir_p(n->dir)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "create %s: %s", n->dir, ck_strerror(rv));
+        return rv;
+    }
+    if ((rv = raft_uv_tcp_init(&n->transport, n->loop)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft transport: %s", raft_strerror(rv));
+        return node_err(rv);
+    }
+    n->transport_inited = true;
+    if (n->raft_bind != NULL && (rv = raft_uv_tcp_set_bind_address(&n->transport, n->raft_bind)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft bind address %s: %s", n->raft_bind, raft_strerror(rv));
+        return CK_EINVAL;
+    }
+    if ((rv = raft_uv_init(&n->io, n->loop, n->dir, &n->transport)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft io: %s", n->io.errmsg);
+        return node_err(rv);
+    }
+    n->io_inited = true;
+    /* Small preallocated segments: many nodes share one machine in tests and
+     * demos, and the log is small (the state is a few commands per change). */
+    raft_uv_set_segment_size(&n->io, n->opts.segment_size);
+    raft_uv_set_connect_retry_delay(&n->io, 100);
+
+    n->fsm.version = 1;
+    n->fsm.data = n;
+    n->fsm.apply = fsm_apply;
+    n->fsm.snapshot = fsm_snapshot;
+    n->fsm.restore = fsm_restore;
+    if ((rv = raft_init(&n->raft, &n->io, &n->fsm, n->opts.raft_id, n->raft_addr)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft init: %s", raft_errmsg(&n->raft));
+        return node_err(rv);
+    }
+    n->raft_inited = true;
+    n->raft.data = n;
+    raft_set_election_timeout(&n->raft, n->opts.election_timeout_ms);
+    raft_set_heartbeat_timeout(&n->raft, n->opts.heartbeat_timeout_ms);
+    raft_set_pre_vote(&n->raft, true);
+    raft_set_snapshot_threshold(&n->raft, n->opts.snapshot_threshold);
+    raft_set_snapshot_trailing(&n->raft, n->opts.snapshot_trailing);
+
+    if (n->opts.bootstrap) {
+        struct raft_configuration conf;
+        raft_configuration_init(&conf);
+        rv = raft_configuration_add(&conf, n->opts.raft_id, n->raft_addr, RAFT_VOTER);
+        if (rv == 0) {
+            rv = raft_bootstrap(&n->raft, &conf);
+        }
+        raft_configuration_close(&conf);
+        if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) { /* CANTBOOTSTRAP: we have data. */
+            snprintf(n->errmsg, sizeof n->errmsg, "raft bootstrap: %s", raft_errmsg(&n->raft));
+            return node_err(rv);
+        }
+    }
+    if ((rv = raft_start(&n->raft)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft start: %s", raft_errmsg(&n->raft));
+        return node_err(rv);
+    }
+    n->started = true;
+    uv_timer_start(&n->watch_timer, node_on_watch, 0, n->opts.watch_interval_ms);
+    if (n->state.index > 0) {
+        node_mark_dirty(n); /* State was loaded from disk. */
+    }
+    return 0;
+}
+
+void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out)
+{
+    raft_id leader = 0;
+    const char *addr = NULL;
+    memset(out, 0, sizeof *out);
+    out->my_role = -1;
+    if (!n->raft_inited) {
+        out->state = RAFT_UNAVAILABLE;
+        return;
+    }
+    raft_leader(&n->raft, &leader, &addr);
+    out->state = raft_state(&n->raft);
+    out->term = n->raft.current_term;
+    out->leader_id = leader;
+    out->leader_addr = addr;
+    out->commit_index = n->raft.commit_index;
+    out->last_applied = n->raft.last_applied;
+    out->last_index = raft_last_index(&n->raft);
+    out->snapshot_index = n->raft.log.snapshot.last_index;
+    for (unsigned i = 0; i < n->raft.configuration.n; i++) {
+        const struct raft_server *s = &n->raft.configuration.servers[i];
+        out->voters += s->role == RAFT_VOTER;
+        out->standbys += s->role == RAFT_STANDBY;
+        out->spares += s->role == RAFT_SPARE;
+        if (s->id == n->opts.raft_id) {
+            out->my_role = s->role;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Proposals and membership
+ * ------------------------------------------------------------------------ */
+
+static void node_on_applied(struct raft_apply *req, int status, void *result)
+{
+    struct node_proposal *p = req->data;
+    int rv = status != 0 ? node_err(status) : (int)(intptr_t)result;
+    p->cb(p->data, rv, req->index);
+    free(p);
+}
+
+int ck_node_propose(struct ck_node *n, const void *buf, size_t len, ck_node_apply_cb cb, void *data)
+{
+    struct ck_cmd c;
+    int rv;
+
+    if (!n->started || n->closing) {
+        return CK_ECLOSED;
+    }
+    if (raft_state(&n->raft) != RAFT_LEADER) {
+        return CK_ENOTLEADER;
+    }
+    if ((rv = ck_cmd_decode(&c, buf, len)) != 0) { /* Refuse garbage before it reaches the log. */
+        ck_cmd_free(&c);
+        return rv;
+    }
+    ck_cmd_free(&c);
+    /* Pad to a multiple of 8 bytes: see the raft notes in ck_node.h. */
+    size_t padded = (len + 7) & ~(size_t)7;
+    struct node_proposal *p = calloc(1, sizeof *p);
+    struct raft_buffer b = {raft_malloc(padded), padded};
+    if (p == NULL || b.base == NULL) {
+        free(p);
+        raft_free(b.base);
+        return CK_ENOMEM;
+    }
+    memcpy(b.base, buf, len);
+    memset((char *)b.base + len, 0, padded - len);
+    p->node = n;
+    p->cb = cb;
+    p->data = data;
+    p->req.data = p;
+    if ((rv = raft_apply(&n->raft, &p->req, &b, 1, node_on_applied)) != 0) {
+        raft_free(b.base);
+        free(p);
+        return node_err(rv);
+    }
+    return 0;
+}
+
+static void node_on_change(struct raft_change *req, int status)
+{
+    struct node_change *c = req->data;
+    c->cb(c->data, node_err(status));
+    free(c);
+}
+
+static struct node_change *change_new(struct ck_node *n, ck_node_change_cb cb, void *data)
+{
+    struct node_change *c = calloc(1, sizeof *c);
+    if (c != NULL) {
+        c->node = n;
+        c->cb = cb;
+        c->data = data;
+        c->change.data = c;
+    }
+    return c;
+}
+
+static int change_check(struct ck_node *n)
+{
+    if (!n->started || n->closing) {
+        return CK_ECLOSED;
+    }
+    return raft_state(&n->raft) == RAFT_LEADER ? 0 : CK_ENOTLEADER;
+}
+
+int ck_node_add(struct ck_node *n, uint64_t id, const char *address, ck_node_change_cb cb, void *data)
+{
+    int rv = change_check(n);
+    struct node_change *c;
+    if (rv != 0) {
+        return rv;
+    }
+    if ((c = change_new(n, cb, data)) == NULL) {
+        return CK_ENOMEM;
+    }
+    if ((rv = raft_add(&n->raft, &c->change, id, address, node_on_change)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft add: %s", raft_errmsg(&n->raft));
+        free(c);
+        return node_err(rv);
+    }
+    return 0;
+}
+
+int ck_node_assign(struct ck_node *n, uint64_t id, int role, ck_node_change_cb cb, void *data)
+{
+    int rv = change_check(n);
+    struct node_change *c;
+    if (rv != 0) {
+        return rv;
+    }
+    if ((c = change_new(n, cb, data)) == NULL) {
+        return CK_ENOMEM;
+    }
+    if ((rv = raft_assign(&n->raft, &c->change, id, role, node_on_change)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft assign: %s", raft_errmsg(&n->raft));
+        free(c);
+        return node_err(rv);
+    }
+    return 0;
+}
+
+int ck_node_remove(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data)
+{
+    int rv = change_check(n);
+    struct node_change *c;
+    if (rv != 0) {
+        return rv;
+    }
+    if ((c = change_new(n, cb, data)) == NULL) {
+        return CK_ENOMEM;
+    }
+    if ((rv = raft_remove(&n->raft, &c->change, id, node_on_change)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft remove: %s", raft_errmsg(&n->raft));
+        free(c);
+        return node_err(rv);
+    }
+    return 0;
+}
+
+static void node_on_transfer(struct raft_transfer *req)
+{
+    struct node_change *c = req->data;
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&c->node->raft, &leader, &addr);
+    c->cb(c->data, leader != c->node->opts.raft_id ? 0 : CK_EBUSY);
+    free(c);
+}
+
+int ck_node_transfer(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data)
+{
+    int rv = change_check(n);
+    struct node_change *c;
+    if (rv != 0) {
+        return rv;
+    }
+    if ((c = change_new(n, cb, data)) == NULL) {
+        return CK_ENOMEM;
+    }
+    c->transfer.data = c;
+    if ((rv = raft_transfer(&n->raft, &c->transfer, id, node_on_transfer)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft transfer: %s", raft_errmsg(&n->raft));
+        free(c);
+        return node_err(rv);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Close: timers, then raft, then raft_uv's io and transport, then free.
+ * ------------------------------------------------------------------------ */
+
+static void node_finish_close(struct ck_node *n)
+{
+    if (--n->pending_closes > 0) {
+        return;
+    }
+    n->cb(n, CK_NODE_EV_CLOSED);
+    ck_state_free(&n->state);
+    free(n->dir);
+    free(n->raft_addr);
+    free(n->raft_bind);
+    free(n);
+}
+
+static void node_on_timer_closed(uv_handle_t *h)
+{
+    node_finish_close(h->data);
+}
+
+static void node_on_raft_closed(struct raft *r)
+{
+    struct ck_node *n = r->data;
+    raft_uv_close(&n->io);
+    raft_uv_tcp_close(&n->transport);
+    node_finish_close(n);
+}
+
+void ck_node_close(struct ck_node *n)
+{
+    if (n->closing) {
+        return;
+    }
+    n->closing = true;
+    n->pending_closes = 3;
+    uv_close((uv_handle_t *)&n->notify_timer, node_on_timer_closed);
+    uv_close((uv_handle_t *)&n->watch_timer, node_on_timer_closed);
+    if (n->raft_inited) {
+        n->raft.data = n;
+        raft_close(&n->raft, node_on_raft_closed);
+        return;
+    }
+    /* raft_init never succeeded: release what was set up before it. */
+    if (n->io_inited) {
+        raft_uv_close(&n->io);
+    }
+    if (n->transport_inited) {
+        raft_uv_tcp_close(&n->transport);
+    }
+    node_finish_close(n);
+}

@@ -1,0 +1,116 @@
+/*
+ * A clusterkit node: one raft server (canonical raft over raft_uv) whose FSM
+ * is the replicated ck_state, on a libuv loop.
+ *
+ * The owner learns about changes through one event callback, never from
+ * inside the FSM apply: applies mark the node dirty and a zero-delay timer
+ * reports CK_NODE_EV_APPLIED on the next loop turn (coalescing bursts); a
+ * periodic watch timer reports CK_NODE_EV_RAFT when raft's role, term or
+ * leader changed. So owner code (Lua) can never run inside the apply path.
+ *
+ * raft 0.15 notes (learned the hard way, read before changing the FSM):
+ * - fsm->apply must return 0: a non-zero return stops raft's apply loop
+ *   without advancing last_applied, so the same entry would be retried
+ *   forever. Rejected commands therefore return 0 and carry their error code
+ *   in the apply result.
+ * - fsm->apply is not told the entry's index; while it runs,
+ *   raft->last_applied is still the previous index, so index = last_applied+1.
+ * - fsm->restore owns the buffer on success (raft_free it), raft frees it on
+ *   failure.
+ * - the election timeout is randomised between 1x and 2x of the set value.
+ * - every entry buffer handed to raft_apply must be a multiple of 8 bytes
+ *   long. Only a debug build of libraft asserts it; Debian's release build
+ *   writes the batch with the padded size but copies only len bytes, so the
+ *   open segment holds garbage and the next start fails to load it
+ *   ("read header: short read"), then double-frees in its error path.
+ *   ck_node_propose pads commands with zeros; the decoder accepts that.
+ */
+#ifndef CK_NODE_H
+#define CK_NODE_H
+
+#include <raft.h>
+#include <raft/uv.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "ck_state.h"
+
+struct ck_node;
+
+enum ck_node_event {
+    CK_NODE_EV_APPLIED = 1, /* The state changed (state.index moved). */
+    CK_NODE_EV_RAFT,        /* Role, term or leader changed. */
+    CK_NODE_EV_CLOSED,      /* ck_node_close finished; the node is freed after the callback. */
+};
+
+typedef void (*ck_node_event_cb)(struct ck_node *n, int event);
+
+/* Result of a proposal: @status is 0 when the command was committed and
+ * applied, the apply's rejection code when the FSM refused it, or an error
+ * (CK_ENOTLEADER when leadership was lost, CK_ECANCELED on close). */
+typedef void (*ck_node_apply_cb)(void *data, int status, uint64_t index);
+typedef void (*ck_node_change_cb)(void *data, int status);
+
+struct ck_node_options {
+    const char *data_dir;            /* Raft files go to <data_dir>/raft (created). */
+    const char *raft_addr;           /* "host:port" peers use to reach us. */
+    const char *raft_bind;           /* Optional "ip:port" to bind instead. */
+    uint64_t raft_id;                /* Non-zero. */
+    bool bootstrap;                  /* Bootstrap a one-voter cluster if pristine. */
+    unsigned election_timeout_ms;    /* Default 300. */
+    unsigned heartbeat_timeout_ms;   /* Default 50. */
+    unsigned watch_interval_ms;      /* Raft role/leader polling. Default 20. */
+    size_t segment_size;             /* Preallocated segment bytes. Default 256 KiB. */
+    unsigned snapshot_threshold;     /* Default 1024. */
+    unsigned snapshot_trailing;      /* Default 128. */
+};
+
+struct ck_raft_info {
+    int state;              /* RAFT_FOLLOWER, ... */
+    uint64_t term;
+    uint64_t leader_id;     /* 0 if unknown. */
+    const char *leader_addr;/* NULL if unknown. */
+    uint64_t commit_index;
+    uint64_t last_applied;
+    uint64_t last_index;
+    uint64_t snapshot_index;
+    unsigned voters, standbys, spares;
+    int my_role;            /* RAFT_VOTER/STANDBY/SPARE, or -1 if not in the configuration. */
+};
+
+/* Create a node on @loop (nothing starts yet). Returns NULL on ENOMEM. */
+struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck_node_event_cb cb, void *data);
+
+void *ck_node_data(const struct ck_node *n);
+const char *ck_node_errmsg(const struct ck_node *n);
+uv_loop_t *ck_node_loop(const struct ck_node *n);
+
+/* Open the data dir, load raft's log and snapshot, bootstrap when asked and
+ * pristine, and start raft. Returns 0 or an error (details in errmsg). */
+int ck_node_start(struct ck_node *n);
+
+/* The replicated state; valid until the node is closed. */
+const struct ck_state *ck_node_state(const struct ck_node *n);
+
+void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out);
+
+/* Propose command @buf (copied). On 0, @cb is called exactly once; on error
+ * (CK_ENOTLEADER, CK_ECLOSED, CK_EINVAL for an undecodable command) never. */
+int ck_node_propose(struct ck_node *n, const void *buf, size_t len, ck_node_apply_cb cb, void *data);
+
+/* Membership changes (leader only). Same callback rules as ck_node_propose. */
+int ck_node_add(struct ck_node *n, uint64_t id, const char *address, ck_node_change_cb cb, void *data);
+int ck_node_assign(struct ck_node *n, uint64_t id, int role, ck_node_change_cb cb, void *data);
+int ck_node_remove(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data);
+/* Hand leadership to @id (0: any voter). @cb fires when done or timed out. */
+int ck_node_transfer(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data);
+
+/* Close raft and every handle; pending proposals get CK_ECANCELED. Then the
+ * event callback gets CK_NODE_EV_CLOSED and the node is freed. */
+void ck_node_close(struct ck_node *n);
+
+/* A raft id from a node id string (stable, never 0). */
+uint64_t ck_node_raft_id(const char *node_id);
+
+#endif /* CK_NODE_H */

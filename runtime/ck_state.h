@@ -1,0 +1,201 @@
+/*
+ * The replicated cluster state and the commands that change it.
+ *
+ * Pure C (no libuv, no Lua): the FSM in ck_node.c decodes every committed
+ * raft entry with ck_cmd_decode() and applies it with ck_state_apply(). Apply
+ * is deterministic: the same commands in the same order give byte-identical
+ * snapshots on every node. A command that is invalid against the current
+ * state (an unknown node in a table, a second INIT) is rejected the same way
+ * on every node and leaves the state untouched.
+ *
+ * Command encoding, version 1 (all integers little-endian; str = u32 length +
+ * bytes):
+ *
+ *   u8 version (=1) | u8 type | payload | 0..7 zero bytes of padding
+ *
+ *   INIT        str cluster_id, str name, u32 partitions, u32 replication,
+ *               u8 hash_algo, u8 hash_tags
+ *   NODE_UPSERT str id, str name, str http_addr, str raft_addr, str zone,
+ *               u64 raft_id, u32 weight, u8 status, u64 time_ms,
+ *               u32 n_services, n * (str name, str addr)
+ *   NODE_STATUS str id, u8 status, u64 time_ms
+ *   NODE_REMOVE str id
+ *   TABLE       u32 partitions, u32 width, u32 n_ids, n_ids * str id,
+ *               partitions * width * u16 (index into ids; 0xffff = empty,
+ *               only at the end of a partition's row; slot 0 = primary)
+ *
+ * Snapshot, version 1: "CKS1" | u64 index | u64 table_index | u8 initialized
+ * | the INIT payload | u32 n_nodes | n * (NODE_UPSERT payload + u64
+ * joined_index) | TABLE payload (ids = all nodes in order) | u32 n * u64
+ * epochs.
+ */
+#ifndef CK_STATE_H
+#define CK_STATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ck_buf.h"
+#include "ck_hash.h"
+
+#define CK_CMD_VERSION 1
+#define CK_MAX_NODES 4096u
+#define CK_MAX_REPLICATION 16u
+#define CK_MAX_SERVICES 64u
+#define CK_MAX_STR 1024u      /* Longest id, name, address or zone. */
+#define CK_NO_NODE 0xffffu
+
+enum ck_cmd_type {
+    CK_CMD_INIT = 1,
+    CK_CMD_NODE_UPSERT = 2,
+    CK_CMD_NODE_STATUS = 3,
+    CK_CMD_NODE_REMOVE = 4,
+    CK_CMD_TABLE = 5,
+};
+
+enum ck_node_status {
+    CK_NODE_ACTIVE = 1,
+    CK_NODE_SUSPECT = 2,
+    CK_NODE_DOWN = 3,
+    CK_NODE_LEFT = 4,
+};
+
+/* "active", "suspect", "down", "left", or NULL. */
+const char *ck_node_status_name(int status);
+int ck_node_status_from_name(const char *name); /* 0 if unknown. */
+
+struct ck_service {
+    char *name;
+    char *addr;
+};
+
+struct ck_node_info {
+    char *id;
+    char *name;
+    char *http_addr;
+    char *raft_addr;
+    char *zone;
+    uint64_t raft_id;
+    uint32_t weight;
+    uint8_t status;
+    uint64_t status_since_ms; /* Leader's wall clock when status last changed. */
+    uint64_t joined_index;    /* Raft index of the node's first entry. */
+    struct ck_service *services;
+    uint32_t n_services;
+};
+
+struct ck_config {
+    bool initialized;
+    char *cluster_id;
+    char *name;
+    uint32_t partitions;
+    uint32_t replication;
+    struct ck_hasher hasher;
+};
+
+/* The partition table: row p holds up to @width node indexes, primary first,
+ * CK_NO_NODE after the last owner. */
+struct ck_table {
+    uint32_t partitions;
+    uint32_t width;
+    uint16_t *owners;  /* partitions * width */
+    uint64_t *epochs;  /* partitions; 0 = never assigned. */
+};
+
+struct ck_state {
+    struct ck_config config;
+    struct ck_node_info *nodes;
+    uint32_t n_nodes;
+    struct ck_table table;
+    uint64_t index;       /* Raft index of the last command that changed anything. */
+    uint64_t table_index; /* Raft index of the last table change. */
+};
+
+/* ---- Commands (decoded form: views into the encoded buffer). ---- */
+
+struct ck_cmd_init {
+    struct ck_str cluster_id, name;
+    uint32_t partitions, replication;
+    uint8_t hash_algo, hash_tags;
+};
+
+struct ck_cmd_node {
+    struct ck_str id, name, http_addr, raft_addr, zone;
+    uint64_t raft_id;
+    uint32_t weight;
+    uint8_t status;
+    uint64_t time_ms;
+    uint32_t n_services;
+    struct ck_str *services; /* 2 * n_services: name, addr, ... */
+};
+
+struct ck_cmd_status {
+    struct ck_str id;
+    uint8_t status;
+    uint64_t time_ms;
+};
+
+struct ck_cmd_table {
+    uint32_t partitions, width, n_ids;
+    struct ck_str *ids;
+    const uint8_t *owners; /* partitions * width little-endian u16 */
+};
+
+struct ck_cmd {
+    uint8_t type;
+    union {
+        struct ck_cmd_init init;
+        struct ck_cmd_node node;
+        struct ck_cmd_status status;
+        struct ck_str remove_id;
+        struct ck_cmd_table table;
+    };
+};
+
+/* Encoders append a whole command to @w (which reports CK_ENOMEM through its
+ * err field). */
+void ck_cmd_encode_init(struct ck_wbuf *w, const struct ck_cmd_init *c);
+void ck_cmd_encode_node(struct ck_wbuf *w, const struct ck_cmd_node *c);
+void ck_cmd_encode_status(struct ck_wbuf *w, const struct ck_cmd_status *c);
+void ck_cmd_encode_remove(struct ck_wbuf *w, struct ck_str id);
+void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c);
+
+/* Decode @len bytes into @c. Views point into @buf, which must outlive @c.
+ * Checks structure and ranges (not consistency with a state). Returns 0 or
+ * CK_ECORRUPT / CK_EINVAL / CK_ENOMEM; always release with ck_cmd_free(). */
+int ck_cmd_decode(struct ck_cmd *c, const void *buf, size_t len);
+void ck_cmd_free(struct ck_cmd *c);
+
+/* ---- State ---- */
+
+void ck_state_init(struct ck_state *s);
+void ck_state_free(struct ck_state *s);
+
+/* Apply one encoded command committed at raft @index. Returns 0 when the
+ * state changed or was already as asked, or a negative code when the command
+ * was rejected (the state is then unchanged). Never partially applies. */
+int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t index);
+
+/* Serialize the whole state (the snapshot format above) into @w. */
+void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w);
+
+/* Replace @s with the state in snapshot @buf. On error @s is unchanged. */
+int ck_state_restore(struct ck_state *s, const void *buf, size_t len);
+
+/* Lookups. */
+int ck_state_find_node(const struct ck_state *s, const char *id, size_t len); /* index or -1 */
+int ck_state_find_node_raft(const struct ck_state *s, uint64_t raft_id);      /* index or -1 */
+
+/* The owners of partition @p (primary first) and their count. */
+static inline const uint16_t *ck_state_owners(const struct ck_state *s, uint32_t p, uint32_t *n)
+{
+    const uint16_t *row = s->table.owners + (size_t)p * s->table.width;
+    uint32_t k = 0;
+    while (k < s->table.width && row[k] != CK_NO_NODE) {
+        k++;
+    }
+    *n = k;
+    return row;
+}
+
+#endif /* CK_STATE_H */

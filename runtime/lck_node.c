@@ -1,0 +1,689 @@
+/*
+ * Lua binding of ck_node: core.node_new(opts, on_event) and the command
+ * encoders. Raft ids cross into Lua as 16-digit hex strings (Lua numbers are
+ * doubles and cannot hold every u64).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ck_common.h"
+#include "ck_node.h"
+#include "lck.h"
+
+#define NODE_MT "clusterkit.node"
+
+struct lnode {
+    struct ck_node *node; /* NULL once close started. */
+    int event_ref;
+    int self_ref;
+};
+
+/* Per-request context for proposals and membership changes. */
+struct lnode_req {
+    int cb_ref;
+};
+
+static struct lnode *lnode_check(lua_State *L, const char *fn)
+{
+    struct lnode *b = luaL_checkudata(L, 1, NODE_MT);
+    if (b->node == NULL) {
+        luaL_error(L, "%s: node is closed", fn);
+    }
+    return b;
+}
+
+static uint64_t check_raft_id(lua_State *L, int i)
+{
+    const char *s = luaL_checkstring(L, i);
+    char *end;
+    unsigned long long v = strtoull(s, &end, 16);
+    if (*s == '\0' || *end != '\0') {
+        luaL_argerror(L, i, "raft id must be a hex string");
+    }
+    return (uint64_t)v;
+}
+
+static void push_raft_id(lua_State *L, uint64_t id)
+{
+    char buf[17];
+    snprintf(buf, sizeof buf, "%016" PRIx64, id);
+    lua_pushstring(L, buf);
+}
+
+static const char *opt_string(lua_State *L, int t, const char *k, const char *def)
+{
+    lua_getfield(L, t, k);
+    const char *s = lua_isnil(L, -1) ? def : lua_tostring(L, -1);
+    lua_pop(L, 1); /* The table keeps the string alive. */
+    return s;
+}
+
+static lua_Number opt_number(lua_State *L, int t, const char *k, lua_Number def)
+{
+    lua_getfield(L, t, k);
+    lua_Number v = lua_isnil(L, -1) ? def : lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* ---- events ---- */
+
+static void lnode_on_event(struct ck_node *n, int event)
+{
+    static const char *const names[] = {NULL, "applied", "raft", "closed"};
+    if (lck_cbstate() == NULL) {
+        return; /* The Lua state is gone, and the box with it. */
+    }
+    struct lnode *b = ck_node_data(n);
+    lua_State *L = lck_push_ref(b->event_ref);
+    if (L != NULL) {
+        lua_pushstring(L, names[event]);
+        lck_call(L, 1);
+    }
+    if (event == CK_NODE_EV_CLOSED) {
+        lck_unref(&b->event_ref);
+        lck_unref(&b->self_ref); /* The box may now be collected. */
+    }
+}
+
+/* core.node_new{data_dir=, raft_addr=, raft_bind=, raft_id=hex, bootstrap=,
+ *   election_timeout=, heartbeat_timeout=, segment_size=, ...}, on_event */
+static int lnode_new(lua_State *L)
+{
+    struct ck_node_options o;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    memset(&o, 0, sizeof o);
+    o.data_dir = opt_string(L, 1, "data_dir", NULL);
+    o.raft_addr = opt_string(L, 1, "raft_addr", NULL);
+    o.raft_bind = opt_string(L, 1, "raft_bind", NULL);
+    lua_getfield(L, 1, "raft_id"); /* Stays at index 3. */
+    o.raft_id = check_raft_id(L, 3);
+    lua_getfield(L, 1, "bootstrap");
+    o.bootstrap = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    o.election_timeout_ms = (unsigned)opt_number(L, 1, "election_timeout", 0);
+    o.heartbeat_timeout_ms = (unsigned)opt_number(L, 1, "heartbeat_timeout", 0);
+    o.watch_interval_ms = (unsigned)opt_number(L, 1, "watch_interval", 0);
+    o.segment_size = (size_t)opt_number(L, 1, "segment_size", 0);
+    o.snapshot_threshold = (unsigned)opt_number(L, 1, "snapshot_threshold", 0);
+    o.snapshot_trailing = (unsigned)opt_number(L, 1, "snapshot_trailing", 0);
+    if (o.data_dir == NULL || o.raft_addr == NULL || o.raft_id == 0) {
+        return luaL_error(L, "node_new: data_dir, raft_addr and a non-zero raft_id are required");
+    }
+    struct lnode *b = lua_newuserdata(L, sizeof *b);
+    b->event_ref = LUA_NOREF;
+    b->self_ref = LUA_NOREF;
+    b->node = ck_node_new(lck_loop(), &o, lnode_on_event, b);
+    if (b->node == NULL) {
+        return luaL_error(L, "node_new: out of memory");
+    }
+    luaL_getmetatable(L, NODE_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, 2);
+    b->event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    b->self_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* Pinned until closed. */
+    return 1;
+}
+
+static int lnode_start(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:start");
+    int rv = ck_node_start(b->node);
+    if (rv != 0) {
+        return lck_pushfail(L, rv, ck_node_errmsg(b->node));
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lnode_close(lua_State *L)
+{
+    struct lnode *b = luaL_checkudata(L, 1, NODE_MT);
+    if (b->node != NULL) {
+        struct ck_node *n = b->node;
+        b->node = NULL;
+        ck_node_close(n);
+    }
+    return 0;
+}
+
+static int lnode_closed(lua_State *L)
+{
+    struct lnode *b = luaL_checkudata(L, 1, NODE_MT);
+    lua_pushboolean(L, b->node == NULL);
+    return 1;
+}
+
+/* ---- proposals and membership ---- */
+
+static void lnode_on_applied(void *data, int status, uint64_t index)
+{
+    struct lnode_req *r = data;
+    lua_State *L = lck_push_ref(r->cb_ref);
+    if (L != NULL) {
+        if (status == 0) {
+            lua_pushnumber(L, (lua_Number)index);
+            lck_call(L, 1);
+        } else {
+            lua_pushnil(L);
+            lua_pushstring(L, ck_strerror(status));
+            lua_pushstring(L, ck_errname(status));
+            lck_call(L, 3);
+        }
+    }
+    lck_unref(&r->cb_ref);
+    free(r);
+}
+
+static void lnode_on_change(void *data, int status)
+{
+    lnode_on_applied(data, status, 0);
+}
+
+static struct lnode_req *lnode_req_new(lua_State *L, int fn_index)
+{
+    luaL_checktype(L, fn_index, LUA_TFUNCTION);
+    struct lnode_req *r = malloc(sizeof *r);
+    if (r == NULL) {
+        luaL_error(L, "out of memory");
+    }
+    lua_pushvalue(L, fn_index);
+    r->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return r;
+}
+
+static int lnode_req_done(lua_State *L, struct lnode *b, struct lnode_req *r, int rv)
+{
+    if (rv != 0) {
+        lck_unref(&r->cb_ref);
+        free(r);
+        return lck_pushfail(L, rv, rv == CK_ERAFT || rv == CK_EINVAL ? ck_node_errmsg(b->node) : NULL);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* node:propose(bytes, fn(index | nil, msg, code)) -> true | nil, msg, code */
+static int lnode_propose(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:propose");
+    size_t len;
+    const char *buf = luaL_checklstring(L, 2, &len);
+    struct lnode_req *r = lnode_req_new(L, 3);
+    int rv = ck_node_propose(b->node, buf, len, lnode_on_applied, r);
+    if (rv == CK_EINVAL || rv == CK_ECORRUPT) {
+        lck_unref(&r->cb_ref);
+        free(r);
+        return lck_pushfail(L, rv, "malformed command");
+    }
+    return lnode_req_done(L, b, r, rv);
+}
+
+static int lnode_add(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:add");
+    uint64_t id = check_raft_id(L, 2);
+    const char *addr = luaL_checkstring(L, 3);
+    struct lnode_req *r = lnode_req_new(L, 4);
+    return lnode_req_done(L, b, r, ck_node_add(b->node, id, addr, lnode_on_change, r));
+}
+
+static int lnode_assign(lua_State *L)
+{
+    static const char *const roles[] = {"standby", "voter", "spare", NULL};
+    static const int map[] = {RAFT_STANDBY, RAFT_VOTER, RAFT_SPARE};
+    struct lnode *b = lnode_check(L, "node:assign");
+    uint64_t id = check_raft_id(L, 2);
+    int role = map[luaL_checkoption(L, 3, NULL, roles)];
+    struct lnode_req *r = lnode_req_new(L, 4);
+    return lnode_req_done(L, b, r, ck_node_assign(b->node, id, role, lnode_on_change, r));
+}
+
+static int lnode_remove(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:remove");
+    uint64_t id = check_raft_id(L, 2);
+    struct lnode_req *r = lnode_req_new(L, 3);
+    return lnode_req_done(L, b, r, ck_node_remove(b->node, id, lnode_on_change, r));
+}
+
+static int lnode_transfer(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:transfer");
+    uint64_t id = lua_isnoneornil(L, 2) ? 0 : check_raft_id(L, 2);
+    struct lnode_req *r = lnode_req_new(L, 3);
+    return lnode_req_done(L, b, r, ck_node_transfer(b->node, id, lnode_on_change, r));
+}
+
+/* ---- reading the state ---- */
+
+static const char *raft_state_name(int s)
+{
+    switch (s) {
+    case RAFT_FOLLOWER: return "follower";
+    case RAFT_CANDIDATE: return "candidate";
+    case RAFT_LEADER: return "leader";
+    default: return "unavailable";
+    }
+}
+
+static void set_num(lua_State *L, const char *k, lua_Number v)
+{
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+    lua_pushstring(L, v ? v : "");
+    lua_setfield(L, -2, k);
+}
+
+/* node:raft() -> {state=, term=, leader_id=, leader_addr=, commit_index=, ...} */
+static int lnode_raft(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:raft");
+    struct ck_raft_info i;
+    static const char *const roles[] = {"standby", "voter", "spare"};
+    ck_node_raft_info(b->node, &i);
+    lua_createtable(L, 0, 12);
+    set_str(L, "state", raft_state_name(i.state));
+    set_num(L, "term", (lua_Number)i.term);
+    if (i.leader_id != 0) {
+        push_raft_id(L, i.leader_id);
+        lua_setfield(L, -2, "leader_id");
+        set_str(L, "leader_addr", i.leader_addr);
+    }
+    set_num(L, "commit_index", (lua_Number)i.commit_index);
+    set_num(L, "last_applied", (lua_Number)i.last_applied);
+    set_num(L, "last_index", (lua_Number)i.last_index);
+    set_num(L, "snapshot_index", (lua_Number)i.snapshot_index);
+    set_num(L, "voters", i.voters);
+    set_num(L, "standbys", i.standbys);
+    set_num(L, "spares", i.spares);
+    if (i.my_role >= 0 && i.my_role <= 2) {
+        set_str(L, "role", roles[i.my_role]);
+    }
+    return 1;
+}
+
+/* node:index() -> state index, table index */
+static int lnode_index(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:index");
+    const struct ck_state *s = ck_node_state(b->node);
+    lua_pushnumber(L, (lua_Number)s->index);
+    lua_pushnumber(L, (lua_Number)s->table_index);
+    return 2;
+}
+
+/* node:hasher() -> lightuserdata to the committed struct ck_hasher (stable
+ * for the node's life), or nil before the cluster is initialised. */
+static int lnode_hasher(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:hasher");
+    const struct ck_state *s = ck_node_state(b->node);
+    if (!s->config.initialized) {
+        return 0;
+    }
+    lua_pushlightuserdata(L, (void *)&s->config.hasher);
+    return 1;
+}
+
+static void push_node_info(lua_State *L, const struct ck_node_info *n)
+{
+    lua_createtable(L, 0, 12);
+    set_str(L, "id", n->id);
+    set_str(L, "name", n->name);
+    set_str(L, "http_addr", n->http_addr);
+    set_str(L, "raft_addr", n->raft_addr);
+    set_str(L, "zone", n->zone);
+    push_raft_id(L, n->raft_id);
+    lua_setfield(L, -2, "raft_id");
+    set_num(L, "weight", n->weight);
+    set_str(L, "status", ck_node_status_name(n->status));
+    set_num(L, "status_since", (lua_Number)n->status_since_ms);
+    set_num(L, "joined_index", (lua_Number)n->joined_index);
+    lua_createtable(L, 0, (int)n->n_services);
+    for (uint32_t k = 0; k < n->n_services; k++) {
+        set_str(L, n->services[k].name, n->services[k].addr);
+    }
+    lua_setfield(L, -2, "services");
+}
+
+/* node:view() -> the whole committed state as plain Lua tables:
+ * {index, table_index, initialized, cluster_id, name, partitions,
+ *  replication, hash_algo, hash_tags, nodes = {...}, width,
+ *  owners = {flat, 1-based node positions, 0 = empty}, epochs = {...}} */
+static int lnode_view(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:view");
+    const struct ck_state *s = ck_node_state(b->node);
+    const struct ck_config *c = &s->config;
+    lua_createtable(L, 0, 16);
+    set_num(L, "index", (lua_Number)s->index);
+    set_num(L, "table_index", (lua_Number)s->table_index);
+    lua_pushboolean(L, c->initialized);
+    lua_setfield(L, -2, "initialized");
+    if (c->initialized) {
+        set_str(L, "cluster_id", c->cluster_id);
+        set_str(L, "name", c->name);
+        set_num(L, "partitions", c->partitions);
+        set_num(L, "replication", c->replication);
+        set_str(L, "hash_algo", ck_hash_algo_name(c->hasher.algo));
+        lua_pushboolean(L, c->hasher.tags);
+        lua_setfield(L, -2, "hash_tags");
+    }
+    lua_createtable(L, (int)s->n_nodes, 0);
+    for (uint32_t i = 0; i < s->n_nodes; i++) {
+        push_node_info(L, &s->nodes[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "nodes");
+    if (c->initialized) {
+        size_t slots = (size_t)s->table.partitions * s->table.width;
+        set_num(L, "width", s->table.width);
+        lua_createtable(L, (int)slots, 0);
+        for (size_t i = 0; i < slots; i++) {
+            uint16_t v = s->table.owners[i];
+            lua_pushinteger(L, v == CK_NO_NODE ? 0 : v + 1);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        lua_setfield(L, -2, "owners");
+        lua_createtable(L, (int)s->table.partitions, 0);
+        for (uint32_t p = 0; p < s->table.partitions; p++) {
+            lua_pushnumber(L, (lua_Number)s->table.epochs[p]);
+            lua_rawseti(L, -2, (int)p + 1);
+        }
+        lua_setfield(L, -2, "epochs");
+    }
+    return 1;
+}
+
+/* ---- command encoders (tables in, binary strings out) ---- */
+
+static struct ck_str field_str(lua_State *L, int t, const char *k, bool required, const char *fn)
+{
+    struct ck_str s = {"", 0};
+    size_t len;
+    lua_getfield(L, t, k);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        s.p = lua_tolstring(L, -1, &len);
+        if (len > CK_MAX_STR) {
+            luaL_error(L, "%s: %s longer than %d bytes", fn, k, CK_MAX_STR);
+        }
+        s.len = (uint32_t)len;
+    } else if (!lua_isnil(L, -1) || required) {
+        luaL_error(L, "%s: %s must be a string", fn, k);
+    }
+    lua_pop(L, 1); /* Still referenced by the table. */
+    return s;
+}
+
+static lua_Number field_num(lua_State *L, int t, const char *k, lua_Number def, lua_Number lo, lua_Number hi, const char *fn)
+{
+    lua_getfield(L, t, k);
+    lua_Number v = def;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            luaL_error(L, "%s: %s must be a number", fn, k);
+        }
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    if (v < lo || v > hi || v != (lua_Number)(int64_t)v) {
+        luaL_error(L, "%s: %s out of range", fn, k);
+    }
+    return v;
+}
+
+static int push_wbuf(lua_State *L, struct ck_wbuf *w)
+{
+    if (w->err != 0) {
+        ck_wbuf_free(w);
+        return luaL_error(L, "encode: out of memory");
+    }
+    lua_pushlstring(L, (const char *)w->p, w->len);
+    ck_wbuf_free(w);
+    return 1;
+}
+
+static int l_encode_init(lua_State *L)
+{
+    const char *fn = "encode_init";
+    struct ck_cmd_init c;
+    struct ck_wbuf w;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    c.cluster_id = field_str(L, 1, "cluster_id", true, fn);
+    c.name = field_str(L, 1, "name", false, fn);
+    c.partitions = (uint32_t)field_num(L, 1, "partitions", 0, 1, CK_MAX_PARTITIONS, fn);
+    c.replication = (uint32_t)field_num(L, 1, "replication", 0, 1, CK_MAX_REPLICATION, fn);
+    lua_getfield(L, 1, "hash_algo");
+    c.hash_algo = (uint8_t)ck_hash_algo_from_name(luaL_optstring(L, -1, "fnv1a64"));
+    lua_pop(L, 1);
+    if (c.hash_algo == 0) {
+        return luaL_error(L, "%s: unknown hash algorithm", fn);
+    }
+    lua_getfield(L, 1, "hash_tags");
+    c.hash_tags = (uint8_t)lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (c.cluster_id.len == 0 || c.cluster_id.len > 64) {
+        return luaL_error(L, "%s: cluster_id must be 1..64 bytes", fn);
+    }
+    ck_wbuf_init(&w);
+    ck_cmd_encode_init(&w, &c);
+    return push_wbuf(L, &w);
+}
+
+static int l_encode_node(lua_State *L)
+{
+    const char *fn = "encode_node";
+    struct ck_cmd_node c;
+    struct ck_str svc[2 * CK_MAX_SERVICES];
+    struct ck_wbuf w;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    memset(&c, 0, sizeof c);
+    c.id = field_str(L, 1, "id", true, fn);
+    c.name = field_str(L, 1, "name", false, fn);
+    c.http_addr = field_str(L, 1, "http_addr", false, fn);
+    c.raft_addr = field_str(L, 1, "raft_addr", false, fn);
+    c.zone = field_str(L, 1, "zone", false, fn);
+    lua_getfield(L, 1, "raft_id");
+    c.raft_id = lua_isnil(L, -1) ? 0 : check_raft_id(L, lua_gettop(L));
+    lua_pop(L, 1);
+    c.weight = (uint32_t)field_num(L, 1, "weight", 1, 0, 1000000, fn);
+    c.time_ms = (uint64_t)field_num(L, 1, "time_ms", 0, 0, 9007199254740991.0, fn);
+    lua_getfield(L, 1, "status");
+    c.status = (uint8_t)ck_node_status_from_name(luaL_optstring(L, -1, "active"));
+    lua_pop(L, 1);
+    if (c.id.len == 0 || c.status == 0) {
+        return luaL_error(L, "%s: id must be non-empty and status known", fn);
+    }
+    lua_getfield(L, 1, "services");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, t) != 0) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+                return luaL_error(L, "%s: services must map names to addresses", fn);
+            }
+            if (c.n_services >= CK_MAX_SERVICES) {
+                return luaL_error(L, "%s: too many services", fn);
+            }
+            size_t kl, vl;
+            svc[2 * c.n_services].p = lua_tolstring(L, -2, &kl);
+            svc[2 * c.n_services + 1].p = lua_tolstring(L, -1, &vl);
+            if (kl > CK_MAX_STR || vl > CK_MAX_STR) {
+                return luaL_error(L, "%s: service name or address too long", fn);
+            }
+            svc[2 * c.n_services].len = (uint32_t)kl;
+            svc[2 * c.n_services + 1].len = (uint32_t)vl;
+            c.n_services++;
+            lua_pop(L, 1);
+        }
+    }
+    /* Deterministic order: sort services by name so equal maps encode equally. */
+    for (uint32_t i = 1; i < c.n_services; i++) {
+        for (uint32_t j = i; j > 0; j--) {
+            struct ck_str *a = &svc[2 * (j - 1)], *b = &svc[2 * j];
+            uint32_t m = a->len < b->len ? a->len : b->len;
+            int cmp = memcmp(a->p, b->p, m);
+            if (cmp < 0 || (cmp == 0 && a->len <= b->len)) {
+                break;
+            }
+            struct ck_str t0 = a[0], t1 = a[1];
+            a[0] = b[0];
+            a[1] = b[1];
+            b[0] = t0;
+            b[1] = t1;
+        }
+    }
+    c.services = svc;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_node(&w, &c);
+    lua_pop(L, 1); /* services (kept alive until here) */
+    return push_wbuf(L, &w);
+}
+
+static int l_encode_status(lua_State *L)
+{
+    struct ck_cmd_status c;
+    struct ck_wbuf w;
+    size_t len;
+    c.id.p = luaL_checklstring(L, 1, &len);
+    c.id.len = (uint32_t)len;
+    c.status = (uint8_t)ck_node_status_from_name(luaL_checkstring(L, 2));
+    c.time_ms = (uint64_t)luaL_optnumber(L, 3, 0);
+    if (c.status == 0 || len == 0 || len > CK_MAX_STR) {
+        return luaL_error(L, "encode_status: bad id or status");
+    }
+    ck_wbuf_init(&w);
+    ck_cmd_encode_status(&w, &c);
+    return push_wbuf(L, &w);
+}
+
+static int l_encode_remove(lua_State *L)
+{
+    struct ck_str id;
+    struct ck_wbuf w;
+    size_t len;
+    id.p = luaL_checklstring(L, 1, &len);
+    id.len = (uint32_t)len;
+    if (len == 0 || len > CK_MAX_STR) {
+        return luaL_error(L, "encode_remove: bad id");
+    }
+    ck_wbuf_init(&w);
+    ck_cmd_encode_remove(&w, id);
+    return push_wbuf(L, &w);
+}
+
+/* encode_table(partitions, width, ids, owners): owners is a flat array of
+ * partitions*width 1-based positions into ids, 0 for an empty slot. */
+static int l_encode_table(lua_State *L)
+{
+    const char *fn = "encode_table";
+    lua_Integer parts = luaL_checkinteger(L, 1);
+    lua_Integer width = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    if (parts < 1 || parts > CK_MAX_PARTITIONS || width < 1 || width > CK_MAX_REPLICATION) {
+        return luaL_error(L, "%s: partitions or width out of range", fn);
+    }
+    size_t n_ids = lua_objlen(L, 3);
+    if (n_ids > CK_MAX_NODES) {
+        return luaL_error(L, "%s: too many nodes", fn);
+    }
+    struct ck_cmd_table c = {(uint32_t)parts, (uint32_t)width, (uint32_t)n_ids, NULL, NULL};
+    size_t slots = (size_t)parts * (size_t)width;
+    struct ck_str *ids = calloc(n_ids + 1, sizeof *ids);
+    uint8_t *owners = malloc(slots * 2);
+    if (ids == NULL || owners == NULL) {
+        free(ids);
+        free(owners);
+        return luaL_error(L, "%s: out of memory", fn);
+    }
+    const char *bad = NULL;
+    for (size_t i = 0; i < n_ids && bad == NULL; i++) {
+        size_t len;
+        lua_rawgeti(L, 3, (int)i + 1);
+        ids[i].p = lua_tolstring(L, -1, &len);
+        ids[i].len = (uint32_t)len;
+        if (lua_type(L, -1) != LUA_TSTRING || len == 0 || len > CK_MAX_STR) {
+            bad = "ids must be non-empty strings";
+        }
+        lua_pop(L, 1); /* Held by the ids table. */
+    }
+    for (size_t i = 0; i < slots && bad == NULL; i++) {
+        lua_rawgeti(L, 4, (int)i + 1);
+        lua_Number v = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+        if (v < 0 || v > (lua_Number)n_ids || v != (lua_Number)(int64_t)v) {
+            bad = "owners must be positions into ids or 0";
+            break;
+        }
+        uint16_t u = v == 0 ? CK_NO_NODE : (uint16_t)(v - 1);
+        owners[2 * i] = (uint8_t)u;
+        owners[2 * i + 1] = (uint8_t)(u >> 8);
+    }
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    if (bad == NULL) {
+        c.ids = ids;
+        c.owners = owners;
+        ck_cmd_encode_table(&w, &c);
+        /* Check the rows (no duplicates, no holes) before anything proposes it. */
+        struct ck_cmd check;
+        int rv = w.err == 0 ? ck_cmd_decode(&check, w.p, w.len) : 0;
+        if (w.err == 0) {
+            ck_cmd_free(&check);
+        }
+        if (rv != 0) {
+            bad = "a partition lists a node twice or has a hole";
+        }
+    }
+    free(ids);
+    free(owners);
+    if (bad != NULL) {
+        ck_wbuf_free(&w);
+        return luaL_error(L, "%s: %s", fn, bad);
+    }
+    return push_wbuf(L, &w);
+}
+
+static const luaL_Reg lnode_methods[] = {
+    {"start", lnode_start},
+    {"close", lnode_close},
+    {"closed", lnode_closed},
+    {"propose", lnode_propose},
+    {"add", lnode_add},
+    {"assign", lnode_assign},
+    {"remove", lnode_remove},
+    {"transfer", lnode_transfer},
+    {"raft", lnode_raft},
+    {"index", lnode_index},
+    {"hasher", lnode_hasher},
+    {"view", lnode_view},
+    {"__gc", lnode_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg lnode_funcs[] = {
+    {"node_new", lnode_new},
+    {"encode_init", l_encode_init},
+    {"encode_node", l_encode_node},
+    {"encode_status", l_encode_status},
+    {"encode_remove", l_encode_remove},
+    {"encode_table", l_encode_table},
+    {NULL, NULL},
+};
+
+void lck_open_node(lua_State *L)
+{
+    lck_newclass(L, NODE_MT, lnode_methods);
+    lck_setfuncs(L, lnode_funcs, 0);
+}
