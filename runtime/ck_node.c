@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "ck_common.h"
+#include "ck_fsm.h"
 #include "ck_hash.h"
 
 struct ck_node {
@@ -16,7 +17,7 @@ struct ck_node {
     struct raft_io io;
     struct raft_uv_transport transport;
     struct raft_fsm fsm;
-    struct ck_state state;
+    struct ck_fsm f;
     struct ck_node_options opts;
     char *dir;
     char *raft_addr;
@@ -29,7 +30,7 @@ struct ck_node {
     bool transport_inited, io_inited, raft_inited, started, closing, dirty;
     int seen_state;
     uint64_t seen_term, seen_leader;
-    char errmsg[256];
+    char errmsg[512];
 };
 
 struct node_proposal {
@@ -89,57 +90,9 @@ static void node_mark_dirty(struct ck_node *n)
     }
 }
 
-/* Never returns non-zero: see the raft 0.15 notes in ck_node.h. */
-static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+static void node_on_fsm_change(struct ck_fsm *f)
 {
-    struct ck_node *n = fsm->data;
-    uint64_t index = n->raft.last_applied + 1;
-    int rv = ck_state_apply(&n->state, buf->base, buf->len, index);
-    *result = (void *)(intptr_t)rv;
-    if (rv == 0) {
-        node_mark_dirty(n);
-    }
-    return 0;
-}
-
-static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    struct ck_node *n = fsm->data;
-    struct ck_wbuf w;
-    ck_wbuf_init(&w);
-    ck_state_snapshot(&n->state, &w);
-    if (w.err != 0) {
-        ck_wbuf_free(&w);
-        return RAFT_NOMEM;
-    }
-    struct raft_buffer *b = raft_malloc(sizeof *b);
-    void *base = raft_malloc(w.len);
-    if (b == NULL || base == NULL) {
-        raft_free(b);
-        raft_free(base);
-        ck_wbuf_free(&w);
-        return RAFT_NOMEM;
-    }
-    memcpy(base, w.p, w.len);
-    b->base = base;
-    b->len = w.len;
-    ck_wbuf_free(&w);
-    *bufs = b;
-    *n_bufs = 1;
-    return 0;
-}
-
-static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
-{
-    struct ck_node *n = fsm->data;
-    int rv = ck_state_restore(&n->state, buf->base, buf->len);
-    if (rv != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "restore snapshot: %s", ck_strerror(rv));
-        return RAFT_CORRUPT;
-    }
-    raft_free(buf->base); /* Ours on success. */
-    node_mark_dirty(n);
-    return 0;
+    node_mark_dirty(f->data);
 }
 
 /* ------------------------------------------------------------------------
@@ -214,7 +167,10 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->opts.data_dir = NULL;
     n->opts.raft_addr = n->raft_addr;
     n->opts.raft_bind = n->raft_bind;
-    ck_state_init(&n->state);
+    ck_fsm_init(&n->fsm, &n->f);
+    n->f.raft = &n->raft;
+    n->f.on_change = node_on_fsm_change;
+    n->f.data = n;
     uv_timer_init(loop, &n->notify_timer);
     uv_timer_init(loop, &n->watch_timer);
     n->notify_timer.data = n;
@@ -239,7 +195,7 @@ uv_loop_t *ck_node_loop(const struct ck_node *n)
 
 const struct ck_state *ck_node_state(const struct ck_node *n)
 {
-    return &n->state;
+    return &n->f.state;
 }
 
 static int mkdir_p(const char *path)
@@ -295,11 +251,6 @@ int ck_node_start(struct ck_node *n)
     raft_uv_set_segment_size(&n->io, n->opts.segment_size);
     raft_uv_set_connect_retry_delay(&n->io, 100);
 
-    n->fsm.version = 1;
-    n->fsm.data = n;
-    n->fsm.apply = fsm_apply;
-    n->fsm.snapshot = fsm_snapshot;
-    n->fsm.restore = fsm_restore;
     if ((rv = raft_init(&n->raft, &n->io, &n->fsm, n->opts.raft_id, n->raft_addr)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "raft init: %s", raft_errmsg(&n->raft));
         return node_err(rv);
@@ -331,7 +282,7 @@ int ck_node_start(struct ck_node *n)
     }
     n->started = true;
     uv_timer_start(&n->watch_timer, node_on_watch, 0, n->opts.watch_interval_ms);
-    if (n->state.index > 0) {
+    if (n->f.state.index > 0) {
         node_mark_dirty(n); /* State was loaded from disk. */
     }
     return 0;
@@ -538,7 +489,7 @@ static void node_finish_close(struct ck_node *n)
         return;
     }
     n->cb(n, CK_NODE_EV_CLOSED);
-    ck_state_free(&n->state);
+    ck_fsm_close(&n->f);
     free(n->dir);
     free(n->raft_addr);
     free(n->raft_bind);

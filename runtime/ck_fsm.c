@@ -1,0 +1,74 @@
+#include "ck_fsm.h"
+
+#include <string.h>
+
+#include "ck_common.h"
+
+/* Never returns non-zero: raft 0.15 would stop applying and retry forever. */
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    struct ck_fsm *f = fsm->data;
+    uint64_t index = f->raft->last_applied + 1;
+    int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
+    *result = (void *)(intptr_t)rv;
+    f->applied++;
+    if (rv != 0) {
+        f->rejected++;
+    } else if (f->on_change != NULL) {
+        f->on_change(f);
+    }
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct ck_fsm *f = fsm->data;
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_state_snapshot(&f->state, &w);
+    struct raft_buffer *b = w.err == 0 ? raft_malloc(sizeof *b) : NULL;
+    void *base = b != NULL ? raft_malloc(w.len) : NULL;
+    if (base == NULL) {
+        raft_free(b);
+        ck_wbuf_free(&w);
+        return RAFT_NOMEM;
+    }
+    memcpy(base, w.p, w.len);
+    b->base = base;
+    b->len = w.len;
+    ck_wbuf_free(&w);
+    *bufs = b;
+    *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    struct ck_fsm *f = fsm->data;
+    if (ck_state_restore(&f->state, buf->base, buf->len) != 0) {
+        return RAFT_CORRUPT; /* raft frees buf. */
+    }
+    raft_free(buf->base); /* Ours on success. */
+    if (f->on_change != NULL) {
+        f->on_change(f);
+    }
+    return 0;
+}
+
+void ck_fsm_init(struct raft_fsm *fsm, struct ck_fsm *f)
+{
+    ck_state_init(&f->state);
+    f->applied = 0;
+    f->rejected = 0;
+    memset(fsm, 0, sizeof *fsm);
+    fsm->version = 1;
+    fsm->data = f;
+    fsm->apply = fsm_apply;
+    fsm->snapshot = fsm_snapshot;
+    fsm->restore = fsm_restore;
+}
+
+void ck_fsm_close(struct ck_fsm *f)
+{
+    ck_state_free(&f->state);
+}

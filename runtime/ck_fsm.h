@@ -1,0 +1,30 @@
+/*
+ * The raft FSM over a ck_state, usable with any raft_io: ck_node runs it on
+ * raft_uv, the unit tests on raft's in-memory fixture.
+ *
+ * See the raft 0.15 notes in ck_node.h: apply always returns 0 (a rejected
+ * command carries its code in the apply result), the index of the entry
+ * being applied is raft->last_applied + 1, restore owns the buffer on
+ * success, and snapshots are one raft_malloc'd buffer.
+ */
+#ifndef CK_FSM_H
+#define CK_FSM_H
+
+#include <raft.h>
+
+#include "ck_state.h"
+
+struct ck_fsm {
+    struct ck_state state;
+    struct raft *raft;                   /* For the index of applied entries. */
+    void (*on_change)(struct ck_fsm *f); /* After an apply that changed the state, or a restore. */
+    void *data;
+    uint64_t applied;                    /* Commands applied (accepted or not). */
+    uint64_t rejected;                   /* Commands the state refused. */
+};
+
+/* Set up @fsm (version 1) over @f; @f->raft must be set before raft starts. */
+void ck_fsm_init(struct raft_fsm *fsm, struct ck_fsm *f);
+void ck_fsm_close(struct ck_fsm *f);
+
+#endif
