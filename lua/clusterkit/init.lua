@@ -54,6 +54,19 @@ function M.partition_of(key, partition_count, algorithm, hash_tags)
   return core.hash_partition(algorithm, partition_count, hash_tags, key)
 end
 
+--- A TCP port that is free on `host` (default 127.0.0.1) right now: the
+-- kernel picks it for a listener that is then closed. For tests and demos
+-- that must give raft a fixed address. Waits (yields) for the close.
+function M.free_port(host)
+  local srv = core.http_server(nil, function(req) req:respond(503) end)
+  local port, msg = srv:listen(host or "127.0.0.1", 0)
+  sched.wait(function(resume) srv:close(resume) end)
+  if not port then
+    return nil, errors.new("LISTEN", tostring(msg))
+  end
+  return port
+end
+
 --- Stops every running node (gracefully); used on SIGINT/SIGTERM.
 function M.shutdown()
   local list = {}

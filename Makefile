@@ -1,0 +1,69 @@
+# clusterkit: a thin wrapper around CMake and CTest.
+#
+#   make demo    install what is missing, build, run a local cluster from examples/
+#   make test    install what is missing, build, run the whole suite (CTest)
+#
+# Dependencies come from Debian's archive only. LuaJIT may be the upstream
+# flavour (libluajit-5.1-dev + luajit) or OpenResty's (libluajit2-5.1-dev +
+# luajit2): both provide pkg-config `luajit`, and they conflict, so whichever
+# is installed is kept; on a machine with neither, the upstream one is added.
+
+BUILD     ?= build
+ASAN_BUILD?= build-asan
+JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS?=
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages needed to build and test (LuaJIT handled separately).
+PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev node-llhttp \
+            lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check python3 python3-pytest
+
+.PHONY: all deps build demo test test-asan bench lint clean
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if ! pkg-config --exists luajit 2>/dev/null; then missing="$$missing libluajit-5.1-dev"; fi; \
+	if ! command -v luajit >/dev/null 2>&1; then \
+	  if dpkg-query -W -f='$${Status}' libluajit2-5.1-dev 2>/dev/null | grep -q "install ok installed"; \
+	  then missing="$$missing luajit2"; else missing="$$missing luajit"; fi; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j$(JOBS)
+
+demo: build
+	$(BUILD)/ckrun examples/demo.lua
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+# The suite under AddressSanitizer + UndefinedBehaviorSanitizer: C unit
+# tests and the process-level tests (ckrun is instrumented). The Lua API tests
+# load core.so into an uninstrumented luajit, so they run in `make test` only.
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCK_SANITIZE=ON $(CMAKE_ARGS)
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j$(JOBS) -L 'unit|cluster'
+
+bench: build
+	tests/bench/run.sh $(BUILD)
+
+lint: deps
+	luacheck lua tests examples
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
