@@ -143,8 +143,8 @@ static void lserver_on_closed(void *data)
     if (lck_cbstate() == NULL) {
         return; /* The Lua state is gone, and the box with it. */
     }
-    lua_State *L = lck_push_ref(b->close_ref);
-    if (L != NULL) {
+    if (b->close_ref != LUA_NOREF) {
+        lua_State *L = lck_push_ref(b->close_ref);
         lck_call(L, 0);
     }
     lck_unref(&b->close_ref);

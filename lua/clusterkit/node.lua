@@ -62,6 +62,7 @@ function M.new(opts)
     _hooks = {},
     _cond = sched.cond(),
     _last_leader = false,
+    raft_id = core.raft_id(o.node_id),
   }, Node)
   self.log = logm.new(o.log_level, function()
     local r = self._core and not self._core:closed() and self._core:raft()
@@ -89,7 +90,7 @@ local function public_node(n)
   return {
     id = n.id, name = n.name, ip = n.http_addr, http_addr = n.http_addr,
     raft_addr = n.raft_addr, status = n.status, zone = n.zone, weight = n.weight,
-    services = n.services, status_since = n.status_since,
+    services = n.services, status_since = n.status_since, raft_id = n.raft_id,
   }
 end
 
@@ -334,10 +335,15 @@ function Node:is_leader()
   return raft_info(self).state == "leader"
 end
 
+-- The leader's node entry, found by raft id (before this node's own entry
+-- is committed, it answers for itself).
 local function leader_node(self, r)
   if not r.leader_id then return nil end
   for _, n in ipairs(self:_view().nodes) do
-    if n.raft_addr == r.leader_addr then return n end
+    if n.raft_id == r.leader_id then return n end
+  end
+  if r.leader_id == self.raft_id then
+    return public_node(self:_my_entry())
   end
 end
 

@@ -1,0 +1,350 @@
+-- The Lua API of clusterkit on a real single-node raft cluster (real
+-- sockets, real data dir), driven from busted on the main thread, where
+-- waiting calls run the loop until they complete.
+local clusterkit = require "clusterkit"
+local core = require "clusterkit.core"
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  return d .. ".ck"
+end
+
+local function new_node(extra)
+  local opts = {
+    node_id = "t1", http_addr = "127.0.0.1:0",
+    raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()),
+    data_dir = tmpdir(), log_level = "error",
+  }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return clusterkit.new(opts), opts
+end
+
+describe("clusterkit.new", function()
+  it("raises with the function's name on misuse", function()
+    assert.has_error(function() clusterkit.new("x") end, "clusterkit.new: options must be a table")
+    assert.has_error(function() clusterkit.new{bogus = 1} end, "clusterkit.new: unknown option 'bogus'")
+    assert.has_error(function() clusterkit.new{partition_count = 0} end)
+    assert.has_error(function() clusterkit.new{partition_count = 70000} end)
+    assert.has_error(function() clusterkit.new{replication_factor = "three"} end)
+    assert.has_error(function() clusterkit.new{http_addr = "nope"} end)
+    assert.has_error(function() clusterkit.new{raft_addr = "0.0.0.0:9000"} end)
+    assert.has_error(function() clusterkit.new{node_id = "has space"} end)
+    assert.has_error(function() clusterkit.new{hash_algorithm = "sha1"} end)
+  end)
+
+  it("takes defaults from the seed's environment variables", function()
+    local config = require "clusterkit.config"
+    local env = {NODE_ID = "env-node", PARTITION_COUNT = "64", REPLICATION_FACTOR = "2",
+                 BOOTSTRAP = "false", JOIN_ADDR = "127.0.0.1:8080", CLUSTER_NAME = "c1",
+                 SYNC_INTERVAL = "500ms", SERVICES = "kv=127.0.0.1:7000, admin=127.0.0.1:7001",
+                 HTTP_ADDR = ":8081"}
+    local o = config.resolve(nil, "t", function(k) return env[k] end)
+    assert.are.equal("env-node", o.node_id)
+    assert.are.equal("env-node", o.node_name)
+    assert.are.equal(64, o.partition_count)
+    assert.are.equal(2, o.replication_factor)
+    assert.is_false(o.bootstrap)
+    assert.are.equal("c1", o.cluster_name)
+    assert.are.equal(0.5, o.sync_interval)
+    assert.are.same({kv = "127.0.0.1:7000", admin = "127.0.0.1:7001"}, o.services)
+    assert.are.equal("0.0.0.0", o.http_host)
+    assert.are.equal(8081, o.http_port)
+    assert.are.equal("./data/env-node", o.data_dir)
+    -- An option given in the table wins over the environment.
+    o = config.resolve({partition_count = 8}, "t", function(k) return env[k] end)
+    assert.are.equal(8, o.partition_count)
+    -- A malformed environment value is reported with the variable's name.
+    assert.has_error(function()
+      config.resolve(nil, "t", function(k) return k == "PARTITION_COUNT" and "many" or nil end)
+    end, "t: environment variable PARTITION_COUNT has an invalid value (integer expected): many")
+  end)
+
+  it("bootstraps by default only when there is nothing to join", function()
+    local config = require "clusterkit.config"
+    assert.is_true(config.resolve({}, "t", function() end).bootstrap)
+    assert.is_false(config.resolve({join_addr = "127.0.0.1:1"}, "t", function() end).bootstrap)
+  end)
+end)
+
+describe("a started single node", function()
+  local ck, opts
+  setup(function()
+    ck, opts = new_node({partition_count = 64, replication_factor = 3, zone = "z1",
+                         services = {kv = "127.0.0.1:7000"}})
+    local ok, err = ck:start()
+    assert(ok, tostring(err))
+  end)
+  teardown(function()
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("is the leader and reports the real term and indexes", function()
+    assert.is_true(ck:is_leader())
+    local l = assert(ck:leader())
+    assert.are.equal("t1", l.leader_id)
+    assert.are.equal(opts.raft_addr, l.raft_addr)
+    assert.is_true(l.term >= 1)
+    local s = ck:consensus_stats()
+    assert.are.equal("leader", s.state)
+    assert.are.equal(l.term, s.term)
+    assert.is_true(s.commit_index >= 4) -- bootstrap config, init, node, table
+    assert.are.equal(s.commit_index, s.applied_index)
+    assert.are.equal(1, s.voters)
+  end)
+
+  it("maps keys the way partition_of does, with hash tags", function()
+    for _, key in ipairs({"user:123", "", "a", "key-7", "\0binary\0"}) do
+      local p = ck:partition_for_key(key)
+      assert.are.equal(clusterkit.partition_of(key, 64), p.index)
+      assert.are.equal("partition-" .. p.index, p.id)
+    end
+    assert.are.equal(ck:partition_for_key("user:{42}:cart").index, ck:partition_for_key("order:{42}").index)
+    assert.are.equal(clusterkit.partition_of("42", 64), ck:partition_for_key("x{42}y").index)
+  end)
+
+  it("answers every lookup from the committed table", function()
+    local nodes = assert(ck:nodes_for_key("user:123"))
+    assert.are.equal(1, #nodes)
+    assert.are.equal("t1", nodes[1].id)
+    assert.are.equal("z1", nodes[1].zone)
+    assert.are.same({kv = "127.0.0.1:7000"}, nodes[1].services)
+    assert.are.equal(ck.advertise_http, nodes[1].ip)
+    assert.are.equal("t1", ck:primary_for_key("user:123").id)
+    assert.are.same({}, ck:replicas_for_key("user:123"))
+    local responsible, role, all = ck:am_i_responsible_for("user:123")
+    assert.is_true(responsible)
+    assert.are.equal("primary", role)
+    assert.are.equal(nodes, all)
+    assert.is_true(ck:is_primary_for_key("anything"))
+    local p = ck:partition(5)
+    assert.are.equal("partition-5", p.id)
+    assert.are.equal("t1", p.primary_node)
+    assert.is_true(p.epoch >= 1)
+    assert.are.equal(64, #ck:partitions())
+    local st = ck:partition_stats()
+    assert.are.equal(64, st.total_partitions)
+    assert.are.equal(64, st.partitions_per_node.t1)
+    assert.are.equal("t1", ck:me().id)
+    local c = ck:cluster()
+    assert.are.equal(32, #c.id)
+    assert.are.equal(64, c.config.partition_count)
+    assert.are.equal(3, c.config.replication_factor)
+    assert.is_table(c.partition_map.partitions["partition-63"])
+    local hc = ck:hash_config()
+    assert.are.equal("fnv1a64", hc.algorithm)
+    assert.is_true(hc.hash_tags)
+  end)
+
+  it("returns nil, err for operational failures and raises on misuse", function()
+    local p, err = ck:partition(64)
+    assert.is_nil(p)
+    assert.are.equal("NOT_FOUND", err.code)
+    assert.matches("NOT_FOUND: ", tostring(err))
+    assert.has_error(function() ck:nodes_for_key(42) end, "clusterkit: nodes_for_key: key must be a string")
+    assert.has_error(function() ck.nodes_for_key(nil, "k") end)
+    assert.has_error(function() ck:on("no_such_event", print) end)
+    assert.has_error(function() ck:on("leader_change", "not a function") end)
+    assert.has_error(function() ck:route("FETCH", "/x", print) end)
+    assert.has_error(function() ck:route("GET", "no-slash", print) end)
+    assert.has_error(function() ck:start() end, "clusterkit: start: node already started")
+  end)
+
+  it("lookups allocate nothing", function()
+    local keys = {}
+    for i = 1, 64 do keys[i] = "user:" .. i end
+    local function run()
+      for _ = 1, 1000 do
+        for i = 1, 64 do
+          ck:nodes_for_key(keys[i])
+          ck:primary_for_key(keys[i])
+          ck:am_i_responsible_for(keys[i])
+        end
+      end
+    end
+    run() -- Warm up: the JIT's traces are GC objects too.
+    collectgarbage("collect")
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    run()
+    local after = collectgarbage("count")
+    collectgarbage("restart")
+    assert.are.equal(before, after)
+  end)
+
+  it("waits for a leader that is already there", function()
+    local l = assert(ck:wait_for_leader(1))
+    assert.are.equal("t1", l.leader_id)
+  end)
+
+  it("keeps cluster-state.json in step with the committed state", function()
+    -- On busted's main thread the loop runs only inside waiting calls.
+    clusterkit.sleep(0.05)
+    local f = assert(io.open(opts.data_dir .. "/cluster-state.json"))
+    local body = f:read("*a")
+    f:close()
+    local st = assert(clusterkit.json.decode(body))
+    assert.are.equal(ck:cluster().id, st.cluster.id)
+    assert.are.equal("t1", st.cluster.partition_map.partitions["partition-0"].primary_node)
+    assert.are.equal(ck:state_index(), st.state_index)
+  end)
+end)
+
+describe("lifecycle", function()
+  it("survives a restart from its data dir with the same cluster id and table", function()
+    local ck, opts = new_node()
+    assert(ck:start())
+    local id, parts = ck:cluster().id, {}
+    for i, p in ipairs(ck:partitions()) do parts[i] = p.primary_node .. "/" .. p.epoch end
+    ck:stop()
+    local again = clusterkit.new(opts)
+    assert(again:start())
+    assert.are.equal(id, again:cluster().id)
+    for i, p in ipairs(again:partitions()) do
+      assert.are.equal(parts[i], p.primary_node .. "/" .. p.epoch)
+    end
+    again:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("raises on lookups after stop, and stop is idempotent", function()
+    local ck, opts = new_node()
+    assert(ck:start())
+    assert.is_true(ck:stop())
+    assert.is_true(ck:stop())
+    assert.has_error(function() ck:nodes_for_key("k") end, "clusterkit: nodes_for_key: node is stopped")
+    assert.has_error(function() ck:cluster() end)
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("fails to start with nil, err when its HTTP port is taken", function()
+    local a, oa = new_node()
+    assert(a:start())
+    local b, ob = new_node({node_id = "t2", http_addr = a.advertise_http})
+    local ok, err = b:start()
+    assert.is_nil(ok)
+    assert.is_truthy(err.code)
+    assert.matches("http listen", err.message)
+    a:stop()
+    os.execute("rm -rf '" .. oa.data_dir .. "' '" .. ob.data_dir .. "'")
+  end)
+
+  it("fires leader_change in its own coroutine", function()
+    local ck, opts = new_node()
+    local seen
+    ck:on("leader_change", function(info)
+      seen = {info = info, yieldable = coroutine.running() ~= nil}
+    end)
+    assert(ck:start())
+    assert.is_table(seen)
+    assert.is_true(seen.yieldable)
+    assert.are.equal("t1", seen.info.leader_id)
+    assert.is_true(seen.info.is_me)
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("uses a Lua placement policy and refuses an invalid one", function()
+    local ck, opts = new_node({partition_count = 8})
+    assert(ck:start())
+    local calls = 0
+    ck:set_placement(function(nodes, current, cfg)
+      calls = calls + 1
+      return {} -- invalid: no rows
+    end)
+    clusterkit.sleep(0.05)
+    assert.is_true(calls >= 1)
+    assert.are.equal("t1", ck:partition(0).primary_node) -- old table kept
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+end)
+
+describe("md5 compatibility mode", function()
+  it("routes exactly like the Go library: md5(key)[0..3] big-endian mod P", function()
+    local ck, opts = new_node({hash_algorithm = "md5", partition_count = 64})
+    assert(ck:start())
+    -- Reference values from Python: int.from_bytes(md5(k).digest()[:4], "big") % 64
+    local expect = {["user:123"] = 48, ["key-0"] = 62, ["hello"] = 42}
+    for key, p in pairs(expect) do
+      assert.are.equal(p, ck:partition_for_key(key).index)
+      assert.are.equal(p, clusterkit.partition_of(key, 64, "md5"))
+    end
+    assert.is_false(ck:hash_config().hash_tags)
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+end)
+
+describe("sched", function()
+  local sched = require "clusterkit.sched"
+  it("wait returns what resume passes, even when resumed before yielding", function()
+    local a, b = sched.wait(function(resume) resume(1, 2) end)
+    assert.are.equal(1, a)
+    assert.are.equal(2, b)
+    local x = sched.wait(function(resume)
+      local t = core.timer()
+      t:start(1, 0, function() t:close(); resume("late") end)
+    end)
+    assert.are.equal("late", x)
+  end)
+
+  it("spawned coroutines can sleep and their errors are reported, not raised", function()
+    local order = {}
+    local errs = {}
+    sched.set_error_logger(function(m) errs[#errs + 1] = m end)
+    sched.spawn(function() clusterkit.sleep(0.02); order[#order + 1] = "slow" end)
+    sched.spawn(function() order[#order + 1] = "fast" end)
+    sched.spawn(function() error("boom") end)
+    clusterkit.sleep(0.05)
+    sched.set_error_logger(function(m) io.stderr:write(m, "\n") end)
+    assert.are.same({"fast", "slow"}, order)
+    assert.are.equal(1, #errs)
+    assert.matches("boom", errs[1])
+    assert.matches("traceback", errs[1])
+  end)
+
+  it("wait_timeout gives nil, timeout", function()
+    local v, e = sched.wait_timeout(0.01, function() end)
+    assert.is_nil(v)
+    assert.are.equal("timeout", e)
+  end)
+end)
+
+describe("json", function()
+  local json = require "clusterkit.json"
+  it("keeps empty lists as lists", function()
+    assert.are.equal('{"a":[]}', json.encode({a = json.array({})}))
+    assert.are.equal('{"a":[1]}', json.encode({a = json.array({1})}))
+    assert.are.equal('"\\u0000[]x"', json.encode("\0[]x")) -- only the exact marker
+  end)
+end)
+
+describe("the HTTP router", function()
+  local http = require "clusterkit.http"
+  it("matches exact paths, parameters and tails, and tells 405 from 404", function()
+    local srv = http.server({opts = {}, log = {}})
+    local f1, f2, f3 = function() end, function() end, function() end
+    srv:route("GET", "/kv/:key", f1)
+    srv:route("GET", "/health", f2)
+    srv:route("GET", "/files/*", f3)
+    local fn, params = srv:find("GET", "/kv/a%20b")
+    assert.are.equal(f1, fn)
+    assert.are.equal("a b", params.key)
+    assert.are.equal(f2, (srv:find("GET", "/health")))
+    fn, params = srv:find("GET", "/files/a/b/c")
+    assert.are.equal(f3, fn)
+    assert.are.equal("a/b/c", params["*"])
+    local none, other = srv:find("PUT", "/kv/x")
+    assert.is_nil(none)
+    assert.is_true(other)
+    none, other = srv:find("GET", "/kv/x/y")
+    assert.is_nil(none)
+    assert.is_false(other)
+  end)
+
+  it("parses queries with percent-decoding", function()
+    assert.are.same({key = "a b", x = "", y = "1&2"}, http.parse_query("key=a+b&x&y=1%262"))
+  end)
+end)
