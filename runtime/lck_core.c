@@ -654,5 +654,6 @@ int ck_lua_open_core(lua_State *L)
     lua_setfield(L, -2, "version");
     lck_open_node(L);
     lck_open_http(L);
+    lck_open_tcp(L);
     return 1;
 }

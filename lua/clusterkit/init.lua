@@ -15,6 +15,7 @@ local M = {
   version = core.version,
   errors = errors,
   json = require "clusterkit.json",
+  http = require "clusterkit.httpc",
 }
 
 core.set_error_handler(function(msg)
