@@ -569,7 +569,7 @@ static int apply_table(struct ck_state *s, const struct ck_cmd_table *c, uint64_
         if (!row_same(row, t.width, old, s->table.width)) {
             t.epochs[p]++;
             changed = true;
-        } else if (memcmp(row, old, t.width * sizeof *row) != 0 || t.width != s->table.width) {
+        } else if (t.width != s->table.width || memcmp(row, old, t.width * sizeof *row) != 0) {
             changed = true; /* Replica order only: no new epoch. */
         }
     }
