@@ -541,17 +541,25 @@ static int apply_table(struct ck_state *s, const struct ck_cmd_table *c, uint64_
         return CK_EINVAL;
     }
     map = malloc(((size_t)c->n_ids + 1) * sizeof *map);
-    if (map == NULL) {
+    bool *seen = calloc((size_t)s->n_nodes + 1, sizeof *seen);
+    if (map == NULL || seen == NULL) {
+        free(map);
+        free(seen);
         return CK_ENOMEM;
     }
     for (uint32_t i = 0; i < c->n_ids; i++) {
         int at = ck_state_find_node(s, c->ids[i].p, c->ids[i].len);
-        if (at < 0) {
+        /* An id listed twice would let a row hold one node twice. */
+        int rv = at < 0 ? CK_ENOTFOUND : seen[at] ? CK_EINVAL : 0;
+        if (rv != 0) {
             free(map);
-            return CK_ENOTFOUND;
+            free(seen);
+            return rv;
         }
+        seen[at] = true;
         map[i] = (uint16_t)at;
     }
+    free(seen);
     if (table_alloc(&t, c->partitions, c->width) != 0) {
         free(map);
         return CK_ENOMEM;
