@@ -115,10 +115,22 @@ void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c)
  * Decoding: structure and ranges only.
  * ------------------------------------------------------------------------ */
 
+/* A string the state keeps as a C string: a NUL byte would silently cut it
+ * short (and make ids "a\0x" and "a\0y" one duplicate id in snapshots, which
+ * then fail to restore), so it is corrupt. */
+static struct ck_str r_text(struct ck_rbuf *r, uint32_t max)
+{
+    struct ck_str s = ck_r_str(r, max);
+    if (r->err == 0 && memchr(s.p, 0, s.len) != NULL) {
+        r->err = CK_ECORRUPT;
+    }
+    return s;
+}
+
 static int r_init_payload(struct ck_rbuf *r, struct ck_cmd_init *c)
 {
-    c->cluster_id = ck_r_str(r, 64);
-    c->name = ck_r_str(r, CK_MAX_STR);
+    c->cluster_id = r_text(r, 64);
+    c->name = r_text(r, CK_MAX_STR);
     c->partitions = ck_r_u32(r);
     c->replication = ck_r_u32(r);
     c->hash_algo = ck_r_u8(r);
@@ -136,11 +148,11 @@ static int r_init_payload(struct ck_rbuf *r, struct ck_cmd_init *c)
 
 static int r_node_payload(struct ck_rbuf *r, struct ck_cmd_node *c)
 {
-    c->id = ck_r_str(r, CK_MAX_STR);
-    c->name = ck_r_str(r, CK_MAX_STR);
-    c->http_addr = ck_r_str(r, CK_MAX_STR);
-    c->raft_addr = ck_r_str(r, CK_MAX_STR);
-    c->zone = ck_r_str(r, CK_MAX_STR);
+    c->id = r_text(r, CK_MAX_STR);
+    c->name = r_text(r, CK_MAX_STR);
+    c->http_addr = r_text(r, CK_MAX_STR);
+    c->raft_addr = r_text(r, CK_MAX_STR);
+    c->zone = r_text(r, CK_MAX_STR);
     c->raft_id = ck_r_u64(r);
     c->weight = ck_r_u32(r);
     c->status = ck_r_u8(r);
@@ -158,7 +170,7 @@ static int r_node_payload(struct ck_rbuf *r, struct ck_cmd_node *c)
             return CK_ENOMEM;
         }
         for (uint32_t i = 0; i < 2 * c->n_services; i++) {
-            c->services[i] = ck_r_str(r, CK_MAX_STR);
+            c->services[i] = r_text(r, CK_MAX_STR);
         }
     }
     return r->err;
@@ -183,7 +195,7 @@ static int r_table_payload(struct ck_rbuf *r, struct ck_cmd_table *c)
         }
     }
     for (uint32_t i = 0; i < c->n_ids; i++) {
-        c->ids[i] = ck_r_str(r, CK_MAX_STR);
+        c->ids[i] = r_text(r, CK_MAX_STR);
     }
     c->owners = ck_r_bytes(r, (size_t)c->partitions * c->width * 2);
     if (r->err != 0) {
@@ -231,13 +243,13 @@ int ck_cmd_decode(struct ck_cmd *c, const void *buf, size_t len)
         rv = r_node_payload(&r, &c->node);
         break;
     case CK_CMD_NODE_STATUS:
-        c->status.id = ck_r_str(&r, CK_MAX_STR);
+        c->status.id = r_text(&r, CK_MAX_STR);
         c->status.status = ck_r_u8(&r);
         c->status.time_ms = ck_r_u64(&r);
         rv = r.err != 0 ? r.err : ck_node_status_name(c->status.status) ? 0 : CK_EINVAL;
         break;
     case CK_CMD_NODE_REMOVE:
-        c->remove_id = ck_r_str(&r, CK_MAX_STR);
+        c->remove_id = r_text(&r, CK_MAX_STR);
         rv = r.err;
         break;
     case CK_CMD_TABLE:

@@ -9,7 +9,7 @@
  * on every node and leaves the state untouched.
  *
  * Command encoding, version 1 (all integers little-endian; str = u32 length +
- * bytes):
+ * bytes, none of them NUL):
  *
  *   u8 version (=1) | u8 type | payload | 0..7 zero bytes of padding
  *
