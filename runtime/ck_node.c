@@ -288,6 +288,11 @@ int ck_node_start(struct ck_node *n)
     return 0;
 }
 
+const struct raft_configuration *ck_node_configuration(const struct ck_node *n)
+{
+    return &n->raft.configuration;
+}
+
 void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out)
 {
     raft_id leader = 0;

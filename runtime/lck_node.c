@@ -312,6 +312,24 @@ static int lnode_raft(lua_State *L)
     return 1;
 }
 
+/* node:configuration() -> {{id = hex, address =, role = "voter"|...}, ...} */
+static int lnode_configuration(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:configuration");
+    const struct raft_configuration *c = ck_node_configuration(b->node);
+    static const char *const roles[] = {"standby", "voter", "spare"};
+    lua_createtable(L, (int)c->n, 0);
+    for (unsigned i = 0; i < c->n; i++) {
+        lua_createtable(L, 0, 3);
+        push_raft_id(L, c->servers[i].id);
+        lua_setfield(L, -2, "id");
+        set_str(L, "address", c->servers[i].address);
+        set_str(L, "role", c->servers[i].role >= 0 && c->servers[i].role <= 2 ? roles[c->servers[i].role] : "unknown");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
 /* node:index() -> state index, table index */
 static int lnode_index(lua_State *L)
 {
@@ -665,6 +683,7 @@ static const luaL_Reg lnode_methods[] = {
     {"remove", lnode_remove},
     {"transfer", lnode_transfer},
     {"raft", lnode_raft},
+    {"configuration", lnode_configuration},
     {"index", lnode_index},
     {"hasher", lnode_hasher},
     {"view", lnode_view},

@@ -29,6 +29,10 @@ local spec = {
   election_timeout   = {"ELECTION_TIMEOUT", "duration", 0.3},
   heartbeat_timeout  = {"HEARTBEAT_TIMEOUT", "duration", 0.05},
   start_timeout      = {"START_TIMEOUT", "duration", 30},
+  voters             = {"VOTERS", "integer", 3, 1, 15},
+  heartbeat_interval = {"HEARTBEAT_INTERVAL", "duration", 0.2},
+  suspect_after      = {"SUSPECT_AFTER", "duration", 0.75},
+  down_after         = {"DOWN_AFTER", "duration", 1.5},
   log_level          = {"CK_LOG_LEVEL", "string", "info"},
   max_body_size      = {"MAX_BODY_SIZE", "integer", 1048576, 0, 1073741824},
   max_header_size    = {"MAX_HEADER_SIZE", "integer", 16384, 256, 1048576},
@@ -170,6 +174,10 @@ function M.resolve(opts, fn, getenv)
     o.http_host = "0.0.0.0"
   end
   o.raft_host = raft_host
+  if not (o.heartbeat_interval > 0 and o.heartbeat_interval < o.suspect_after
+          and o.suspect_after < o.down_after) then
+    error(fn .. ": need 0 < heartbeat_interval < suspect_after < down_after", 3)
+  end
   return o
 end
 

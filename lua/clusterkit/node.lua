@@ -68,8 +68,10 @@ function M.new(opts)
     local r = self._core and not self._core:closed() and self._core:raft()
     return r and format("%s t=%d", self.id, r.term) or self.id
   end)
+  self._change_cond = sched.cond()
   self.http = http.server(self)
   require("clusterkit.api").install(self)
+  require("clusterkit.membership").install(self)
   return self
 end
 
@@ -445,8 +447,11 @@ end
 function Node:_on_event(ev)
   if ev == "applied" then
     self._cached = nil
+    local v = self:_view()
     self:_persist()
-    self:_fire("state_change", {index = self:_view().index})
+    self:_diff(self._prev_view, v)
+    self._prev_view = v
+    self:_fire("state_change", {index = v.index})
   elseif ev == "raft" then
     local r = raft_info(self)
     local leader = r.leader_id or false
@@ -463,6 +468,96 @@ function Node:_on_event(ev)
   self._cond:signal(ev)
   if ev ~= "closed" then
     self:_reconcile()
+  end
+end
+
+-- The health of the cluster as this node sees it: "healthy" when every
+-- node is active and every partition has min(RF, eligible nodes) owners;
+-- "degraded" otherwise; "unavailable" when some partition has no owner.
+local function health_of(v)
+  if not v.ready then return "unavailable" end
+  local eligible = 0
+  local ok = true
+  for _, n in ipairs(v.nodes) do
+    if n.status == "active" or n.status == "suspect" then eligible = eligible + 1 end
+    if n.status ~= "active" and n.status ~= "left" then ok = false end
+  end
+  local want = math.min(v.replication, eligible)
+  for p = 1, v.partitions do
+    local row = v.pnodes[p]
+    if #row == 0 then return "unavailable" end
+    for k = 1, #row do
+      if row[k].status == "down" then ok = false end
+    end
+    if #row < want then ok = false end
+  end
+  return ok and "healthy" or "degraded"
+end
+M.health_of = health_of
+
+local function ids_of(row)
+  local t = {}
+  for k = 2, #row do t[k - 1] = row[k].id end
+  return t
+end
+
+-- Fires membership and partition hooks for what changed between two views.
+-- Runs on every node, after the state changed (never inside the apply).
+function Node:_diff(old, new)
+  if not old then
+    self._health = health_of(new)
+    return
+  end
+  local me = self.id
+  for _, n in ipairs(new.nodes) do
+    local o = old.by_id[n.id]
+    if not o then
+      self:_fire("node_join", {node = n})
+    elseif o.status ~= n.status then
+      if n.status == "down" or n.status == "left" then
+        self:_fire("node_leave", {node = n, reason = n.status})
+      elseif n.status == "active" and o.status == "down" then
+        self:_fire("node_rejoin", {node = n,
+          offline_ms = math.max(0, (n.status_since or 0) - (o.status_since or 0))})
+      end
+    end
+  end
+  for _, o in ipairs(old.nodes) do
+    if not new.by_id[o.id] then
+      self:_fire("node_leave", {node = o, reason = "removed"})
+    end
+  end
+  if new.ready and old.ready and new.partitions == old.partitions and self._hooks.partition_change then
+    for p = 1, new.partitions do
+      local a, b = old.pnodes[p], new.pnodes[p]
+      local same = #a == #b
+      for k = 1, #a do
+        if not same then break end
+        same = a[k].id == b[k].id
+      end
+      if not same then
+        local was, is = "", ""
+        for k = 1, #a do if a[k].id == me then was = k == 1 and "primary" or "replica" end end
+        for k = 1, #b do if b[k].id == me then is = k == 1 and "primary" or "replica" end end
+        local part = "none"
+        if was == "" and is ~= "" then part = "gain"
+        elseif was ~= "" and is == "" then part = "lose"
+        elseif was == "replica" and is == "primary" then part = "promote"
+        elseif was == "primary" and is == "replica" then part = "demote"
+        end
+        self:_fire("partition_change", {
+          partition = new.parts[p].id, index = p - 1, epoch = new.parts[p].epoch,
+          old_primary = a[1] and a[1].id or "", new_primary = b[1] and b[1].id or "",
+          old_replicas = ids_of(a), new_replicas = ids_of(b), role = part,
+        })
+      end
+    end
+  end
+  local h = health_of(new)
+  if h ~= self._health then
+    local was = self._health
+    self._health = h
+    self:_fire("cluster_health_change", {health = h, previous = was})
   end
 end
 
@@ -664,7 +759,23 @@ function Node:start()
   M.running[self] = true
   self.log:info("started: http %s, raft %s, data %s%s", self.advertise_http, o.raft_addr, o.data_dir,
     o.bootstrap and ", bootstrap" or "")
-  local ready = self:_wait_until(function() return self:_ready() end, o.start_timeout)
+  self:_start_ticker()
+  local r = self._core:raft()
+  if r.voters + r.standbys + r.spares == 0 and not o.bootstrap then
+    -- A new node: ask the cluster to admit it. (A node restarted with its
+    -- data dir is already in the raft configuration and just catches up.)
+    if not o.join_addr then
+      self:stop()
+      return nil, errors.new("INVALID", "a new node needs bootstrap = true or a join_addr")
+    end
+    sched.spawn(function() require("clusterkit.membership").join(self) end)
+  end
+  local ready = self:_wait_until(function() return self._join_error or self:_ready() end, o.start_timeout)
+  if self._join_error then
+    local err = self._join_error
+    self:stop()
+    return nil, err
+  end
   if not ready then
     return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs", o.start_timeout))
   end
@@ -679,8 +790,93 @@ function Node:_ready()
     and raft_info(self).leader_id ~= nil
 end
 
+-- Every heartbeat_interval: the leader checks liveness and roles, the
+-- others heartbeat the leader. Each run is a coroutine; runs never overlap.
+function Node:_start_ticker()
+  local membership = require "clusterkit.membership"
+  local t = core.timer()
+  self._ticker = t
+  local busy = false
+  local ms = self.opts.heartbeat_interval * 1000
+  t:start(ms, ms, function()
+    if busy or self.status ~= "running" then return end
+    busy = true
+    sched.spawn(function()
+      local c = self._core
+      if c and not c:closed() then
+        if c:raft().state == "leader" then
+          membership.leader_tick(self)
+        else
+          membership.heartbeat(self)
+        end
+      end
+      busy = false
+    end)
+  end)
+end
+
+-- Hands leadership to another voter, if this node leads and has one.
+function Node:_handover()
+  local c = self._core
+  if not c or c:closed() or c:raft().state ~= "leader" or c:raft().voters < 2 then
+    return false
+  end
+  local t0 = hrtime()
+  local ok = sched.wait_timeout(self.opts.election_timeout * 4, function(resume)
+    local started, msg = c:transfer(nil, resume)
+    if not started then resume(nil, msg) end
+  end)
+  local r = c:raft()
+  self.log:info("leadership handed over to %s in %.0f ms", tostring(r.leader_addr), (hrtime() - t0) / 1e6)
+  return ok and r.state ~= "leader"
+end
+
+--- Leaves the cluster for good: the leader moves this node's partitions
+-- away and removes it from raft and from the state; then the node stops.
+-- (stop() keeps the membership: the node is expected back.) Returns true
+-- or nil, err.
+function Node:leave(timeout)
+  check(self, "leave")
+  if self.status ~= "running" then
+    error("clusterkit: leave: node is not running", 2)
+  end
+  timeout = timeout or 10
+  local membership = require "clusterkit.membership"
+  local deadline = hrtime() + timeout * 1e9
+  local v = self:_view()
+  if #v.nodes <= 1 then
+    self:stop()
+    return true
+  end
+  self:_handover()
+  local res, err
+  while hrtime() < deadline do
+    local l = self:leader()
+    if l and not l.is_me and l.leader_ip ~= "" then
+      res, err = require("clusterkit.httpc").request {
+        method = "POST", url = "http://" .. l.leader_ip .. "/leave",
+        headers = membership.auth_headers(self), body = json.encode({id = self.id}),
+        timeout = math.max(1, (deadline - hrtime()) / 1e9),
+      }
+      if res and res.status == 200 then break end
+    elseif l and l.is_me then
+      self:_handover()
+    end
+    sched.sleep(0.1)
+  end
+  self:stop()
+  if not (res and res.status == 200) then
+    return nil, errors.new("TIMEOUT", "leave not confirmed: " .. tostring(err or (res and res.body)))
+  end
+  return true
+end
+
 -- Closes the HTTP server and the raft node and waits for both.
 function Node:_shutdown()
+  if self._ticker then
+    self._ticker:close()
+    self._ticker = nil
+  end
   local srv_closed = false
   self.http:close(function() srv_closed = true; self._cond:signal("http_closed") end)
   if self._core and not self._core:closed() then
@@ -700,8 +896,12 @@ function Node:stop()
   if self.status == "stopped" or self.status == "stopping" then
     return true
   end
+  local leading = self._core and not self._core:closed() and self._core:raft().state == "leader"
   self.status = "stopping"
   self.log:info("stopping")
+  if leading then
+    self:_handover()
+  end
   self:_shutdown()
   -- Let the last cluster-state.json write land before we report stopped.
   self:_wait_until(function() return not self._writing end, 5)

@@ -1,7 +1,7 @@
 --- Partition placement: which nodes own which partition.
 --
 -- A policy is a pure function policy(nodes, current, config) -> rows, where
--- nodes are the eligible nodes (active, weight > 0) sorted by id, each
+-- nodes are the eligible nodes (active or suspect, weight > 0) sorted by id, each
 -- {id, zone, weight, status, services}; current is the committed table as
 -- rows (rows[p] = {owner ids}, primary first; p is 1-based); config has
 -- partitions and replication. rows[p] lists distinct owner ids, primary
@@ -27,11 +27,13 @@ function M.default(nodes, current, cfg)
   return rows
 end
 
---- The nodes a policy may place partitions on, sorted by id.
+--- The nodes a policy may place partitions on, sorted by id: active or
+-- suspect (a node that missed a few heartbeats keeps its data until it is
+-- declared down), with a weight.
 function M.eligible(all)
   local out = {}
   for _, nd in ipairs(all) do
-    if nd.status == "active" and nd.weight > 0 then
+    if (nd.status == "active" or nd.status == "suspect") and nd.weight > 0 then
       out[#out + 1] = nd
     end
   end

@@ -1,0 +1,493 @@
+--- Membership: joining, heartbeats, failure detection, raft roles, leaving.
+--
+-- Who is in the cluster is replicated state; the one thing a node learns
+-- outside raft is liveness, which the leader observes (heartbeats over
+-- HTTP) and then commits as status changes:
+--
+--   active -> suspect (no heartbeat for suspect_after)
+--          -> down    (none for down_after)      -> active on the next heartbeat
+--
+-- The cluster never removes a node on its own: only ck:leave() (or an
+-- operator) does. Raft roles: up to `voters` voters; the others are
+-- standbys that receive the log. When a voter is down and a healthy
+-- standby exists, the leader promotes the standby and demotes the dead voter,
+-- one raft configuration change at a time.
+local core = require "clusterkit.core"
+local sched = require "clusterkit.sched"
+local errors = require "clusterkit.errors"
+local httpc = require "clusterkit.httpc"
+local json = require "clusterkit.json"
+local config = require "clusterkit.config"
+local bit = require "bit"
+
+local M = {}
+
+local hrtime = core.hrtime
+local format = string.format
+local function now() return hrtime() / 1e9 end
+
+-- ---------------------------------------------------------------------------
+-- Authorization (shared by every mutating endpoint)
+-- ---------------------------------------------------------------------------
+
+-- Constant-time comparison of two strings of equal length.
+local function same(a, b)
+  if #a ~= #b then return false end
+  local bx, acc = string.byte, 0
+  for i = 1, #a do
+    acc = bit.bor(acc, bit.bxor(bx(a, i), bx(b, i)))
+  end
+  return acc == 0
+end
+
+--- True when the request may mutate (no token configured, or the right
+-- "Authorization: Bearer <token>"); otherwise answers 401 and returns false.
+function M.authorized(node, req, res)
+  local token = node.opts.token
+  if not token then return true end
+  local h = req:header("Authorization") or ""
+  local given = h:match("^Bearer%s+(.+)$") or ""
+  if same(given, token) then return true end
+  res:header("WWW-Authenticate", "Bearer")
+  res:error(401, "UNAUTHORIZED", "a valid cluster token is required")
+  return false
+end
+
+local function auth_headers(node)
+  local h = {["Content-Type"] = "application/json"}
+  if node.opts.token then
+    h.Authorization = "Bearer " .. node.opts.token
+  end
+  return h
+end
+
+-- Answers NOT_LEADER with the leader's HTTP address so the caller can follow.
+local function not_leader(node, res)
+  local l = node:leader()
+  if l and l.leader_ip ~= "" then
+    res:header("Location", "http://" .. l.leader_ip)
+    return res:error(307, "NOT_LEADER", "this node is not the leader", {leader = l.leader_ip})
+  end
+  return res:error(503, "NO_LEADER", "no leader is known yet; retry")
+end
+
+-- ---------------------------------------------------------------------------
+-- Leader side: one raft configuration change at a time
+-- ---------------------------------------------------------------------------
+
+local function raft_call(node, method, ...)
+  local c = node._core
+  local args = {...}
+  return sched.wait(function(resume)
+    args[#args + 1] = resume
+    local ok, msg, code = c[method](c, unpack(args))
+    if not ok then resume(nil, msg, code) end
+  end)
+end
+
+-- Runs fn() while holding the node's change lock (FIFO).
+local function with_lock(node, fn)
+  while node._changing do
+    node._change_cond:wait(5)
+  end
+  node._changing = true
+  local ok, a, b, c = xpcall(fn, debug.traceback)
+  node._changing = false
+  node._change_cond:signal()
+  if not ok then
+    node.log:error("membership change failed: %s", tostring(a))
+    return nil, errors.new("INTERNAL", "membership change failed")
+  end
+  return a, b, c
+end
+
+local function config_entry(node, raft_id)
+  for _, s in ipairs(node._core:configuration()) do
+    if s.id == raft_id then return s end
+  end
+end
+
+local function role_counts(node)
+  local n = {voter = 0, standby = 0, spare = 0}
+  for _, s in ipairs(node._core:configuration()) do
+    n[s.role] = (n[s.role] or 0) + 1
+  end
+  return n
+end
+
+--- Adds or re-admits a node (leader only). info: {id, name, http_addr,
+-- raft_addr, zone, weight, services}. Returns true, or nil, err (err.status
+-- is the HTTP status to answer with).
+function M.admit(node, info)
+  return with_lock(node, function()
+    if not node:is_leader() then
+      return nil, errors.new("NOT_LEADER", "leadership moved", {status = 307})
+    end
+    local v = node:_view()
+    local cur = v.by_id[info.id]
+    local raft_id = core.raft_id(info.id)
+    if cur and cur.raft_addr ~= info.raft_addr then
+      -- The same id at a new address replaces the old entry only when the
+      -- old one is down (or gone silent past down_after).
+      local seen = node._seen and node._seen[info.id]
+      local silent = not seen or now() - seen > node.opts.down_after
+      if cur.status ~= "down" and cur.status ~= "left" and not silent then
+        return nil, errors.new("CONFLICT", "node id " .. info.id .. " is taken by a live node at "
+          .. cur.raft_addr, {status = 409})
+      end
+    end
+    -- Another id already using this raft address would make raft refuse.
+    for _, n in ipairs(v.nodes) do
+      if n.id ~= info.id and n.raft_addr == info.raft_addr and n.status ~= "down" and n.status ~= "left" then
+        return nil, errors.new("CONFLICT", "raft address " .. info.raft_addr .. " belongs to live node "
+          .. n.id, {status = 409})
+      end
+    end
+    local entry = config_entry(node, raft_id)
+    if entry and entry.address ~= info.raft_addr then
+      local ok, msg = raft_call(node, "remove", raft_id)
+      if not ok then
+        return nil, errors.new("RAFT", "removing the old address: " .. tostring(msg), {status = 503})
+      end
+      entry = nil
+    end
+    if not entry then
+      local ok, msg = raft_call(node, "add", raft_id, info.raft_addr)
+      if not ok then
+        return nil, errors.new("RAFT", "raft add: " .. tostring(msg), {status = 503})
+      end
+      local counts = role_counts(node)
+      local role = counts.voter < node.opts.voters and "voter" or "standby"
+      ok, msg = raft_call(node, "assign", raft_id, role)
+      if not ok then
+        return nil, errors.new("RAFT", "raft assign " .. role .. ": " .. tostring(msg), {status = 503})
+      end
+      node.log:info("added %s (%s) as %s", info.id, info.raft_addr, role)
+    end
+    node._seen = node._seen or {}
+    node._seen[info.id] = now()
+    local ok, msg = node:_propose(core.encode_node {
+      id = info.id, name = info.name, http_addr = info.http_addr, raft_addr = info.raft_addr,
+      zone = info.zone, weight = info.weight, services = info.services,
+      raft_id = raft_id, status = "active", time_ms = core.time_ms(),
+    })
+    if not ok then
+      return nil, errors.new("RAFT", "registering the node: " .. tostring(msg), {status = 503})
+    end
+    return true
+  end)
+end
+
+--- Removes a node for good (leader only): status left, table without it,
+-- raft_remove, entry removed.
+function M.remove(node, id)
+  return with_lock(node, function()
+    if not node:is_leader() then
+      return nil, errors.new("NOT_LEADER", "leadership moved", {status = 307})
+    end
+    local v = node:_view()
+    local cur = v.by_id[id]
+    if not cur then
+      return nil, errors.new("NOT_FOUND", "no node " .. id, {status = 404})
+    end
+    if id == node.id then
+      return nil, errors.new("INVALID", "the leader cannot remove itself; transfer leadership first",
+        {status = 409})
+    end
+    -- Removing a voter shrinks the quorum: refuse when the voters left
+    -- behind could not commit (more than half of them must be alive).
+    local entry = config_entry(node, core.raft_id(id))
+    if entry and entry.role == "voter" then
+      local live, total = 0, 0
+      for _, s in ipairs(node._core:configuration()) do
+        if s.role == "voter" and s.id ~= entry.id then
+          total = total + 1
+          for _, n in ipairs(v.nodes) do
+            if n.raft_id == s.id and n.status == "active" then live = live + 1 end
+          end
+        end
+      end
+      if live * 2 <= total then
+        return nil, errors.new("QUORUM", format("removing %s would leave %d of %d voters alive", id, live, total),
+          {status = 409})
+      end
+    end
+    local ok, msg = node:_propose(core.encode_status(id, "left", core.time_ms()))
+    if not ok then return nil, errors.new("RAFT", tostring(msg), {status = 503}) end
+    -- Let the reconciler move the table off the node before it goes.
+    node:_wait_until(function()
+      local vv = node:_view()
+      for _, p in ipairs(vv.parts or {}) do
+        if p.primary_node == id then return false end
+        for _, r in ipairs(p.replica_nodes) do
+          if r == id then return false end
+        end
+      end
+      return true
+    end, 5)
+    local raft_id = core.raft_id(id)
+    if config_entry(node, raft_id) then
+      ok, msg = raft_call(node, "remove", raft_id)
+      if not ok then return nil, errors.new("RAFT", "raft remove: " .. tostring(msg), {status = 503}) end
+    end
+    ok, msg = node:_propose(core.encode_remove(id))
+    if not ok then return nil, errors.new("RAFT", tostring(msg), {status = 503}) end
+    node.log:info("removed %s", id)
+    return true
+  end)
+end
+
+-- ---------------------------------------------------------------------------
+-- Leader side: failure detection and role repair (runs every tick)
+-- ---------------------------------------------------------------------------
+
+local function set_status(node, id, status)
+  local ok, msg = node:_propose(core.encode_status(id, status, core.time_ms()))
+  if not ok then
+    node.log:warn("status %s -> %s not committed: %s", id, status, tostring(msg))
+  else
+    node.log:info("node %s is %s", id, status)
+  end
+end
+
+-- Keeps voters at min(voters, healthy nodes): promote a healthy standby for
+-- each dead voter, then demote the dead voter. One change per tick.
+local function repair_roles(node, v)
+  local healthy = {}
+  for _, n in ipairs(v.nodes) do
+    healthy[n.raft_id] = n.status == "active"
+  end
+  local voters, dead, standby = 0, nil, nil
+  for _, s in ipairs(node._core:configuration()) do
+    if s.role == "voter" then
+      voters = voters + 1
+      if healthy[s.id] == false then dead = dead or s end
+    elseif s.role == "standby" and healthy[s.id] then
+      standby = standby or s
+    end
+  end
+  local want = node.opts.voters
+  if standby and (voters < want or dead) then
+    node.log:info("promoting standby %s to voter%s", standby.address,
+      dead and (" (voter " .. dead.address .. " is down)") or "")
+    with_lock(node, function() return raft_call(node, "assign", standby.id, "voter") end)
+  elseif dead and voters > want then
+    node.log:info("demoting down voter %s to standby", dead.address)
+    with_lock(node, function() return raft_call(node, "assign", dead.id, "standby") end)
+  end
+end
+
+function M.leader_tick(node)
+  if node._ticking then return end
+  node._ticking = true
+  local ok, err = xpcall(function()
+    local v = node:_view()
+    if not v.ready then return end
+    local t = now()
+    local seen = node._seen
+    if not seen or node._seen_term ~= node:consensus_stats().term then
+      -- A new leader starts with a clean slate: everyone gets a grace period.
+      seen = {}
+      for _, n in ipairs(v.nodes) do seen[n.id] = t end
+      node._seen, node._seen_term = seen, node:consensus_stats().term
+    end
+    seen[node.id] = t
+    local o = node.opts
+    for _, n in ipairs(v.nodes) do
+      if n.status ~= "left" then
+        local age = t - (seen[n.id] or t)
+        if seen[n.id] == nil then seen[n.id] = t end
+        local want = n.status
+        if age >= o.down_after then
+          want = "down"
+        elseif age >= o.suspect_after then
+          want = n.status == "down" and "down" or "suspect"
+        else
+          want = "active"
+        end
+        if want ~= n.status and node:is_leader() then
+          set_status(node, n.id, want)
+        end
+      end
+    end
+    if node:is_leader() then
+      repair_roles(node, node:_view())
+    end
+  end, debug.traceback)
+  node._ticking = false
+  if not ok then
+    node.log:error("leader tick: %s", tostring(err))
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Every node: heartbeats to the leader, and joining
+-- ---------------------------------------------------------------------------
+
+function M.heartbeat(node)
+  local r = node._core:raft()
+  if r.state == "leader" or not r.leader_id then return end
+  local leader
+  for _, n in ipairs(node:_view().nodes) do
+    if n.raft_id == r.leader_id then leader = n end
+  end
+  if not leader then return end
+  httpc.request {
+    method = "POST", url = "http://" .. leader.http_addr .. "/heartbeat",
+    headers = auth_headers(node), body = '{"id":' .. json.encode(node.id) .. "}",
+    timeout = node.opts.heartbeat_interval * 4,
+  }
+end
+
+-- The join request body: the Go library's shape plus our fields.
+local function join_body(node)
+  local me = node:_my_entry()
+  local _, port = config.parse_addr(me.http_addr)
+  return json.encode {
+    node = {id = me.id, name = me.name, ip = me.http_addr, port = port, status = "active",
+            services = next(me.services) and me.services or json.null, zone = me.zone, weight = me.weight},
+    raft_addr = me.raft_addr,
+  }
+end
+
+--- Asks the cluster at join_addr to admit this node, following redirects
+-- to the leader and retrying with backoff until admitted, refused (409/401,
+-- then node._join_error is set) or stopped.
+function M.join(node)
+  local target = node.opts.join_addr
+  local delay = 0.05
+  while node.status == "running" do
+    local res, err = httpc.request {
+      method = "POST", url = "http://" .. target .. "/join",
+      headers = auth_headers(node), body = join_body(node), timeout = 5,
+    }
+    if res and res.status == 200 then
+      node.log:info("admitted by %s", target)
+      return true
+    end
+    local body = res and json.decode(res.body)
+    local e = type(body) == "table" and type(body.error) == "table" and body.error or {}
+    if res and (res.status == 307 or e.code == "NOT_LEADER") and type(e.leader) == "string" then
+      target = e.leader
+      delay = 0.05
+    elseif res and (res.status == 409 or res.status == 401 or res.status == 400) then
+      node._join_error = errors.new(e.code or "JOIN_REFUSED", tostring(e.message or res.body))
+      node.log:error("join refused by %s: %s", target, tostring(node._join_error))
+      node._cond:signal("join_failed")
+      return nil, node._join_error
+    else
+      node.log:debug("join via %s failed (%s); retrying", target,
+        res and (res.status .. " " .. res.body) or tostring(err))
+      target = node.opts.join_addr
+      sched.sleep(delay)
+      delay = math.min(delay * 2, 1)
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- HTTP endpoints: /join, /heartbeat, /leave
+-- ---------------------------------------------------------------------------
+
+local function check_join(body)
+  if type(body) ~= "table" or type(body.node) ~= "table" then
+    return nil, "body must be {\"node\": {...}, \"raft_addr\": \"host:port\"}"
+  end
+  local n = body.node
+  if type(n.id) ~= "string" or n.id == "" or #n.id > 256 or n.id:find("[%c%s]") then
+    return nil, "node.id must be 1..256 characters without spaces"
+  end
+  local raft_addr = body.raft_addr or n.raft_addr
+  if type(raft_addr) ~= "string" or not config.parse_addr(raft_addr) then
+    return nil, "raft_addr must look like host:port"
+  end
+  local http_addr = n.http_addr or n.ip
+  if type(http_addr) ~= "string" then
+    return nil, "node.ip must be the node's HTTP address"
+  end
+  if http_addr:sub(1, 1) == ":" then -- The Go library sends ":8080".
+    http_addr = raft_addr:match("^(.*):%d+$") .. http_addr
+  end
+  if not config.parse_addr(http_addr) then
+    return nil, "node.ip must look like host:port"
+  end
+  local services = {}
+  if type(n.services) == "table" then
+    for k, v in pairs(n.services) do
+      if type(k) ~= "string" or type(v) ~= "string" then
+        return nil, "node.services must map names to addresses"
+      end
+      services[k] = v
+    end
+  end
+  local weight = n.weight == nil and 1 or n.weight
+  if type(weight) ~= "number" or weight < 0 or weight > 1000000 or weight ~= math.floor(weight) then
+    return nil, "node.weight must be an integer from 0 to 1000000"
+  end
+  if n.name ~= nil and type(n.name) ~= "string" then return nil, "node.name must be a string" end
+  if n.zone ~= nil and type(n.zone) ~= "string" then return nil, "node.zone must be a string" end
+  return {id = n.id, name = n.name or n.id, http_addr = http_addr, raft_addr = raft_addr,
+          zone = n.zone or "", weight = weight, services = services}
+end
+
+function M.install(node)
+  local srv = node.http
+
+  srv:route("POST", "/join", function(req, res)
+    if not M.authorized(node, req, res) then return end
+    local body, jerr = req:json()
+    if body == nil then return res:error(400, "BAD_REQUEST", jerr) end
+    local info, why = check_join(body)
+    if not info then return res:error(400, "BAD_REQUEST", why) end
+    if not node:is_leader() then return not_leader(node, res) end
+    local ok, err = M.admit(node, info)
+    if not ok then
+      if err.code == "NOT_LEADER" then return not_leader(node, res) end
+      return res:error(err.status or 500, err.code, err.message)
+    end
+    local l = node:leader()
+    return res:json({status = "ok", node_id = info.id, leader = l and l.leader_id or json.null,
+                     cluster_id = node:cluster().id, state_index = node:state_index()})
+  end)
+
+  srv:route("POST", "/heartbeat", function(req, res)
+    if not M.authorized(node, req, res) then return end
+    local body = req:json()
+    if type(body) ~= "table" or type(body.id) ~= "string" then
+      return res:error(400, "BAD_REQUEST", 'body must be {"id": "<node id>"}')
+    end
+    if not node:is_leader() then return not_leader(node, res) end
+    if not node:_view().by_id[body.id] then
+      return res:error(404, "NOT_FOUND", "unknown node " .. body.id)
+    end
+    node._seen = node._seen or {}
+    local was = node._seen[body.id]
+    node._seen[body.id] = now()
+    local n = node:_view().by_id[body.id]
+    if n.status ~= "active" and n.status ~= "left" and (not was or now() - was > 0) then
+      -- Recovery is committed by the next leader tick; run it now.
+      sched.spawn(M.leader_tick, node)
+    end
+    return res:json({status = "ok", state_index = node:state_index()})
+  end)
+
+  srv:route("POST", "/leave", function(req, res)
+    if not M.authorized(node, req, res) then return end
+    local body = req:json()
+    local id = type(body) == "table" and body.id or req.query.id
+    if type(id) ~= "string" or id == "" then
+      return res:error(400, "BAD_REQUEST", 'body must be {"id": "<node id>"}')
+    end
+    if not node:is_leader() then return not_leader(node, res) end
+    local ok, err = M.remove(node, id)
+    if not ok then
+      if err.code == "NOT_LEADER" then return not_leader(node, res) end
+      return res:error(err.status or 500, err.code, err.message)
+    end
+    return res:json({status = "ok", node_id = id})
+  end)
+end
+
+M.auth_headers = auth_headers
+M.check_join = check_join
+return M
