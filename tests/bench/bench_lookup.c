@@ -13,6 +13,9 @@
 #include "ck_hash.h"
 
 #include <stdio.h>
+#include <string.h>
+
+#include "ck_state.h"
 #include <stdlib.h>
 #include <time.h>
 
@@ -45,6 +48,73 @@ static double bench_run(const struct ck_hasher *h, const char *keys, const uint8
         bench_sink = acc;
         double per = (now_ns() - t0) / (double)n;
         /* Pass 0 warms caches and page tables and is not counted. */
+        if (pass == 1 || (pass > 1 && per < best)) {
+            best = per;
+        }
+    }
+    return best;
+}
+
+/* A committed-looking state with 3 nodes, P partitions, RF 3, built
+ * through the same commands the FSM applies. */
+static void bench_state(struct ck_state *s, uint32_t partitions)
+{
+    struct ck_wbuf w;
+    static const char *ids[] = {"node-1", "node-2", "node-3"};
+    struct ck_cmd_init init = {{"bench", 5}, {"bench", 5}, partitions, 3, CK_HASH_FNV1A64, 1};
+    uint64_t index = 1;
+
+    ck_state_init(s);
+    ck_wbuf_init(&w);
+    ck_cmd_encode_init(&w, &init);
+    ck_state_apply(s, w.p, w.len, index++);
+    for (int i = 0; i < 3; i++) {
+        struct ck_cmd_node n;
+        memset(&n, 0, sizeof n);
+        n.id.p = ids[i];
+        n.id.len = 6;
+        n.weight = 1;
+        n.status = CK_NODE_ACTIVE;
+        w.len = 0;
+        ck_cmd_encode_node(&w, &n);
+        ck_state_apply(s, w.p, w.len, index++);
+    }
+    struct ck_str sids[3] = {{ids[0], 6}, {ids[1], 6}, {ids[2], 6}};
+    uint8_t *owners = malloc((size_t)partitions * 3 * 2);
+    for (uint32_t p = 0; p < partitions; p++) {
+        for (uint32_t k = 0; k < 3; k++) {
+            owners[(p * 3 + k) * 2] = (uint8_t)((p + k) % 3);
+            owners[(p * 3 + k) * 2 + 1] = 0;
+        }
+    }
+    struct ck_cmd_table t = {partitions, 3, 3, sids, owners};
+    w.len = 0;
+    ck_cmd_encode_table(&w, &t);
+    if (ck_state_apply(s, w.p, w.len, index) != 0) {
+        fprintf(stderr, "table rejected\n");
+        exit(1);
+    }
+    free(owners);
+    ck_wbuf_free(&w);
+}
+
+/* Key -> owners (primary first) as the node does it: one hash, one row. */
+static double bench_nodes(const struct ck_state *s, const char *keys, const uint8_t *lens, size_t n)
+{
+    double best = 0;
+
+    for (int pass = 0; pass < PASSES + 1; pass++) {
+        double t0 = now_ns();
+        uint32_t acc = 0;
+
+        for (size_t i = 0; i < n; i++) {
+            uint32_t count;
+            uint32_t p = ck_hash_partition(&s->config.hasher, keys + i * KEY_STRIDE, lens[i]);
+            const uint16_t *row = ck_state_owners(s, p, &count);
+            acc += row[0] + count;
+        }
+        bench_sink = acc;
+        double per = (now_ns() - t0) / (double)n;
         if (pass == 1 || (pass > 1 && per < best)) {
             best = per;
         }
@@ -88,6 +158,13 @@ int main(int argc, char **argv)
                        bench_run(&h, keys, lens, n));
             }
         }
+    }
+
+    for (size_t c = 0; c < 2; c++) {
+        struct ck_state st;
+        bench_state(&st, counts[c]);
+        printf("c key->nodes fnv1a64 P=%u RF=3: %.1f ns/op\n", counts[c], bench_nodes(&st, keys, lens, n));
+        ck_state_free(&st);
     }
 
     free(keys);

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints its figures. Nothing here asserts timings.
+#   tests/bench/run.sh [build-dir]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${1:-build}
+echo "== C: key -> partition (tests/bench/bench_lookup.c)"
+"$BUILD/tests/bench_lookup"
+echo "== Lua: lookups on a started node (tests/bench/lookup.lua)"
+"$BUILD/ckrun" tests/bench/lookup.lua
+echo "== idle memory (tests/bench/rss.sh)"
+tests/bench/rss.sh "$BUILD"
+for b in tests/bench/cluster_*.py; do
+  [ -e "$b" ] || continue
+  echo "== $b"
+  CK_BUILD_DIR="$BUILD" python3 "$b"
+done
