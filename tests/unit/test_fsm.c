@@ -1,0 +1,493 @@
+/*
+ * Unit tests for ck_fsm on raft's in-memory fixture: three servers, each with
+ * its own ck_fsm, replicate commands to byte-identical states; a rejected
+ * command is reported through the apply result while raft keeps applying;
+ * a server that missed compacted entries catches up through InstallSnapshot;
+ * and a leader failover keeps the replicas identical.
+ *
+ * The fixture's time is virtual and its election timeouts are fixed (server 0
+ * times out first), so every run takes the same steps.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <raft.h>
+#include <raft/fixture.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ck_buf.h"
+#include "ck_common.h"
+#include "ck_fsm.h"
+#include "ck_state.h"
+
+#define N_SERVERS 3
+#define MAX_PROPOSALS 256
+#define STEP_MS 10000 /* Virtual-time bound for each wait. */
+
+struct proposal {
+    struct raft_apply req;
+    bool done;
+    int status;
+    int result;
+};
+
+struct cluster {
+    struct raft_fixture fixture;
+    struct raft_fsm fsms[N_SERVERS];
+    struct ck_fsm f[N_SERVERS];
+    unsigned changes[N_SERVERS]; /* on_change calls per server. */
+    /* Proposals outlive the fixture: raft may fire callbacks until closed. */
+    struct proposal proposals[MAX_PROPOSALS];
+    unsigned n_proposals;
+    /* What every replica should equal: the same commands applied directly
+     * at the indexes raft gave them. */
+    struct ck_state reference;
+};
+
+static void fsm_on_change(struct ck_fsm *f)
+{
+    struct cluster *c = f->data;
+    c->changes[f - c->f]++;
+}
+
+static struct ck_str S(const char *s)
+{
+    struct ck_str v = {s, (uint32_t)strlen(s)};
+    return v;
+}
+
+/* ------------------------------------------------------------------------
+ * Commands
+ * ------------------------------------------------------------------------ */
+
+struct blob {
+    uint8_t *p;
+    size_t len;
+};
+
+static struct blob take(struct ck_wbuf *w)
+{
+    struct blob b;
+    assert_int_equal(w->err, 0);
+    b.p = ck_wbuf_take(w, &b.len);
+    return b;
+}
+
+static struct blob cmd_init(uint32_t partitions, uint32_t replication)
+{
+    struct ck_cmd_init c = {S("fsm-test"), S("demo"), partitions, replication, CK_HASH_FNV1A64, 1};
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_init(&w, &c);
+    return take(&w);
+}
+
+static struct blob cmd_node(const char *id, uint64_t raft_id, uint8_t status, uint64_t time_ms)
+{
+    static struct ck_str svc[] = {{"http", 4}, {"127.0.0.1:8080", 14}, {"metrics", 7}, {"127.0.0.1:9100", 14}};
+    struct ck_cmd_node c = {0};
+    struct ck_wbuf w;
+    c.id = S(id);
+    c.name = S(id);
+    c.http_addr = S("127.0.0.1:8080");
+    c.raft_addr = S("127.0.0.1:9090");
+    c.zone = S("z1");
+    c.raft_id = raft_id;
+    c.weight = 100;
+    c.status = status;
+    c.time_ms = time_ms;
+    c.n_services = 2;
+    c.services = svc;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_node(&w, &c);
+    return take(&w);
+}
+
+static struct blob cmd_status(const char *id, uint8_t status, uint64_t time_ms)
+{
+    struct ck_cmd_status c = {S(id), status, time_ms};
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_status(&w, &c);
+    return take(&w);
+}
+
+static struct blob cmd_remove(const char *id)
+{
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_remove(&w, S(id));
+    return take(&w);
+}
+
+/* A TABLE over @n_ids ids with row p = ids p, p+1, ... (mod n_ids). */
+static struct blob cmd_table(uint32_t partitions, uint32_t width, const char *const *ids, uint32_t n_ids)
+{
+    struct ck_str sv[8];
+    uint8_t owners[64 * 4 * 2];
+    struct ck_wbuf w;
+
+    assert_true(n_ids <= 8 && partitions * width <= 64 * 4);
+    for (uint32_t i = 0; i < n_ids; i++) {
+        sv[i] = S(ids[i]);
+    }
+    for (uint32_t p = 0; p < partitions; p++) {
+        for (uint32_t k = 0; k < width; k++) {
+            uint16_t v = k < n_ids ? (uint16_t)((p + k) % n_ids) : CK_NO_NODE;
+            owners[2 * (p * width + k)] = (uint8_t)v;
+            owners[2 * (p * width + k) + 1] = (uint8_t)(v >> 8);
+        }
+    }
+    struct ck_cmd_table c = {partitions, width, n_ids, sv, owners};
+    ck_wbuf_init(&w);
+    ck_cmd_encode_table(&w, &c);
+    return take(&w);
+}
+
+/* ------------------------------------------------------------------------
+ * Cluster helpers
+ * ------------------------------------------------------------------------ */
+
+static int setup(void **state)
+{
+    struct cluster *c = calloc(1, sizeof *c);
+    struct raft_configuration conf;
+
+    assert_non_null(c);
+    assert_int_equal(raft_fixture_initialize(&c->fixture), 0);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        ck_fsm_init(&c->fsms[i], &c->f[i]);
+        c->f[i].data = c;
+        c->f[i].on_change = fsm_on_change;
+        assert_int_equal(raft_fixture_grow(&c->fixture, &c->fsms[i]), 0);
+        c->f[i].raft = raft_fixture_get(&c->fixture, i);
+    }
+    assert_int_equal(raft_fixture_configuration(&c->fixture, N_SERVERS, &conf), 0);
+    assert_int_equal(raft_fixture_bootstrap(&c->fixture, &conf), 0);
+    raft_configuration_close(&conf);
+    ck_state_init(&c->reference);
+    *state = c;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct cluster *c = *state;
+
+    raft_fixture_close(&c->fixture);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        ck_fsm_close(&c->f[i]);
+    }
+    ck_state_free(&c->reference);
+    free(c);
+    return 0;
+}
+
+static void start(struct cluster *c)
+{
+    assert_int_equal(raft_fixture_start(&c->fixture), 0);
+    assert_true(raft_fixture_step_until_has_leader(&c->fixture, STEP_MS));
+}
+
+static unsigned leader(struct cluster *c)
+{
+    unsigned l = raft_fixture_leader_index(&c->fixture);
+    assert_true(l < N_SERVERS);
+    return l;
+}
+
+static void apply_cb(struct raft_apply *req, int status, void *result)
+{
+    struct proposal *p = req->data;
+    assert_false(p->done); /* Exactly once. */
+    p->done = true;
+    p->status = status;
+    p->result = (int)(intptr_t)result;
+}
+
+/* Hand @cmd (freed here) to the leader's raft_apply as a raft_malloc'd,
+ * zero-padded buffer of a multiple of 8 bytes. */
+static struct proposal *propose(struct cluster *c, struct blob cmd)
+{
+    struct proposal *p;
+    struct raft_buffer buf;
+
+    assert_true(c->n_proposals < MAX_PROPOSALS);
+    p = &c->proposals[c->n_proposals++];
+    p->req.data = p;
+    buf.len = (cmd.len + 7) & ~(size_t)7;
+    buf.base = raft_malloc(buf.len);
+    assert_non_null(buf.base);
+    memset(buf.base, 0, buf.len);
+    memcpy(buf.base, cmd.p, cmd.len);
+    assert_int_equal(raft_apply(raft_fixture_get(&c->fixture, leader(c)), &p->req, &buf, 1, apply_cb), 0);
+    assert_true(p->req.index > 0);
+    /* The reference applies the very same bytes at the same index. */
+    ck_state_apply(&c->reference, buf.base, buf.len, p->req.index);
+    free(cmd.p);
+    return p;
+}
+
+/* Step until server @i (or every alive server when @i == N_SERVERS) has
+ * applied @index. */
+static void wait_applied(struct cluster *c, unsigned i, raft_index index)
+{
+    if (i < N_SERVERS) {
+        assert_true(raft_fixture_step_until_applied(&c->fixture, i, index, STEP_MS));
+        return;
+    }
+    for (unsigned k = 0; k < N_SERVERS; k++) {
+        if (raft_fixture_alive(&c->fixture, k)) {
+            assert_true(raft_fixture_step_until_applied(&c->fixture, k, index, STEP_MS));
+        }
+    }
+}
+
+/* Propose @cmd, wait until every alive server applied it, and return the
+ * result the leader's callback got. */
+static int apply(struct cluster *c, struct blob cmd)
+{
+    struct proposal *p = propose(c, cmd);
+    wait_applied(c, N_SERVERS, p->req.index);
+    assert_true(p->done);
+    assert_int_equal(p->status, 0);
+    return p->result;
+}
+
+static struct blob snap(const struct ck_state *s)
+{
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_state_snapshot(s, &w);
+    return take(&w);
+}
+
+/* Every server listed in @mask (bit i = server i) has a state whose snapshot
+ * is byte-identical to the reference's. */
+static void assert_identical(struct cluster *c, unsigned mask)
+{
+    struct blob want = snap(&c->reference);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        if (mask & (1u << i)) {
+            struct blob got = snap(&c->f[i].state);
+            assert_int_equal(got.len, want.len);
+            assert_memory_equal(got.p, want.p, want.len);
+            free(got.p);
+        }
+    }
+    free(want.p);
+}
+#define ALL ((1u << N_SERVERS) - 1)
+
+static const char *const node_ids[] = {"node-1", "node-2", "node-3"};
+
+/* INIT, one upsert per server and a table. */
+static void populate(struct cluster *c)
+{
+    assert_int_equal(apply(c, cmd_init(16, 3)), 0);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        assert_int_equal(apply(c, cmd_node(node_ids[i], i + 1, CK_NODE_ACTIVE, 1000 + i)), 0);
+    }
+    assert_int_equal(apply(c, cmd_table(16, 3, node_ids, 3)), 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Tests
+ * ------------------------------------------------------------------------ */
+
+/* Commands of every type applied through the leader leave all three servers
+ * with byte-identical states, equal to applying the same commands directly at
+ * the indexes raft assigned (so the FSM passes the right index). */
+static void test_replicates_identically(void **state)
+{
+    struct cluster *c = *state;
+
+    start(c);
+    populate(c);
+    assert_int_equal(apply(c, cmd_status("node-2", CK_NODE_SUSPECT, 5000)), 0);
+    assert_int_equal(apply(c, cmd_node("node-4", 4, CK_NODE_ACTIVE, 6000)), 0);
+    static const char *const ids4[] = {"node-4", "node-3", "node-2", "node-1"};
+    assert_int_equal(apply(c, cmd_table(16, 3, ids4, 4)), 0);
+    assert_int_equal(apply(c, cmd_remove("node-2")), 0);
+    assert_identical(c, ALL);
+
+    struct ck_state *s = &c->f[0].state;
+    assert_true(s->config.initialized);
+    assert_int_equal(s->n_nodes, 3);
+    /* Entry 1 is the bootstrap configuration; ours follow. */
+    assert_true(s->index == c->proposals[c->n_proposals - 1].req.index);
+    assert_true(s->index > 1);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        assert_int_equal(c->f[i].applied, c->n_proposals);
+        assert_int_equal(c->f[i].rejected, 0);
+        assert_int_equal(c->changes[i], c->n_proposals);
+    }
+}
+
+/* A rejected command (a second INIT, an unknown node, undecodable bytes) gets
+ * its negative code in the apply result with status 0, changes nothing, and
+ * raft keeps applying the entries after it on every server. */
+static void test_rejected_command_reported(void **state)
+{
+    static const uint8_t garbage[] = {1, 42, 0xff, 0xff};
+    struct cluster *c = *state;
+
+    start(c);
+    populate(c);
+    struct blob before = snap(&c->f[0].state);
+
+    struct proposal *second_init = propose(c, cmd_init(8, 2));
+    struct proposal *unknown = propose(c, cmd_status("nobody", CK_NODE_DOWN, 1));
+    struct blob g = {malloc(sizeof garbage), sizeof garbage};
+    memcpy(g.p, garbage, sizeof garbage);
+    struct proposal *bad = propose(c, g);
+    struct proposal *after = propose(c, cmd_status("node-3", CK_NODE_DOWN, 9000));
+    wait_applied(c, N_SERVERS, after->req.index);
+
+    assert_true(second_init->done && unknown->done && bad->done && after->done);
+    assert_int_equal(second_init->status, 0);
+    assert_int_equal(second_init->result, CK_EINVAL);
+    assert_int_equal(unknown->status, 0);
+    assert_int_equal(unknown->result, CK_ENOTFOUND);
+    assert_int_equal(bad->status, 0);
+    assert_int_equal(bad->result, CK_ECORRUPT);
+    assert_int_equal(after->status, 0);
+    assert_int_equal(after->result, 0);
+
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        struct raft *r = raft_fixture_get(&c->fixture, i);
+        assert_true(raft_last_applied(r) >= after->req.index);
+        assert_true(raft_last_applied(r) > bad->req.index);
+        assert_int_equal(c->f[i].rejected, 3);
+        assert_int_equal(c->f[i].applied, c->n_proposals);
+        /* on_change fires for accepted commands only. */
+        assert_int_equal(c->changes[i], c->n_proposals - 3);
+        assert_int_equal(c->f[i].state.nodes[2].status, CK_NODE_DOWN);
+        assert_int_equal(c->f[i].state.index, after->req.index);
+    }
+    /* Apart from the last command, nothing moved: roll it back on a copy of
+     * the "before" snapshot and compare. */
+    struct ck_state t;
+    ck_state_init(&t);
+    assert_int_equal(ck_state_restore(&t, before.p, before.len), 0);
+    struct blob cmd = cmd_status("node-3", CK_NODE_DOWN, 9000);
+    assert_int_equal(ck_state_apply(&t, cmd.p, cmd.len, after->req.index), 0);
+    free(cmd.p);
+    struct blob want = snap(&t);
+    struct blob got = snap(&c->f[1].state);
+    assert_int_equal(got.len, want.len);
+    assert_memory_equal(got.p, want.p, want.len);
+    free(got.p);
+    free(want.p);
+    free(before.p);
+    ck_state_free(&t);
+    assert_identical(c, ALL);
+}
+
+/* With a low snapshot threshold, a follower that was down while the leader
+ * compacted its log catches up through InstallSnapshot (not by replaying the
+ * missed entries) to a state identical to the others', and keeps applying
+ * new entries afterwards. */
+static void test_snapshot_install(void **state)
+{
+    struct cluster *c = *state;
+
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        raft_set_snapshot_threshold(raft_fixture_get(&c->fixture, i), 8);
+        raft_set_snapshot_trailing(raft_fixture_get(&c->fixture, i), 2);
+    }
+    start(c);
+    populate(c);
+    unsigned l = leader(c);
+    unsigned victim = (l + 1) % N_SERVERS;
+    assert_identical(c, ALL);
+    uint64_t applied_before = c->f[victim].applied;
+    unsigned changes_before = c->changes[victim];
+
+    raft_fixture_kill(&c->fixture, victim);
+    char id[32];
+    for (unsigned i = 0; i < 40; i++) {
+        snprintf(id, sizeof id, "extra-%u", i);
+        assert_int_equal(apply(c, cmd_node(id, 100 + i, CK_NODE_ACTIVE, i)), 0);
+        if (i % 3 == 0) {
+            assert_int_equal(apply(c, cmd_status("node-1", i % 2 ? CK_NODE_ACTIVE : CK_NODE_SUSPECT, i)), 0);
+        }
+    }
+    assert_int_equal(apply(c, cmd_remove("extra-7")), 0);
+    raft_index last = c->proposals[c->n_proposals - 1].req.index;
+    /* The leader compacted past everything the victim has. */
+    struct raft *lr = raft_fixture_get(&c->fixture, l);
+    assert_true(lr->log.snapshot.last_index > raft_last_applied(raft_fixture_get(&c->fixture, victim)));
+    assert_int_equal(c->f[victim].applied, applied_before);
+    assert_int_equal(raft_fixture_n_recv(&c->fixture, victim, RAFT_IO_INSTALL_SNAPSHOT), 0);
+
+    raft_fixture_revive(&c->fixture, victim);
+    wait_applied(c, victim, last);
+    assert_true(raft_fixture_n_recv(&c->fixture, victim, RAFT_IO_INSTALL_SNAPSHOT) >= 1);
+    /* The victim restored rather than replayed: it applied far fewer than
+     * the commands it missed, and on_change saw the restore. */
+    assert_true(c->f[victim].applied - applied_before < 10);
+    assert_true(c->changes[victim] > changes_before);
+    assert_identical(c, ALL);
+    assert_int_equal(c->f[victim].state.n_nodes, N_SERVERS + 39);
+
+    /* And it follows new entries normally. */
+    assert_int_equal(apply(c, cmd_remove("extra-8")), 0);
+    assert_identical(c, ALL);
+}
+
+/* Killing the leader elects another server, which keeps applying on top of
+ * the same state; when the old leader comes back it converges too. */
+static void test_leader_failover(void **state)
+{
+    struct cluster *c = *state;
+
+    start(c);
+    populate(c);
+    unsigned old = leader(c);
+    assert_identical(c, ALL);
+
+    /* The fixture only notices on its next step that the leader is gone:
+     * until then step_until_has_leader would return the dead one. */
+    raft_fixture_kill(&c->fixture, old);
+    assert_true(raft_fixture_step_until_has_no_leader(&c->fixture, STEP_MS));
+    assert_true(raft_fixture_step_until_has_leader(&c->fixture, STEP_MS));
+    unsigned l = leader(c);
+    assert_int_not_equal(l, old);
+    assert_int_equal(raft_state(raft_fixture_get(&c->fixture, l)), RAFT_LEADER);
+
+    assert_int_equal(apply(c, cmd_status("node-1", CK_NODE_DOWN, 7000)), 0);
+    assert_int_equal(apply(c, cmd_node("node-5", 5, CK_NODE_ACTIVE, 7001)), 0);
+    static const char *const ids[] = {"node-2", "node-3", "node-5"};
+    assert_int_equal(apply(c, cmd_table(16, 3, ids, 3)), 0);
+    assert_int_equal(apply(c, cmd_init(4, 1)), CK_EINVAL);
+    unsigned others = ALL & ~(1u << old);
+    assert_identical(c, others);
+
+    raft_fixture_revive(&c->fixture, old);
+    raft_index last = c->proposals[c->n_proposals - 1].req.index;
+    wait_applied(c, old, last);
+    assert_identical(c, ALL);
+
+    /* The revived server follows; a command through the current leader
+     * reaches all three. */
+    assert_int_equal(apply(c, cmd_remove("node-1")), 0);
+    assert_identical(c, ALL);
+    assert_int_not_equal(raft_state(raft_fixture_get(&c->fixture, old)), RAFT_LEADER);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_replicates_identically, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rejected_command_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_install, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leader_failover, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
