@@ -8,6 +8,28 @@
  * callback, one response serialized into the connection's reusable write
  * buffer and one uv_write(). No allocation once the buffers have warmed up.
  *
+ * Behaviour that ck_http.h leaves open, decided here:
+ *  - A timeout of 0 in ck_http_limits disables that deadline. The header
+ *    deadline of a new connection runs from the accept, so a client that
+ *    connects and sends nothing is closed (silently: nothing to answer).
+ *    An idle keep-alive connection is closed silently too; a request cut off
+ *    in its headers or body gets 408. A response write that does not finish
+ *    within idle_timeout_ms closes the connection.
+ *  - The next pipelined request is parsed only once the previous response
+ *    has been written (its write callback), so one write buffer per
+ *    connection suffices and a client that does not read stalls itself.
+ *  - EOF or a read error while the owner holds a request aborts it: a client
+ *    that half-closes after sending is treated as gone.
+ *  - If ck_http_respond() refuses the owner's response (CK_EINVAL), the
+ *    client gets a 500 {"error":{"code":"INTERNAL",...}} and the connection
+ *    closes; the request is consumed and never aborted.
+ *  - Server-initiated closes shut the socket down and drop input for up to
+ *    CK_HTTP_LINGER_MS, so that the client reads the error response rather
+ *    than a reset caused by its unread bytes (e.g. an early 413).
+ *  - Upgrade and CONNECT requests are handed over like others, but the
+ *    connection closes after the response.
+ *  - ck_http_server_new() sets SIGPIPE to SIG_IGN if it is still SIG_DFL.
+ *
  * Notes on llhttp 8.1 that shaped this file (verified against Debian's
  * sources, which build in loose mode, LLHTTP_STRICT_MODE 0):
  *
