@@ -221,6 +221,39 @@ static int mkdir_p(const char *path)
     return 0;
 }
 
+/* Why listening on @addr ("ip:port") fails, found by trying it: raft 0.15
+ * reports a failed listen only as RAFT_IOERR. Returns 0 or a libuv code. */
+static int node_probe_listen(const char *addr)
+{
+    char host[256];
+    struct sockaddr_storage ss;
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || (size_t)(colon - addr) >= sizeof host) {
+        return 0;
+    }
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    int port = atoi(colon + 1);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        return 0;
+    }
+    uv_loop_t loop;
+    uv_tcp_t tcp;
+    if (uv_loop_init(&loop) != 0) {
+        return 0;
+    }
+    uv_tcp_init(&loop, &tcp);
+    int rv = uv_tcp_bind(&tcp, (struct sockaddr *)&ss, 0);
+    if (rv == 0) {
+        rv = uv_listen((uv_stream_t *)&tcp, 1, NULL);
+    }
+    uv_close((uv_handle_t *)&tcp, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return rv;
+}
+
 int ck_node_start(struct ck_node *n)
 {
     int rv;
@@ -277,7 +310,17 @@ int ck_node_start(struct ck_node *n)
         }
     }
     if ((rv = raft_start(&n->raft)) != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "raft start: %s", raft_errmsg(&n->raft));
+        /* raft 0.15 leaves its errmsg empty when the transport's listen
+         * fails inside raft_start; the io's message or the code says why. */
+        const char *why = raft_errmsg(&n->raft);
+        if (why == NULL || why[0] == '\0') {
+            why = n->io.errmsg[0] != '\0' ? n->io.errmsg : raft_strerror(rv);
+            int probe = rv == RAFT_IOERR ? node_probe_listen(n->raft_bind ? n->raft_bind : n->raft_addr) : 0;
+            if (probe != 0) {
+                why = uv_strerror(probe);
+            }
+        }
+        snprintf(n->errmsg, sizeof n->errmsg, "raft start on %s: %s", n->raft_addr, why);
         return node_err(rv);
     }
     n->started = true;

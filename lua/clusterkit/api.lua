@@ -145,7 +145,7 @@ function M.install(node)
                  role = i == 1 and "primary" or "replica"}
     end
     return res:json({
-      key = key, partition = partition_json(p), partition_id = p.id,
+      key = json.utf8_safe(key), partition = partition_json(p), partition_id = p.id,
       primary = p.primary_node, replicas = json.array(p.replica_nodes),
       nodes = json.array(list),
     })

@@ -29,10 +29,13 @@ options:
 
 local function default_app()
   local clusterkit = require "clusterkit"
-  local ck = clusterkit.new()
+  local made, ck = pcall(clusterkit.new)
+  if not made then -- A configuration error: the message says it all.
+    error({exit = tostring(ck):gsub("^[^:]*:%d+: ", "")})
+  end
   local ok, err = ck:start()
   if not ok then
-    error("clusterkit node failed to start: " .. tostring(err), 0)
+    error({exit = "clusterkit node failed to start: " .. tostring(err)})
   end
 end
 
@@ -104,9 +107,11 @@ function M.main(argv)
   end
 
   clusterkit.spawn(function()
-    local ok, e = xpcall(fn, debug.traceback, unpack(args))
+    local ok, e = xpcall(fn, function(x)
+      return type(x) == "table" and x.exit and x or debug.traceback(x, 2)
+    end, unpack(args))
     if not ok then
-      io.stderr:write("ckrun: ", tostring(e), "\n")
+      io.stderr:write("ckrun: ", type(e) == "table" and tostring(e.exit) or tostring(e), "\n")
       status = 1
       clusterkit.shutdown()
       core.stop()

@@ -159,7 +159,7 @@ function M.resolve(opts, fn, getenv)
   end
   o.data_dir = o.data_dir or ("./data/" .. o.node_id)
   if o.hash_algorithm ~= "fnv1a64" and o.hash_algorithm ~= "md5" then
-    error(fn .. ": hash_algorithm must be fnv1a64 or md5", 3)
+    error(fn .. ": hash_algorithm (HASH_ALGORITHM) must be fnv1a64 or md5", 3)
   end
   if o.hash_tags == nil then
     o.hash_tags = o.hash_algorithm == "fnv1a64"

@@ -317,7 +317,17 @@ describe("json", function()
   it("keeps empty lists as lists", function()
     assert.are.equal('{"a":[]}', json.encode({a = json.array({})}))
     assert.are.equal('{"a":[1]}', json.encode({a = json.array({1})}))
-    assert.are.equal('"\\u0000[]x"', json.encode("\0[]x")) -- only the exact marker
+    assert.are.equal('"\\u0000[]x"', json.encode("\0[]x"))
+    assert.are.equal('{"a":"\\u0000[]"}', json.encode({a = "\0[]"})) -- not forgeable
+  end)
+
+  it("makes any byte string safe to echo as UTF-8", function()
+    assert.are.equal("abc", json.utf8_safe("abc"))
+    assert.are.equal("h\195\169", json.utf8_safe("h\195\169"))         -- é stays
+    assert.are.equal("\239\191\189\239\191\189", json.utf8_safe("\255\254"))
+    assert.are.equal("\239\191\189(", json.utf8_safe("\195("))        -- broken pair
+    assert.are.equal("\239\191\189\239\191\189\239\191\189", json.utf8_safe("\237\160\128")) -- surrogate
+    assert.are.equal("\240\159\152\128", json.utf8_safe("\240\159\152\128")) -- emoji stays
   end)
 end)
 
