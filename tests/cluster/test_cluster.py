@@ -1,0 +1,487 @@
+"""Real multi-node clusters on 127.0.0.1: formation, crashes (kill -9),
+restarts, a wiped node rejoining, graceful leave and leader stop, standby
+promotion, a paused process, and membership hooks on every node.
+
+Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q -p no:cacheprovider test_cluster.py
+"""
+
+import os
+import re
+import shutil
+import signal
+import time
+import urllib.parse
+
+import pytest
+
+from ckharness import ck  # noqa: F401  (the fixture)
+from ckcluster import Cluster, node_statuses, partitions_of, probe, wait_for
+
+# How long the paused follower stays stopped: below DOWN_AFTER (1.5 s).
+PAUSE = 1.0
+
+# Keys looked up on every node; plain, tagged and non-ASCII.
+KEYS = ["user:123", "order-42", "x", "user:{42}:orders", "ключ", "k" * 200]
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+def owners(p):
+    return [p["primary_node"]] + list(p["replica_nodes"])
+
+
+def table_ok(node, members, rf, dead=()):
+    """node's /partitions when every partition has min(rf, len(members))
+    distinct owners, all among `members`, none in `dead`; else None."""
+    parts = partitions_of(node)
+    if not parts:
+        return None
+    want = min(rf, len(members))
+    for p in parts:
+        o = owners(p)
+        if not p["primary_node"] or len(o) != want or len(set(o)) != len(o):
+            return None
+        if not set(o) <= set(members) or set(o) & set(dead):
+            return None
+    return parts
+
+
+def wait_same_table(cluster, nodes, members, rf, dead=(), timeout=30):
+    """Waits until every node in `nodes` holds the same valid table (see
+    table_ok) and the same state index; returns the table."""
+    def check():
+        agreed = cluster.agreement(nodes)
+        if not agreed:
+            return None
+        tables = [table_ok(n, members, rf, dead) for n in nodes]
+        if any(t is None for t in tables) or any(t != tables[0] for t in tables):
+            return None
+        return tables[0]
+    return wait_for(check, timeout=timeout, what="one valid table on %s" % [n.name for n in nodes])
+
+
+def key_path(key):
+    return "/partitions/key?key=" + urllib.parse.quote(key, safe="")
+
+
+def post_json(node, path, body):
+    r = node.post(path, body=body)
+    try:
+        return r.status, r.json()
+    except ValueError:
+        return r.status, r.text
+
+
+# ---------------------------------------------------------------------------
+# Formation
+# ---------------------------------------------------------------------------
+
+def test_three_node_formation(ck):
+    """Three nodes form one cluster: all ready, one cluster id, three voters, and the same RF=3 table everywhere."""
+    c = Cluster(ck, env={"REPLICATION_FACTOR": "3", "PARTITION_COUNT": "16"})
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    ids = {n.node_id for n in nodes}
+    table = wait_same_table(c, nodes, ids, 3)
+    assert len(table) == 16
+    for p in table:
+        assert set(owners(p)) == ids, p
+    cluster_ids = set()
+    for n in nodes:
+        assert n.get("/ready").status == 200
+        cl = n.get_json("/cluster")
+        cluster_ids.add(cl["cluster"]["id"])
+        assert cl["cluster"]["config"]["replication_factor"] == 3
+        assert {x["id"] for x in cl["cluster"]["nodes"]} == ids
+        s = n.get_json("/consensus/stats")
+        assert (s["voters"], s["standbys"], s["role"]) == (3, 0, "voter"), s
+    assert len(cluster_ids) == 1 and "" not in cluster_ids
+    roles = sorted(n.get_json("/consensus/stats")["state"] for n in nodes)
+    assert roles == ["follower", "follower", "leader"]
+
+
+def test_five_nodes_three_voters_two_standbys(ck):
+    """With VOTERS=3 five nodes make 3 voters and 2 standbys, and every node answers key lookups identically from its own copy."""
+    c = Cluster(ck, env={"VOTERS": "3"})
+    nodes = c.start(5)
+    c.wait_converged(members=True)
+    ids = {n.node_id for n in nodes}
+    wait_same_table(c, nodes, ids, 3)
+    roles = {}
+    for n in nodes:
+        s = n.get_json("/consensus/stats")
+        assert (s["voters"], s["standbys"]) == (3, 2), s
+        roles[n.node_id] = s["role"]
+    assert sorted(roles.values()) == ["standby", "standby", "voter", "voter", "voter"], roles
+    expected = {}
+    for key in KEYS:
+        answers = [n.get_json(key_path(key)) for n in nodes]
+        for a in answers[1:]:
+            assert a == answers[0], key
+        assert len(answers[0]["nodes"]) == 3
+        assert len(set(x["id"] for x in answers[0]["nodes"])) == 3
+        expected[key] = answers[0]
+    # Lookups never ask the leader: with the leader stopped, the other four
+    # (standbys included) still answer the same.
+    lead = c.leader()
+    os.kill(lead.pid, signal.SIGSTOP)
+    try:
+        for key in KEYS:
+            for n in nodes:
+                if n is not lead:
+                    assert n.get(key_path(key), timeout=2).json() == expected[key], (n.name, key)
+    finally:
+        os.kill(lead.pid, signal.SIGCONT)
+
+
+def test_simultaneous_start(ck):
+    """Starting the bootstrap node and all joiners at the same instant still forms one cluster."""
+    c = Cluster(ck)
+    nodes = c.start(4, simultaneous=True)
+    c.wait_converged(members=True)
+    ids = {n.node_id for n in nodes}
+    wait_same_table(c, nodes, ids, 3)
+    assert len({n.get_json("/cluster")["cluster"]["id"] for n in nodes}) == 1
+    s = nodes[0].get_json("/consensus/stats")
+    assert (s["voters"], s["standbys"]) == (3, 1), s
+
+
+# ---------------------------------------------------------------------------
+# Crashes and restarts
+# ---------------------------------------------------------------------------
+
+def test_kill9_leader(ck):
+    """After kill -9 of the leader the survivors elect and agree on a new one, mark the old one down, admit a new node through a follower (redirected to the leader) and keep a complete table without the dead node."""
+    c = Cluster(ck)
+    c.start(3)
+    c.wait_converged(members=True)
+    old = c.leader()
+    old.kill9()
+    old.check_exit = False
+    survivors = c.live()
+    agreed = c.wait_converged(nodes=survivors)
+    assert agreed["leader"] != old.node_id
+    new_leader = c.by_id(agreed["leader"])
+    for n in survivors:
+        c.wait_status(n, old.node_id, "down")
+    follower = [n for n in survivors if n is not new_leader][0]
+
+    # A follower sends joiners to the leader (checked with a bare request
+    # that the follower only answers, never admits).
+    st, body = post_json(follower, "/join", {"node": {"id": "probe", "ip": "127.0.0.1:1"},
+                                             "raft_addr": "127.0.0.1:2"})
+    assert st == 307, body
+    assert body["error"]["code"] == "NOT_LEADER"
+    assert body["error"]["leader"] == new_leader.http_addr
+
+    n4 = c.add(join=follower)
+    assert "admitted by %s" % new_leader.http_addr in n4.log_text()
+    survivors = c.live()
+    members = {n.node_id for n in survivors}
+    c.wait_converged(nodes=survivors)
+    for n in survivors:
+        st = node_statuses(n)
+        assert st[old.node_id] == "down", st
+        assert all(st[i] == "active" for i in members), st
+    table = wait_same_table(c, survivors, members, 3, dead=[old.node_id])
+    assert all(p["primary_node"] != old.node_id for p in table)
+
+
+def test_kill9_follower_restart_with_data(ck):
+    """A follower killed with -9 and restarted on its data dir comes back active with the same state index as the others."""
+    c = Cluster(ck)
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    victim = c.followers()[0]
+    joins = victim.log_text().count("admitted by")
+    victim.kill9()
+    lead = c.leader(nodes=c.live())
+    c.wait_status(lead, victim.node_id, "down")
+    victim.start()
+    agreed = c.wait_converged(nodes=nodes, members=True)
+    for n in nodes:
+        s = n.get_json("/consensus/stats")
+        assert s["state_index"] == agreed["state_index"]
+    wait_same_table(c, nodes, {n.node_id for n in nodes}, 3)
+    # It came back through its data, not through a new join.
+    assert victim.log_text().count("admitted by") == joins
+
+
+def test_wipe_and_rejoin(ck):
+    """A follower killed with -9 whose data dir is deleted rejoins with the same id and ports, becomes active and receives the full state."""
+    c = Cluster(ck)
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    victim = c.followers()[0]
+    joins = victim.log_text().count("admitted by")
+    victim.kill9()
+    shutil.rmtree(victim.data_dir)
+    victim.start()
+    agreed = c.wait_converged(nodes=nodes, members=True)
+    table = wait_same_table(c, nodes, {n.node_id for n in nodes}, 3)
+    assert len(table) == 16
+    ids = {n.get_json("/cluster")["cluster"]["id"] for n in nodes}
+    assert len(ids) == 1
+    assert victim.get_json("/consensus/stats")["state_index"] == agreed["state_index"]
+    # With no data it had to be admitted again.
+    assert victim.log_text().count("admitted by") == joins + 1
+
+
+# ---------------------------------------------------------------------------
+# Graceful leave and stop
+# ---------------------------------------------------------------------------
+
+def test_graceful_leave(ck):
+    """POST /leave through the leader removes a follower from /nodes, from the raft voters and from every partition on all remaining nodes."""
+    c = Cluster(ck)
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    lead = c.leader()
+    gone, stay = [n for n in nodes if n is not lead]
+    # A follower points at the leader.
+    st, body = post_json(stay, "/leave", {"id": gone.node_id})
+    assert st == 307 and body["error"]["leader"] == lead.http_addr, body
+    st, body = post_json(lead, "/leave", {"id": gone.node_id})
+    assert st == 200, body
+    rest = [lead, stay]
+    for n in rest:
+        c.wait_status(n, gone.node_id, None)
+    c.wait_converged(nodes=rest, members=True)
+    for n in rest:
+        s = n.get_json("/consensus/stats")
+        assert s["voters"] == 2, s
+        assert gone.node_id not in node_statuses(n)
+    table = wait_same_table(c, rest, {lead.node_id, stay.node_id}, 3, dead=[gone.node_id])
+    assert all(gone.node_id not in owners(p) for p in table)
+    # The remaining two still commit: a new node joins.
+    n4 = c.add(join=stay)
+    c.wait_converged(nodes=[lead, stay, n4], members=True)
+    # The removed process must not have disturbed the leadership.
+    assert c.leader(nodes=[lead, stay, n4]) is lead
+    assert gone.stop() == 0 and not gone.killed_after_term
+
+
+def test_graceful_leader_stop(ck):
+    """SIGTERM on the leader hands leadership over, exits 0, and the remaining nodes keep serving and committing."""
+    c = Cluster(ck)
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    old = c.leader()
+    code = old.stop()
+    assert code == 0 and not old.killed_after_term
+    assert "handed over" in old.log_text()
+    rest = [n for n in nodes if n is not old]
+    agreed = c.wait_converged(nodes=rest)
+    assert agreed["leader"] != old.node_id
+    assert handed_over_to(old) == c.by_id(agreed["leader"]).raft_addr
+    # Liveness keeps being committed: the stopped node turns down.
+    for n in rest:
+        c.wait_status(n, old.node_id, "down")
+    wait_same_table(c, rest, {n.node_id for n in rest}, 3, dead=[old.node_id])
+    answers = [n.get_json("/partitions/key?key=user:123") for n in rest]
+    assert answers[0] == answers[1]
+    assert old.node_id not in [x["id"] for x in answers[0]["nodes"]]
+    for n in rest:
+        assert n.get("/ready").status == 200
+
+
+def handed_over_to(node):
+    """The raft address in node's last "leadership handed over to X" log line."""
+    found = re.findall(r"leadership handed over to (\S+)", node.log_text())
+    return found[-1] if found else None
+
+
+def test_consecutive_leader_stops_hand_over_to_live_nodes(ck):
+    """Stopping the leader twice in a row (5 voters) hands leadership to a live node both times."""
+    c = Cluster(ck, env={"VOTERS": "5"})
+    nodes = c.start(5)
+    c.wait_converged(members=True)
+    stopped = []
+    for _ in range(2):
+        old = c.leader(nodes=c.live())
+        assert old.stop() == 0 and not old.killed_after_term
+        stopped.append(old)
+        agreed = c.wait_converged(nodes=c.live())
+        target = handed_over_to(old)
+        assert target == c.by_id(agreed["leader"]).raft_addr, (
+            "%s: handed over to %s; leader now %s; stopped raft addrs %s" % (
+                old.name, target, agreed["leader"], [n.raft_addr for n in stopped]))
+
+
+def test_five_nodes_lose_two_voters(ck):
+    """With 5 nodes and VOTERS=3, losing two voters one after another promotes a standby each time, and the cluster still leads and commits."""
+    c = Cluster(ck, env={"VOTERS": "3"})
+    nodes = c.start(5)
+    c.wait_converged(members=True)
+
+    def wait_three_live_voters(dead):
+        live = c.live()
+
+        def check():
+            if not c.agreement(live):
+                return None
+            voters = c.voter_ids(live)
+            s = probe(c.leader(nodes=live, timeout=5), "/consensus/stats")
+            if len(voters) == 3 and s and s["voters"] == 3 and not voters & dead:
+                return voters
+            return None
+        return wait_for(check, timeout=15, what="three live voters")
+
+    first = c.leader()  # a voter: the leader
+    first.kill9()
+    first.check_exit = False
+    voters = wait_three_live_voters({first.node_id})
+    second = c.by_id(sorted(v for v in voters if v != c.leader().node_id)[0])
+    second.kill9()
+    second.check_exit = False
+    voters = wait_three_live_voters({first.node_id, second.node_id})
+    live = c.live()
+    assert {n.node_id for n in live} == voters
+    n6 = c.add(join=live[0])
+    agreed = c.wait_converged(nodes=c.live())
+    assert agreed["leader"] in voters
+    st = node_statuses(n6)
+    assert st[first.node_id] == "down" and st[second.node_id] == "down", st
+
+
+def test_no_eviction_under_one_second_pause(ck):
+    """A follower paused with SIGSTOP for 1 s (below DOWN_AFTER=1.5 s) is never marked down and stays in the cluster."""
+    c = Cluster(ck, env={"DOWN_AFTER": "1.5", "SUSPECT_AFTER": "0.75"})
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    victim = c.followers()[0]
+    watchers = [n for n in nodes if n is not victim]
+    seen = {}
+
+    def look():
+        for w in watchers:
+            st = node_statuses(w, timeout=0.5)
+            if st is not None:
+                s = st.get(victim.node_id)
+                seen[s] = seen.get(s, 0) + 1
+                assert s != "down", "%s saw %s down" % (w.name, victim.node_id)
+    t_cont = time.monotonic() + PAUSE
+    try:
+        os.kill(victim.pid, signal.SIGSTOP)
+        for _ in range(int(PAUSE / 0.05) + 1):
+            if time.monotonic() >= t_cont:
+                break
+            look()
+            time.sleep(0.05)
+    finally:
+        # Resume whatever happened (pause ended by the clock, not by polls).
+        time.sleep(max(0.0, t_cont - time.monotonic()))
+        os.kill(victim.pid, signal.SIGCONT)
+    end = time.monotonic() + 4.0
+    for _ in range(200):
+        if time.monotonic() >= end:
+            break
+        look()
+        time.sleep(0.05)
+    assert seen.get("active"), seen
+    c.wait_converged(nodes=nodes, members=True)
+
+
+# ---------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------
+
+HOOK_APP = r"""
+local clusterkit = require "clusterkit"
+local json = clusterkit.json
+local ck = clusterkit.new()
+local events = {}
+local function record(kind)
+  return function(info)
+    local e = {event = kind, node = info.node and info.node.id or json.null,
+               reason = info.reason or json.null, leader = info.leader_id or json.null}
+    events[#events + 1] = e
+    io.stderr:write("EVENT ", ck.id, " ", kind, " ", tostring(info.node and info.node.id or info.leader_id),
+                    " ", tostring(info.reason or ""), "\n")
+  end
+end
+for _, ev in ipairs({"node_join", "node_leave", "node_rejoin", "leader_change"}) do
+  ck:on(ev, record(ev))
+end
+ck:route("GET", "/events", function(req, res)
+  return res:json({events = json.array(events)})
+end)
+assert(ck:start())
+"""
+
+
+def events_of(node):
+    j = probe(node, "/events")
+    return [] if j is None else j["events"]
+
+
+def has(events, kind, node=None, reason=None):
+    return any(e["event"] == kind and (node is None or e["node"] == node)
+               and (reason is None or e["reason"] == reason) for e in events)
+
+
+def hook_cluster(ck, count):
+    app = os.path.join(str(ck.tmp_path), "hooks.lua")
+    with open(app, "w") as f:
+        f.write(HOOK_APP)
+    c = Cluster(ck, args=[app])
+    nodes = c.start(count)
+    c.wait_converged(members=True)
+    return c, nodes
+
+
+def test_hooks_fire_on_every_node(ck):
+    """node_join, node_leave (down) and node_rejoin hooks fire on every node, the restarted node included."""
+    c, nodes = hook_cluster(ck, 3)
+    n1, n2, n3 = nodes
+    ids = [n.node_id for n in nodes]
+
+    # Every node sees a node_join for each node that joined after it. (Nodes
+    # that were members before a node's first view are its baseline: no
+    # node_join for them.)
+    def joins_seen():
+        ev = {n.name: events_of(n) for n in nodes}
+        for i, n in enumerate(nodes):
+            for other in ids[i + 1:]:
+                if not has(ev[n.name], "node_join", other):
+                    return None
+        return ev
+    wait_for(joins_seen, timeout=10, what="node_join hooks")
+
+    n3.kill9()
+    for n in (n1, n2):
+        wait_for(lambda: has(events_of(n), "node_leave", n3.node_id, "down"), timeout=15,
+                 what="%s: node_leave of n3" % n.name)
+    n3.start()
+    c.wait_converged(nodes=nodes, members=True)
+    for n in (n1, n2):
+        wait_for(lambda: has(events_of(n), "node_rejoin", n3.node_id), timeout=15,
+                 what="%s: node_rejoin of n3" % n.name)
+    # The restarted node catches up on the commits that marked it down and
+    # then active again, and fires for both.
+    wait_for(lambda: has(events_of(n3), "node_rejoin", n3.node_id), timeout=10,
+             what="n3: its own node_rejoin")
+    assert has(events_of(n3), "node_leave", n3.node_id, "down")
+    # A node that only restarted never looks like a new member.
+    for n in nodes:
+        joins = [e for e in events_of(n) if e["event"] == "node_join" and e["node"] == n3.node_id]
+        assert len(joins) <= 1, (n.name, events_of(n))
+
+
+def test_leader_change_hook_names_the_leader(ck):
+    """Every node's leader_change hook reports the leader's node id, joiners included."""
+    c, nodes = hook_cluster(ck, 3)
+    lead = c.leader()
+
+    def last_changes():
+        return {n.name: [e for e in events_of(n) if e["event"] == "leader_change"] for n in nodes}
+
+    def all_named():
+        changes = last_changes()
+        return all(ch and ch[-1]["leader"] == lead.node_id for ch in changes.values())
+    try:
+        wait_for(all_named, timeout=5, what="leader_change naming %s on every node" % lead.node_id)
+    except AssertionError:
+        pytest.fail("leader_change hooks without the leader's id: %r" % last_changes())
