@@ -105,6 +105,12 @@ void ck_cmd_encode_remove(struct ck_wbuf *w, struct ck_str id)
     w_sv(w, id);
 }
 
+void ck_cmd_encode_flags(struct ck_wbuf *w, uint32_t flags)
+{
+    w_header(w, CK_CMD_FLAGS);
+    ck_w_u32(w, flags);
+}
+
 void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c)
 {
     w_header(w, CK_CMD_TABLE);
@@ -254,6 +260,10 @@ int ck_cmd_decode(struct ck_cmd *c, const void *buf, size_t len)
         break;
     case CK_CMD_TABLE:
         rv = r_table_payload(&r, &c->table);
+        break;
+    case CK_CMD_FLAGS:
+        c->flags = ck_r_u32(&r);
+        rv = r.err != 0 ? r.err : (c->flags & ~CK_FLAGS_KNOWN) ? CK_EINVAL : 0;
         break;
     default:
         rv = CK_ECORRUPT;
@@ -623,6 +633,9 @@ int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t ind
         case CK_CMD_TABLE:
             rv = apply_table(s, &c.table, index);
             break;
+        case CK_CMD_FLAGS:
+            s->config.flags = c.flags;
+            break;
         }
     }
     ck_cmd_free(&c);
@@ -685,6 +698,7 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
             ck_w_u64(w, s->table.epochs[p]);
         }
     }
+    ck_w_u32(w, cfg->flags);
 }
 
 int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
@@ -749,6 +763,11 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
         for (uint32_t p = 0; p < partitions; p++) {
             n.table.epochs[p] = ck_r_u64(&r);
         }
+    }
+    n.config.flags = ck_r_u32(&r);
+    if ((n.config.flags & ~CK_FLAGS_KNOWN) != 0) {
+        rv = CK_ECORRUPT;
+        goto err;
     }
     if (!ck_r_done(&r)) {
         rv = CK_ECORRUPT;

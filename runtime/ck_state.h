@@ -20,6 +20,7 @@
  *               u32 n_services, n * (str name, str addr)
  *   NODE_STATUS str id, u8 status, u64 time_ms
  *   NODE_REMOVE str id
+ *   FLAGS       u32 flags (CK_FLAG_*; unknown bits are rejected)
  *   TABLE       u32 partitions, u32 width, u32 n_ids, n_ids * str id,
  *               partitions * width * u16 (index into ids; 0xffff = empty,
  *               only at the end of a partition's row; slot 0 = primary)
@@ -27,7 +28,7 @@
  * Snapshot, version 1: "CKS1" | u64 index | u64 table_index | u8 initialized
  * | the INIT payload | u32 n_nodes | n * (NODE_UPSERT payload + u64
  * joined_index) | TABLE payload (ids = all nodes in order) | u32 n * u64
- * epochs.
+ * epochs | u32 flags.
  */
 #ifndef CK_STATE_H
 #define CK_STATE_H
@@ -51,7 +52,14 @@ enum ck_cmd_type {
     CK_CMD_NODE_STATUS = 3,
     CK_CMD_NODE_REMOVE = 4,
     CK_CMD_TABLE = 5,
+    CK_CMD_FLAGS = 6,
 };
+
+/* Cluster-wide switches (CK_CMD_FLAGS). */
+enum {
+    CK_FLAG_REBALANCE_PAUSED = 1u, /* Maintenance: the leader moves no data. */
+};
+#define CK_FLAGS_KNOWN 1u
 
 enum ck_node_status {
     CK_NODE_ACTIVE = 1,
@@ -86,6 +94,7 @@ struct ck_node_info {
 
 struct ck_config {
     bool initialized;
+    uint32_t flags; /* CK_FLAG_* */
     char *cluster_id;
     char *name;
     uint32_t partitions;
@@ -148,6 +157,7 @@ struct ck_cmd {
         struct ck_cmd_node node;
         struct ck_cmd_status status;
         struct ck_str remove_id;
+        uint32_t flags;
         struct ck_cmd_table table;
     };
 };
@@ -159,6 +169,7 @@ void ck_cmd_encode_node(struct ck_wbuf *w, const struct ck_cmd_node *c);
 void ck_cmd_encode_status(struct ck_wbuf *w, const struct ck_cmd_status *c);
 void ck_cmd_encode_remove(struct ck_wbuf *w, struct ck_str id);
 void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c);
+void ck_cmd_encode_flags(struct ck_wbuf *w, uint32_t flags);
 
 /* Decode @len bytes into @c. Views point into @buf, which must outlive @c.
  * Checks structure and ranges (not consistency with a state). Returns 0 or

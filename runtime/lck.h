@@ -54,6 +54,7 @@ int lck_pushfail(lua_State *L, int code, const char *msg);
 void lck_open_node(lua_State *L);  /* Adds node_new, encode_* to the module table on top. */
 void lck_open_http(lua_State *L);  /* Adds http_server to the module table on top. */
 void lck_open_tcp(lua_State *L);   /* Adds tcp_connect to the module table on top. */
+void lck_open_place(lua_State *L); /* Adds place to the module table on top. */
 
 int ck_lua_open_core(lua_State *L);
 

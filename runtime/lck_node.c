@@ -388,6 +388,8 @@ static int lnode_view(lua_State *L)
     set_num(L, "table_index", (lua_Number)s->table_index);
     lua_pushboolean(L, c->initialized);
     lua_setfield(L, -2, "initialized");
+    lua_pushboolean(L, (c->flags & CK_FLAG_REBALANCE_PAUSED) != 0);
+    lua_setfield(L, -2, "rebalance_paused");
     if (c->initialized) {
         set_str(L, "cluster_id", c->cluster_id);
         set_str(L, "name", c->name);
@@ -673,6 +675,18 @@ static int l_encode_table(lua_State *L)
     return push_wbuf(L, &w);
 }
 
+/* encode_flags{rebalance_paused = bool} */
+static int l_encode_flags(lua_State *L)
+{
+    struct ck_wbuf w;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "rebalance_paused");
+    uint32_t flags = lua_toboolean(L, -1) ? CK_FLAG_REBALANCE_PAUSED : 0;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_flags(&w, flags);
+    return push_wbuf(L, &w);
+}
+
 static const luaL_Reg lnode_methods[] = {
     {"start", lnode_start},
     {"close", lnode_close},
@@ -698,6 +712,7 @@ static const luaL_Reg lnode_funcs[] = {
     {"encode_status", l_encode_status},
     {"encode_remove", l_encode_remove},
     {"encode_table", l_encode_table},
+    {"encode_flags", l_encode_flags},
     {NULL, NULL},
 };
 

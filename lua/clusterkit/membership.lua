@@ -250,28 +250,34 @@ local function set_status(node, id, status)
   end
 end
 
--- Keeps voters at min(voters, healthy nodes): promote a healthy standby for
--- each dead voter, then demote the dead voter. One change per tick.
+-- Keeps `voters` live voters: while fewer voters than that are alive
+-- (active or suspect), promote a healthy standby; once enough are alive,
+-- demote a voter that is down (it comes back as a standby). A suspect voter
+-- is never touched. One raft configuration change per tick.
 local function repair_roles(node, v)
-  local healthy = {}
+  local status = {}
   for _, n in ipairs(v.nodes) do
-    healthy[n.raft_id] = n.status == "active"
+    status[n.raft_id] = n.status
   end
-  local voters, dead, standby = 0, nil, nil
+  local live, total, dead, standby = 0, 0, nil, nil
   for _, s in ipairs(node._core:configuration()) do
+    local st = status[s.id]
     if s.role == "voter" then
-      voters = voters + 1
-      if healthy[s.id] == false then dead = dead or s end
-    elseif s.role == "standby" and healthy[s.id] then
+      total = total + 1
+      if st == "down" or st == "left" then
+        dead = dead or s
+      else
+        live = live + 1
+      end
+    elseif s.role == "standby" and st == "active" then
       standby = standby or s
     end
   end
   local want = node.opts.voters
-  if standby and (voters < want or dead) then
-    node.log:info("promoting standby %s to voter%s", standby.address,
-      dead and (" (voter " .. dead.address .. " is down)") or "")
+  if live < want and standby then
+    node.log:info("promoting standby %s to voter (%d of %d voters alive)", standby.address, live, want)
     with_lock(node, function() return raft_call(node, "assign", standby.id, "voter") end)
-  elseif dead and voters > want then
+  elseif dead and total > want then
     node.log:info("demoting down voter %s to standby", dead.address)
     with_lock(node, function() return raft_call(node, "assign", dead.id, "standby") end)
   end
@@ -312,6 +318,10 @@ function M.leader_tick(node)
     end
     if node:is_leader() then
       repair_roles(node, node:_view())
+      -- A down node's grace period ended: its replica slots move now.
+      if node._grace_deadline and core.time_ms() >= node._grace_deadline then
+        node:_reconcile()
+      end
     end
   end, debug.traceback)
   node._ticking = false

@@ -69,6 +69,15 @@ function M.new(opts)
     return r and format("%s t=%d", self.id, r.term) or self.id
   end)
   self._change_cond = sched.cond()
+  if o.placement then
+    local ok, mod = pcall(require, o.placement)
+    local fn = ok and (type(mod) == "table" and mod.place or mod)
+    if type(fn) ~= "function" then
+      error("clusterkit.new: placement module " .. o.placement .. " must return a function or {place = fn}"
+        .. (ok and "" or (": " .. tostring(mod))), 2)
+    end
+    self._policy, self._policy_gen = fn, 1
+  end
   self.http = http.server(self)
   require("clusterkit.api").install(self)
   require("clusterkit.membership").install(self)
@@ -444,6 +453,25 @@ function Node:_wait_until(pred, timeout)
   return true
 end
 
+-- Fires leader_change once the new leader's node id is known (a joining
+-- node learns the leader from raft before it has the leader's entry).
+function Node:_check_leader()
+  local r = raft_info(self)
+  local n = leader_node(self, r)
+  local key = n and n.id or false
+  if r.leader_id and not n then
+    return -- Known to raft, not yet in our state: wait for the entry.
+  end
+  if key ~= self._last_leader then
+    self._last_leader = key
+    self.log:info("leader is %s (%s)", n and n.id or "unknown", r.state)
+    if n then
+      self:_fire("leader_change", {leader_id = n.id, leader_addr = r.leader_addr or "",
+                                   term = r.term, is_me = r.state == "leader"})
+    end
+  end
+end
+
 function Node:_on_event(ev)
   if ev == "applied" then
     self._cached = nil
@@ -452,16 +480,9 @@ function Node:_on_event(ev)
     self:_diff(self._prev_view, v)
     self._prev_view = v
     self:_fire("state_change", {index = v.index})
-  elseif ev == "raft" then
-    local r = raft_info(self)
-    local leader = r.leader_id or false
-    if leader ~= self._last_leader then
-      self._last_leader = leader
-      local n = leader_node(self, r)
-      self.log:info("leader is %s (%s)", n and n.id or r.leader_addr or "unknown", r.state)
-      self:_fire("leader_change", {leader_id = n and n.id or "", leader_addr = r.leader_addr or "",
-                                   term = r.term, is_me = r.state == "leader"})
-    end
+  end
+  if ev == "raft" or ev == "applied" then
+    self:_check_leader()
   elseif ev == "closed" then
     self._core_closed = true
   end
@@ -651,20 +672,7 @@ function Node:_reconcile_once()
       mine.time_ms = core.time_ms()
       ok, msg, code = self:_propose(core.encode_node(mine))
     else
-      local rows, err = self:_placement(raw)
-      if not rows then
-        self.log:warn("placement refused: %s", err)
-        return false
-      end
-      if placement.same(rows, placement.rows_of(raw)) then
-        return false
-      end
-      local ids, owners = placement.flatten(rows, raw.replication)
-      self:_fire("rebalance_start", {})
-      ok, msg, code = self:_propose(core.encode_table(raw.partitions, raw.replication, ids, owners))
-      if ok then
-        self:_fire("rebalance_complete", {index = ok})
-      end
+      return self:_rebalance_if_needed(raw, false)
     end
   end
   if not ok then
@@ -674,22 +682,224 @@ function Node:_reconcile_once()
   return true
 end
 
-function Node:_placement(raw)
+-- The placement for a committed view: returns {rows, ids, owners, stats,
+-- deadline} or nil, reason. `force` ignores maintenance mode. Holders are
+-- active/suspect nodes, and down nodes within their grace period, which
+-- keep their replica slots but may not lead.
+function Node:_placement(raw, force)
   local cfg = {partitions = raw.partitions, replication = raw.replication}
-  local nodes = placement.eligible(raw.nodes)
-  if #nodes == 0 then
+  local now_ms = core.time_ms()
+  local grace_ms = self.opts.rebalance_delay * 1000
+  local holders, deadline = {}, nil
+  for _, n in ipairs(raw.nodes) do
+    if n.weight > 0 then
+      if n.status == "active" or n.status == "suspect" then
+        holders[#holders + 1] = {node = n, lead = true}
+      elseif n.status == "down" and now_ms < n.status_since + grace_ms then
+        holders[#holders + 1] = {node = n, lead = false}
+        local d = n.status_since + grace_ms
+        deadline = deadline and math.min(deadline, d) or d
+      end
+    end
+  end
+  table.sort(holders, function(a, b) return a.node.id < b.node.id end)
+  if #holders == 0 then
     return nil, "no eligible node"
   end
-  local policy = self._policy or placement.default
-  local ok, rows = pcall(policy, nodes, placement.rows_of(raw), cfg)
+  local paused = raw.rebalance_paused and not force
+  local current = placement.rows_of(raw)
+  local rows, stats
+  if self._policy then
+    local nodes = {}
+    for i, h in ipairs(holders) do
+      local n = h.node
+      nodes[i] = {id = n.id, zone = n.zone, weight = n.weight, status = n.status,
+                  services = n.services, can_lead = h.lead}
+    end
+    local ok, out = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
+    if not ok then
+      return nil, out
+    end
+    local valid, why = placement.validate(out, nodes, cfg)
+    if not valid then
+      return nil, why
+    end
+    rows = out
+  else
+    local pos, raw_pos = {}, {}
+    local pnodes = {}
+    for i, h in ipairs(holders) do
+      pos[h.node.id] = i
+      pnodes[i] = {zone = h.node.zone, weight = h.node.weight, lead = h.lead}
+    end
+    for i, n in ipairs(raw.nodes) do
+      raw_pos[i] = pos[n.id] or 0
+    end
+    local flat, w = {}, raw.width
+    local owners = raw.owners
+    for i = 1, raw.partitions * w do
+      local at = owners[i]
+      flat[i] = at > 0 and raw_pos[at] or 0
+    end
+    -- Rows that lost an owner to a non-holder keep the others in order.
+    for p = 0, raw.partitions - 1 do
+      local k = 1
+      for j = 1, w do
+        local v = flat[p * w + j]
+        flat[p * w + j] = 0
+        if v > 0 then
+          flat[p * w + k] = v
+          k = k + 1
+        end
+      end
+    end
+    local out, width, st = core.place(pnodes, raw.partitions, raw.replication, flat, w, paused)
+    if not out then
+      return nil, tostring(width)
+    end
+    stats = st
+    rows = {}
+    for p = 1, raw.partitions do
+      local row = {}
+      for k = 1, width do
+        local at = out[(p - 1) * width + k]
+        if at == 0 then break end
+        row[k] = holders[at].node.id
+      end
+      rows[p] = row
+    end
+  end
+  local moved, moved_primaries, moves = 0, 0, {}
+  for p = 1, raw.partitions do
+    local old, new = current[p], rows[p]
+    local had = {}
+    for _, id in ipairs(old) do had[id] = true end
+    local gained = 0
+    for _, id in ipairs(new) do
+      if not had[id] then gained = gained + 1 end
+    end
+    if gained > 0 or old[1] ~= new[1] or #old ~= #new then
+      moves[#moves + 1] = {partition = "partition-" .. (p - 1), index = p - 1, from = old, to = new}
+    end
+    moved = moved + gained
+    if old[1] and old[1] ~= new[1] then moved_primaries = moved_primaries + 1 end
+  end
+  return {rows = rows, current = current, moves = moves, moved_slots = moved,
+          moved_primaries = moved_primaries, min_moves = stats and stats.min_moves, deadline = deadline}
+end
+
+-- Commits a new table when placement says the current one should change.
+-- Skips the computation when nothing it depends on changed. Returns true
+-- when it proposed a table.
+function Node:_rebalance_if_needed(raw, force)
+  local now_ms = core.time_ms()
+  if not force and raw.index == self._placed_index and self._policy_gen == self._placed_gen
+    and not (self._grace_deadline and now_ms >= self._grace_deadline) then
+    return false
+  end
+  local t0 = hrtime()
+  local plan, err = self:_placement(raw, force)
+  self._placed_index, self._placed_gen = raw.index, self._policy_gen
+  if not plan then
+    self.log:warn("placement refused, keeping the current table: %s", err)
+    return false
+  end
+  self._grace_deadline = plan.deadline
+  if #plan.moves == 0 then
+    return false
+  end
+  local ids, owners = placement.flatten(plan.rows, raw.replication)
+  self:_fire("rebalance_start", {moves = #plan.moves, moved_slots = plan.moved_slots,
+                                 moved_primaries = plan.moved_primaries})
+  local index, msg = self:_propose(core.encode_table(raw.partitions, raw.replication, ids, owners))
+  local ms = (hrtime() - t0) / 1e6
+  if not index then
+    self.log:warn("table proposal failed: %s", tostring(msg))
+    return false
+  end
+  self.rebalance_moves = (self.rebalance_moves or 0) + plan.moved_slots
+  self.log:info("new table at index %d: %d partitions changed, %d slots moved, %d primaries moved (%.1f ms)",
+    index, #plan.moves, plan.moved_slots, plan.moved_primaries, ms)
+  self:_fire("rebalance_complete", {index = index, moves = #plan.moves, moved_slots = plan.moved_slots,
+                                    moved_primaries = plan.moved_primaries, duration_ms = ms})
+  return true, plan
+end
+
+local function leader_error(self)
+  local l = self:leader()
+  return errors.new("NOT_LEADER", "this node is not the leader",
+    {leader = l and l.leader_ip ~= "" and l.leader_ip or nil})
+end
+
+--- Computes and commits a new table now (leader only; also in
+-- maintenance mode). Returns {moves, moved_slots, moved_primaries} or
+-- nil, err (NOT_LEADER carries the leader's address in err.leader).
+function Node:rebalance()
+  check(self, "rebalance")
+  if not self:is_leader() then
+    return nil, leader_error(self)
+  end
+  local raw = self._core:view()
+  if not raw.initialized then return nil, not_ready end
+  local ok, plan = self:_rebalance_if_needed(raw, true)
+  if ok then
+    return {moves = #plan.moves, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries}
+  end
+  return {moves = 0, moved_slots = 0, moved_primaries = 0}
+end
+
+--- Dry run: the moves a rebalance would make now, on this node's state:
+-- {moves = {{partition, index, from, to}...}, moved_slots, moved_primaries, min_moves}.
+function Node:plan_rebalance()
+  check(self, "plan_rebalance")
+  local raw = self._core:view()
+  if not raw.initialized then return nil, not_ready end
+  local plan, err = self:_placement(raw, true)
+  if not plan then
+    return nil, errors.new("PLACEMENT", err)
+  end
+  return {moves = plan.moves, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries,
+          min_moves = plan.min_moves}
+end
+
+--- Places partitions if no table exists yet (the Go library's
+-- CreatePartitions; clusterkit does it on its own). Leader only.
+function Node:create_partitions()
+  check(self, "create_partitions")
+  if not self:is_leader() then
+    return nil, leader_error(self)
+  end
+  local v = self:_view()
+  if v.ready and v.parts[1].primary_node ~= "" then
+    return true
+  end
+  local ok, err = self:rebalance()
+  if not ok then return nil, err end
+  return true
+end
+
+local function set_paused(self, fn, paused)
+  check(self, fn)
+  if not self:is_leader() then
+    return nil, leader_error(self)
+  end
+  local ok, msg = self:_propose(core.encode_flags({rebalance_paused = paused}))
   if not ok then
-    return nil, "policy error: " .. tostring(rows)
+    return nil, errors.new("RAFT", tostring(msg))
   end
-  local valid, why = placement.validate(rows, nodes, cfg)
-  if not valid then
-    return nil, why
-  end
-  return rows
+  self.log:info("rebalancing %s", paused and "paused (maintenance mode)" or "resumed")
+  return true
+end
+
+--- Maintenance mode: hold every data move (primaries still fail over).
+function Node:pause_rebalance() return set_paused(self, "pause_rebalance", true) end
+function Node:resume_rebalance() return set_paused(self, "resume_rebalance", false) end
+
+--- True while rebalancing is paused.
+function Node:rebalance_paused()
+  check(self, "rebalance_paused")
+  local c = self._core
+  return c ~= nil and not c:closed() and c:view().rebalance_paused or false
 end
 
 function Node:_reconcile()
@@ -815,20 +1025,40 @@ function Node:_start_ticker()
   end)
 end
 
--- Hands leadership to another voter, if this node leads and has one.
+-- Hands leadership to a live voter, if this node leads and has one.
+-- Returns true when another node leads afterwards.
 function Node:_handover()
   local c = self._core
   if not c or c:closed() or c:raft().state ~= "leader" or c:raft().voters < 2 then
     return false
   end
+  -- raft_transfer(0) may pick a voter that is down or stopping (it only
+  -- looks at the log): choose an active one ourselves.
+  local status = {}
+  for _, n in ipairs(self:_view().nodes) do status[n.raft_id] = n.status end
+  local target
+  for _, s in ipairs(c:configuration()) do
+    if s.role == "voter" and s.id ~= self.raft_id and status[s.id] == "active" then
+      target = target or s
+    end
+  end
+  if not target then
+    self.log:warn("no live voter to hand leadership to")
+    return false
+  end
   local t0 = hrtime()
-  local ok = sched.wait_timeout(self.opts.election_timeout * 4, function(resume)
-    local started, msg = c:transfer(nil, resume)
+  sched.wait_timeout(self.opts.election_timeout * 4, function(resume)
+    local started, msg = c:transfer(target.id, resume)
     if not started then resume(nil, msg) end
   end)
   local r = c:raft()
-  self.log:info("leadership handed over to %s in %.0f ms", tostring(r.leader_addr), (hrtime() - t0) / 1e6)
-  return ok and r.state ~= "leader"
+  local ms = (hrtime() - t0) / 1e6
+  if r.state ~= "leader" and r.leader_id and r.leader_id ~= self.raft_id then
+    self.log:info("leadership handed over to %s in %.0f ms", tostring(r.leader_addr), ms)
+    return true
+  end
+  self.log:warn("leadership handover to %s did not complete in %.0f ms", target.address, ms)
+  return false
 end
 
 --- Leaves the cluster for good: the leader moves this node's partitions
@@ -920,6 +1150,7 @@ function Node:set_placement(fn)
     error("clusterkit: set_placement: policy must be a function", 2)
   end
   self._policy = fn
+  self._policy_gen = (self._policy_gen or 0) + 1
   self:_reconcile()
   return self
 end

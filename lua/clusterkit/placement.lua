@@ -10,17 +10,43 @@ local M = {}
 
 local min, sort = math.min, table.sort
 
---- The built-in policy: round-robin over the eligible nodes, so primaries
--- and owned partitions per node differ by at most one. (Issue #4 replaces
--- it with a minimal-movement, zone- and weight-aware policy.)
+
+--- The built-in policy (C, see runtime/ck_place.h) behind the policy
+-- interface, so that a Lua policy can start from it and adjust. Nodes with
+-- can_lead == false keep slots but are never primary.
 function M.default(nodes, current, cfg)
-  local n = #nodes
+  local core = require "clusterkit.core"
+  local pos, pnodes = {}, {}
+  for i, nd in ipairs(nodes) do
+    pos[nd.id] = i
+    pnodes[i] = {zone = nd.zone or "", weight = nd.weight or 1, lead = nd.can_lead ~= false}
+  end
+  local width = cfg.replication
+  local flat
+  if current and #current > 0 then
+    flat = {}
+    for p = 1, cfg.partitions do
+      local row, k = current[p] or {}, 0
+      for j = 1, width do flat[(p - 1) * width + j] = 0 end
+      for _, id in ipairs(row) do
+        if pos[id] and k < width then
+          k = k + 1
+          flat[(p - 1) * width + k] = pos[id]
+        end
+      end
+    end
+  end
+  local out, w = core.place(pnodes, cfg.partitions, cfg.replication, flat, flat and width or nil)
+  if not out then
+    error("placement: " .. tostring(w))
+  end
   local rows = {}
-  local width = min(cfg.replication, n)
   for p = 1, cfg.partitions do
     local row = {}
-    for k = 0, width - 1 do
-      row[k + 1] = nodes[(p - 1 + k) % n + 1].id
+    for k = 1, w do
+      local at = out[(p - 1) * w + k]
+      if at == 0 then break end
+      row[k] = nodes[at].id
     end
     rows[p] = row
   end
@@ -41,15 +67,40 @@ function M.eligible(all)
   return out
 end
 
+--- Runs a Lua policy with a time limit (seconds). Returns true, rows or
+-- false, reason. The limit is checked by a count hook, which the JIT does not
+-- run inside compiled loops: it bounds interpreted policies, and
+-- jit.off() is applied to the policy function for that reason.
+function M.run_policy(fn, nodes, current, cfg, limit)
+  local core = require "clusterkit.core"
+  local deadline = core.hrtime() + (limit or 2) * 1e9
+  pcall(function() require("jit").off(fn, true) end)
+  local co = coroutine.create(fn)
+  debug.sethook(co, function()
+    if core.hrtime() > deadline then
+      error("placement policy ran longer than " .. (limit or 2) .. "s", 2)
+    end
+  end, "", 10000)
+  local ok, rows = coroutine.resume(co, nodes, current, cfg)
+  if not ok then
+    return false, "policy error: " .. tostring(rows)
+  end
+  if coroutine.status(co) ~= "dead" then
+    return false, "policy yielded"
+  end
+  return true, rows
+end
+
 --- Checks rows from a policy against the eligible nodes and config.
 -- Returns true, or nil and the reason.
 function M.validate(rows, nodes, cfg)
   if type(rows) ~= "table" then
     return nil, "policy returned " .. type(rows) .. ", not a table of rows"
   end
-  local known = {}
+  local known, lead = {}, {}
   for _, nd in ipairs(nodes) do
     known[nd.id] = true
+    lead[nd.id] = nd.can_lead ~= false
   end
   local want = min(cfg.replication, #nodes)
   for p = 1, cfg.partitions do
@@ -72,6 +123,9 @@ function M.validate(rows, nodes, cfg)
         return nil, "partition " .. (p - 1) .. " lists " .. id .. " twice"
       end
       seen[id] = true
+    end
+    if row[1] and not lead[row[1]] then
+      return nil, "partition " .. (p - 1) .. " has primary " .. row[1] .. ", which is down"
     end
   end
   return true

@@ -472,14 +472,14 @@ static void test_decode_rejects_version(void **state)
     }
 }
 
-/* A command type outside 1..5 is corrupt, whatever follows it. */
+/* A command type outside 1..6 is corrupt, whatever follows it. */
 static void test_decode_rejects_unknown_type(void **state)
 {
     (void)state;
     for (int i = 0; i < N_SAMPLES; i++) {
         struct blob b = sample(i);
         for (int t = 0; t < 256; t++) {
-            if (t >= CK_CMD_INIT && t <= CK_CMD_TABLE) {
+            if (t >= CK_CMD_INIT && t <= CK_CMD_FLAGS) {
                 continue;
             }
             b.p[1] = (uint8_t)t;
@@ -1309,7 +1309,7 @@ static void test_snapshot_roundtrip_uninitialized(void **state)
     ck_state_init(&a);
     ck_state_init(&b);
     struct blob s0 = snap(&a);
-    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4);
+    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4); /* ... n_nodes, flags */
     assert_int_equal(ck_state_restore(&b, s0.p, s0.len), 0);
     assert_snap_equal(&b, s0);
     assert_int_equal(apply(&a, enc_node_svc("a", 1, 2), 3), 0);
@@ -1454,7 +1454,7 @@ static void test_restore_rejects_owner_out_of_range(void **state)
     assert_int_equal(apply(&t, enc_remove("node-b"), 600), 0);
     struct blob s = snap(&a);
     uint32_t P = a.table.partitions, W = a.table.width;
-    uint8_t *owners = s.p + s.len - P * 8 - (size_t)P * W * 2;
+    uint8_t *owners = s.p + s.len - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
     /* Partition 5 is empty: setting its primary keeps rows well-formed. */
     uint8_t *slot = owners + (size_t)5 * W * 2;
     assert_int_equal(slot[0] | (slot[1] << 8), CK_NO_NODE);
@@ -1626,6 +1626,37 @@ static struct blob rnd_mutate(struct blob b)
     }
 }
 
+/* FLAGS sets the cluster-wide switches, survives a snapshot, and refuses
+ * unknown bits without touching the state. */
+static void test_flags(void **state)
+{
+    struct ck_state a, b;
+    struct ck_wbuf w;
+
+    (void)state;
+    ck_state_init(&a);
+    ck_state_init(&b);
+    ck_wbuf_init(&w);
+    ck_cmd_encode_flags(&w, CK_FLAG_REBALANCE_PAUSED);
+    assert_int_equal(ck_state_apply(&a, w.p, w.len, 7), 0);
+    assert_int_equal(a.config.flags, CK_FLAG_REBALANCE_PAUSED);
+    assert_int_equal(a.index, 7);
+    struct blob s = snap(&a);
+    assert_int_equal(ck_state_restore(&b, s.p, s.len), 0);
+    assert_int_equal(b.config.flags, CK_FLAG_REBALANCE_PAUSED);
+    w.len = 0;
+    ck_cmd_encode_flags(&w, 0x80);
+    assert_int_equal(ck_state_apply(&a, w.p, w.len, 8), CK_EINVAL);
+    assert_int_equal(a.config.flags, CK_FLAG_REBALANCE_PAUSED);
+    assert_int_equal(a.index, 7);
+    s.p[s.len - 4] = 0x80; /* An unknown bit in a snapshot is corrupt. */
+    assert_int_not_equal(ck_state_restore(&b, s.p, s.len), 0);
+    blob_free(&s);
+    ck_wbuf_free(&w);
+    ck_state_free(&a);
+    ck_state_free(&b);
+}
+
 /* Thousands of random commands (valid, mutated, garbage) never crash apply,
  * keep the state's invariants, give identical results on two replicas, and
  * snapshot -> restore -> snapshot is stable after every step. */
@@ -1709,6 +1740,7 @@ int main(void)
         cmocka_unit_test(test_restore_rejects_duplicate_nodes),
         cmocka_unit_test(test_restore_rejects_owner_out_of_range),
         cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_flags),
         cmocka_unit_test(test_random_commands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,675 @@
+/*
+ * The default placement policy (see ck_place.h for the properties).
+ *
+ * Phases, each deterministic (ties go to the lower node index, which is the
+ * lower id since the caller sorts nodes by id):
+ *
+ *   0. keep:      rows start as the current owners that are still holders;
+ *   1. fill:      empty slots are dealt round-robin to nodes under quota;
+ *   2. move:      nodes over quota hand slots (replicas before primaries) to
+ *                 nodes under quota, one slot per move;
+ *   3. unstick:   when no direct move fits (the receiver already owns every
+ *                 partition the giver could hand over), a two-step move
+ *                 through a node at quota;
+ *   4. zones:     rows whose zones repeat more than allowed swap one owner
+ *                 with another row's owner (every node keeps its counts);
+ *   5. primaries: the current primary stays if it may lead; rows without one
+ *                 elect an owner (preferring previous owners: a promotion, no
+ *                 copy); then primaries move from nodes over their primary
+ *                 quota to owners under it.
+ */
+#include "ck_place.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ck_common.h"
+#include "ck_state.h"
+
+struct place {
+    uint32_t P, w, n;
+    const struct ck_place_node *nodes;
+    uint16_t *rows;   /* P * w */
+    uint8_t *cnt;     /* owners per row */
+    uint32_t *held;   /* slots per node */
+    uint32_t *quota;  /* slot quota per node */
+    const uint16_t *cur;
+    uint32_t cw;
+    uint32_t zones;   /* distinct zones among nodes */
+    uint32_t zmax;    /* max owners of one zone per row */
+};
+
+/* ------------------------------------------------------------------------
+ * Quotas
+ * ------------------------------------------------------------------------ */
+
+void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask,
+                     uint64_t total, uint32_t cap, uint32_t *out)
+{
+    bool *capped = calloc(n ? n : 1, sizeof *capped);
+    uint64_t *frac = calloc(n ? n : 1, sizeof *frac);
+    if (capped == NULL || frac == NULL) {
+        /* Degrade to an even split rather than fail: still deterministic. */
+        for (uint32_t i = 0; i < n; i++) {
+            out[i] = 0;
+        }
+        free(capped);
+        free(frac);
+        return;
+    }
+    for (;;) {
+        uint64_t W = 0, rest = total;
+        for (uint32_t i = 0; i < n; i++) {
+            out[i] = 0;
+            if (mask != NULL && !mask[i]) {
+                continue;
+            }
+            if (capped[i]) {
+                out[i] = cap;
+                rest = rest > cap ? rest - cap : 0;
+            } else {
+                W += nodes[i].weight;
+            }
+        }
+        if (W == 0) {
+            break;
+        }
+        bool recap = false;
+        uint64_t given = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if ((mask != NULL && !mask[i]) || capped[i]) {
+                continue;
+            }
+            uint64_t exact = rest * nodes[i].weight / W;
+            frac[i] = rest * nodes[i].weight % W;
+            if (exact >= cap) {
+                capped[i] = true;
+                recap = true;
+            }
+            out[i] = (uint32_t)exact;
+            given += exact;
+        }
+        if (recap) {
+            continue;
+        }
+        /* Hand out the remainder by largest fraction (lowest index on ties). */
+        for (uint64_t left = rest - given; left > 0; left--) {
+            int64_t best = -1;
+            for (uint32_t i = 0; i < n; i++) {
+                if ((mask != NULL && !mask[i]) || capped[i] || out[i] >= cap) {
+                    continue;
+                }
+                if (best < 0 || frac[i] > frac[best]) {
+                    best = i;
+                }
+            }
+            if (best < 0) {
+                break;
+            }
+            out[best]++;
+            frac[best] = 0;
+        }
+        break;
+    }
+    free(capped);
+    free(frac);
+}
+
+/* ------------------------------------------------------------------------
+ * Row helpers
+ * ------------------------------------------------------------------------ */
+
+static inline uint16_t *row(struct place *s, uint32_t p)
+{
+    return s->rows + (size_t)p * s->w;
+}
+
+static bool row_has(struct place *s, uint32_t p, uint16_t x)
+{
+    const uint16_t *r = row(s, p);
+    for (uint32_t k = 0; k < s->cnt[p]; k++) {
+        if (r[k] == x) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int row_find(struct place *s, uint32_t p, uint16_t x)
+{
+    const uint16_t *r = row(s, p);
+    for (uint32_t k = 0; k < s->cnt[p]; k++) {
+        if (r[k] == x) {
+            return (int)k;
+        }
+    }
+    return -1;
+}
+
+/* Owners of zone @z in row @p, not counting slot @skip (-1: none). */
+static uint32_t zone_count(struct place *s, uint32_t p, uint32_t z, int skip)
+{
+    const uint16_t *r = row(s, p);
+    uint32_t c = 0;
+    for (uint32_t k = 0; k < s->cnt[p]; k++) {
+        if ((int)k != skip && s->nodes[r[k]].zone == z) {
+            c++;
+        }
+    }
+    return c;
+}
+
+static bool cur_has(struct place *s, uint32_t p, uint16_t x)
+{
+    if (s->cur == NULL) {
+        return false;
+    }
+    const uint16_t *r = s->cur + (size_t)p * s->cw;
+    for (uint32_t k = 0; k < s->cw && r[k] != CK_NO_NODE; k++) {
+        if (r[k] == x) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* ------------------------------------------------------------------------
+ * Phase 1: fill empty slots round-robin over nodes under quota.
+ * ------------------------------------------------------------------------ */
+
+static void place_fill(struct place *s)
+{
+    uint32_t cursor = 0;
+    for (uint32_t p = 0; p < s->P; p++) {
+        while (s->cnt[p] < s->w) {
+            int64_t pick = -1, fallback = -1, overflow = -1;
+            for (uint32_t step = 0; step < s->n; step++) {
+                uint32_t x = (cursor + step) % s->n;
+                if (row_has(s, p, (uint16_t)x)) {
+                    continue;
+                }
+                bool under = s->held[x] < s->quota[x];
+                bool zone_ok = zone_count(s, p, s->nodes[x].zone, -1) < s->zmax;
+                if (under && zone_ok) {
+                    pick = x;
+                    break;
+                }
+                if (under && fallback < 0) {
+                    fallback = x;
+                }
+                if (overflow < 0 || s->held[x] * 1.0 / (s->quota[x] + 1) <
+                                        s->held[overflow] * 1.0 / (s->quota[overflow] + 1)) {
+                    overflow = x;
+                }
+            }
+            if (pick < 0) {
+                pick = fallback >= 0 ? fallback : overflow;
+            }
+            if (pick < 0) {
+                return; /* Fewer nodes than width: cannot happen (w <= n). */
+            }
+            row(s, p)[s->cnt[p]++] = (uint16_t)pick;
+            s->held[pick]++;
+            cursor = ((uint32_t)pick + 1) % s->n;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Phase 2: direct moves from nodes over quota to nodes under quota.
+ * ------------------------------------------------------------------------ */
+
+/* The best receiver for slot @k of row @p: under quota, not in the row,
+ * zone allowed (else any under node not in the row). -1 if none. */
+static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_under, uint32_t p, int k)
+{
+    int64_t fallback = -1;
+    for (uint32_t i = 0; i < n_under; i++) {
+        uint32_t u = under[i];
+        if (s->held[u] >= s->quota[u] || row_has(s, p, (uint16_t)u)) {
+            continue;
+        }
+        if (zone_count(s, p, s->nodes[u].zone, k) < s->zmax) {
+            return u;
+        }
+        if (fallback < 0) {
+            fallback = u;
+        }
+    }
+    return fallback;
+}
+
+static void place_move(struct place *s)
+{
+    uint32_t *under = malloc((s->n ? s->n : 1) * sizeof *under);
+    uint32_t *start = calloc((size_t)s->n + 1, sizeof *start);
+    uint32_t *list = malloc(((size_t)s->P * s->w + 1) * sizeof *list);
+    if (under == NULL || start == NULL || list == NULL) {
+        goto out;
+    }
+    /* Each node's rows (CSR), taken once: a node's list only ever shrinks
+     * while it gives slots away, and row_find re-checks. */
+    for (uint32_t p = 0; p < s->P; p++) {
+        for (uint32_t k = 0; k < s->cnt[p]; k++) {
+            start[row(s, p)[k] + 1]++;
+        }
+    }
+    for (uint32_t i = 0; i < s->n; i++) {
+        start[i + 1] += start[i];
+    }
+    {
+        uint32_t *fill = calloc(s->n ? s->n : 1, sizeof *fill);
+        if (fill == NULL) {
+            goto out;
+        }
+        for (uint32_t p = 0; p < s->P; p++) {
+            for (uint32_t k = 0; k < s->cnt[p]; k++) {
+                uint16_t x = row(s, p)[k];
+                list[start[x] + fill[x]++] = p;
+            }
+        }
+        free(fill);
+    }
+    for (uint32_t o = 0; o < s->n; o++) {
+        /* Two passes over o's rows: first where o is a replica, then where
+         * it is the (current) primary, so that primaries stay put. */
+        for (int pass = 0; pass < 2 && s->held[o] > s->quota[o]; pass++) {
+            uint32_t n_under = 0;
+            for (uint32_t u = 0; u < s->n; u++) {
+                if (s->held[u] < s->quota[u]) {
+                    under[n_under++] = u;
+                }
+            }
+            if (n_under == 0) {
+                break;
+            }
+            for (uint32_t i = start[o]; i < start[o + 1] && s->held[o] > s->quota[o]; i++) {
+                uint32_t p = list[i];
+                int k = row_find(s, p, (uint16_t)o);
+                if (k < 0 || (pass == 0) != (k > 0)) {
+                    continue;
+                }
+                int64_t u = pick_receiver(s, under, n_under, p, k);
+                if (u < 0) {
+                    continue;
+                }
+                row(s, p)[k] = (uint16_t)u;
+                s->held[o]--;
+                s->held[u]++;
+            }
+        }
+    }
+out:
+    free(under);
+    free(start);
+    free(list);
+}
+
+/* ------------------------------------------------------------------------
+ * Phase 3: two-step moves o -> x (row p), x -> u (row q), x at quota.
+ * ------------------------------------------------------------------------ */
+
+static void place_unstick(struct place *s)
+{
+    for (uint32_t o = 0; o < s->n; o++) {
+        for (uint32_t u = 0; u < s->n && s->held[o] > s->quota[o]; u++) {
+            if (s->held[u] >= s->quota[u]) {
+                continue;
+            }
+            bool moved = true;
+            while (moved && s->held[o] > s->quota[o] && s->held[u] < s->quota[u]) {
+                moved = false;
+                for (uint32_t p = 0; p < s->P && !moved; p++) {
+                    int k = row_find(s, p, (uint16_t)o);
+                    if (k < 0) {
+                        continue;
+                    }
+                    for (uint32_t x = 0; x < s->n && !moved; x++) {
+                        if (x == o || x == u || row_has(s, p, (uint16_t)x)) {
+                            continue;
+                        }
+                        for (uint32_t q = 0; q < s->P; q++) {
+                            int kx = row_find(s, q, (uint16_t)x);
+                            if (q == p || kx < 0 || row_has(s, q, (uint16_t)u)) {
+                                continue;
+                            }
+                            row(s, p)[k] = (uint16_t)x;
+                            row(s, q)[kx] = (uint16_t)u;
+                            s->held[o]--;
+                            s->held[u]++;
+                            moved = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Phase 4: zone repair by swapping owners between rows.
+ * ------------------------------------------------------------------------ */
+
+static void place_zones(struct place *s)
+{
+    if (s->zones <= 1) {
+        return;
+    }
+    uint32_t budget = s->P * 64; /* Rows scanned in all: bounds the worst case. */
+    for (uint32_t p = 0; p < s->P && budget > 0; p++) {
+        for (uint32_t k = s->cnt[p]; k-- > 0 && budget > 0;) {
+            uint16_t a = row(s, p)[k];
+            uint32_t za = s->nodes[a].zone;
+            if (zone_count(s, p, za, -1) <= s->zmax) {
+                continue;
+            }
+            /* Find row q and its owner c: c's zone fits in p, a's zone fits in q. */
+            bool done = false;
+            for (uint32_t step = 1; step < s->P && budget > 0 && !done; step++, budget--) {
+                uint32_t q = (p + step) % s->P;
+                if (row_has(s, q, a)) {
+                    continue;
+                }
+                for (uint32_t kc = 0; kc < s->cnt[q]; kc++) {
+                    uint16_t c = row(s, q)[kc];
+                    uint32_t zc = s->nodes[c].zone;
+                    if (zc == za || row_has(s, p, c)) {
+                        continue;
+                    }
+                    if (zone_count(s, p, zc, (int)k) >= s->zmax || zone_count(s, q, za, (int)kc) >= s->zmax) {
+                        continue;
+                    }
+                    row(s, p)[k] = c;
+                    row(s, q)[kc] = a;
+                    done = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Phase 5: primaries.
+ * ------------------------------------------------------------------------ */
+
+static void place_primaries(struct place *s, int32_t *prim)
+{
+    uint32_t *pq = calloc(s->n ? s->n : 1, sizeof *pq);
+    uint32_t *pc = calloc(s->n ? s->n : 1, sizeof *pc);
+    bool *lead = calloc(s->n ? s->n : 1, sizeof *lead);
+    if (pq == NULL || pc == NULL || lead == NULL) {
+        goto out;
+    }
+    uint64_t ledrows = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        lead[i] = s->nodes[i].can_lead;
+    }
+    for (uint32_t p = 0; p < s->P; p++) {
+        for (uint32_t k = 0; k < s->cnt[p]; k++) {
+            if (lead[row(s, p)[k]]) {
+                ledrows++;
+                break;
+            }
+        }
+    }
+    ck_place_quotas(s->nodes, s->n, lead, ledrows, s->P, pq);
+
+    /* Keep current primaries that may still lead. */
+    for (uint32_t p = 0; p < s->P; p++) {
+        prim[p] = -1;
+        if (s->cur != NULL) {
+            uint16_t c0 = s->cur[(size_t)p * s->cw];
+            int k = c0 != CK_NO_NODE ? row_find(s, p, c0) : -1;
+            if (k >= 0 && lead[c0]) {
+                prim[p] = k;
+                pc[c0]++;
+            }
+        }
+    }
+    /* Elect where there is none: the owner furthest under its quota,
+     * preferring previous owners (a promotion needs no copy). */
+    for (uint32_t p = 0; p < s->P; p++) {
+        if (prim[p] >= 0) {
+            continue;
+        }
+        int best = -1;
+        int64_t best_score = INT64_MIN;
+        for (uint32_t k = 0; k < s->cnt[p]; k++) {
+            uint16_t x = row(s, p)[k];
+            if (!lead[x]) {
+                continue;
+            }
+            int64_t score = ((int64_t)pq[x] - (int64_t)pc[x]) * 4 + (cur_has(s, p, x) ? 2 : 0);
+            if (score > best_score) {
+                best_score = score;
+                best = (int)k;
+            }
+        }
+        if (best < 0 && s->cnt[p] > 0) {
+            best = 0; /* No owner may lead: keep a holder first anyway. */
+        } else if (best >= 0) {
+            pc[row(s, p)[best]]++;
+        }
+        prim[p] = best;
+    }
+    /* Balance: move primaries from nodes over quota to owners under it,
+     * directly, or through one owner at quota. Bounded rounds. */
+    for (int round = 0; round < 4; round++) {
+        bool changed = false;
+        for (uint32_t p = 0; p < s->P; p++) {
+            if (prim[p] < 0) {
+                continue;
+            }
+            uint16_t o = row(s, p)[prim[p]];
+            if (!lead[o] || pc[o] <= pq[o]) {
+                continue;
+            }
+            int best = -1;
+            for (uint32_t k = 0; k < s->cnt[p]; k++) {
+                uint16_t u = row(s, p)[k];
+                if ((int)k == prim[p] || !lead[u] || pc[u] >= pq[u]) {
+                    continue;
+                }
+                if (best < 0 || (cur_has(s, p, u) && !cur_has(s, p, row(s, p)[best]))) {
+                    best = (int)k;
+                }
+            }
+            if (best >= 0) {
+                pc[o]--;
+                pc[row(s, p)[best]]++;
+                prim[p] = best;
+                changed = true;
+            }
+        }
+        /* Two-step: u under quota owns row p led by x at quota; x owns a
+         * row q led by y over quota: p -> u, q -> x. Bounded: rows scanned. */
+        uint64_t budget = (uint64_t)s->P * 64;
+        for (uint32_t p = 0; p < s->P && budget > 0; p++) {
+            if (prim[p] < 0) {
+                continue;
+            }
+            uint16_t x = row(s, p)[prim[p]];
+            if (!lead[x] || pc[x] != pq[x]) {
+                continue;
+            }
+            int ku = -1;
+            for (uint32_t k = 0; k < s->cnt[p]; k++) {
+                uint16_t u = row(s, p)[k];
+                if ((int)k != prim[p] && lead[u] && pc[u] < pq[u]) {
+                    ku = (int)k;
+                    break;
+                }
+            }
+            if (ku < 0) {
+                continue;
+            }
+            for (uint32_t q = 0; q < s->P && budget > 0; q++, budget--) {
+                if (q == p || prim[q] < 0) {
+                    continue;
+                }
+                uint16_t y = row(s, q)[prim[q]];
+                int kx = row_find(s, q, x);
+                if (kx < 0 || y == x || !lead[y] || pc[y] <= pq[y]) {
+                    continue;
+                }
+                pc[row(s, p)[ku]]++;
+                pc[y]--;
+                prim[p] = ku;
+                prim[q] = kx;
+                changed = true;
+                break;
+            }
+        }
+        if (!changed) {
+            break;
+        }
+    }
+out:
+    free(pq);
+    free(pc);
+    free(lead);
+}
+
+/* ------------------------------------------------------------------------
+ * Entry point
+ * ------------------------------------------------------------------------ */
+
+int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *out)
+{
+    struct place s;
+    int32_t *prim = NULL;
+    uint32_t *zone_ids = NULL;
+    int rv = CK_ENOMEM;
+
+    memset(out, 0, sizeof *out);
+    if (in->partitions == 0 || in->partitions > CK_MAX_PARTITIONS || in->replication == 0 ||
+        in->replication > CK_MAX_REPLICATION || in->n_nodes >= CK_NO_NODE ||
+        (in->current != NULL && (in->current_width == 0 || in->current_width > CK_MAX_REPLICATION))) {
+        return CK_EINVAL;
+    }
+    for (uint32_t i = 0; i < in->n_nodes; i++) {
+        if (in->nodes[i].weight == 0) {
+            return CK_EINVAL;
+        }
+    }
+    memset(&s, 0, sizeof s);
+    s.P = in->partitions;
+    s.n = in->n_nodes;
+    s.w = in->replication < in->n_nodes ? in->replication : in->n_nodes;
+    s.nodes = in->nodes;
+    s.cur = in->current;
+    s.cw = in->current_width;
+    out->width = s.w ? s.w : 1;
+    out->rows = malloc((size_t)s.P * out->width * sizeof *out->rows);
+    if (out->rows == NULL) {
+        return CK_ENOMEM;
+    }
+    for (size_t i = 0; i < (size_t)s.P * out->width; i++) {
+        out->rows[i] = CK_NO_NODE;
+    }
+    if (s.n == 0) {
+        return 0; /* Nobody to place on: every row stays empty. */
+    }
+    s.rows = malloc((size_t)s.P * s.w * sizeof *s.rows);
+    s.cnt = calloc(s.P, 1);
+    s.held = calloc(s.n, sizeof *s.held);
+    s.quota = calloc(s.n, sizeof *s.quota);
+    prim = malloc(s.P * sizeof *prim);
+    zone_ids = calloc(s.n, sizeof *zone_ids);
+    if (s.rows == NULL || s.cnt == NULL || s.held == NULL || s.quota == NULL || prim == NULL || zone_ids == NULL) {
+        goto done;
+    }
+    /* Distinct zones, and how many owners of one zone a row may have. */
+    for (uint32_t i = 0; i < s.n; i++) {
+        bool seen = false;
+        for (uint32_t j = 0; j < s.zones && !seen; j++) {
+            seen = zone_ids[j] == in->nodes[i].zone;
+        }
+        if (!seen) {
+            zone_ids[s.zones++] = in->nodes[i].zone;
+        }
+    }
+    s.zmax = s.zones >= s.w ? 1 : (s.w + s.zones - 1) / s.zones;
+
+    /* Phase 0: keep current owners that are still holders. */
+    for (uint32_t p = 0; p < s.P; p++) {
+        if (s.cur == NULL) {
+            break;
+        }
+        const uint16_t *c = s.cur + (size_t)p * s.cw;
+        for (uint32_t k = 0; k < s.cw && c[k] != CK_NO_NODE && s.cnt[p] < s.w; k++) {
+            if (c[k] < s.n && !row_has(&s, p, c[k])) {
+                row(&s, p)[s.cnt[p]++] = c[k];
+                s.held[c[k]]++;
+            }
+        }
+    }
+    ck_place_quotas(in->nodes, s.n, NULL, (uint64_t)s.P * s.w, s.P, s.quota);
+    for (uint32_t i = 0; i < s.n; i++) {
+        out->min_moves += s.quota[i] > s.held[i] ? s.quota[i] - s.held[i] : 0;
+    }
+
+    if (in->failover_only) {
+        /* Maintenance: no data moves; only rows that lost every owner are
+         * filled (there is no data to move for them anyway). */
+        for (uint32_t p = 0; p < s.P; p++) {
+            if (s.cnt[p] == 0) {
+                struct place one = s;
+                one.P = 1;
+                one.rows = row(&s, p);
+                one.cnt = &s.cnt[p];
+                place_fill(&one);
+            }
+        }
+        out->min_moves = 0;
+    } else {
+        place_fill(&s);
+        place_move(&s);
+        place_unstick(&s);
+        place_zones(&s);
+    }
+    place_primaries(&s, prim);
+
+    /* Output: primary first, the other owners in their order. */
+    for (uint32_t p = 0; p < s.P; p++) {
+        uint16_t *o = out->rows + (size_t)p * out->width;
+        const uint16_t *r = row(&s, p);
+        uint32_t k = 0;
+        if (prim[p] >= 0) {
+            o[k++] = r[prim[p]];
+        }
+        for (uint32_t j = 0; j < s.cnt[p]; j++) {
+            if ((int)j != prim[p]) {
+                o[k++] = r[j];
+            }
+        }
+        for (uint32_t j = 0; j < k; j++) {
+            if (!cur_has(&s, p, o[j])) {
+                out->moved_slots++;
+            }
+        }
+        if (s.cur != NULL && k > 0 && s.cur[(size_t)p * s.cw] != o[0]) {
+            out->moved_primaries++;
+        }
+    }
+    rv = 0;
+done:
+    free(s.rows);
+    free(s.cnt);
+    free(s.held);
+    free(s.quota);
+    free(prim);
+    free(zone_ids);
+    if (rv != 0) {
+        ck_place_free(out);
+    }
+    return rv;
+}
+
+void ck_place_free(struct ck_place_result *r)
+{
+    free(r->rows);
+    r->rows = NULL;
+}
