@@ -334,7 +334,7 @@ end
 -- Every node: heartbeats to the leader, and joining
 -- ---------------------------------------------------------------------------
 
-function M.heartbeat(node)
+function M.heartbeat(node, stopping)
   local r = node._core:raft()
   if r.state == "leader" or not r.leader_id then return end
   local leader
@@ -344,8 +344,9 @@ function M.heartbeat(node)
   if not leader then return end
   httpc.request {
     method = "POST", url = "http://" .. leader.http_addr .. "/heartbeat",
-    headers = auth_headers(node), body = '{"id":' .. json.encode(node.id) .. "}",
-    timeout = node.opts.heartbeat_interval * 4,
+    headers = auth_headers(node),
+    body = '{"id":' .. json.encode(node.id) .. (stopping and ',"stopping":true}' or "}"),
+    timeout = stopping and 0.5 or node.opts.heartbeat_interval * 4,
   }
 end
 
@@ -471,6 +472,16 @@ function M.install(node)
       return res:error(404, "NOT_FOUND", "unknown node " .. body.id)
     end
     node._seen = node._seen or {}
+    node._stopping = node._stopping or {}
+    if body.stopping == true then
+      -- A graceful stop: the node is going away now, so take it out of
+      -- handover choices and mark it down without waiting for silence.
+      node._stopping[body.id] = true
+      node._seen[body.id] = now() - node.opts.down_after
+      sched.spawn(M.leader_tick, node)
+      return res:json({status = "ok", state_index = node:state_index()})
+    end
+    node._stopping[body.id] = nil
     local was = node._seen[body.id]
     node._seen[body.id] = now()
     local n = node:_view().by_id[body.id]

@@ -1034,8 +1034,10 @@ function Node:_handover()
   end
   -- raft_transfer(0) may pick a voter that is down or stopping (it only
   -- looks at the log): choose an active one ourselves.
-  local status = {}
-  for _, n in ipairs(self:_view().nodes) do status[n.raft_id] = n.status end
+  local status, stopping = {}, self._stopping or {}
+  for _, n in ipairs(self:_view().nodes) do
+    status[n.raft_id] = not stopping[n.id] and n.status or "stopping"
+  end
   local target
   for _, s in ipairs(c:configuration()) do
     if s.role == "voter" and s.id ~= self.raft_id and status[s.id] == "active" then
@@ -1131,6 +1133,11 @@ function Node:stop()
   self.log:info("stopping")
   if leading then
     self:_handover()
+  end
+  -- Tell the leader we are going (best effort, bounded): it marks us down
+  -- at once and never hands leadership to a node that is stopping.
+  if self._core and not self._core:closed() then
+    pcall(require("clusterkit.membership").heartbeat, self, true)
   end
   self:_shutdown()
   -- Let the last cluster-state.json write land before we report stopped.

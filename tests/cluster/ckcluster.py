@@ -23,6 +23,9 @@ FAST_ENV = {
     "HEARTBEAT_INTERVAL": "0.2",
     "SUSPECT_AFTER": "0.75",
     "DOWN_AFTER": "1.5",
+    # A down node keeps its replica slots for this long (default 30 s); the
+    # tests want the table re-homed quickly.
+    "REBALANCE_DELAY": "1",
     "CK_LOG_LEVEL": "debug",
 }
 
