@@ -5,8 +5,44 @@
 -- change), and answer 304 to a matching If-None-Match. Large bodies
 -- (/cluster, /partitions) are encoded once per state index.
 local json = require "clusterkit.json"
+local membership = require "clusterkit.membership"
 
 local M = {}
+
+local MAX_WAIT = 600
+
+-- Blocking queries (like Consul's): ?index=N&wait=30s holds the request
+-- until the state index exceeds N or the wait ends. Returns true to go on,
+-- false when it answered 400.
+local function block(node, req, res)
+  local q = req.query
+  if q.index == nil then
+    if q.wait ~= nil then
+      res:error(400, "BAD_REQUEST", "wait needs index")
+      return false
+    end
+    return true
+  end
+  local index = tonumber(q.index)
+  if not index or index < 0 or index ~= math.floor(index) or index > 2 ^ 53 then
+    res:error(400, "BAD_REQUEST", "index must be a non-negative integer")
+    return false
+  end
+  local wait = 30
+  if q.wait ~= nil then
+    local n, unit = tostring(q.wait):match("^(%d+%.?%d*)(%a*)$")
+    local scale = ({[""] = 1, s = 1, ms = 0.001, m = 60})[unit or ""]
+    wait = n and scale and tonumber(n) * scale
+    if not wait or wait > MAX_WAIT then
+      res:error(400, "BAD_REQUEST", "wait must be a duration up to " .. MAX_WAIT .. "s (e.g. 30s, 500ms)")
+      return false
+    end
+  end
+  if node:state_index() <= index then
+    node:wait_for_change(index, wait)
+  end
+  return true
+end
 
 local tostring, tonumber, ipairs, format = tostring, tonumber, ipairs, string.format
 
@@ -22,6 +58,9 @@ local function cached(node, name, build)
     node._api_cache = cache
   end
   return function(req, res)
+    if not membership.read_authorized(node, req, res) or not block(node, req, res) then
+      return
+    end
     local etag = etag_of(node)
     if req:header("If-None-Match") == etag then
       return res:header("ETag", etag):status(304):send("")
@@ -92,7 +131,8 @@ function M.install(node)
     return res:json(body, ok and 200 or 503)
   end)
 
-  srv:route("GET", "/health/detailed", function(_, res)
+  srv:route("GET", "/health/detailed", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
     local ok, v, me, leader = ready_state(node)
     local stats = node:consensus_stats()
     local counts = {}
@@ -127,6 +167,7 @@ function M.install(node)
   end))
 
   srv:route("GET", "/partitions/key", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
     local key = req.query.key
     if key == nil or key == "" then
       return res:error(400, "BAD_REQUEST", "query parameter 'key' is required")
@@ -152,6 +193,7 @@ function M.install(node)
   end)
 
   srv:route("GET", "/nodes", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
     local q = req.query
     local limit, offset = 100, 0
     if q.limit ~= nil then
@@ -166,16 +208,22 @@ function M.install(node)
         return res:error(400, "BAD_REQUEST", "offset must be a non-negative integer")
       end
     end
+    if not block(node, req, res) then return end
+    local etag = etag_of(node)
+    if req:header("If-None-Match") == etag then
+      return res:header("ETag", etag):status(304):send("")
+    end
     local all = node:cluster().nodes
     local out = {}
     for i = offset + 1, math.min(#all, offset + limit) do
       out[#out + 1] = node_json(all[i])
     end
-    res:header("ETag", etag_of(node))
+    res:header("ETag", etag)
     return res:json({nodes = json.array(out), total = #all, limit = limit, offset = offset})
   end)
 
-  srv:route("GET", "/consensus/leader", function(_, res)
+  srv:route("GET", "/consensus/leader", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
     local l, err = node:leader()
     if not l then
       return res:error(503, err.code, err.message)
@@ -183,18 +231,54 @@ function M.install(node)
     return res:json(l)
   end)
 
-  srv:route("GET", "/consensus/stats", function(_, res)
+  srv:route("GET", "/consensus/stats", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
     return res:json(node:consensus_stats())
   end)
 
   -- POST /sync: in the Go library nodes push state to each other; here the
   -- state travels through raft, so sync answers with the state index that
   -- a caller can compare or wait on.
+  -- Rebalancing (leader only; followers answer 307 with the leader).
+  local function leader_only(res, err)
+    if err.code == "NOT_LEADER" and err.leader then
+      res:header("Location", "http://" .. err.leader)
+      return res:error(307, "NOT_LEADER", err.message, {leader = err.leader})
+    end
+    return res:error(err.code == "NOT_LEADER" and 503 or 500, err.code, err.message)
+  end
+  srv:route("POST", "/rebalance", function(req, res)
+    if not membership.authorized(node, req, res) then return end
+    local out, err = node:rebalance()
+    if not out then return leader_only(res, err) end
+    return res:json(out)
+  end)
+  srv:route("GET", "/rebalance/plan", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
+    local plan, err = node:plan_rebalance()
+    if not plan then return res:error(503, err.code, err.message) end
+    for _, m in ipairs(plan.moves) do
+      m.from, m.to = json.array(m.from), json.array(m.to)
+    end
+    plan.moves = json.array(plan.moves)
+    plan.min_moves = plan.min_moves or json.null
+    return res:json(plan)
+  end)
+  for _, action in ipairs({"pause", "resume"}) do
+    srv:route("POST", "/rebalance/" .. action, function(req, res)
+      if not membership.authorized(node, req, res) then return end
+      local ok, err = node[action .. "_rebalance"](node)
+      if not ok then return leader_only(res, err) end
+      return res:json({status = "ok", rebalance_paused = action == "pause"})
+    end)
+  end
+
   srv:route("POST", "/sync", function(_, res)
     return res:json({status = "ok", state_index = node:state_index(), node_id = node.id})
   end)
 
-  srv:route("GET", "/metrics", function(_, res)
+  srv:route("GET", "/metrics", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
     return res:header("Content-Type", "text/plain; version=0.0.4"):send(M.metrics(node))
   end)
 end
@@ -245,6 +329,10 @@ function M.metrics(node)
   end
   add("clusterkit_http_requests_total", "HTTP requests by route and status.", "counter", samples)
   add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
+  add("clusterkit_rebalance_moved_slots_total", "Partition slots moved by tables this node committed as leader.",
+    "counter", {{nil, node.rebalance_moves or 0}})
+  add("clusterkit_rebalance_paused", "1 while rebalancing is paused (maintenance mode).", "gauge",
+    {{nil, node:rebalance_paused() and 1 or 0}})
   return table.concat(out, "\n") .. "\n"
 end
 

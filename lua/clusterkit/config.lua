@@ -23,6 +23,7 @@ local spec = {
   weight             = {"WEIGHT", "integer", 1, 0, 1000000},
   services           = {"SERVICES", "services", nil},
   token              = {"CLUSTER_TOKEN", "string", nil},
+  read_token         = {"READ_TOKEN", "string", nil},
   hash_algorithm     = {"HASH_ALGORITHM", "string", "fnv1a64"},
   hash_tags          = {"HASH_TAGS", "boolean", nil},     -- default: on for fnv1a64, off for md5
   advertise_http     = {"ADVERTISE_HTTP", "addr", nil},

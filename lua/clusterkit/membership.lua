@@ -40,17 +40,34 @@ local function same(a, b)
   return acc == 0
 end
 
+local function bearer(req)
+  local h = req:header("Authorization") or ""
+  return h:match("^Bearer%s+(.+)$") or ""
+end
+
+local function deny(res, what)
+  res:header("WWW-Authenticate", "Bearer")
+  res:error(401, "UNAUTHORIZED", "a valid " .. what .. " is required")
+  return false
+end
+
 --- True when the request may mutate (no token configured, or the right
 -- "Authorization: Bearer <token>"); otherwise answers 401 and returns false.
 function M.authorized(node, req, res)
   local token = node.opts.token
   if not token then return true end
-  local h = req:header("Authorization") or ""
-  local given = h:match("^Bearer%s+(.+)$") or ""
-  if same(given, token) then return true end
-  res:header("WWW-Authenticate", "Bearer")
-  res:error(401, "UNAUTHORIZED", "a valid cluster token is required")
-  return false
+  if same(bearer(req), token) then return true end
+  return deny(res, "cluster token")
+end
+
+--- True when the request may read (no read_token configured, or the read
+-- token or the cluster token given); otherwise answers 401.
+function M.read_authorized(node, req, res)
+  local rt = node.opts.read_token
+  if not rt then return true end
+  local given = bearer(req)
+  if same(given, rt) or (node.opts.token and same(given, node.opts.token)) then return true end
+  return deny(res, "read token")
 end
 
 local function auth_headers(node)

@@ -323,6 +323,24 @@ function Node:me()
   return v.by_id[self.id] or public_node(self:_my_entry())
 end
 
+--- Waits until the state index exceeds `index` (at most `timeout`
+-- seconds, default 30). Returns the new index, or nil, err (TIMEOUT).
+function Node:wait_for_change(index, timeout)
+  check(self, "wait_for_change")
+  if type(index) ~= "number" or index < 0 then
+    error("clusterkit: wait_for_change: index must be a non-negative number", 2)
+  end
+  timeout = timeout or 30
+  if type(timeout) ~= "number" or timeout < 0 then
+    error("clusterkit: wait_for_change: timeout must be seconds", 2)
+  end
+  local changed = self:_wait_until(function() return self:_view().index > index end, timeout)
+  if not changed then
+    return nil, errors.new("TIMEOUT", format("state index still %d after %gs", index, timeout))
+  end
+  return self:_view().index
+end
+
 --- The state index: the raft index of the last change (an ETag).
 function Node:state_index()
   check(self, "state_index")

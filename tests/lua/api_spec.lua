@@ -261,6 +261,58 @@ describe("lifecycle", function()
   end)
 end)
 
+describe("rebalancing on a single node", function()
+  it("plans, rebalances, pauses and resumes, and waits for changes", function()
+    local ck, opts = new_node({partition_count = 8})
+    assert(ck:start())
+    local plan = assert(ck:plan_rebalance())
+    assert.are.equal(0, #plan.moves) -- the committed table is already the policy's
+    local out = assert(ck:rebalance())
+    assert.are.equal(0, out.moved_slots)
+    local idx = ck:state_index()
+    assert.is_false(ck:rebalance_paused())
+    assert(ck:pause_rebalance())
+    assert.is_true(ck:rebalance_paused())
+    assert.is_true(ck:state_index() > idx)
+    local v, err = ck:wait_for_change(ck:state_index(), 0.05)
+    assert.is_nil(v)
+    assert.are.equal("TIMEOUT", err.code)
+    local before = ck:state_index()
+    clusterkit.spawn(function() ck:resume_rebalance() end)
+    local after = assert(ck:wait_for_change(before, 5))
+    assert.is_true(after > before)
+    assert.is_false(ck:rebalance_paused())
+    assert.is_true(ck:create_partitions())
+    assert.has_error(function() ck:wait_for_change(-1) end)
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("exposes the default policy to Lua policies, which can adjust it", function()
+    local placement = require "clusterkit.placement"
+    local nodes = {{id = "a", zone = "z1", weight = 1}, {id = "b", zone = "z2", weight = 1},
+                   {id = "c", zone = "z3", weight = 1}, {id = "d", zone = "z4", weight = 1}}
+    local rows = placement.default(nodes, {}, {partitions = 16, replication = 3})
+    assert.are.equal(16, #rows)
+    local prim = {}
+    for _, row in ipairs(rows) do
+      assert.are.equal(3, #row)
+      prim[row[1]] = (prim[row[1]] or 0) + 1
+      local zones = {}
+      for _, id in ipairs(row) do
+        local z = ({a = "z1", b = "z2", c = "z3", d = "z4"})[id]
+        assert.is_nil(zones[z]) -- four zones, RF 3: distinct zones
+        zones[z] = true
+      end
+    end
+    for _, id in ipairs({"a", "b", "c", "d"}) do
+      assert.are.equal(4, prim[id])
+    end
+    assert.is_true(placement.validate(rows, nodes, {partitions = 16, replication = 3}))
+    assert.is_nil((placement.validate({}, nodes, {partitions = 16, replication = 3})))
+  end)
+end)
+
 describe("md5 compatibility mode", function()
   it("routes exactly like the Go library: md5(key)[0..3] big-endian mod P", function()
     local ck, opts = new_node({hash_algorithm = "md5", partition_count = 64})
