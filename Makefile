@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages needed to build and test (LuaJIT handled separately).
 PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev node-llhttp \
-            lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check python3 python3-pytest
+            lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest
 
 .PHONY: all deps build demo test test-asan bench lint clean
 

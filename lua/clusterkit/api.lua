@@ -44,7 +44,7 @@ local function block(node, req, res)
   return true
 end
 
-local tostring, tonumber, ipairs, format = tostring, tonumber, ipairs, string.format
+local tonumber, ipairs, format = tonumber, ipairs, string.format
 
 local function etag_of(node)
   return '"' .. format("%d", node:state_index()) .. '"'

@@ -8,10 +8,10 @@ local json = require "clusterkit.json"
 
 local M = {}
 
-local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
+local co_create, co_resume = coroutine.create, coroutine.resume
 local traceback = debug.traceback
 local type, tostring, pairs = type, tostring, pairs
-local byte, char, gsub, find, sub, lower = string.byte, string.char, string.gsub, string.find, string.sub, string.lower
+local byte, char, gsub, find, sub = string.byte, string.char, string.gsub, string.find, string.sub
 
 local JSON_HEADERS = {["Content-Type"] = "application/json"}
 

@@ -13,7 +13,7 @@ local errors = require "clusterkit.errors"
 
 local M = {}
 
-local find, sub, lower, format, concat = string.find, string.sub, string.lower, string.format, table.concat
+local find, sub, lower, concat = string.find, string.sub, string.lower, table.concat
 local tonumber, type, pairs = tonumber, type, pairs
 
 local MAX_HEADER = 64 * 1024

@@ -14,7 +14,7 @@ local core = require "clusterkit.core"
 local NONCE = core.random_hex(8)
 local MARK = "\0[]" .. NONCE
 local MARK_JSON = '"\\u0000[]' .. NONCE .. '"'
-local find, gsub, byte, char = string.find, string.gsub, string.byte, string.char
+local find, gsub, byte = string.find, string.gsub, string.byte
 local encode = cjson.encode
 
 cjson.encode_sparse_array(true)

@@ -320,7 +320,7 @@ function M.leader_tick(node)
       if n.status ~= "left" then
         local age = t - (seen[n.id] or t)
         if seen[n.id] == nil then seen[n.id] = t end
-        local want = n.status
+        local want
         if age >= o.down_after then
           want = "down"
         elseif age >= o.suspect_after then

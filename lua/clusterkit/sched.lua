@@ -9,8 +9,8 @@ local core = require "clusterkit.core"
 
 local M = {}
 
-local co_running, co_create, co_resume, co_yield, co_status =
-  coroutine.running, coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
+local co_running, co_create, co_resume, co_yield =
+  coroutine.running, coroutine.create, coroutine.resume, coroutine.yield
 local traceback = debug.traceback
 local unpack, select = unpack, select
 
