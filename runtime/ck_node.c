@@ -444,60 +444,6 @@ static int change_check(struct ck_node *n)
     return raft_state(&n->raft) == RAFT_LEADER ? 0 : CK_ENOTLEADER;
 }
 
-int ck_node_add(struct ck_node *n, uint64_t id, const char *address, ck_node_change_cb cb, void *data)
-{
-    int rv = change_check(n);
-    struct node_change *c;
-    if (rv != 0) {
-        return rv;
-    }
-    if ((c = change_new(n, cb, data)) == NULL) {
-        return CK_ENOMEM;
-    }
-    if ((rv = raft_add(&n->raft, &c->change, id, address, node_on_change)) != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "raft add: %s", raft_errmsg(&n->raft));
-        free(c);
-        return node_err(rv);
-    }
-    return 0;
-}
-
-int ck_node_assign(struct ck_node *n, uint64_t id, int role, ck_node_change_cb cb, void *data)
-{
-    int rv = change_check(n);
-    struct node_change *c;
-    if (rv != 0) {
-        return rv;
-    }
-    if ((c = change_new(n, cb, data)) == NULL) {
-        return CK_ENOMEM;
-    }
-    if ((rv = raft_assign(&n->raft, &c->change, id, role, node_on_change)) != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "raft assign: %s", raft_errmsg(&n->raft));
-        free(c);
-        return node_err(rv);
-    }
-    return 0;
-}
-
-int ck_node_remove(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data)
-{
-    int rv = change_check(n);
-    struct node_change *c;
-    if (rv != 0) {
-        return rv;
-    }
-    if ((c = change_new(n, cb, data)) == NULL) {
-        return CK_ENOMEM;
-    }
-    if ((rv = raft_remove(&n->raft, &c->change, id, node_on_change)) != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "raft remove: %s", raft_errmsg(&n->raft));
-        free(c);
-        return node_err(rv);
-    }
-    return 0;
-}
-
 static void node_on_transfer(struct raft_transfer *req)
 {
     struct node_change *c = req->data;
@@ -508,23 +454,62 @@ static void node_on_transfer(struct raft_transfer *req)
     free(c);
 }
 
-int ck_node_transfer(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data)
+enum { CHANGE_ADD, CHANGE_ASSIGN, CHANGE_REMOVE, CHANGE_TRANSFER };
+
+/* One membership request; the public wrappers below only pick the kind. */
+static int node_change(struct ck_node *n, int kind, uint64_t id, const char *address, int role,
+                       ck_node_change_cb cb, void *data)
 {
-    int rv = change_check(n);
+    static const char *const names[] = {"raft add", "raft assign", "raft remove", "raft transfer"};
     struct node_change *c;
+    int rv = change_check(n);
     if (rv != 0) {
         return rv;
     }
     if ((c = change_new(n, cb, data)) == NULL) {
         return CK_ENOMEM;
     }
-    c->transfer.data = c;
-    if ((rv = raft_transfer(&n->raft, &c->transfer, id, node_on_transfer)) != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "raft transfer: %s", raft_errmsg(&n->raft));
+    switch (kind) {
+    case CHANGE_ADD:
+        rv = raft_add(&n->raft, &c->change, id, address, node_on_change);
+        break;
+    case CHANGE_ASSIGN:
+        rv = raft_assign(&n->raft, &c->change, id, role, node_on_change);
+        break;
+    case CHANGE_REMOVE:
+        rv = raft_remove(&n->raft, &c->change, id, node_on_change);
+        break;
+    default:
+        c->transfer.data = c;
+        rv = raft_transfer(&n->raft, &c->transfer, id, node_on_transfer);
+        break;
+    }
+    if (rv != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "%s: %s", names[kind], raft_errmsg(&n->raft));
         free(c);
         return node_err(rv);
     }
     return 0;
+}
+
+int ck_node_add(struct ck_node *n, uint64_t id, const char *address, ck_node_change_cb cb, void *data)
+{
+    return node_change(n, CHANGE_ADD, id, address, 0, cb, data);
+}
+
+int ck_node_assign(struct ck_node *n, uint64_t id, int role, ck_node_change_cb cb, void *data)
+{
+    return node_change(n, CHANGE_ASSIGN, id, NULL, role, cb, data);
+}
+
+int ck_node_remove(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data)
+{
+    return node_change(n, CHANGE_REMOVE, id, NULL, 0, cb, data);
+}
+
+int ck_node_transfer(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void *data)
+{
+    return node_change(n, CHANGE_TRANSFER, id, NULL, 0, cb, data);
 }
 
 /* ------------------------------------------------------------------------
