@@ -43,19 +43,42 @@ struct place {
  * Quotas
  * ------------------------------------------------------------------------ */
 
-void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask,
-                     uint64_t total, uint32_t cap, uint32_t *out)
+/* A candidate for one unit of the remainder: nodes whose exact share has a
+ * fraction, ranked by whether they already have more than the floor (giving
+ * them the ceiling costs no move), then by the fraction, then by index. */
+struct quota_cand {
+    uint32_t idx;
+    uint32_t keeps; /* 1 if the node has more than its floor already. */
+    uint64_t frac;
+};
+
+static int quota_cand_cmp(const void *a, const void *b)
+{
+    const struct quota_cand *x = a, *y = b;
+    if (x->keeps != y->keeps) {
+        return x->keeps > y->keeps ? -1 : 1;
+    }
+    if (x->frac != y->frac) {
+        return x->frac > y->frac ? -1 : 1;
+    }
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* ck_place_quotas, where @have (or NULL) is what each node holds now: the
+ * remainder goes first to nodes that hold more than their floor, so that the
+ * quotas are the ones that need the fewest moves. */
+static void quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask, uint64_t total, uint32_t cap,
+                   const uint32_t *have, uint32_t *out)
 {
     bool *capped = calloc(n ? n : 1, sizeof *capped);
     uint64_t *frac = calloc(n ? n : 1, sizeof *frac);
-    if (capped == NULL || frac == NULL) {
-        /* Degrade to an even split rather than fail: still deterministic. */
+    struct quota_cand *cand = calloc(n ? n : 1, sizeof *cand);
+    if (capped == NULL || frac == NULL || cand == NULL) {
+        /* Degrade to zero quotas rather than fail: still deterministic. */
         for (uint32_t i = 0; i < n; i++) {
             out[i] = 0;
         }
-        free(capped);
-        free(frac);
-        return;
+        goto out;
     }
     for (;;) {
         uint64_t W = 0, rest = total;
@@ -92,27 +115,34 @@ void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *
         if (recap) {
             continue;
         }
-        /* Hand out the remainder by largest fraction (lowest index on ties). */
-        for (uint64_t left = rest - given; left > 0; left--) {
-            int64_t best = -1;
-            for (uint32_t i = 0; i < n; i++) {
-                if ((mask != NULL && !mask[i]) || capped[i] || out[i] >= cap) {
-                    continue;
-                }
-                if (best < 0 || frac[i] > frac[best]) {
-                    best = i;
-                }
+        /* Hand out the remainder, one unit per node with a fraction (there
+         * are more such nodes than units left). */
+        uint32_t nc = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if ((mask != NULL && !mask[i]) || capped[i] || out[i] >= cap || frac[i] == 0) {
+                continue;
             }
-            if (best < 0) {
-                break;
-            }
-            out[best]++;
-            frac[best] = 0;
+            cand[nc].idx = i;
+            cand[nc].keeps = have != NULL && have[i] > out[i];
+            cand[nc].frac = frac[i];
+            nc++;
+        }
+        qsort(cand, nc, sizeof *cand, quota_cand_cmp);
+        for (uint64_t k = 0; k < rest - given && k < nc; k++) {
+            out[cand[k].idx]++;
         }
         break;
     }
+out:
     free(capped);
     free(frac);
+    free(cand);
+}
+
+void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask,
+                     uint64_t total, uint32_t cap, uint32_t *out)
+{
+    quotas(nodes, n, mask, total, cap, NULL, out);
 }
 
 /* ------------------------------------------------------------------------
@@ -606,7 +636,7 @@ int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *ou
             }
         }
     }
-    ck_place_quotas(in->nodes, s.n, NULL, (uint64_t)s.P * s.w, s.P, s.quota);
+    quotas(in->nodes, s.n, NULL, (uint64_t)s.P * s.w, s.P, s.held, s.quota);
     for (uint32_t i = 0; i < s.n; i++) {
         out->min_moves += s.quota[i] > s.held[i] ? s.quota[i] - s.held[i] : 0;
     }
