@@ -323,9 +323,10 @@ function M.metrics(node)
   end
   add("clusterkit_partitions", "Partitions per node and role.", "gauge", samples)
   samples = {}
-  for key, c in pairs(node.http.counts) do
-    local route, code = key:match("^(.*) (%d+)$")
-    samples[#samples + 1] = {'{route="' .. route .. '",code="' .. code .. '"}', c}
+  for route, by_status in pairs(node.http.counts) do
+    for code, c in pairs(by_status) do
+      samples[#samples + 1] = {'{route="' .. route .. '",code="' .. code .. '"}', c}
+    end
   end
   add("clusterkit_http_requests_total", "HTTP requests by route and status.", "counter", samples)
   add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})

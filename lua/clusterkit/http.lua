@@ -8,7 +8,8 @@ local json = require "clusterkit.json"
 
 local M = {}
 
-local co_create, co_resume = coroutine.create, coroutine.resume
+local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.resume, coroutine.yield,
+  coroutine.running
 local traceback = debug.traceback
 local type, tostring, pairs = type, tostring, pairs
 local byte, char, gsub, find, sub = string.byte, string.char, string.gsub, string.find, string.sub
@@ -17,8 +18,11 @@ local JSON_HEADERS = {["Content-Type"] = "application/json"}
 
 --- Percent-decodes s ("+" means a space in queries).
 local function unescape(s, plus)
-  if plus then
+  if plus and find(s, "+", 1, true) then
     s = gsub(s, "+", " ")
+  end
+  if not find(s, "%", 1, true) then
+    return s
   end
   return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
 end
@@ -27,14 +31,18 @@ M.unescape = unescape
 --- Parses a raw query string into {name = value} (the last repeat wins).
 local function parse_query(q)
   local t = {}
-  if q == "" then return t end
-  for pair in q:gmatch("[^&]+") do
-    local eq = find(pair, "=", 1, true)
-    if eq then
-      t[unescape(sub(pair, 1, eq - 1), true)] = unescape(sub(pair, eq + 1), true)
-    else
-      t[unescape(pair, true)] = ""
+  local n, i = #q, 1
+  while i <= n do
+    local amp = find(q, "&", i, true) or n + 1
+    if amp > i then
+      local eq = find(q, "=", i, true)
+      if eq and eq < amp then
+        t[unescape(sub(q, i, eq - 1), true)] = unescape(sub(q, eq + 1, amp - 1), true)
+      else
+        t[unescape(sub(q, i, amp - 1), true)] = ""
+      end
     end
+    i = amp + 1
   end
   return t
 end
@@ -178,7 +186,12 @@ function Server:route(method, pattern, fn)
     error("clusterkit: route: handler must be a function", 3)
   end
   if not find(pattern, "[:*]") then
-    self.exact[method .. " " .. pattern] = fn
+    local by_path = self.exact[method]
+    if not by_path then
+      by_path = {}
+      self.exact[method] = by_path
+    end
+    by_path[pattern] = fn
     return
   end
   local segs = {}
@@ -211,7 +224,8 @@ end
 -- Finds the handler: fn, params, route name; or nil and whether the path
 -- exists for another method (405 rather than 404).
 function Server:find(method, path)
-  local fn = self.exact[method .. " " .. path]
+  local by_path = self.exact[method]
+  local fn = by_path and by_path[path]
   if fn then
     return fn, nil, path
   end
@@ -229,15 +243,19 @@ function Server:find(method, path)
       other = true
     end
   end
-  for m in pairs(METHODS) do
-    if self.exact[m .. " " .. path] then other = true end
+  for _, paths in pairs(self.exact) do
+    if paths[path] then other = true end
   end
   return nil, other
 end
 
 function Server:_count(res)
-  local key = res._route .. " " .. res._status
-  self.counts[key] = (self.counts[key] or 0) + 1
+  local by_status = self.counts[res._route]
+  if not by_status then
+    by_status = {}
+    self.counts[res._route] = by_status
+  end
+  by_status[res._status] = (by_status[res._status] or 0) + 1
 end
 
 local function run(server, fn, req, res)
@@ -255,6 +273,37 @@ local function run(server, fn, req, res)
   end
 end
 
+-- Handlers run in worker coroutines that are reused: a worker that
+-- finished its request goes back to the pool (up to POOL_MAX) instead of a
+-- new coroutine per request. A handler that waits keeps its worker until
+-- it is done.
+local POOL_MAX = 256
+local pool, npool = {}, 0
+
+local function worker()
+  while true do
+    local server, fn, req, res = co_yield()
+    run(server, fn, req, res)
+    if npool >= POOL_MAX then
+      return
+    end
+    npool = npool + 1
+    pool[npool] = co_running()
+  end
+end
+
+local function take_worker()
+  if npool > 0 then
+    local co = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+    return co
+  end
+  local co = co_create(worker)
+  co_resume(co) -- Runs to the first yield: ready for a job.
+  return co
+end
+
 function Server:_dispatch(c, method, path, raw_query)
   local fn, params, route = self:find(method, path)
   local req = setmetatable({_c = c, method = method, path = path, raw_query = raw_query,
@@ -267,7 +316,7 @@ function Server:_dispatch(c, method, path, raw_query)
     end
     return res:error(404, "NOT_FOUND", "no route for " .. method .. " " .. path)
   end
-  local co = co_create(run)
+  local co = take_worker()
   local ok, err = co_resume(co, self, fn, req, res)
   if not ok then
     self.node.log:error("handler coroutine: %s", tostring(err))
