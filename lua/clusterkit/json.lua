@@ -14,6 +14,7 @@ local core = require "clusterkit.core"
 local NONCE = core.random_hex(8)
 local MARK = "\0[]" .. NONCE
 local MARK_JSON = '"\\u0000[]' .. NONCE .. '"'
+local MARK_PATTERN = '"\\u0000%[%]' .. NONCE .. '"'
 local find, gsub, byte = string.find, string.gsub, string.byte
 local encode = cjson.encode
 
@@ -34,7 +35,7 @@ function M.encode(v)
     return nil, err
   end
   if find(s, MARK_JSON, 1, true) then
-    s = gsub(s, '"\\u0000%[%]' .. NONCE .. '"', "[]")
+    s = gsub(s, MARK_PATTERN, "[]")
   end
   return s
 end
