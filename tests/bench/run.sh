@@ -8,8 +8,20 @@ echo "== C: key -> partition (tests/bench/bench_lookup.c)"
 "$BUILD/tests/bench_lookup"
 echo "== Lua: lookups on a started node (tests/bench/lookup.lua)"
 "$BUILD/ckrun" tests/bench/lookup.lua
+echo "== placement through the Lua policy interface (tests/bench/place_lua.lua)"
+"$BUILD/ckrun" tests/bench/place_lua.lua
+for b in "$BUILD"/tests/bench_place; do
+  [ -x "$b" ] || continue
+  echo "== placement in C ($b)"
+  "$b"
+done
 echo "== idle memory (tests/bench/rss.sh)"
 tests/bench/rss.sh "$BUILD"
+for b in tests/bench/http_bench.sh; do
+  [ -x "$b" ] || continue
+  echo "== $b"
+  "$b" "$BUILD"
+done
 for b in tests/bench/cluster_*.py; do
   [ -e "$b" ] || continue
   echo "== $b"
