@@ -19,7 +19,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev node-llhttp \
             lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest
 
-.PHONY: all deps build demo test test-asan bench lint clean
+.PHONY: all deps build demo test test-asan test-openresty bench lint clean
 
 all: build
 
@@ -58,6 +58,11 @@ test-asan: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j$(JOBS) -L 'unit|cluster'
+
+# The suite built against OpenResty's LuaJIT (unpacked next to the installed
+# upstream one; the two Debian -dev packages conflict).
+test-openresty: deps
+	tests/flavours/openresty.sh .
 
 bench: build
 	tests/bench/run.sh $(BUILD)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds and tests clusterkit against OpenResty's LuaJIT (Debian's
+# libluajit2-5.1-dev), next to the upstream one that the machine has
+# installed. The two -dev packages conflict, so the OpenResty packages are
+# downloaded and unpacked into a temporary root instead of installed, and the
+# build finds them through PKG_CONFIG_PATH.
+#   tests/flavours/openresty.sh [source-dir]
+set -euo pipefail
+SRC=$(realpath "${1:-.}")
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+PKGS="libluajit2-5.1-dev libluajit2-5.1-2 libluajit2-5.1-common luajit2"
+apt-get download $PKGS >/dev/null 2>&1 || { apt-get update -qq && apt-get download $PKGS >/dev/null; }
+for f in *.deb; do dpkg-deb -x "$f" root; done
+PC=$(dirname "$(find root -name luajit.pc | head -1)")
+sed -i "s|^prefix=/usr|prefix=$WORK/root/usr|" "$PC/luajit.pc"
+LIB=$(dirname "$(find root -name 'libluajit-5.1.so.2' | head -1)")
+mkdir src
+(cd "$SRC" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$WORK/src")
+cd src
+PKG_CONFIG_PATH="$WORK/$PC" cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" >/dev/null
+export LD_LIBRARY_PATH="$WORK/$LIB" PATH="$WORK/root/usr/bin:$PATH"
+./build/ckrun -e 'assert(require("table.new"), "not OpenResty LuaJIT"); print("ckrun on " .. jit.version .. " (OpenResty)")'
+cd build
+ctest --output-on-failure -j"$(nproc)" -L 'unit|lua|cluster'
