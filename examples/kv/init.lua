@@ -1,0 +1,615 @@
+--- A distributed key-value store on clusterkit (the example the Go
+-- ClusterKit README sketches as DistributedKV, done properly).
+--
+--   local kv = require "kv"
+--   local ck = clusterkit.new()          -- options or the seed's env vars
+--   local store = kv.install(ck)         -- routes and hooks (before start)
+--   assert(store:start())                -- ck:start(), then copy owned partitions
+--
+-- clusterkit says where each key lives: ck:nodes_for_key(key) lists the
+-- owners of the key's partition, primary first, from the table every node
+-- applies through Raft. Everything else is this file's job:
+--
+-- Routing. PUT, GET and DELETE /kv/:key work on any node. The node that gets
+-- the request forwards it (clusterkit.http.request, a keep-alive client) to the
+-- key's primary, or handles it itself when it is the primary. GET ?stale=1 may
+-- be answered by any owner (this node first when it owns the key). When the
+-- table is changing (the primary just died, a partition is being copied) the
+-- routing node retries for a few seconds with a fresh lookup.
+--
+-- Replication and quorum. The primary stamps the write with the partition's
+-- epoch and its next sequence number, stores it, sends it to every replica at
+-- once (PUT/DELETE /internal/kv/:key) and answers when a quorum of the owners,
+-- itself included, has it: floor(N/2) + 1 of the N owners in the row (2 of 3).
+-- Replicas that answer later still get the write. A write that fails (no quorum
+-- or a newer epoch found) may have reached some owners: like a timed-out write
+-- in any quorum store, its outcome is unknown until it is read.
+--
+-- Epochs (fencing). clusterkit bumps a partition's epoch whenever its primary
+-- or owner set changes, so each epoch has exactly one primary. Every node
+-- remembers the highest epoch it has seen per partition and refuses a write
+-- or a replication stamped with an older one (409 STALE_EPOCH). A primary that
+-- was replaced but has not heard of it yet cannot reach a quorum once the
+-- other owners know the new epoch, and the new primary sees to that (below)
+-- before it serves.
+--
+-- Moving data. When a node gains a partition (or is promoted to its primary),
+-- the partition_change hook copies it from the previous owners
+-- (GET /internal/partition/:p?epoch=E). That request also fences the source:
+-- after answering it refuses writes of older epochs, so no acknowledged
+-- write can land on it behind the copy's back. The copy is complete when the
+-- previous primary answered, or else when enough previous owners answered
+-- that every write quorum of theirs includes one of them. Until then the
+-- partition answers 503 SYNCING (and the routing node retries). A node that
+-- starts (or restarts: storage is in memory) copies every partition it owns
+-- from the other current owners the same way.
+local clusterkit = require "clusterkit"
+local storage = require "kv.storage"
+-- A condition variable to wait for "a quorum answered or all did": the
+-- public API has no equivalent.
+local sched = require "clusterkit.sched"
+-- A monotonic clock for the routing deadline (no public one either).
+local hrtime = require("clusterkit.core").hrtime
+
+local json, http = clusterkit.json, clusterkit.http
+local format, floor, max, tonumber = string.format, math.floor, math.max, tonumber
+
+local M = {}
+
+local RETRY_DELAY = 0.1   -- seconds between routing retries
+local SYNC_ATTEMPTS = 8   -- rounds of copy requests before a copy gives up
+
+local function now()
+  return hrtime() / 1e9
+end
+
+-- ---------------------------------------------------------------------------
+-- Answers. Local operations and forwarded ones both produce
+-- {status, headers, body, code}, so that the router treats them alike.
+-- ---------------------------------------------------------------------------
+
+local function answer(status, body, headers)
+  return {status = status, body = body or "", headers = headers or {}}
+end
+
+local function fail(status, code, message, extra)
+  local e = {code = code, message = json.utf8_safe(message)}
+  for k, v in pairs(extra or {}) do e[k] = v end
+  local r = answer(status, json.encode({error = e}), {["Content-Type"] = "application/json"})
+  r.code = code
+  return r
+end
+
+local function ok_json(v)
+  return answer(200, json.encode(v), {["Content-Type"] = "application/json"})
+end
+
+-- The answer of another node, keeping its status, body, Content-Type and
+-- X-KV-* headers (the client gives header names in lower case), and its
+-- error code.
+local function from_http(res)
+  local h = {}
+  for k, v in pairs(res.headers) do
+    if k == "content-type" then
+      h["Content-Type"] = v
+    elseif k:sub(1, 5) == "x-kv-" then
+      h["X-KV-" .. k:sub(6):gsub("^%l", string.upper):gsub("%-%l", string.upper)] = v
+    end
+  end
+  local r = answer(res.status, res.body, h)
+  if res.status >= 400 then
+    local body = json.decode(res.body)
+    if type(body) == "table" and type(body.error) == "table" then
+      r.code = body.error.code
+    end
+  end
+  return r
+end
+
+local function send(res, r)
+  res:status(r.status)
+  for k, v in pairs(r.headers) do res:header(k, v) end
+  return res:send(r.body)
+end
+
+-- Keys are arbitrary bytes: percent-encode them into a path segment.
+local function escape(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return format("%%%02X", c:byte()) end))
+end
+
+local function int(s)
+  if type(s) ~= "string" or not s:match("^%d+$") or #s > 15 then return nil end
+  return tonumber(s)
+end
+
+local function truthy(s)
+  return s ~= nil and s ~= "0" and s ~= "false" and s ~= "no"
+end
+
+-- Errors that a fresh lookup a moment later can cure: the table is moving, a
+-- partition is being copied, a node died and its slots are not re-homed yet.
+local RETRY = {NOT_PRIMARY = true, NOT_OWNER = true, SYNCING = true, STALE_EPOCH = true,
+               QUORUM = true, NOT_READY = true, NO_OWNER = true, CONNECT = true, CLOSED = true}
+
+-- ---------------------------------------------------------------------------
+-- The store
+-- ---------------------------------------------------------------------------
+
+local Store = {}
+Store.__index = Store
+
+--- Adds the KV routes and hooks to node `ck` (not started yet). opts:
+-- route_timeout (5 s: how long the routing node keeps retrying),
+-- replication_timeout (2 s per request to a replica or copy source),
+-- linger (60 s: how long a partition that moved away is kept for the new
+-- owners to copy). Returns the store.
+function M.install(ck, opts)
+  opts = opts or {}
+  local self = setmetatable({
+    ck = ck,
+    id = ck:me().id,
+    data = storage.new(),
+    route_timeout = opts.route_timeout or 5,
+    replication_timeout = opts.replication_timeout or 2,
+    linger = opts.linger or 60,
+    started = false,
+  }, Store)
+  self:_install_routes()
+  self:_install_hooks()
+  return self
+end
+
+function Store:_log(level, fmt, ...)
+  self.ck.log[level](self.ck.log, "kv: " .. fmt, ...)
+end
+
+-- Internal endpoints require the cluster token when one is configured.
+function Store:_auth_headers()
+  local token = self.ck.opts.token
+  return token and {Authorization = "Bearer " .. token} or {}
+end
+
+function Store:_authorized(req)
+  local token = self.ck.opts.token
+  return not token or req:header("Authorization") == "Bearer " .. token
+end
+
+-- Whether the node still runs (background copies end when it stops). The
+-- public API has no call for it; ck.status is the node's own field.
+function Store:_running()
+  return self.ck.status == "running"
+end
+
+function Store:_addr(id)
+  if not self:_running() then return nil end
+  for _, n in ipairs(self.ck:cluster().nodes) do
+    if n.id == id then return n.http_addr end
+  end
+end
+
+-- Whether this node is among the owners of partition `index` in its table.
+function Store:_owns(index)
+  local p = self.ck:partition(index)
+  if not p then return false end
+  if p.primary_node == self.id then return true end
+  for _, r in ipairs(p.replica_nodes) do
+    if r == self.id then return true end
+  end
+  return false
+end
+
+-- ---------------------------------------------------------------------------
+-- The primary's side: writes and reads of keys this node leads
+-- ---------------------------------------------------------------------------
+
+-- Sends a stamped write to the replicas at once; returns when `need` of them
+-- acknowledged or all answered. Returns the number of acks and the highest
+-- epoch a replica reported when it refused the write as stale (or nil).
+function Store:_replicate(replicas, key, value, epoch, seq, need)
+  local headers = self:_auth_headers()
+  headers["X-KV-Epoch"], headers["X-KV-Seq"] = format("%d", epoch), format("%d", seq)
+  local acks, done, newer = 0, 0, nil
+  local answered = sched.cond()
+  for _, n in ipairs(replicas) do
+    clusterkit.spawn(function()
+      local res, err = http.request {
+        method = value and "PUT" or "DELETE", url = "http://" .. n.http_addr .. "/internal/kv/" .. escape(key),
+        headers = headers, body = value, timeout = self.replication_timeout,
+      }
+      if res and res.status == 200 then
+        acks = acks + 1
+      elseif res and res.status == 409 then
+        local body = json.decode(res.body)
+        local e = type(body) == "table" and type(body.error) == "table" and body.error or {}
+        newer = max(newer or 0, tonumber(e.epoch) or epoch + 1)
+        self:_log("warn", "replica %s refused a write at epoch %d: %s", n.id, epoch, tostring(e.message))
+      else
+        self:_log("debug", "replication of %q to %s failed: %s", key, n.id,
+          res and (res.status .. " " .. res.body) or tostring(err))
+      end
+      done = done + 1
+      answered:signal()
+    end)
+  end
+  while acks < need and done < #replicas do
+    answered:wait(self.replication_timeout + 1)
+  end
+  return acks, newer
+end
+
+--- PUT (value) or DELETE (value == nil) of key, on its primary.
+function Store:_write(key, value)
+  local ck = self.ck
+  local p, err = ck:partition_for_key(key)
+  if not p then return fail(503, "NOT_READY", tostring(err)) end
+  if p.primary_node ~= self.id then
+    return fail(421, "NOT_PRIMARY", self.id .. " is not the primary of " .. p.id, {primary = p.primary_node})
+  end
+  local part = self.data:part(p.index)
+  if not part.ready then
+    return fail(503, "SYNCING", p.id .. " is being copied to " .. self.id)
+  end
+  if part.seen_epoch > p.epoch then
+    -- A peer has seen a newer table: we are about to learn we were replaced.
+    return fail(409, "STALE_EPOCH", format("%s is at epoch %d here, a peer has seen %d",
+      p.id, p.epoch, part.seen_epoch), {epoch = part.seen_epoch})
+  end
+  -- The owners as this node's table has them now (the table may change while
+  -- we wait for the replicas; the stamp says which table the write belongs to).
+  local owners = ck:nodes_for_key(key)
+  local replicas = {}
+  for i = 2, #owners do replicas[#replicas + 1] = owners[i] end
+  local quorum = floor(#owners / 2) + 1
+  local epoch, seq = p.epoch, part:next_seq()
+  local existed = part:get(key) ~= nil
+  part:apply(key, value, epoch, seq)
+  local acks, newer = self:_replicate(replicas, key, value, epoch, seq, quorum - 1)
+  acks = acks + 1 -- this node
+  if newer then
+    part:see(newer)
+    return fail(409, "STALE_EPOCH", format("%s has a newer epoch (%d) than this primary's %d", p.id, newer, epoch),
+      {epoch = newer})
+  end
+  if acks < quorum then
+    return fail(503, "QUORUM", format("%d of %d owners acknowledged, %d needed", acks, #owners, quorum))
+  end
+  local out = {key = json.utf8_safe(key), partition = p.id, epoch = epoch,
+               version = format("%d.%d", epoch, seq), acks = acks, quorum = quorum, owners = #owners}
+  if value == nil then out.deleted = existed end
+  return ok_json(out)
+end
+
+--- GET of key on this node: on its primary, or (stale) on any owner.
+function Store:_read(key, stale)
+  local ck = self.ck
+  local p, err = ck:partition_for_key(key)
+  if not p then return fail(503, "NOT_READY", tostring(err)) end
+  local part = self.data:part(p.index)
+  if stale then
+    if not ck:am_i_responsible_for(key) then
+      return fail(421, "NOT_OWNER", self.id .. " does not own " .. p.id)
+    end
+  else
+    if p.primary_node ~= self.id then
+      return fail(421, "NOT_PRIMARY", self.id .. " is not the primary of " .. p.id, {primary = p.primary_node})
+    end
+    if part.seen_epoch > p.epoch then
+      return fail(409, "STALE_EPOCH", p.id .. ": a peer has seen a newer epoch", {epoch = part.seen_epoch})
+    end
+  end
+  if not part.ready then
+    return fail(503, "SYNCING", p.id .. " is being copied to " .. self.id)
+  end
+  local e = part:get(key)
+  local r
+  if e then
+    r = answer(200, e.value, {["Content-Type"] = "application/octet-stream",
+                              ["X-KV-Version"] = format("%d.%d", e.epoch, e.seq)})
+  else
+    r = fail(404, "NOT_FOUND", "no key " .. key)
+  end
+  r.headers["X-KV-Partition"], r.headers["X-KV-Served-By"] = p.id, self.id
+  return r
+end
+
+-- ---------------------------------------------------------------------------
+-- The receiving node's side: route to the owners
+-- ---------------------------------------------------------------------------
+
+-- Runs the operation on node n: here, or forwarded over HTTP.
+function Store:_at(n, method, key, body, stale, timeout)
+  if n.id == self.id then
+    if method == "GET" then return self:_read(key, stale) end
+    return self:_write(key, method == "PUT" and body or nil)
+  end
+  local res, err = http.request {
+    method = method, url = "http://" .. n.http_addr .. "/kv/" .. escape(key) .. (stale and "?stale=1" or ""),
+    headers = {["X-KV-Forwarded"] = self.id}, body = method == "PUT" and body or nil, timeout = timeout,
+  }
+  if not res then
+    local r = fail(err.code == "TIMEOUT" and 504 or 502, err.code, "forwarding to " .. n.id .. ": " .. err.message)
+    return r
+  end
+  return from_http(res)
+end
+
+function Store:_route(method, key, body, stale)
+  local deadline = now() + self.route_timeout
+  while true do
+    local r
+    local owners, err = self.ck:nodes_for_key(key)
+    if not owners then
+      r = fail(503, "NOT_READY", tostring(err))
+    elseif #owners == 0 then
+      r = fail(503, "NO_OWNER", "the key's partition has no owner")
+    else
+      -- Writes and reads go to the primary; a stale read to any owner, this
+      -- node first when it is one.
+      local targets = {owners[1]}
+      if stale then
+        targets = {}
+        for _, n in ipairs(owners) do
+          if n.id == self.id then table.insert(targets, 1, n) else targets[#targets + 1] = n end
+        end
+      end
+      for _, n in ipairs(targets) do
+        r = self:_at(n, method, key, body, stale, max(0.5, deadline - now()))
+        if not RETRY[r.code] then return r end
+      end
+    end
+    if now() + RETRY_DELAY >= deadline then return r end
+    clusterkit.sleep(RETRY_DELAY)
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Copying partitions between nodes
+-- ---------------------------------------------------------------------------
+
+-- Fetches partition `index` from node `id` and merges it (unless a newer
+-- ownership change superseded copy `gen`). Asking with `epoch` fences the
+-- source. Returns true when the source answered with its complete copy.
+function Store:_fetch(index, id, epoch, gen)
+  local addr = self:_addr(id)
+  if not addr then return false end
+  local res, err = http.request {
+    url = format("http://%s/internal/partition/%d?epoch=%d", addr, index, epoch),
+    headers = self:_auth_headers(), timeout = self.replication_timeout,
+  }
+  if not res or res.status ~= 200 then
+    self:_log("debug", "copy of partition-%d from %s: %s", index, id,
+      res and (res.status .. " " .. res.body) or tostring(err))
+    return false
+  end
+  local part = self.data:part(index)
+  if part.gen ~= gen then return false end
+  local changed, why = part:merge(json.decode(res.body))
+  if not changed then
+    self:_log("warn", "copy of partition-%d from %s: %s", index, id, why)
+    return false
+  end
+  return true
+end
+
+-- Makes partition `index` complete on this node. plan = {epoch, primary (id
+-- or nil), others = {ids}, need, drop_before (epoch or nil), why}: done when
+-- the primary answered or `need` of the others did.
+function Store:_sync(index, plan)
+  local part = self.data:part(index)
+  part.gen = part.gen + 1
+  local gen = part.gen
+  part.ready, part.lost_at = false, nil
+  part:see(plan.epoch)
+  if plan.drop_before then part:drop_before(plan.drop_before) end
+  if not plan.primary and #plan.others == 0 then
+    part.ready = true -- Nobody to copy from: a new partition, or its only owner.
+    return
+  end
+  local answered, count, from = {}, 0, nil
+  for attempt = 1, SYNC_ATTEMPTS do
+    if not self:_running() then return end
+    if plan.primary and self:_fetch(index, plan.primary, plan.epoch, gen) then
+      from = plan.primary
+    else
+      for _, id in ipairs(plan.others) do
+        if count >= plan.need then break end
+        if not answered[id] and self:_fetch(index, id, plan.epoch, gen) then
+          answered[id], count = true, count + 1
+        end
+      end
+      if count >= plan.need then
+        from = count > 0 and (count .. " other owner(s)") or "its own copy (enough for a quorum)"
+      end
+    end
+    if part.gen ~= gen then return end -- A newer change took over.
+    if from then break end
+    clusterkit.sleep(math.min(0.1 * 2 ^ (attempt - 1), 1))
+  end
+  if part.gen ~= gen or not self:_running() then return end
+  if from then
+    self:_log("info", "partition-%d (%s, epoch %d): copied from %s, %d keys", index, plan.why, plan.epoch,
+      from, part.keys)
+  else
+    self:_log("warn", "partition-%d (%s, epoch %d): no complete copy reachable; serving the %d keys it has",
+      index, plan.why, plan.epoch, part.keys)
+  end
+  part.ready = true
+end
+
+-- How many of n owners must answer so that the answers include every write a
+-- quorum (floor(n/2)+1) of them acknowledged.
+local function overlap(n)
+  return n - floor(n / 2)
+end
+
+local function without(list, ...)
+  local drop, out = {}, {}
+  for _, id in ipairs({...}) do drop[id] = true end
+  for _, id in ipairs(list) do
+    if id ~= "" and not drop[id] then out[#out + 1] = id end
+  end
+  return out
+end
+
+-- Drops partitions that moved away more than `linger` seconds ago.
+function Store:_sweep()
+  for index, part in pairs(self.data.parts) do
+    if part.lost_at and os.time() - part.lost_at >= self.linger and not self:_owns(index) then
+      part:clear()
+      part.lost_at = nil
+    end
+  end
+end
+
+function Store:_on_partition_change(ev)
+  self:_sweep()
+  local part = self.data:part(ev.index)
+  local old = {ev.old_primary}
+  for _, r in ipairs(ev.old_replicas) do old[#old + 1] = r end
+  old = without(old)
+  if ev.role == "gain" then
+    -- New here: whatever an earlier ownership left behind is replaced by a
+    -- copy from the previous owners.
+    self:_sync(ev.index, {why = "gain", epoch = ev.epoch, drop_before = ev.epoch,
+      primary = ev.old_primary ~= "" and ev.old_primary or nil,
+      others = without(old, ev.old_primary), need = overlap(#old)})
+  elseif ev.role == "promote" then
+    -- A replica became primary (usually: the primary died). It may have
+    -- missed writes that a quorum without it acknowledged: merge the other
+    -- previous owners' copies. Its own copy counts when it was complete.
+    local need = overlap(#old) - (part.ready and 1 or 0)
+    self:_sync(ev.index, {why = "promote", epoch = ev.epoch,
+      primary = ev.old_primary ~= "" and ev.old_primary or nil,
+      others = without(old, ev.old_primary, self.id), need = need})
+  elseif ev.role == "lose" then
+    -- Keep the data for a while: the new owners copy it from here.
+    part.gen = part.gen + 1
+    part.lost_at = os.time()
+  end
+end
+
+function Store:_install_hooks()
+  self.ck:on("partition_change", function(ev)
+    -- Before store:start() returns, start() itself copies what the node owns.
+    if self.started and self:_running() then self:_on_partition_change(ev) end
+  end)
+end
+
+--- Starts the node (ck:start()), then copies every partition it owns from
+-- the other owners (in the background; until a partition is complete it
+-- answers 503 SYNCING and routing nodes retry). Returns true or nil, err.
+function Store:start()
+  local ok, err = self.ck:start()
+  if not ok then return nil, err end
+  self.started = true
+  for _, p in ipairs(self.ck:partitions()) do
+    if self:_owns(p.index) then
+      local owners = {p.primary_node}
+      for _, r in ipairs(p.replica_nodes) do owners[#owners + 1] = r end
+      local primary = p.primary_node ~= self.id and p.primary_node or nil
+      clusterkit.spawn(self._sync, self, p.index, {why = "start", epoch = p.epoch, primary = primary,
+        others = without(owners, self.id, p.primary_node), need = overlap(#owners)})
+    end
+  end
+  return true
+end
+
+--- {partitions, keys, ready} of this node: what it holds right now.
+function Store:stats()
+  local parts, keys, ready = {}, 0, true
+  for index, part in pairs(self.data.parts) do
+    local owns = self.started and self:_owns(index)
+    if owns or part.keys > 0 then
+      parts[#parts + 1] = {partition = "partition-" .. index, index = index, keys = part.keys,
+                           ready = part.ready, owner = owns, seen_epoch = part.seen_epoch}
+      keys = keys + (owns and part.keys or 0)
+      if owns and not part.ready then ready = false end
+    end
+  end
+  table.sort(parts, function(a, b) return a.index < b.index end)
+  return {node = self.id, keys = keys, ready = ready and self.started, partitions = json.array(parts)}
+end
+
+-- ---------------------------------------------------------------------------
+-- HTTP routes
+-- ---------------------------------------------------------------------------
+
+function Store:_install_routes()
+  local ck = self.ck
+
+  -- The client API, on every node. A request that another node forwarded
+  -- (X-KV-Forwarded) is handled here and never forwarded again, so nodes
+  -- whose tables disagree for a moment cannot bounce a request around.
+  ck:route("GET", "/kv/:key", function(req, res)
+    local key, stale = req.params.key, truthy(req.query.stale)
+    if req:header("X-KV-Forwarded") then return send(res, self:_read(key, stale)) end
+    return send(res, self:_route("GET", key, nil, stale))
+  end)
+  ck:route("PUT", "/kv/:key", function(req, res)
+    local key, value = req.params.key, req:body()
+    if req:header("X-KV-Forwarded") then return send(res, self:_write(key, value)) end
+    return send(res, self:_route("PUT", key, value))
+  end)
+  ck:route("DELETE", "/kv/:key", function(req, res)
+    local key = req.params.key
+    if req:header("X-KV-Forwarded") then return send(res, self:_write(key, nil)) end
+    return send(res, self:_route("DELETE", key))
+  end)
+
+  -- Replication from a primary: the write and its stamp. Refused when the
+  -- stamp's epoch is older than the newest this node knows for the partition.
+  local function replicated(req, res, value)
+    if not self:_authorized(req) then
+      return res:error(401, "UNAUTHORIZED", "the cluster token is required")
+    end
+    local epoch, seq = int(req:header("X-KV-Epoch")), int(req:header("X-KV-Seq"))
+    if not epoch or not seq then
+      return res:error(400, "BAD_REQUEST", "X-KV-Epoch and X-KV-Seq must be non-negative integers")
+    end
+    local key = req.params.key
+    local p, err = ck:partition_for_key(key)
+    if not p then return res:error(503, "NOT_READY", tostring(err)) end
+    local part = self.data:part(p.index)
+    local current = max(p.epoch, part.seen_epoch)
+    if epoch < current then
+      return res:error(409, "STALE_EPOCH", format("%s is at epoch %d, the write was stamped %d", p.id, current, epoch),
+        {epoch = current})
+    end
+    part:see(epoch)
+    return res:json({applied = part:apply(key, value, epoch, seq), epoch = epoch})
+  end
+  ck:route("PUT", "/internal/kv/:key", function(req, res) return replicated(req, res, req:body()) end)
+  ck:route("DELETE", "/internal/kv/:key", function(req, res) return replicated(req, res, nil) end)
+
+  -- A partition's whole content, for a node that gained it. ?epoch=E (the
+  -- asker's epoch) fences this node first: from now on it refuses writes
+  -- stamped with older epochs.
+  ck:route("GET", "/internal/partition/:p", function(req, res)
+    if not self:_authorized(req) then
+      return res:error(401, "UNAUTHORIZED", "the cluster token is required")
+    end
+    local index = int(req.params.p)
+    if not index or not ck:partition(index) then
+      return res:error(404, "NOT_FOUND", "no partition " .. req.params.p)
+    end
+    local epoch = req.query.epoch and int(req.query.epoch)
+    if req.query.epoch and not epoch then
+      return res:error(400, "BAD_REQUEST", "epoch must be a non-negative integer")
+    end
+    local part = self.data:part(index)
+    if epoch then part:see(epoch) end
+    if not part.ready then
+      return res:error(503, "SYNCING", "partition-" .. index .. " is not complete on " .. self.id)
+    end
+    return res:json(part:export())
+  end)
+
+  ck:route("GET", "/internal/kv-stats", function(req, res)
+    if not self:_authorized(req) then
+      return res:error(401, "UNAUTHORIZED", "the cluster token is required")
+    end
+    return res:json(self:stats())
+  end)
+end
+
+return M
