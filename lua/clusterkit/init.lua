@@ -44,6 +44,15 @@ M.spawn = sched.spawn
 --- Sleeps `seconds` (yields inside a coroutine).
 M.sleep = sched.sleep
 
+--- A condition many coroutines can wait on: c:wait([timeout]) -> value or
+-- nil, "timeout"; c:signal(value) wakes every waiter.
+M.cond = sched.cond
+
+--- Monotonic time in seconds (for deadlines).
+function M.monotime()
+  return core.hrtime() / 1e9
+end
+
 --- The partition of `key` under a given hash configuration, computed
 -- without a node (what a routing client does).
 function M.partition_of(key, partition_count, algorithm, hash_tags)

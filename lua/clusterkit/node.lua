@@ -1168,6 +1168,12 @@ function Node:stop()
   return true
 end
 
+--- The node's lifecycle state: "new", "starting", "running", "stopping"
+-- or "stopped". Never raises (a hook that outlives the node can ask).
+function Node:state()
+  return self.status
+end
+
 --- Sets the placement policy (a function, see clusterkit.placement).
 function Node:set_placement(fn)
   check(self, "set_placement")
