@@ -64,15 +64,19 @@ for n = 1, nodes_wanted do
   nodes[n] = ck
 end
 
--- Let every node apply the same state (a node that joined last may still
--- be catching up), so that they all print the same table.
+-- Let the table settle (the leader rebalances right after the last join)
+-- and every node apply the same state, so that they all print the same table.
 local ck = nodes[1]
 for _ = 1, 100 do
-  local same = true
+  local same, settled = true, true
   for _, other in ipairs(nodes) do
     same = same and other:state_index() == ck:state_index()
+    if other:is_leader() then
+      local plan = other:plan_rebalance()
+      settled = plan ~= nil and #plan.moves == 0
+    end
   end
-  if same then break end
+  if same and settled then break end
   clusterkit.sleep(0.05)
 end
 local c = ck:cluster()
