@@ -3,10 +3,12 @@
  * ck_http_internal.h) and the libuv connection machinery (ck_http.h).
  *
  * Hot path, per request on a keep-alive connection: one read into the
- * server's shared read buffer, one llhttp_execute() that copies the request
- * into the connection's arena and pauses in on_message_complete, the request
- * callback, one response serialized into the connection's reusable write
- * buffer and one uv_write(). No allocation once the buffers have warmed up.
+ * server's shared read buffer, llhttp_execute() copying the request into the
+ * connection's arena (paused once in on_headers_complete, where the size of
+ * the header section is checked, and once in on_message_complete), the
+ * request callback, one response serialized into the connection's reusable
+ * write buffer and one uv_write(). No allocation once the buffers have warmed
+ * up.
  *
  * Behaviour that ck_http.h leaves open, decided here:
  *  - A timeout of 0 in ck_http_limits disables that deadline. The header
@@ -36,7 +38,9 @@
  *  - Pausing: on_message_complete returns HPE_PAUSED; llhttp_execute() then
  *    returns HPE_PAUSED with llhttp_get_error_pos() pointing just past the
  *    request. After llhttp_resume(), execution continues by feeding the bytes
- *    from that position again; they were not consumed.
+ *    from that position again; they were not consumed. on_headers_complete
+ *    may pause too: resuming then runs llhttp__after_headers_complete (body
+ *    framing, upgrade) exactly as if the callback had returned 0.
  *  - llhttp_should_keep_alive() must be read inside on_message_complete (or
  *    earlier): resuming runs llhttp__after_message_complete, which clears the
  *    parser's flags and with them F_CONNECTION_CLOSE/F_CONNECTION_KEEP_ALIVE.
@@ -342,10 +346,27 @@ static bool header_is(const struct ck_http_parser *p, const struct ck_http_hspan
            s->value_len == vl && strncasecmp(p->arena + s->value_off, value, vl) == 0;
 }
 
+/* Pauses, so that ck_http_parser_feed() learns where the header section
+ * ends (llhttp_get_error_pos) and runs parser_headers_done() there. */
 static int parser_on_headers_complete(llhttp_t *ll)
 {
-    struct ck_http_parser *p = parser_of(ll);
-    p->phase = CK_HTTP_BODY;
+    parser_of(ll)->phase = CK_HTTP_BODY;
+    return HPE_PAUSED;
+}
+
+/* The header section ended just before @end. Only here is its full size
+ * known whatever the reads were: the data callbacks count up to the last
+ * element, the check at the end of each feed up to the end of that buffer,
+ * and neither sees the bytes that llhttp skips without a callback when the
+ * section ends inside the buffer (the spaces before the version, the final
+ * CRLFs). Returns 0, or -1 with the parser failed. */
+static int parser_headers_done(struct ck_http_parser *p, const char *end)
+{
+    llhttp_t *ll = &p->ll;
+    if (parser_bytes_to(p, end) > p->limits->max_header_size) {
+        parser_fail(p, 431, "HEADER_TOO_LARGE", "request header section too large");
+        return -1;
+    }
     /* A declared body over the limit is refused now, before the client
      * sends it (and before any 100 Continue). */
     if ((ll->flags & F_CONTENT_LENGTH) && !(ll->flags & F_CHUNKED) &&
@@ -509,6 +530,15 @@ enum ck_http_event ck_http_parser_feed(struct ck_http_parser *p, const char *dat
 
     p->chunk = data;
     llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
+    if (e == HPE_PAUSED && p->phase == CK_HTTP_BODY) {
+        /* Paused by on_headers_complete, just past the header section. A
+         * feed ends with its request, so this happens once per feed at most. */
+        const char *end = llhttp_get_error_pos(&p->ll);
+        if (parser_headers_done(p, end) != 0)
+            return CK_HTTP_ERROR;
+        llhttp_resume(&p->ll);
+        e = llhttp_execute(&p->ll, end, (size_t)(data + len - end));
+    }
     if (e == HPE_OK) {
         *consumed = len;
         p->fed += len;
