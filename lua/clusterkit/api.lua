@@ -119,6 +119,8 @@ end
 
 function M.install(node)
   local srv = node.http
+  local key_cache = {}
+  local JSON_ONLY = {["Content-Type"] = "application/json"}
 
   srv:route("GET", "/health", function(_, res)
     return res:json({status = "healthy", node_id = node.id})
@@ -179,17 +181,29 @@ function M.install(node)
     if not p then
       return res:error(503, err.code, err.message)
     end
-    local nodes = node:nodes_for_key(key)
-    local list = {}
-    for i, n in ipairs(nodes) do
-      list[i] = {id = n.id, name = n.name, ip = n.ip, status = n.status,
-                 role = i == 1 and "primary" or "replica"}
+    -- Everything but the key depends only on the partition: encode it once
+    -- per state index and partition, and splice the key in.
+    local v = node:_view()
+    local cache = key_cache
+    if cache.index ~= v.index or cache.view ~= v then
+      cache = {index = v.index, view = v}
+      key_cache = cache
     end
-    return res:json({
-      key = json.utf8_safe(key), partition = partition_json(p), partition_id = p.id,
-      primary = p.primary_node, replicas = json.array(p.replica_nodes),
-      nodes = json.array(list),
-    })
+    local tail = cache[p.index]
+    if not tail then
+      local list = {}
+      for i, n in ipairs(node:nodes_for_key(key)) do
+        list[i] = {id = n.id, name = n.name, ip = n.ip, status = n.status,
+                   role = i == 1 and "primary" or "replica"}
+      end
+      tail = json.encode({
+        partition = partition_json(p), partition_id = p.id, primary = p.primary_node,
+        replicas = json.array(p.replica_nodes), nodes = json.array(list),
+      }):sub(2) -- Without its "{": the key goes first.
+      cache[p.index] = tail
+    end
+    res._headers = JSON_ONLY
+    return res:send('{"key":' .. json.encode(json.utf8_safe(key)) .. "," .. tail)
   end)
 
   srv:route("GET", "/nodes", function(req, res)

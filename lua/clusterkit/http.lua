@@ -16,6 +16,10 @@ local byte, char, gsub, find, sub = string.byte, string.char, string.gsub, strin
 
 local JSON_HEADERS = {["Content-Type"] = "application/json"}
 
+local function hex_byte(h)
+  return char(tonumber(h, 16))
+end
+
 --- Percent-decodes s ("+" means a space in queries).
 local function unescape(s, plus)
   if plus and find(s, "+", 1, true) then
@@ -24,7 +28,7 @@ local function unescape(s, plus)
   if not find(s, "%", 1, true) then
     return s
   end
-  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+  return (gsub(s, "%%(%x%x)", hex_byte))
 end
 M.unescape = unescape
 
@@ -312,9 +316,9 @@ function Server:_dispatch(c, method, path, raw_query)
                             _route = route or "unmatched"}, Response)
   if not fn then
     if params then
-      return res:error(405, "METHOD_NOT_ALLOWED", method .. " is not allowed on " .. path)
+      return res:error(405, "METHOD_NOT_ALLOWED", method .. " is not allowed on " .. json.utf8_safe(path))
     end
-    return res:error(404, "NOT_FOUND", "no route for " .. method .. " " .. path)
+    return res:error(404, "NOT_FOUND", "no route for " .. method .. " " .. json.utf8_safe(path))
   end
   local co = take_worker()
   local ok, err = co_resume(co, self, fn, req, res)

@@ -19,6 +19,8 @@ local find, gsub, byte = string.find, string.gsub, string.byte
 local encode = cjson.encode
 
 cjson.encode_sparse_array(true)
+-- Only standard JSON numbers: no 0x10, NaN or Infinity from the network.
+cjson.decode_invalid_numbers(false)
 
 --- `t` itself, or the empty-array marker when t is empty.
 function M.array(t)

@@ -177,6 +177,11 @@ function M.admit(node, info)
       local role = counts.voter < node.opts.voters and "voter" or "standby"
       ok, msg = raft_call(node, "assign", raft_id, role)
       if not ok then
+        -- Do not leave a spare behind that can never catch up (an
+        -- unreachable address): take the half-added server out again.
+        if config_entry(node, raft_id) and node:is_leader() then
+          raft_call(node, "remove", raft_id)
+        end
         return nil, errors.new("RAFT", "raft assign " .. role .. ": " .. tostring(msg), {status = 503})
       end
       node.log:info("added %s (%s) as %s", info.id, info.raft_addr, role)
