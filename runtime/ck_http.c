@@ -771,6 +771,8 @@ int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, 
 #define CK_HTTP_PENDING_MAX (64 * 1024)
 /* The server's shared read buffer. */
 #define CK_HTTP_READ_BUF (64 * 1024)
+#define CK_HTTP_SPARES 4                       /* Big buffers kept per server. */
+#define CK_HTTP_SPARE_MAX (16u * 1024 * 1024)  /* Bigger ones are freed. */
 
 enum conn_state {
     CONN_READING,  /* Parsing input; no request in the owner's hands. */
@@ -829,6 +831,12 @@ struct ck_http_server {
      * and we consume or copy every read before returning, so one buffer per
      * server serves all connections. */
     char rbuf[CK_HTTP_READ_BUF];
+    /* Big response buffers (over PARSER_ARENA_KEEP) kept for the next big
+     * response on any connection: a large /cluster otherwise costs an mmap,
+     * page faults and an munmap per request. */
+    char *spare[CK_HTTP_SPARES];
+    size_t spare_cap[CK_HTTP_SPARES];
+    unsigned n_spare;
 };
 
 static void conn_close(struct ck_http_conn *c);
@@ -842,6 +850,8 @@ static void server_maybe_finish(struct ck_http_server *s)
         return;
     ck_http_close_cb cb = s->close_cb;
     void *data = s->data;
+    for (unsigned i = 0; i < s->n_spare; i++)
+        free(s->spare[i]);
     free(s);
     if (cb != NULL)
         cb(data);
@@ -969,8 +979,14 @@ static void conn_on_write(uv_write_t *req, int status)
         return;
     }
     c->server->stats.responses++;
-    if (c->wbuf_cap > PARSER_ARENA_KEEP) { /* A big response: do not keep its buffer. */
-        free(c->wbuf);
+    if (c->wbuf_cap > PARSER_ARENA_KEEP) { /* A big response: give its buffer back. */
+        struct ck_http_server *s = c->server;
+        if (s->n_spare < CK_HTTP_SPARES && c->wbuf_cap <= CK_HTTP_SPARE_MAX) {
+            s->spare[s->n_spare] = c->wbuf;
+            s->spare_cap[s->n_spare++] = c->wbuf_cap;
+        } else {
+            free(c->wbuf);
+        }
         c->wbuf = NULL;
         c->wbuf_cap = 0;
     }
@@ -1327,6 +1343,12 @@ int ck_http_respond(struct ck_http_request *req, int status, const struct ck_htt
         flags |= CK_HTTP_FMT_KEEP_ALIVE;
     if (req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0)
         flags |= CK_HTTP_FMT_HEAD;
+    struct ck_http_server *s = c->server;
+    if (body_len > c->wbuf_cap && s->n_spare > 0) { /* Reuse a big buffer. */
+        free(c->wbuf);
+        c->wbuf = s->spare[--s->n_spare];
+        c->wbuf_cap = s->spare_cap[s->n_spare];
+    }
     size_t len;
     int rc = ck_http_format_response(&c->wbuf, &c->wbuf_cap, status, headers, n_headers, body,
                                      body_len, &flags, &len);
