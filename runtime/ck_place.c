@@ -33,8 +33,10 @@ struct place {
     uint8_t *cnt;     /* owners per row */
     uint32_t *held;   /* slots per node */
     uint32_t *quota;  /* slot quota per node */
+    uint32_t *qlo, *qhi; /* floor and ceiling a node's quota may take */
     const uint16_t *cur;
     uint32_t cw;
+    uint32_t *zidx;   /* node -> dense zone index, 0 .. zones-1 */
     uint32_t zones;   /* distinct zones among nodes */
     uint32_t zmax;    /* max owners of one zone per row */
 };
@@ -66,9 +68,11 @@ static int quota_cand_cmp(const void *a, const void *b)
 
 /* ck_place_quotas, where @have (or NULL) is what each node holds now: the
  * remainder goes first to nodes that hold more than their floor, so that the
- * quotas are the ones that need the fewest moves. */
+ * quotas are the ones that need the fewest moves. If @lo and @hi are not
+ * NULL they receive each node's floor and ceiling: any quota between them
+ * (with the same sum) is as balanced. */
 static void quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask, uint64_t total, uint32_t cap,
-                   const uint32_t *have, uint32_t *out)
+                   const uint32_t *have, uint32_t *out, uint32_t *lo, uint32_t *hi)
 {
     bool *capped = calloc(n ? n : 1, sizeof *capped);
     uint64_t *frac = calloc(n ? n : 1, sizeof *frac);
@@ -127,6 +131,14 @@ static void quotas(const struct ck_place_node *nodes, uint32_t n, const bool *ma
             cand[nc].frac = frac[i];
             nc++;
         }
+        if (lo != NULL && hi != NULL) {
+            for (uint32_t i = 0; i < n; i++) {
+                lo[i] = hi[i] = out[i];
+            }
+            for (uint32_t k = 0; k < nc; k++) {
+                hi[cand[k].idx]++;
+            }
+        }
         qsort(cand, nc, sizeof *cand, quota_cand_cmp);
         for (uint64_t k = 0; k < rest - given && k < nc; k++) {
             out[cand[k].idx]++;
@@ -142,7 +154,48 @@ out:
 void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask,
                      uint64_t total, uint32_t cap, uint32_t *out)
 {
-    quotas(nodes, n, mask, total, cap, NULL, out);
+    quotas(nodes, n, mask, total, cap, NULL, out, NULL, NULL);
+}
+
+/* A zone whose share is exactly P * zmax can still go over it by the
+ * rounding of its nodes' quotas (three nodes of 42.67 each hold 43, 43, 42
+ * or 43, 43, 43). Hands such ceilings to nodes of zones with room, where
+ * that needs no more moves: then the zone rule can hold. */
+static void quotas_zone_fit(struct place *s)
+{
+    uint64_t *total = calloc(s->zones, sizeof *total);
+    const uint64_t cap = (uint64_t)s->P * s->zmax;
+    if (total == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; i < s->n; i++) {
+        total[s->zidx[i]] += s->quota[i];
+    }
+    for (uint32_t z = 0; z < s->zones; z++) {
+        while (total[z] > cap) {
+            /* A ceiling to give up (one that needs a move, if any), and one
+             * to take (one that needs none, if any), no dearer. */
+            int64_t from = -1, to = -1;
+            for (uint32_t i = 0; i < s->n; i++) {
+                bool paid = s->held[i] <= s->qlo[i];
+                if (s->zidx[i] == z && s->quota[i] > s->qlo[i] && (from < 0 || (paid && s->held[from] > s->qlo[from]))) {
+                    from = i;
+                }
+                if (s->zidx[i] != z && s->quota[i] < s->qhi[i] && total[s->zidx[i]] < cap &&
+                    (to < 0 || (!paid && s->held[to] <= s->qlo[to]))) {
+                    to = i;
+                }
+            }
+            if (from < 0 || to < 0 || (s->held[to] <= s->qlo[to] && s->held[from] > s->qlo[from])) {
+                break;
+            }
+            s->quota[from]--;
+            s->quota[to]++;
+            total[z]--;
+            total[s->zidx[to]]++;
+        }
+    }
+    free(total);
 }
 
 /* ------------------------------------------------------------------------
@@ -176,13 +229,14 @@ static int row_find(struct place *s, uint32_t p, uint16_t x)
     return -1;
 }
 
-/* Owners of zone @z in row @p, not counting slot @skip (-1: none). */
+/* Owners of zone @z (a dense index) in row @p, not counting slot @skip
+ * (-1: none). */
 static uint32_t zone_count(struct place *s, uint32_t p, uint32_t z, int skip)
 {
     const uint16_t *r = row(s, p);
     uint32_t c = 0;
     for (uint32_t k = 0; k < s->cnt[p]; k++) {
-        if ((int)k != skip && s->nodes[r[k]].zone == z) {
+        if ((int)k != skip && s->zidx[r[k]] == z) {
             c++;
         }
     }
@@ -219,7 +273,7 @@ static void place_fill(struct place *s)
                     continue;
                 }
                 bool under = s->held[x] < s->quota[x];
-                bool zone_ok = zone_count(s, p, s->nodes[x].zone, -1) < s->zmax;
+                bool zone_ok = zone_count(s, p, s->zidx[x], -1) < s->zmax;
                 if (under && zone_ok) {
                     pick = x;
                     break;
@@ -259,7 +313,7 @@ static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_
         if (s->held[u] >= s->quota[u] || row_has(s, p, (uint16_t)u)) {
             continue;
         }
-        if (zone_count(s, p, s->nodes[u].zone, k) < s->zmax) {
+        if (zone_count(s, p, s->zidx[u], k) < s->zmax) {
             return u;
         }
         if (fallback < 0) {
@@ -390,7 +444,7 @@ static void place_zones(struct place *s)
     for (uint32_t p = 0; p < s->P && budget > 0; p++) {
         for (uint32_t k = s->cnt[p]; k-- > 0 && budget > 0;) {
             uint16_t a = row(s, p)[k];
-            uint32_t za = s->nodes[a].zone;
+            uint32_t za = s->zidx[a];
             if (zone_count(s, p, za, -1) <= s->zmax) {
                 continue;
             }
@@ -403,7 +457,7 @@ static void place_zones(struct place *s)
                 }
                 for (uint32_t kc = 0; kc < s->cnt[q]; kc++) {
                     uint16_t c = row(s, q)[kc];
-                    uint32_t zc = s->nodes[c].zone;
+                    uint32_t zc = s->zidx[c];
                     if (zc == za || row_has(s, p, c)) {
                         continue;
                     }
@@ -566,6 +620,12 @@ out:
  * Entry point
  * ------------------------------------------------------------------------ */
 
+static int zone_pair_cmp(const void *a, const void *b)
+{
+    const uint32_t *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
+}
+
 int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *out)
 {
     struct place s;
@@ -606,21 +666,29 @@ int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *ou
     s.cnt = calloc(s.P, 1);
     s.held = calloc(s.n, sizeof *s.held);
     s.quota = calloc(s.n, sizeof *s.quota);
+    s.qlo = calloc(s.n, sizeof *s.qlo);
+    s.qhi = calloc(s.n, sizeof *s.qhi);
     prim = malloc(s.P * sizeof *prim);
-    zone_ids = calloc(s.n, sizeof *zone_ids);
-    if (s.rows == NULL || s.cnt == NULL || s.held == NULL || s.quota == NULL || prim == NULL || zone_ids == NULL) {
+    zone_ids = calloc(2 * (size_t)s.n, sizeof *zone_ids);
+    s.zidx = calloc(s.n, sizeof *s.zidx);
+    if (s.rows == NULL || s.cnt == NULL || s.held == NULL || s.quota == NULL || s.qlo == NULL || s.qhi == NULL ||
+        prim == NULL || zone_ids == NULL || s.zidx == NULL) {
         goto done;
     }
-    /* Distinct zones, and how many owners of one zone a row may have. */
+    /* Dense zone indexes (sorted by zone id), and how many owners of one
+     * zone a row may have. */
     for (uint32_t i = 0; i < s.n; i++) {
-        bool seen = false;
-        for (uint32_t j = 0; j < s.zones && !seen; j++) {
-            seen = zone_ids[j] == in->nodes[i].zone;
-        }
-        if (!seen) {
-            zone_ids[s.zones++] = in->nodes[i].zone;
-        }
+        zone_ids[2 * i] = in->nodes[i].zone;
+        zone_ids[2 * i + 1] = i;
     }
+    qsort(zone_ids, s.n, 2 * sizeof *zone_ids, zone_pair_cmp);
+    for (uint32_t i = 0; i < s.n; i++) {
+        if (i > 0 && zone_ids[2 * i] != zone_ids[2 * i - 2]) {
+            s.zones++;
+        }
+        s.zidx[zone_ids[2 * i + 1]] = s.zones;
+    }
+    s.zones++;
     s.zmax = s.zones >= s.w ? 1 : (s.w + s.zones - 1) / s.zones;
 
     /* Phase 0: keep current owners that are still holders. */
@@ -636,7 +704,8 @@ int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *ou
             }
         }
     }
-    quotas(in->nodes, s.n, NULL, (uint64_t)s.P * s.w, s.P, s.held, s.quota);
+    quotas(in->nodes, s.n, NULL, (uint64_t)s.P * s.w, s.P, s.held, s.quota, s.qlo, s.qhi);
+    quotas_zone_fit(&s);
     for (uint32_t i = 0; i < s.n; i++) {
         out->min_moves += s.quota[i] > s.held[i] ? s.quota[i] - s.held[i] : 0;
     }
@@ -655,10 +724,22 @@ int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *ou
         }
         out->min_moves = 0;
     } else {
-        place_fill(&s);
-        place_move(&s);
-        place_unstick(&s);
-        place_zones(&s);
+        /* A table that already has every slot and every quota is left as it
+         * is: recomputing is idempotent, and a crash or a restart (which only
+         * changes who may lead) moves no data. */
+        bool settled = true;
+        for (uint32_t p = 0; p < s.P && settled; p++) {
+            settled = s.cnt[p] == s.w;
+        }
+        for (uint32_t i = 0; i < s.n && settled; i++) {
+            settled = s.held[i] == s.quota[i];
+        }
+        if (!settled) {
+            place_fill(&s);
+            place_move(&s);
+            place_unstick(&s);
+            place_zones(&s);
+        }
     }
     place_primaries(&s, prim);
 
@@ -690,8 +771,11 @@ done:
     free(s.cnt);
     free(s.held);
     free(s.quota);
+    free(s.qlo);
+    free(s.qhi);
     free(prim);
     free(zone_ids);
+    free(s.zidx);
     if (rv != 0) {
         ck_place_free(out);
     }
