@@ -973,24 +973,73 @@ out:
  * Phase 2: direct moves from nodes over quota to nodes under quota.
  * ------------------------------------------------------------------------ */
 
-/* The best receiver for slot @k of row @p: under quota, not in the row,
- * zone allowed (else any under node not in the row). -1 if none. */
-static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_under, uint32_t p, int k)
+/* The receiver for slot @k of row @p: under quota, not in the row, and
+ * (if @strict) leaving the row's zones within zmax. Among those, one of the
+ * zone with the most slots (@zload): few rows have room for such a zone, so
+ * it takes the row while it can, and nodes of sparser zones, which fit
+ * almost anywhere, take the others. -1 if none. */
+static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_under, uint32_t p, int k,
+                             bool strict, const uint64_t *zload)
 {
-    int64_t fallback = -1;
+    int64_t best = -1;
     for (uint32_t i = 0; i < n_under; i++) {
         uint32_t u = under[i];
         if (s->held[u] >= s->quota[u] || row_has(s, p, (uint16_t)u)) {
             continue;
         }
-        if (zone_count(s, p, s->zidx[u], k) < s->zmax) {
+        if (!strict) {
             return u;
         }
-        if (fallback < 0) {
-            fallback = u;
+        if (zone_count(s, p, s->zidx[u], k) < s->zmax &&
+            (best < 0 || zload[s->zidx[u]] > zload[s->zidx[best]])) {
+            best = u;
         }
     }
-    return fallback;
+    return best;
+}
+
+/* Givers go in order of quota, smallest first (keys quota << 32 | index):
+ * a node with a small quota has few rows to give from, and a large giver
+ * that went first could fill the receiver into exactly those rows (it may
+ * be in every row). */
+static int move_order_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The exchange of place_move for giver @o in row @p (see there). */
+static void move_exchange(struct place *s, uint32_t p, uint16_t o, const uint32_t *start, const uint32_t *list)
+{
+    int ko = row_find(s, p, o);
+    const uint16_t *c = s->cur != NULL ? s->cur + (size_t)p * s->cw : NULL;
+    if (ko < 0 || c == NULL) {
+        return;
+    }
+    for (uint32_t j = 0; j < s->cw && c[j] != CK_NO_NODE; j++) {
+        uint16_t o2 = c[j];
+        if (o2 == o || o2 >= s->n || row_has(s, p, o2)) {
+            continue; /* Not a giver that left p in this phase. */
+        }
+        for (uint32_t k = 0; k < s->cnt[p]; k++) {
+            uint16_t u = row(s, p)[k];
+            if (cur_has(s, p, u) || s->held[u] >= s->quota[u]) {
+                continue; /* Not a receiver new in p, or one that is full. */
+            }
+            for (uint32_t i = start[o2]; i < start[o2 + 1]; i++) {
+                uint32_t q = list[i];
+                int k2 = row_find(s, q, o2);
+                if (q == p || k2 < 0 || row_has(s, q, u)) {
+                    continue;
+                }
+                row(s, q)[k2] = u;
+                row(s, p)[ko] = o2;
+                s->held[o]--;
+                s->held[u]++;
+                return;
+            }
+        }
+    }
 }
 
 static void place_move(struct place *s)
@@ -998,8 +1047,13 @@ static void place_move(struct place *s)
     uint32_t *under = malloc((s->n ? s->n : 1) * sizeof *under);
     uint32_t *start = calloc((size_t)s->n + 1, sizeof *start);
     uint32_t *list = malloc(((size_t)s->P * s->w + 1) * sizeof *list);
-    if (under == NULL || start == NULL || list == NULL) {
+    uint64_t *zload = calloc(s->zones, sizeof *zload);
+    uint64_t *order = malloc((s->n ? s->n : 1) * sizeof *order);
+    if (under == NULL || start == NULL || list == NULL || zload == NULL || order == NULL) {
         goto out;
+    }
+    for (uint32_t i = 0; i < s->n; i++) {
+        zload[s->zidx[i]] += s->held[i];
     }
     /* Each node's rows (CSR), taken once: a node's list only ever shrinks
      * while it gives slots away, and row_find re-checks. */
@@ -1024,39 +1078,62 @@ static void place_move(struct place *s)
         }
         free(fill);
     }
-    for (uint32_t o = 0; o < s->n; o++) {
-        /* Two passes over o's rows: first where o is a replica, then where
-         * it is the (current) primary, so that primaries stay put. */
-        for (int pass = 0; pass < 2 && s->held[o] > s->quota[o]; pass++) {
-            uint32_t n_under = 0;
-            for (uint32_t u = 0; u < s->n; u++) {
-                if (s->held[u] < s->quota[u]) {
-                    under[n_under++] = u;
+    /* Moves that keep the zones first, from every giver, and only then any
+     * move; within each, a giver's rows where it is a replica before those
+     * it leads, so that primaries stay put. */
+    for (uint32_t i = 0; i < s->n; i++) {
+        order[i] = (uint64_t)s->quota[i] << 32 | i;
+    }
+    qsort(order, s->n, sizeof *order, move_order_cmp);
+    for (int strict = 1; strict >= 0; strict--) {
+        for (uint32_t oi = 0; oi < s->n; oi++) {
+            uint32_t o = (uint32_t)order[oi];
+            for (int pass = 0; pass < 2 && s->held[o] > s->quota[o]; pass++) {
+                uint32_t n_under = 0;
+                for (uint32_t u = 0; u < s->n; u++) {
+                    if (s->held[u] < s->quota[u]) {
+                        under[n_under++] = u;
+                    }
+                }
+                if (n_under == 0) {
+                    goto out;
+                }
+                for (uint32_t i = start[o]; i < start[o + 1] && s->held[o] > s->quota[o]; i++) {
+                    uint32_t p = list[i];
+                    int k = row_find(s, p, (uint16_t)o);
+                    if (k < 0 || (pass == 0) != (k > 0)) {
+                        continue;
+                    }
+                    int64_t u = pick_receiver(s, under, n_under, p, k, strict, zload);
+                    if (u < 0) {
+                        continue;
+                    }
+                    row(s, p)[k] = (uint16_t)u;
+                    s->held[o]--;
+                    s->held[u]++;
+                    zload[s->zidx[o]]--;
+                    zload[s->zidx[u]]++;
                 }
             }
-            if (n_under == 0) {
-                break;
-            }
-            for (uint32_t i = start[o]; i < start[o + 1] && s->held[o] > s->quota[o]; i++) {
-                uint32_t p = list[i];
-                int k = row_find(s, p, (uint16_t)o);
-                if (k < 0 || (pass == 0) != (k > 0)) {
-                    continue;
-                }
-                int64_t u = pick_receiver(s, under, n_under, p, k);
-                if (u < 0) {
-                    continue;
-                }
-                row(s, p)[k] = (uint16_t)u;
-                s->held[o]--;
-                s->held[u]++;
-            }
+        }
+    }
+    /* A giver still over quota: every row it could give already holds the
+     * receivers. In such a row p, a receiver u took the slot of another giver
+     * o2 (o2 held p before): o2 takes p back in o's place, and gives u a row
+     * q of its own instead. o loses a slot, u keeps its count, o2 gives q
+     * rather than p: still only givers lose and receivers gain. */
+    for (uint32_t oi = 0; oi < s->n; oi++) {
+        uint32_t o = (uint32_t)order[oi];
+        for (uint32_t i = start[o]; i < start[o + 1] && s->held[o] > s->quota[o]; i++) {
+            move_exchange(s, list[i], (uint16_t)o, start, list);
         }
     }
 out:
     free(under);
     free(start);
     free(list);
+    free(zload);
+    free(order);
 }
 
 /* ------------------------------------------------------------------------
@@ -1065,7 +1142,10 @@ out:
 
 static void place_unstick(struct place *s)
 {
-    for (uint32_t o = 0; o < s->n; o++) {
+    /* Rows looked at in all: the search is quadratic in P at worst (when
+     * the receiver is in nearly every row), and this phase is rare. */
+    uint64_t budget = ((uint64_t)s->P * s->w + 4096) * 64;
+    for (uint32_t o = 0; o < s->n && budget > 0; o++) {
         for (uint32_t u = 0; u < s->n && s->held[o] > s->quota[o]; u++) {
             if (s->held[u] >= s->quota[u]) {
                 continue;
@@ -1073,7 +1153,7 @@ static void place_unstick(struct place *s)
             bool moved = true;
             while (moved && s->held[o] > s->quota[o] && s->held[u] < s->quota[u]) {
                 moved = false;
-                for (uint32_t p = 0; p < s->P && !moved; p++) {
+                for (uint32_t p = 0; p < s->P && !moved && budget > 0; p++, budget--) {
                     int k = row_find(s, p, (uint16_t)o);
                     if (k < 0) {
                         continue;
@@ -1082,7 +1162,7 @@ static void place_unstick(struct place *s)
                         if (x == o || x == u || row_has(s, p, (uint16_t)x)) {
                             continue;
                         }
-                        for (uint32_t q = 0; q < s->P; q++) {
+                        for (uint32_t q = 0; q < s->P && budget > 0; q++, budget--) {
                             int kx = row_find(s, q, (uint16_t)x);
                             if (q == p || kx < 0 || row_has(s, q, (uint16_t)u)) {
                                 continue;
