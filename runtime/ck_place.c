@@ -2,21 +2,35 @@
  * The default placement policy (see ck_place.h for the properties).
  *
  * Phases, each deterministic (ties go to the lower node index, which is the
- * lower id since the caller sorts nodes by id):
+ * lower id since the caller sorts nodes by id; the one random choice, the
+ * fill's deck, is shuffled by a generator seeded from the input's shape):
  *
  *   0. keep:      rows start as the current owners that are still holders;
- *   1. fill:      empty slots are dealt round-robin to nodes under quota;
+ *                 quotas are set (ceilings to nodes that already hold them,
+ *                 and away from zones that would not fit); a table that is
+ *                 already complete and at its quotas skips phases 1-4;
+ *   1. fill:      empty slots are dealt from a shuffled deck of what each
+ *                 node under quota needs, zones kept; a slot no card fits is
+ *                 won by a chain of trades among new slots, or by handing a
+ *                 ceiling to a node that fits; a small fill that still went
+ *                 wrong is redone exactly as a flow (1b);
  *   2. move:      nodes over quota hand slots (replicas before primaries) to
- *                 nodes under quota, one slot per move;
+ *                 nodes under quota, zone-keeping moves first, smallest givers
+ *                 first; a stuck giver trades rows with another giver;
  *   3. unstick:   when no direct move fits (the receiver already owns every
  *                 partition the giver could hand over), a two-step move
  *                 through a node at quota;
  *   4. zones:     rows whose zones repeat more than allowed swap one owner
- *                 with another row's owner (every node keeps its counts);
+ *                 with another row's owner (every node keeps its counts),
+ *                 free swaps first, costly ones only where the rule is
+ *                 promised;
  *   5. primaries: the current primary stays if it may lead; rows without one
  *                 elect an owner (preferring previous owners: a promotion, no
- *                 copy); then primaries move from nodes over their primary
- *                 quota to owners under it.
+ *                 copy); then primaries move until every node is within its
+ *                 floor and ceiling (direct moves, then augmenting paths).
+ *
+ * Every search has a budget, so the time stays O(P * w) (times a constant)
+ * whatever the input.
  */
 #include "ck_place.h"
 
@@ -1183,45 +1197,276 @@ static void place_unstick(struct place *s)
 
 /* ------------------------------------------------------------------------
  * Phase 4: zone repair by swapping owners between rows.
+ *
+ * A swap keeps every node's counts, and so every zone's total. A zone with
+ * more slots than P * zmax must exceed zmax in some rows whatever is done:
+ * its surplus is tracked, and once the rows over zmax in a zone are down to
+ * that surplus, its remaining ones are left alone instead of searched for.
+ *
+ * Swaps that give neither node a new slot it did not have (two new slots
+ * trading places, or slots returning to rows their nodes held) cost no
+ * movement, and those are tried first, among the rows this computation
+ * touched (a swap between two untouched rows is never free). Then any swap:
+ * the zone rule wins over minimal movement, and such a repair moves two more
+ * slots, between nodes that both stay. This phase only runs when slots move
+ * anyway (see ck_place_compute), so a crash or a restart never moves data.
  * ------------------------------------------------------------------------ */
+
+struct zone_state {
+    uint64_t *total, *over;
+    uint32_t *vrows, n_vrows;   /* Rows over zmax at the start. */
+    uint32_t *nrows, n_nrows;   /* Rows with a new slot. */
+    uint32_t **room, *n_room;   /* Per zone, when few: rows with room for it. */
+    uint32_t room_cap, n_lists;
+    uint8_t *room_state;        /* 0: not built, 1: built, 2: too many rows. */
+    uint64_t budget;            /* Row visits left for all searches. */
+};
+
+#define ZONE_MAX_LISTS 16
+
+/* The rows with room for zone @z (fewer than zmax of its owners), built on
+ * first use: when a zone is nearly full these are few and hard to find by
+ * scanning. NULL (scan instead) for the zones beyond the first
+ * ZONE_MAX_LISTS that need one, which bounds the memory. */
+static const uint32_t *zone_room(struct place *s, struct zone_state *zs, uint32_t z, uint32_t *n)
+{
+    if (zs->room_state[z] == 0 && zs->n_lists >= ZONE_MAX_LISTS) {
+        zs->room_state[z] = 2; /* Enough memory spent on lists: scan. */
+    }
+    if (zs->room_state[z] == 0) {
+        zs->n_lists++;
+        uint32_t cap = zs->room_cap, len = 0;
+        uint32_t *list = malloc(cap * sizeof *list);
+        for (uint32_t q = 0; q < s->P && list != NULL; q++) {
+            if (zone_count(s, q, z, -1) < s->zmax) {
+                if (len == cap) {
+                    free(list);
+                    list = NULL;
+                    break;
+                }
+                list[len++] = q;
+            }
+        }
+        zs->room[z] = list;
+        zs->n_room[z] = len;
+        zs->room_state[z] = list != NULL ? 1 : 2;
+    }
+    *n = zs->n_room[z];
+    return zs->room[z];
+}
+
+/* After a swap, rows @p and @q may have room for zones whose lists were
+ * built before: add them (a list that would grow too long is dropped, and
+ * scanning takes over). */
+static void zone_room_update(struct place *s, struct zone_state *zs, uint32_t p, uint32_t q)
+{
+    for (uint32_t z = 0; z < s->zones; z++) {
+        if (zs->room_state[z] != 1) {
+            continue;
+        }
+        for (int i = 0; i < 2; i++) {
+            uint32_t r = i == 0 ? p : q;
+            bool listed = false;
+            if (zone_count(s, r, z, -1) >= s->zmax) {
+                continue;
+            }
+            for (uint32_t j = 0; j < zs->n_room[z] && !listed; j++) {
+                listed = zs->room[z][j] == r;
+            }
+            if (listed) {
+                continue;
+            }
+            if (zs->n_room[z] == zs->room_cap) {
+                free(zs->room[z]);
+                zs->room[z] = NULL;
+                zs->room_state[z] = 2;
+                break;
+            }
+            zs->room[z][zs->n_room[z]++] = r;
+        }
+    }
+}
+
+/* Owners beyond zmax in row @p, over all zones; with @over, added to each
+ * zone's count there (sign @sign). */
+static uint32_t zone_excess(struct place *s, uint32_t p, uint64_t *over, int sign)
+{
+    const uint16_t *r = row(s, p);
+    uint32_t ex = 0;
+    for (uint32_t k = 0; k < s->cnt[p]; k++) {
+        uint32_t before = 0;
+        for (uint32_t j = 0; j < k; j++) {
+            before += s->zidx[r[j]] == s->zidx[r[k]];
+        }
+        if (before >= s->zmax) {
+            ex++;
+            if (over != NULL) {
+                over[s->zidx[r[k]]] += (uint64_t)(int64_t)sign;
+            }
+        }
+    }
+    return ex;
+}
+
+/* Swaps slot @k of row @p (a zone over zmax) with an owner c of a row q
+ * taken from @rows (or, if NULL, every row from p + 1 on) that has room for
+ * a's zone, when that lowers the two rows' excess together (which allows a
+ * swap that moves p's excess to another zone while clearing q's: a chain of
+ * such swaps clears cycles like {A,A,B} {B,B,C} {C,C,A}). With @free_only
+ * both nodes must end with no new slot they did not have before. */
+static bool zone_swap(struct place *s, struct zone_state *zs, uint32_t p, uint32_t k, const uint32_t *rows,
+                      uint32_t n_rows, bool free_only)
+{
+    uint16_t a = row(s, p)[k];
+    uint32_t za = s->zidx[a];
+    uint32_t ex_p = zone_excess(s, p, NULL, 0);
+    /* Searching za's own room list: drop the rows that lost their room on
+     * the way, or every search would step over them again. */
+    bool prune = rows != NULL && rows == zs->room[za];
+    for (uint32_t i = 0; i < n_rows && zs->budget > 0; i++, zs->budget--) {
+        uint32_t q = rows != NULL ? rows[i] : (p + 1 + i) % s->P;
+        if (zone_count(s, q, za, -1) >= s->zmax) {
+            if (prune) {
+                zs->room[za][i--] = zs->room[za][--zs->n_room[za]];
+                n_rows--;
+            }
+            continue;
+        }
+        if (q == p || row_has(s, q, a)) {
+            continue;
+        }
+        uint32_t ex_q = zone_excess(s, q, NULL, 0);
+        for (uint32_t kc = 0; kc < s->cnt[q]; kc++) {
+            uint16_t c = row(s, q)[kc];
+            if (s->zidx[c] == za || row_has(s, p, c)) {
+                continue;
+            }
+            /* Free: neither node gets a new slot it did not have before (a
+             * new slot may return to a row its node held, or trade places
+             * with another new slot of the same node). */
+            if (free_only && ((!cur_has(s, q, a) && cur_has(s, p, a)) || (!cur_has(s, p, c) && cur_has(s, q, c)))) {
+                continue;
+            }
+            row(s, p)[k] = c;
+            row(s, q)[kc] = a;
+            if (zone_excess(s, p, NULL, 0) + zone_excess(s, q, NULL, 0) < ex_p + ex_q) {
+                row(s, p)[k] = a;
+                row(s, q)[kc] = c;
+                zone_excess(s, p, zs->over, -1);
+                zone_excess(s, q, zs->over, -1);
+                row(s, p)[k] = c;
+                row(s, q)[kc] = a;
+                zone_excess(s, p, zs->over, 1);
+                zone_excess(s, q, zs->over, 1);
+                zone_room_update(s, zs, p, q);
+                return true;
+            }
+            row(s, p)[k] = a;
+            row(s, q)[kc] = c;
+        }
+    }
+    return false;
+}
 
 static void place_zones(struct place *s)
 {
+    struct zone_state zs;
+    memset(&zs, 0, sizeof zs);
     if (s->zones <= 1) {
         return;
     }
-    uint32_t budget = s->P * 64; /* Rows scanned in all: bounds the worst case. */
-    for (uint32_t p = 0; p < s->P && budget > 0; p++) {
-        for (uint32_t k = s->cnt[p]; k-- > 0 && budget > 0;) {
-            uint16_t a = row(s, p)[k];
-            uint32_t za = s->zidx[a];
-            if (zone_count(s, p, za, -1) <= s->zmax) {
-                continue;
+    zs.total = calloc(s->zones, sizeof *zs.total);
+    zs.over = calloc(s->zones, sizeof *zs.over);
+    zs.vrows = malloc(s->P * sizeof *zs.vrows);
+    zs.nrows = malloc(s->P * sizeof *zs.nrows);
+    zs.room = calloc(s->zones, sizeof *zs.room);
+    zs.n_room = calloc(s->zones, sizeof *zs.n_room);
+    zs.room_state = calloc(s->zones, 1);
+    if (zs.total == NULL || zs.over == NULL || zs.vrows == NULL || zs.nrows == NULL || zs.room == NULL ||
+        zs.n_room == NULL || zs.room_state == NULL) {
+        goto out;
+    }
+    for (uint32_t p = 0; p < s->P; p++) {
+        bool bad = false, fresh = false;
+        for (uint32_t k = 0; k < s->cnt[p]; k++) {
+            uint32_t z = s->zidx[row(s, p)[k]];
+            zs.total[z]++;
+            /* Counted once per owner beyond zmax: at the zmax+1-th and on. */
+            uint32_t before = 0;
+            for (uint32_t j = 0; j < k; j++) {
+                before += s->zidx[row(s, p)[j]] == z;
             }
-            /* Find row q and its owner c: c's zone fits in p, a's zone fits in q. */
-            bool done = false;
-            for (uint32_t step = 1; step < s->P && budget > 0 && !done; step++, budget--) {
-                uint32_t q = (p + step) % s->P;
-                if (row_has(s, q, a)) {
-                    continue;
-                }
-                for (uint32_t kc = 0; kc < s->cnt[q]; kc++) {
-                    uint16_t c = row(s, q)[kc];
-                    uint32_t zc = s->zidx[c];
-                    if (zc == za || row_has(s, p, c)) {
+            zs.over[z] += before >= s->zmax;
+            bad |= before >= s->zmax;
+            fresh |= !cur_has(s, p, row(s, p)[k]);
+        }
+        if (bad) {
+            zs.vrows[zs.n_vrows++] = p;
+        }
+        if (fresh) {
+            zs.nrows[zs.n_nrows++] = p;
+        }
+    }
+    /* Swaps that cost moves only where the rule is promised: when the zones
+     * cannot all hold their share, some rows repeat a zone anyway, and
+     * moving data to trade one repeat for another is not worth it. */
+    bool costly = zones_can_fit(s);
+    /* Row visits in all: a share per row to repair (a table can come out of
+     * a long spell of zones that did not fit with many rows to repair at
+     * once), within bounds. */
+    zs.budget = ((uint64_t)s->P * s->w + 4096) * 16 + (uint64_t)zs.n_vrows * 2048;
+    if (zs.budget > ((uint64_t)s->P * s->w + 4096) * 128) {
+        zs.budget = ((uint64_t)s->P * s->w + 4096) * 128;
+    }
+    zs.room_cap = s->P;
+    /* Rounds over the rows that broke the rule: a swap that clears one row
+     * can make a row that found no partner earlier fixable (a few rounds:
+     * each retries every failed search). */
+    bool progress = true;
+    for (int round = 0; round < 3 && progress && zs.budget > 0; round++) {
+    progress = false;
+    for (uint32_t v = 0; v < zs.n_vrows && zs.budget > 0; v++) {
+        uint32_t p = zs.vrows[v];
+        bool swapped = true;
+        while (swapped && zs.budget > 0) {
+            swapped = false;
+            for (int pass = 0; pass < (costly ? 2 : 1) && !swapped; pass++) {
+                for (uint32_t k = s->cnt[p]; k-- > 0 && zs.budget > 0 && !swapped;) {
+                    uint32_t za = s->zidx[row(s, p)[k]];
+                    uint64_t cap = (uint64_t)s->P * s->zmax;
+                    uint64_t surplus = zs.total[za] > cap ? zs.total[za] - cap : 0;
+                    if (zs.over[za] <= surplus || zone_count(s, p, za, -1) <= s->zmax) {
                         continue;
                     }
-                    if (zone_count(s, p, zc, (int)k) >= s->zmax || zone_count(s, q, za, (int)kc) >= s->zmax) {
-                        continue;
+                    /* Partners: free swaps among the rows this computation
+                     * touched (a swap with an untouched row is free only if
+                     * it undoes a move of p), then rows with room for a's
+                     * zone. */
+                    uint32_t n_room = 0;
+                    const uint32_t *room = pass == 0 ? NULL : zone_room(s, &zs, za, &n_room);
+                    if (pass == 0) {
+                        swapped = zone_swap(s, &zs, p, k, zs.nrows, zs.n_nrows, true);
+                    } else {
+                        swapped = room != NULL ? zone_swap(s, &zs, p, k, room, n_room, false)
+                                               : zone_swap(s, &zs, p, k, NULL, s->P - 1, false);
                     }
-                    row(s, p)[k] = c;
-                    row(s, q)[kc] = a;
-                    done = true;
-                    break;
+                    progress |= swapped;
                 }
             }
         }
     }
+    }
+out:
+    for (uint32_t z = 0; zs.room != NULL && z < s->zones; z++) {
+        free(zs.room[z]);
+    }
+    free(zs.room);
+    free(zs.n_room);
+    free(zs.room_state);
+    free(zs.total);
+    free(zs.over);
+    free(zs.vrows);
+    free(zs.nrows);
 }
 
 /* ------------------------------------------------------------------------
