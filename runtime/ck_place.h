@@ -6,23 +6,50 @@
  *
  *  - width w = min(RF, holders): every partition gets w distinct owners;
  *  - balance: owned slots per node within one of the node's exact weighted
- *    share of P*w (equal weights: counts differ by at most one), and the same
- *    for primaries over the nodes that may lead;
+ *    share of P*w (capped at P; equal weights: counts differ by at most one),
+ *    and the same for primaries over the nodes that may lead;
  *  - minimal movement: slots only leave nodes above their quota and only go
- *    to nodes below it, so on a join or leave the number of changed slots is
- *    the minimum that reaches the quotas, and no partition moves between two
- *    nodes that both stay (a last-resort two-step move exists only for the
- *    rare case where no direct move fits the constraints); primaries change
- *    by promoting an existing owner;
+ *    to nodes below it, and which nodes get the rounded-up quota is chosen to
+ *    need the fewest moves, so on a join or leave the number of changed slots
+ *    is min_moves and no partition moves between two nodes that both stay;
+ *    primaries change by promoting an existing owner where that balances;
  *  - zones: owners of a partition in distinct zones whenever there are at
- *    least w zones, otherwise no zone more than ceil(w / zones) times, as far
- *    as balance allows (slots are swapped between partitions to fix zones,
- *    which keeps every node's counts);
+ *    least w zones, otherwise no zone more than ceil(w / zones) times;
  *  - holders that may not lead (a node down within its grace period) keep
- *    their slots as replicas but lose their primaries at once.
+ *    their slots as replicas but lose their primaries at once;
+ *  - a table that already has every slot filled and every node at its quota
+ *    keeps all its slots: a crash, a restart or a recomputation moves no data
+ *    (only primaries).
+ *
+ * Where these cannot all hold, this is what yields (tests/unit/
+ * test_place_sim.c checks each weaker form, and nothing weaker):
+ *
+ *  - Zones against counts: a zone whose nodes' quotas add up to more than
+ *    P * zmax (zmax = 1 with at least w zones, else ceil(w / zones)) must
+ *    exceed zmax in some rows whatever the placement, so the zone rule is
+ *    promised only when every zone's slots fit. Otherwise repeats are only
+ *    reduced by swaps that move nothing extra.
+ *  - Zones against movement: where the rule is promised, it wins. When the
+ *    placement with the fewest moves would break it (the current table may
+ *    already), owners are swapped between rows, each swap changing two more
+ *    slots, between nodes that both stay (a row can take a chain of swaps).
+ *  - Tiny tables: a node may already own nearly every row that has room (few
+ *    partitions per node, or N close to w); each slot it cannot get there
+ *    pushes an old owner out elsewhere, up to two more changed slots each.
+ *  - Unequal weights: a leave can lower a staying node's rounded share (or a
+ *    join raise it, through the caps), so some slots must then move between
+ *    staying nodes; only as many as the shares force.
+ *  - Primaries: while nodes are down they keep their slots, so a node can be
+ *    the only owner able to lead more rows than its share (and with very few
+ *    rows per node the owners can also stand in the way). Primaries are then
+ *    as balanced as the owners allow: no primary could move along a chain of
+ *    owners from a node above its ceiling (floor) to one below its own.
  *
  * With failover_only (maintenance mode) no slot moves: only primaries are
  * re-elected among current owners, and empty rows are filled.
+ *
+ * The time is bounded: every search has a budget of O(P * w) steps, and at
+ * (P, N) = (65536, 1000) a computation takes about 5 to 15 ms.
  */
 #ifndef CK_PLACE_H
 #define CK_PLACE_H
@@ -51,7 +78,8 @@ struct ck_place_result {
     uint16_t *rows;         /* partitions * width, primary first; malloc'd, free with ck_place_free. */
     uint32_t moved_slots;   /* (partition, node) slots that are new. */
     uint32_t moved_primaries;
-    uint32_t min_moves;     /* Lower bound on moved_slots to reach the quotas from the current table. */
+    uint32_t min_moves;     /* The fewest new slots that reach balanced counts from the current table
+                             * (each node's need, not which rows have room): moved_slots >= min_moves. */
 };
 
 /* Returns 0, CK_EINVAL for bad input, or CK_ENOMEM. */
