@@ -336,6 +336,14 @@ const struct raft_configuration *ck_node_configuration(const struct ck_node *n)
     return &n->raft.configuration;
 }
 
+const struct raft_progress *ck_node_progress(const struct ck_node *n)
+{
+    if (!n->raft_inited || n->raft.state != RAFT_LEADER) {
+        return NULL;
+    }
+    return n->raft.leader_state.progress;
+}
+
 void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out)
 {
     raft_id leader = 0;

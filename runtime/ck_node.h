@@ -98,6 +98,11 @@ void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out);
 /* The raft configuration as raft currently has it (committed or not). */
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n);
 
+/* On the leader, raft's per-server progress, indexed like the
+ * configuration's servers (recent_recv: heard from within the last election
+ * timeout); NULL on any other node. */
+const struct raft_progress *ck_node_progress(const struct ck_node *n);
+
 /* Propose command @buf (copied). On 0, @cb is called exactly once; on error
  * (CK_ENOTLEADER, CK_ECLOSED, CK_EINVAL for an undecodable command) never. */
 int ck_node_propose(struct ck_node *n, const void *buf, size_t len, ck_node_apply_cb cb, void *data);

@@ -312,15 +312,22 @@ static int lnode_raft(lua_State *L)
     return 1;
 }
 
-/* node:configuration() -> {{id = hex, address =, role = "voter"|...}, ...} */
+/* node:configuration() -> {{id = hex, address =, role = "voter"|..., recent = bool (leader only)}, ...} */
 static int lnode_configuration(lua_State *L)
 {
     struct lnode *b = lnode_check(L, "node:configuration");
     const struct raft_configuration *c = ck_node_configuration(b->node);
     static const char *const roles[] = {"standby", "voter", "spare"};
+    const struct raft_progress *progress = ck_node_progress(b->node);
     lua_createtable(L, (int)c->n, 0);
     for (unsigned i = 0; i < c->n; i++) {
-        lua_createtable(L, 0, 3);
+        lua_createtable(L, 0, 4);
+        if (progress != NULL) {
+            /* Leader only: whether this server answered within the last
+             * election timeout (raft's own liveness view). */
+            lua_pushboolean(L, progress[i].recent_recv);
+            lua_setfield(L, -2, "recent");
+        }
         push_raft_id(L, c->servers[i].id);
         lua_setfield(L, -2, "id");
         set_str(L, "address", c->servers[i].address);

@@ -1056,12 +1056,19 @@ function Node:_handover()
   for _, n in ipairs(self:_view().nodes) do
     status[n.raft_id] = not stopping[n.id] and n.status or "stopping"
   end
-  local target
+  -- Prefer a voter raft heard from recently (a stopped node may still
+  -- look active in the state for a moment).
+  local target, fallback
   for _, s in ipairs(c:configuration()) do
     if s.role == "voter" and s.id ~= self.raft_id and status[s.id] == "active" then
-      target = target or s
+      if s.recent ~= false then
+        target = target or s
+      else
+        fallback = fallback or s
+      end
     end
   end
+  target = target or fallback
   if not target then
     self.log:warn("no live voter to hand leadership to")
     return false
@@ -1071,6 +1078,12 @@ function Node:_handover()
     local started, msg = c:transfer(target.id, resume)
     if not started then resume(nil, msg) end
   end)
+  -- raft calls back when the transfer ends; the new leader may take a
+  -- heartbeat longer to make itself known here.
+  self:_wait_until(function()
+    local r = c:raft()
+    return r.state ~= "leader" and r.leader_id ~= nil
+  end, self.opts.election_timeout * 2)
   local r = c:raft()
   local ms = (hrtime() - t0) / 1e6
   if r.state ~= "leader" and r.leader_id and r.leader_id ~= self.raft_id then
