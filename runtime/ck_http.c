@@ -771,8 +771,8 @@ int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, 
 #define CK_HTTP_PENDING_MAX (64 * 1024)
 /* The server's shared read buffer. */
 #define CK_HTTP_READ_BUF (64 * 1024)
-#define CK_HTTP_SPARES 4                       /* Big buffers kept per server. */
-#define CK_HTTP_SPARE_MAX (16u * 1024 * 1024)  /* Bigger ones are freed. */
+#define CK_HTTP_SPARES 64                      /* Big buffers kept per server... */
+#define CK_HTTP_SPARE_BYTES (64u * 1024 * 1024) /* ...holding at most this much. */
 
 enum conn_state {
     CONN_READING,  /* Parsing input; no request in the owner's hands. */
@@ -837,6 +837,7 @@ struct ck_http_server {
     char *spare[CK_HTTP_SPARES];
     size_t spare_cap[CK_HTTP_SPARES];
     unsigned n_spare;
+    size_t spare_bytes;
 };
 
 static void conn_close(struct ck_http_conn *c);
@@ -981,9 +982,10 @@ static void conn_on_write(uv_write_t *req, int status)
     c->server->stats.responses++;
     if (c->wbuf_cap > PARSER_ARENA_KEEP) { /* A big response: give its buffer back. */
         struct ck_http_server *s = c->server;
-        if (s->n_spare < CK_HTTP_SPARES && c->wbuf_cap <= CK_HTTP_SPARE_MAX) {
+        if (s->n_spare < CK_HTTP_SPARES && s->spare_bytes + c->wbuf_cap <= CK_HTTP_SPARE_BYTES) {
             s->spare[s->n_spare] = c->wbuf;
             s->spare_cap[s->n_spare++] = c->wbuf_cap;
+            s->spare_bytes += c->wbuf_cap;
         } else {
             free(c->wbuf);
         }
@@ -1348,6 +1350,7 @@ int ck_http_respond(struct ck_http_request *req, int status, const struct ck_htt
         free(c->wbuf);
         c->wbuf = s->spare[--s->n_spare];
         c->wbuf_cap = s->spare_cap[s->n_spare];
+        s->spare_bytes -= c->wbuf_cap;
     }
     size_t len;
     int rc = ck_http_format_response(&c->wbuf, &c->wbuf_cap, status, headers, n_headers, body,
