@@ -51,14 +51,14 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
 # The suite under AddressSanitizer + UndefinedBehaviorSanitizer: C unit
-# tests and the process-level tests (ckrun is instrumented). The Lua API tests
-# load core.so into an uninstrumented luajit, so they run in `make test` only.
+# tests, the Lua API tests (core.so instrumented, the sanitizer runtimes
+# preloaded into luajit) and the process-level tests (ckrun instrumented).
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCK_SANITIZE=ON $(CMAKE_ARGS)
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --output-on-failure -j$(JOBS) -L 'unit|cluster'
+	  ctest --output-on-failure -j$(JOBS) -L 'unit|lua|cluster'
 
 # The suite built against OpenResty's LuaJIT (unpacked next to the installed
 # upstream one; the two Debian -dev packages conflict).
