@@ -48,10 +48,6 @@ local Node = {}
 Node.__index = Node
 M.Node = Node
 
-local function deleted()
-  error("clusterkit: this node is stopped", 2)
-end
-
 --- clusterkit.new(opts): a node, not started. Raises on misuse.
 function M.new(opts)
   local o = config.resolve(opts, "clusterkit.new")
@@ -532,7 +528,6 @@ local function health_of(v)
   end
   return ok and "healthy" or "degraded"
 end
-M.health_of = health_of
 
 local function ids_of(row)
   local t = {}
@@ -1206,5 +1201,4 @@ function Node:route(method, pattern, fn)
   return self
 end
 
-M.deleted = deleted
 return M

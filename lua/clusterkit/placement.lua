@@ -1,14 +1,15 @@
 --- Partition placement: which nodes own which partition.
 --
 -- A policy is a pure function policy(nodes, current, config) -> rows, where
--- nodes are the eligible nodes (active or suspect, weight > 0) sorted by id, each
--- {id, zone, weight, status, services}; current is the committed table as
+-- nodes are the holders sorted by id (active or suspect nodes with a
+-- weight, and down nodes within rebalance_delay, which have can_lead =
+-- false), each {id, zone, weight, status, services, can_lead}; current is the committed table as
 -- rows (rows[p] = {owner ids}, primary first; p is 1-based); config has
 -- partitions and replication. rows[p] lists distinct owner ids, primary
 -- first. The leader validates what a policy returns before proposing it.
 local M = {}
 
-local min, sort = math.min, table.sort
+local min = math.min
 
 
 --- The built-in policy (C, see runtime/ck_place.h) behind the policy
@@ -51,20 +52,6 @@ function M.default(nodes, current, cfg)
     rows[p] = row
   end
   return rows
-end
-
---- The nodes a policy may place partitions on, sorted by id: active or
--- suspect (a node that missed a few heartbeats keeps its data until it is
--- declared down), with a weight.
-function M.eligible(all)
-  local out = {}
-  for _, nd in ipairs(all) do
-    if (nd.status == "active" or nd.status == "suspect") and nd.weight > 0 then
-      out[#out + 1] = nd
-    end
-  end
-  sort(out, function(a, b) return a.id < b.id end)
-  return out
 end
 
 --- Runs a Lua policy with a time limit (seconds). Returns true, rows or
@@ -144,18 +131,6 @@ function M.rows_of(view)
     rows[p] = row
   end
   return rows
-end
-
---- True when two sets of rows are identical (same owners, same order).
-function M.same(a, b)
-  for p = 1, #a do
-    local x, y = a[p], b[p]
-    if #x ~= #y then return false end
-    for k = 1, #x do
-      if x[k] ~= y[k] then return false end
-    end
-  end
-  return #a == #b
 end
 
 --- Encodes rows into the (ids, flat owners) form that core.encode_table takes.
