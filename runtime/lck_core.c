@@ -24,6 +24,8 @@
 static lua_State *cb_state;  /* Dedicated thread for callbacks. */
 static int cb_state_ref = LUA_NOREF;
 static int errhandler_ref = LUA_NOREF;
+static int traceback_ref = LUA_NOREF; /* core_traceback, made once: pushing a
+                                        * C function allocates a closure. */
 static int loop_running;
 
 /* ------------------------------------------------------------------------
@@ -104,7 +106,7 @@ static int core_traceback(lua_State *L)
 int lck_call(lua_State *L, int nargs)
 {
     int base = lua_gettop(L) - nargs; /* The function's slot. */
-    lua_pushcfunction(L, core_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
     lua_insert(L, base);
     int rv = lua_pcall(L, nargs, 0, base);
     if (rv != 0) {
@@ -603,6 +605,7 @@ static int core_sentinel_gc(lua_State *L)
     cb_state = NULL;
     cb_state_ref = LUA_NOREF;
     errhandler_ref = LUA_NOREF;
+    traceback_ref = LUA_NOREF;
     return 0;
 }
 
@@ -648,6 +651,8 @@ int ck_lua_open_core(lua_State *L)
     if (cb_state == NULL) {
         cb_state = lua_newthread(L);
         cb_state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pushcfunction(L, core_traceback);
+        traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         lua_newuserdata(L, 1);
         lua_newtable(L);
         lua_pushcfunction(L, core_sentinel_gc);

@@ -282,6 +282,7 @@ end
 -- new coroutine per request. A handler that waits keeps its worker until
 -- it is done.
 local POOL_MAX = 256
+local NO_PARAMS = setmetatable({}, {__newindex = function() error("req.params is read-only here", 2) end})
 local pool, npool = {}, 0
 
 local function worker()
@@ -311,7 +312,7 @@ end
 function Server:_dispatch(c, method, path, raw_query)
   local fn, params, route = self:find(method, path)
   local req = setmetatable({_c = c, method = method, path = path, raw_query = raw_query,
-                            params = params or {}, node = self.node}, Request)
+                            params = params or NO_PARAMS, node = self.node}, Request)
   local res = setmetatable({_c = c, _server = self, _status = 200, sent = false,
                             _route = route or "unmatched"}, Response)
   if not fn then
