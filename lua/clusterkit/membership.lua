@@ -145,10 +145,14 @@ function M.admit(node, info)
     local raft_id = core.raft_id(info.id)
     if cur and cur.raft_addr ~= info.raft_addr then
       -- The same id at a new address replaces the old entry only when the
-      -- old one is down (or gone silent past down_after).
+      -- old one is down, gone silent past down_after, or no longer answers
+      -- raft at its old address (a node restarted with its data at a new
+      -- address still heartbeats over HTTP under the same id).
       local seen = node._seen and node._seen[info.id]
       local silent = not seen or now() - seen > node.opts.down_after
-      if cur.status ~= "down" and cur.status ~= "left" and not silent then
+      local old = config_entry(node, raft_id)
+      local raft_silent = old ~= nil and old.address == cur.raft_addr and old.recent == false
+      if cur.status ~= "down" and cur.status ~= "left" and not silent and not raft_silent then
         return nil, errors.new("CONFLICT", "node id " .. info.id .. " is taken by a live node at "
           .. cur.raft_addr, {status = 409})
       end
@@ -386,9 +390,13 @@ end
 --- Asks the cluster at join_addr to admit this node, following redirects
 -- to the leader and retrying with backoff until admitted, refused (409/401,
 -- then node._join_error is set) or stopped.
-function M.join(node)
-  local target = node.opts.join_addr
+function M.join(node, readdress)
+  local target = node.opts.join_addr or node._rejoin_via
   local delay = 0.05
+  -- A node whose raft address changed under its data dir: the leader
+  -- re-admits it once raft stops hearing the old address (within an
+  -- election timeout or two), so a conflict is retried for a while.
+  local conflict_until = readdress and now() + 10 or 0
   while node.status == "running" do
     local res, err = httpc.request {
       method = "POST", url = "http://" .. target .. "/join",
@@ -403,6 +411,9 @@ function M.join(node)
     if res and (res.status == 307 or e.code == "NOT_LEADER") and type(e.leader) == "string" then
       target = e.leader
       delay = 0.05
+    elseif res and res.status == 409 and now() < conflict_until then
+      node.log:debug("join via %s: %s; retrying until raft lets go of the old address", target, res.body)
+      sched.sleep(node.opts.election_timeout)
     elseif res and (res.status == 409 or res.status == 401 or res.status == 400) then
       node._join_error = errors.new(e.code or "JOIN_REFUSED", tostring(e.message or res.body))
       node.log:error("join refused by %s: %s", target, tostring(node._join_error))
@@ -411,7 +422,7 @@ function M.join(node)
     else
       node.log:debug("join via %s failed (%s); retrying", target,
         res and (res.status .. " " .. res.body) or tostring(err))
-      target = node.opts.join_addr
+      target = node.opts.join_addr or node._rejoin_via
       sched.sleep(delay)
       delay = math.min(delay * 2, 1)
     end

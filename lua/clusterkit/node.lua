@@ -992,6 +992,32 @@ function Node:start()
       return nil, errors.new("INVALID", "a new node needs bootstrap = true or a join_addr")
     end
     sched.spawn(function() require("clusterkit.membership").join(self) end)
+  else
+    -- Restarted with its data dir at a new raft address (a new pod IP, say):
+    -- peers would keep dialling the old one, so ask to be re-admitted.
+    local moved
+    for _, srv in ipairs(self._core:configuration()) do
+      if srv.id == self.raft_id and srv.address ~= o.raft_addr then moved = srv.address end
+    end
+    if moved then
+      -- Whom to ask: join_addr, else a peer from the last cluster-state.json
+      -- (after a restart, raft replays the log only once a leader is heard).
+      local via = o.join_addr
+      local f = io.open(o.data_dir .. "/cluster-state.json", "r")
+      local saved = f and json.decode(f:read("*a") or "")
+      if f then f:close() end
+      local nodes = type(saved) == "table" and type(saved.cluster) == "table" and saved.cluster.nodes
+      for _, n in ipairs(type(nodes) == "table" and nodes or {}) do
+        if not via and type(n) == "table" and n.id ~= self.id and type(n.ip) == "string" then via = n.ip end
+      end
+      if via then
+        self.log:info("raft address changed from %s to %s: rejoining through %s", moved, o.raft_addr, via)
+        self._rejoin_via = via
+        sched.spawn(function() require("clusterkit.membership").join(self, true) end)
+      else
+        self.log:warn("raft address changed from %s, and no other node is known to rejoin through", moved)
+      end
+    end
   end
   local ready = self:_wait_until(function() return self._join_error or self:_ready() end, o.start_timeout)
   if self._join_error then

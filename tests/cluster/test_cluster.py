@@ -14,7 +14,7 @@ import urllib.parse
 
 import pytest
 
-from ckharness import ck  # noqa: F401  (the fixture)
+from ckharness import ck, free_port  # noqa: F401  (ck: the fixture)
 from ckcluster import Cluster, node_statuses, partitions_of, probe, wait_for
 
 # How long the paused follower stays stopped: below DOWN_AFTER (1.5 s).
@@ -207,6 +207,27 @@ def test_kill9_follower_restart_with_data(ck):
     wait_same_table(c, nodes, {n.node_id for n in nodes}, 3)
     # It came back through its data, not through a new join.
     assert victim.log_text().count("admitted by") == joins
+
+
+def test_restart_at_new_raft_address(ck):
+    """A follower killed with -9 and restarted on its data dir at a new raft port (a new pod IP, say) is re-admitted at the new address, without JOIN_ADDR, and the others agree on it."""
+    c = Cluster(ck)
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    victim = c.followers()[0]
+    victim.kill9()
+    victim.raft_port = free_port()
+    victim.extra_env.pop("JOIN_ADDR", None)
+    victim.start()
+    agreed = c.wait_converged(nodes=nodes, members=True)
+    assert "raft address changed" in victim.log_text()
+    for n in nodes:
+        listed = {x["id"]: x for x in n.get_json("/nodes")["nodes"]}
+        assert listed[victim.node_id]["raft_addr"] == victim.raft_addr
+        assert listed[victim.node_id]["status"] == "active"
+        assert n.get_json("/consensus/stats")["state_index"] == agreed["state_index"]
+    stats = c.leader(nodes=nodes).get_json("/consensus/stats")
+    assert stats["voters"] == 3 and stats["spares"] == 0
 
 
 def test_wipe_and_rejoin(ck):
