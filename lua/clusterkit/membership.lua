@@ -317,18 +317,26 @@ function M.leader_tick(node)
     if not v.ready then return end
     local t = now()
     local seen = node._seen
-    if not seen or node._seen_term ~= node:consensus_stats().term then
-      -- A new leader starts with a clean slate: everyone gets a grace period.
+    local term = node._core:raft().term
+    if not seen or node._seen_term ~= term then
+      -- A new leader starts with a clean slate: every node that is not
+      -- already down gets a grace period; a down node stays down until it
+      -- heartbeats (no flapping back to active on a leader change).
       seen = {}
-      for _, n in ipairs(v.nodes) do seen[n.id] = t end
-      node._seen, node._seen_term = seen, node:consensus_stats().term
+      for _, n in ipairs(v.nodes) do
+        if n.status ~= "down" then seen[n.id] = t end
+      end
+      node._seen, node._seen_term = seen, term
     end
     seen[node.id] = t
     local o = node.opts
     for _, n in ipairs(v.nodes) do
-      if n.status ~= "left" then
-        local age = t - (seen[n.id] or t)
-        if seen[n.id] == nil then seen[n.id] = t end
+      local last = seen[n.id]
+      if last == nil and n.status ~= "down" then
+        seen[n.id], last = t, t -- Newly seen in the state: grace period.
+      end
+      if n.status ~= "left" and last ~= nil then
+        local age = t - last
         local want
         if age >= o.down_after then
           want = "down"
@@ -515,10 +523,9 @@ function M.install(node)
       return res:json({status = "ok", state_index = node:state_index()})
     end
     node._stopping[body.id] = nil
-    local was = node._seen[body.id]
     node._seen[body.id] = now()
     local n = node:_view().by_id[body.id]
-    if n.status ~= "active" and n.status ~= "left" and (not was or now() - was > 0) then
+    if n.status ~= "active" and n.status ~= "left" then
       -- Recovery is committed by the next leader tick; run it now.
       sched.spawn(M.leader_tick, node)
     end

@@ -209,6 +209,27 @@ def test_kill9_follower_restart_with_data(ck):
     assert victim.log_text().count("admitted by") == joins
 
 
+def test_down_node_stays_down_across_leader_change(ck):
+    """A node that is down stays down when leadership changes: the new leader does not flap it back to active while it is silent."""
+    c = Cluster(ck, env={"VOTERS": "5"})
+    nodes = c.start(5)
+    c.wait_converged(members=True)
+    lead = c.leader()
+    victim = [n for n in c.followers()][0]
+    victim.kill9()
+    c.wait_status(lead, victim.node_id, "down")
+    assert lead.stop() == 0
+    live = c.live()
+    c.wait_converged(nodes=live)
+    # Watch every survivor for a while: the victim never shows as active.
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        for n in live:
+            st = (node_statuses(n) or {}).get(victim.node_id, "down")
+            assert st == "down", "%s saw %s as %s" % (n.name, victim.node_id, st)
+        time.sleep(0.05)
+
+
 def test_restart_at_new_raft_address(ck):
     """A follower killed with -9 and restarted on its data dir at a new raft port (a new pod IP, say) is re-admitted at the new address, without JOIN_ADDR, and the others agree on it."""
     c = Cluster(ck)
