@@ -318,6 +318,41 @@ describe("rebalancing on a single node", function()
   end)
 end)
 
+describe("two nodes in one process", function()
+  it("join, see each other, and one leaves for good with ck:leave()", function()
+    local a, oa = new_node({node_id = "la", partition_count = 8, replication_factor = 2})
+    assert(a:start())
+    local b, ob = new_node({node_id = "lb", partition_count = 8, replication_factor = 2,
+                            join_addr = a.advertise_http})
+    local joined = {}
+    a:on("node_join", function(ev) joined[#joined + 1] = ev.node.id end)
+    assert(b:start())
+    assert.are.equal(2, #b:cluster().nodes)
+    local ok = a:wait_for_change(0, 5) -- let a apply b's registration
+    assert.is_truthy(ok)
+    for _ = 1, 100 do
+      if #a:nodes_for_key("k") == 2 then break end
+      clusterkit.sleep(0.02)
+    end
+    assert.are.equal(2, #a:nodes_for_key("k")) -- RF 2 over two nodes
+    assert.are.same({"lb"}, joined)
+    local left = {}
+    a:on("node_leave", function(ev) left[#left + 1] = ev.reason end)
+    assert(b:leave(10))
+    assert.are.equal("stopped", b:state())
+    for _ = 1, 100 do
+      if #a:cluster().nodes == 1 then break end
+      clusterkit.sleep(0.02)
+    end
+    assert.are.equal(1, #a:cluster().nodes)
+    assert.are.equal("la", a:primary_for_key("k").id)
+    assert.are.equal(1, a:consensus_stats().voters)
+    assert.is_true(#left >= 1)
+    a:stop()
+    os.execute("rm -rf '" .. oa.data_dir .. "' '" .. ob.data_dir .. "'")
+  end)
+end)
+
 describe("md5 compatibility mode", function()
   it("routes exactly like the Go library: md5(key)[0..3] big-endian mod P", function()
     local ck, opts = new_node({hash_algorithm = "md5", partition_count = 64})
