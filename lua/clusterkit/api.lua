@@ -50,6 +50,16 @@ local function etag_of(node)
   return '"' .. format("%d", node:state_index()) .. '"'
 end
 
+-- The current ETag, or nil after answering 304 to a matching If-None-Match.
+local function fresh_etag(node, req, res)
+  local etag = etag_of(node)
+  if req:header("If-None-Match") == etag then
+    res:header("ETag", etag):status(304):send("")
+    return nil
+  end
+  return etag
+end
+
 -- Serves a cached JSON body for the current state index, with ETag.
 local function cached(node, name, build)
   local cache = node._api_cache
@@ -61,10 +71,8 @@ local function cached(node, name, build)
     if not membership.read_authorized(node, req, res) or not block(node, req, res) then
       return
     end
-    local etag = etag_of(node)
-    if req:header("If-None-Match") == etag then
-      return res:header("ETag", etag):status(304):send("")
-    end
+    local etag = fresh_etag(node, req, res)
+    if not etag then return end
     local hit = cache[name]
     if not hit or hit.etag ~= etag then
       local v, err = build(req)
@@ -223,10 +231,8 @@ function M.install(node)
       end
     end
     if not block(node, req, res) then return end
-    local etag = etag_of(node)
-    if req:header("If-None-Match") == etag then
-      return res:header("ETag", etag):status(304):send("")
-    end
+    local etag = fresh_etag(node, req, res)
+    if not etag then return end
     local all = node:cluster().nodes
     local out = {}
     for i = offset + 1, math.min(#all, offset + limit) do
@@ -250,16 +256,13 @@ function M.install(node)
     return res:json(node:consensus_stats())
   end)
 
-  -- POST /sync: in the Go library nodes push state to each other; here the
-  -- state travels through raft, so sync answers with the state index that
-  -- a caller can compare or wait on.
-  -- Rebalancing (leader only; followers answer 307 with the leader).
+  -- Rebalancing (leader only; followers answer like /join: 307 with the
+  -- leader's address).
   local function leader_only(res, err)
-    if err.code == "NOT_LEADER" and err.leader then
-      res:header("Location", "http://" .. err.leader)
-      return res:error(307, "NOT_LEADER", err.message, {leader = err.leader})
+    if err.code == "NOT_LEADER" then
+      return membership.not_leader(node, res)
     end
-    return res:error(err.code == "NOT_LEADER" and 503 or 500, err.code, err.message)
+    return res:error(500, err.code, err.message)
   end
   srv:route("POST", "/rebalance", function(req, res)
     if not membership.authorized(node, req, res) then return end
@@ -287,6 +290,9 @@ function M.install(node)
     end)
   end
 
+  -- POST /sync: in the Go library nodes push state to each other; here the
+  -- state travels through raft, so sync answers with the state index that
+  -- a caller can compare or wait on.
   srv:route("POST", "/sync", function(_, res)
     return res:json({status = "ok", state_index = node:state_index(), node_id = node.id})
   end)

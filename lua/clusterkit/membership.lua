@@ -550,5 +550,6 @@ function M.install(node)
 end
 
 M.auth_headers = auth_headers
+M.not_leader = not_leader
 M.check_join = check_join
 return M
