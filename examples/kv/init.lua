@@ -17,39 +17,44 @@
 -- table is changing (the primary just died, a partition is being copied) the
 -- routing node retries for a few seconds with a fresh lookup.
 --
--- Replication and quorum. The primary stamps the write with the partition's
--- epoch and its next sequence number, stores it, sends it to every replica at
--- once (PUT/DELETE /internal/kv/:key) and answers when a quorum of the owners,
--- itself included, has it: floor(N/2) + 1 of the N owners in the row (2 of 3).
--- Replicas that answer later still get the write. A write that fails (no quorum
--- or a newer epoch found) may have reached some owners: like a timed-out write
--- in any quorum store, its outcome is unknown until it is read.
+-- Replication and quorum. The primary stamps the write {epoch, seq} (the
+-- partition's epoch and a hybrid logical clock that never goes backwards, see
+-- storage.lua), sends it to every replica at once (PUT/DELETE
+-- /internal/kv/:key) and, once floor(N/2) of the N-1 replicas applied it,
+-- applies it itself and answers: a quorum of floor(N/2) + 1 owners, itself
+-- included (2 of 3). Only then does the write become visible on the primary,
+-- so a read never returns a value that a quorum does not hold. A replica that
+-- did not apply the write (it holds an equal or newer stamp: 409 STALE_STAMP
+-- with that stamp; a newer epoch: 409 STALE_EPOCH; the deadline passed: 504
+-- DEADLINE_EXCEEDED) is not an ack. On STALE_STAMP the primary raises its seq
+-- above the replica's stamp, so the retry that the routing node makes gets a
+-- higher stamp and succeeds. A write that fails may have reached some owners:
+-- like a timed-out write in any quorum store, its outcome is unknown until it
+-- is read, but it never lands after its deadline (below).
 --
--- Epochs (fencing). clusterkit bumps a partition's epoch whenever its primary
--- or owner set changes, so each epoch has exactly one primary. Every node
--- remembers the highest epoch it has seen per partition and refuses a write
--- or a replication stamped with an older one (409 STALE_EPOCH). A primary that
--- was replaced but has not heard of it yet cannot reach a quorum once the
--- other owners know the new epoch, and the new primary sees to that (below)
--- before it serves.
+-- Deadlines. The routing node gives every write an absolute deadline (wall
+-- clock ms, X-KV-Deadline: now + route_timeout) and the epoch it routed with
+-- (X-KV-Epoch). The primary refuses a forwarded write whose epoch is not its
+-- current one (409 STALE_EPOCH) or whose deadline passed (504
+-- DEADLINE_EXCEEDED), and replicates with the same deadline; every node checks
+-- the deadline immediately before it applies (no yield in between), so no
+-- node applies the write after the deadline. The routing node answers a
+-- failed write only once the deadline (plus max_clock_skew) has passed on its
+-- own clock: after that answer the write can no longer land anywhere.
+-- Assumption: the nodes' wall clocks differ by at most max_clock_skew (0 by
+-- default: the tests run every node on one machine, one clock).
 --
--- Moving data. When a node gains a partition (or is promoted to its primary),
--- the partition_change hook copies it from the previous owners
--- (GET /internal/partition/:p?epoch=E). That request also fences the source:
--- after answering it refuses writes of older epochs, so no acknowledged
--- write can land on it behind the copy's back. The copy is complete when the
--- previous primary answered, or else when enough previous owners answered
--- that every write quorum of theirs includes one of them. Until then the
--- partition answers 503 SYNCING (and the routing node retries). A node that
--- starts (or restarts: storage is in memory) copies every partition it owns
--- from the other current owners the same way.
+-- Reads. The primary takes the value it holds, then asks the replicas whether
+-- they have seen a newer epoch of the partition (GET /internal/kv-epoch/:p);
+-- it answers once floor(N/2) of them confirmed its epoch. A primary that was
+-- replaced cannot get that confirmation (the new primary fenced a majority of
+-- the old owners before it served), so it cannot serve a stale read.
+--
 local clusterkit = require "clusterkit"
 local storage = require "kv.storage"
--- A condition variable to wait for "a quorum answered or all did": the
--- public API has no equivalent.
-local sched = require "clusterkit.sched"
--- A monotonic clock for the routing deadline (no public one either).
-local hrtime = require("clusterkit.core").hrtime
+-- The wall clock in ms, for deadlines that travel between nodes and for the
+-- seq clock (the public API only has a monotonic clock, which is per host).
+local time_ms = require("clusterkit.core").time_ms
 
 local json, http = clusterkit.json, clusterkit.http
 local format, floor, max, tonumber = string.format, math.floor, math.max, tonumber
@@ -59,8 +64,10 @@ local M = {}
 local RETRY_DELAY = 0.1   -- seconds between routing retries
 local SYNC_ATTEMPTS = 8   -- rounds of copy requests before a copy gives up
 
-local function now()
-  return hrtime() / 1e9
+local now = clusterkit.monotime
+
+local function wall_ms()
+  return floor(time_ms())
 end
 
 -- ---------------------------------------------------------------------------
@@ -122,13 +129,19 @@ local function int(s)
   return tonumber(s)
 end
 
+local function stamp_str(epoch, seq)
+  return format("%d.%d", epoch, seq)
+end
+
 local function truthy(s)
   return s ~= nil and s ~= "0" and s ~= "false" and s ~= "no"
 end
 
 -- Errors that a fresh lookup a moment later can cure: the table is moving, a
 -- partition is being copied, a node died and its slots are not re-homed yet.
-local RETRY = {NOT_PRIMARY = true, NOT_OWNER = true, SYNCING = true, STALE_EPOCH = true,
+-- STALE_STAMP: the primary raised its seq above a replica's, the next try
+-- gets a higher stamp.
+local RETRY = {NOT_PRIMARY = true, NOT_OWNER = true, SYNCING = true, STALE_EPOCH = true, STALE_STAMP = true,
                QUORUM = true, NOT_READY = true, NO_OWNER = true, CONNECT = true, CLOSED = true}
 
 -- ---------------------------------------------------------------------------
@@ -142,7 +155,9 @@ Store.__index = Store
 -- route_timeout (5 s: how long the routing node keeps retrying),
 -- replication_timeout (2 s per request to a replica or copy source),
 -- linger (60 s: how long a partition that moved away is kept for the new
--- owners to copy). Returns the store.
+-- owners to copy), max_clock_skew (0 s: how far the nodes' wall clocks may
+-- differ; a routing node waits that much past a failed write's deadline
+-- before it answers). Returns the store.
 function M.install(ck, opts)
   opts = opts or {}
   local self = setmetatable({
@@ -152,6 +167,7 @@ function M.install(ck, opts)
     route_timeout = opts.route_timeout or 5,
     replication_timeout = opts.replication_timeout or 2,
     linger = opts.linger or 60,
+    max_clock_skew = opts.max_clock_skew or 0,
     started = false,
   }, Store)
   self:_install_routes()
@@ -202,79 +218,147 @@ end
 -- The primary's side: writes and reads of keys this node leads
 -- ---------------------------------------------------------------------------
 
--- Sends a stamped write to the replicas at once; returns when `need` of them
--- acknowledged or all answered. Returns the number of acks and the highest
--- epoch a replica reported when it refused the write as stale (or nil).
-function Store:_replicate(replicas, key, value, epoch, seq, need)
-  local headers = self:_auth_headers()
-  headers["X-KV-Epoch"], headers["X-KV-Seq"] = format("%d", epoch), format("%d", seq)
-  local acks, done, newer = 0, 0, nil
-  local answered = sched.cond()
-  for _, n in ipairs(replicas) do
+-- The error of a JSON error answer ({} when there is none).
+local function error_of(res)
+  local body = json.decode(res.body)
+  return type(body) == "table" and type(body.error) == "table" and body.error or {}
+end
+
+-- Sends one request to each node of `nodes` at once: make(n) gives the
+-- request, judge(n, res, err) says whether the answer counts. Returns the
+-- number that counted, once `need` of them did or every node answered.
+function Store:_fanout(nodes, need, timeout, make, judge)
+  local oks, done = 0, 0
+  local answered = clusterkit.cond()
+  for _, n in ipairs(nodes) do
     clusterkit.spawn(function()
-      local res, err = http.request {
-        method = value and "PUT" or "DELETE", url = "http://" .. n.http_addr .. "/internal/kv/" .. escape(key),
-        headers = headers, body = value, timeout = self.replication_timeout,
-      }
-      if res and res.status == 200 then
-        acks = acks + 1
-      elseif res and res.status == 409 then
-        local body = json.decode(res.body)
-        local e = type(body) == "table" and type(body.error) == "table" and body.error or {}
-        newer = max(newer or 0, tonumber(e.epoch) or epoch + 1)
-        self:_log("warn", "replica %s refused a write at epoch %d: %s", n.id, epoch, tostring(e.message))
-      else
-        self:_log("debug", "replication of %q to %s failed: %s", key, n.id,
-          res and (res.status .. " " .. res.body) or tostring(err))
-      end
+      local req = make(n)
+      req.timeout = timeout
+      local res, err = http.request(req)
+      if judge(n, res, err) then oks = oks + 1 end
       done = done + 1
       answered:signal()
     end)
   end
-  while acks < need and done < #replicas do
-    answered:wait(self.replication_timeout + 1)
+  -- Bounded even if a request outlived its timeout.
+  local limit = now() + timeout + 1
+  while oks < need and done < #nodes and now() < limit do
+    answered:wait(limit - now())
   end
-  return acks, newer
+  return oks
 end
 
---- PUT (value) or DELETE (value == nil) of key, on its primary.
-function Store:_write(key, value)
-  local ck = self.ck
-  local p, err = ck:partition_for_key(key)
-  if not p then return fail(503, "NOT_READY", tostring(err)) end
+-- Sends a stamped write to the replicas at once; returns when `need` of them
+-- applied it or all answered. Returns the number of acks, the highest epoch
+-- a replica reported when it refused the write as stale (or nil), and the
+-- newest stamp a replica reported holding for the key (or nil). Only a
+-- replica that applied the write (or already held exactly this write) acks.
+function Store:_replicate(part, replicas, key, value, epoch, seq, need, deadline_ms)
+  local headers = self:_auth_headers()
+  headers["X-KV-Epoch"], headers["X-KV-Seq"] = format("%d", epoch), format("%d", seq)
+  headers["X-KV-Deadline"] = format("%d", deadline_ms)
+  local newer, stale = nil, nil
+  local timeout = math.min(self.replication_timeout, math.max(0.05, (deadline_ms - wall_ms()) / 1000))
+  local acks = self:_fanout(replicas, need, timeout, function(n)
+    return {method = value and "PUT" or "DELETE", url = "http://" .. n.http_addr .. "/internal/kv/" .. escape(key),
+            headers = headers, body = value}
+  end, function(n, res, err)
+    if res and res.status == 200 then return true end
+    if res and res.status == 409 then
+      local e = error_of(res)
+      if e.code == "STALE_EPOCH" and type(e.epoch) == "number" then
+        newer = max(newer or 0, e.epoch)
+      elseif e.code == "STALE_STAMP" and type(e.epoch) == "number" and type(e.seq) == "number" then
+        -- Continue above it: the next write of this partition wins.
+        part:observe(e.seq)
+        if not stale or storage.newer(e.epoch, e.seq, stale.epoch, stale.seq) then
+          stale = {epoch = e.epoch, seq = e.seq}
+        end
+      end
+    end
+    self:_log("debug", "replication of %q to %s: %s", key, n.id,
+      res and (res.status .. " " .. res.body) or tostring(err))
+    return false
+  end)
+  return acks, newer, stale
+end
+
+-- The checks every operation on the primary starts with: this node is the
+-- primary of key's partition at an epoch no peer has seen superseded, and
+-- its copy is complete. Returns p, part or nil, the failure.
+function Store:_as_primary(key)
+  local p, err = self.ck:partition_for_key(key)
+  if not p then return nil, fail(503, "NOT_READY", tostring(err)) end
   if p.primary_node ~= self.id then
-    return fail(421, "NOT_PRIMARY", self.id .. " is not the primary of " .. p.id, {primary = p.primary_node})
+    return nil, fail(421, "NOT_PRIMARY", self.id .. " is not the primary of " .. p.id, {primary = p.primary_node})
   end
   local part = self.data:part(p.index)
-  if not part.ready then
-    return fail(503, "SYNCING", p.id .. " is being copied to " .. self.id)
-  end
   if part.seen_epoch > p.epoch then
     -- A peer has seen a newer table: we are about to learn we were replaced.
-    return fail(409, "STALE_EPOCH", format("%s is at epoch %d here, a peer has seen %d",
+    return nil, fail(409, "STALE_EPOCH", format("%s is at epoch %d here, a peer has seen %d",
       p.id, p.epoch, part.seen_epoch), {epoch = part.seen_epoch})
   end
+  if not part.ready then
+    return nil, fail(503, "SYNCING", p.id .. " is being copied to " .. self.id)
+  end
+  return p, part
+end
+
+local function past_deadline(deadline_ms)
+  return fail(504, "DEADLINE_EXCEEDED", format("the write's deadline passed %d ms ago", wall_ms() - deadline_ms))
+end
+
+--- PUT (value) or DELETE (value == nil) of key, on its primary. routed_epoch:
+-- the partition's epoch in the routing node's table; deadline_ms: the wall
+-- clock (ms) after which the write must not be applied anywhere.
+function Store:_write(key, value, routed_epoch, deadline_ms)
+  local p, part = self:_as_primary(key)
+  if not p then return part end
+  if routed_epoch ~= p.epoch then
+    -- The routing node's table is older (it routed to a former primary) or
+    -- newer (this node is about to learn it was replaced): not this epoch's
+    -- write.
+    part:see(routed_epoch)
+    return fail(409, "STALE_EPOCH", format("%s is at epoch %d here, the write was routed at epoch %d",
+      p.id, p.epoch, routed_epoch), {epoch = max(p.epoch, routed_epoch)})
+  end
+  if wall_ms() >= deadline_ms then return past_deadline(deadline_ms) end
   -- The owners as this node's table has them now (the table may change while
   -- we wait for the replicas; the stamp says which table the write belongs to).
-  local owners = ck:nodes_for_key(key)
+  local owners = self.ck:nodes_for_key(key)
   local replicas = {}
   for i = 2, #owners do replicas[#replicas + 1] = owners[i] end
   local quorum = floor(#owners / 2) + 1
-  local epoch, seq = p.epoch, part:next_seq()
+  local epoch, seq = p.epoch, part:next_seq(wall_ms())
   local existed = part:get(key) ~= nil
-  part:apply(key, value, epoch, seq)
-  local acks, newer = self:_replicate(replicas, key, value, epoch, seq, quorum - 1)
-  acks = acks + 1 -- this node
+  local acks, newer, stale = self:_replicate(part, replicas, key, value, epoch, seq, quorum - 1, deadline_ms)
   if newer then
     part:see(newer)
     return fail(409, "STALE_EPOCH", format("%s has a newer epoch (%d) than this primary's %d", p.id, newer, epoch),
       {epoch = newer})
   end
-  if acks < quorum then
-    return fail(503, "QUORUM", format("%d of %d owners acknowledged, %d needed", acks, #owners, quorum))
+  if acks < quorum - 1 then
+    if wall_ms() >= deadline_ms then return past_deadline(deadline_ms) end
+    if stale then
+      return fail(409, "STALE_STAMP", format("a replica holds %s, newer than the write's %s; retry",
+        stamp_str(stale.epoch, stale.seq), stamp_str(epoch, seq)), {epoch = stale.epoch, seq = stale.seq})
+    end
+    return fail(503, "QUORUM", format("%d of %d owners acknowledged, %d needed", acks + 1, #owners, quorum))
+  end
+  -- A quorum of the replicas has it: apply here, last, and answer. The
+  -- checks and the apply run without yielding.
+  if wall_ms() >= deadline_ms then return past_deadline(deadline_ms) end
+  if part.seen_epoch > epoch then
+    return fail(409, "STALE_EPOCH", format("%s: a peer has seen epoch %d during the write", p.id, part.seen_epoch),
+      {epoch = part.seen_epoch})
+  end
+  local applied, held = part:apply(key, value, epoch, seq)
+  if not applied then
+    return fail(409, "STALE_STAMP", format("this primary holds %s, newer than the write's %s",
+      stamp_str(held.epoch, held.seq), stamp_str(epoch, seq)), {epoch = held.epoch, seq = held.seq})
   end
   local out = {key = json.utf8_safe(key), partition = p.id, epoch = epoch,
-               version = format("%d.%d", epoch, seq), acks = acks, quorum = quorum, owners = #owners}
+               version = stamp_str(epoch, seq), acks = acks + 1, quorum = quorum, owners = #owners}
   if value == nil then out.deleted = existed end
   return ok_json(out)
 end
@@ -282,29 +366,52 @@ end
 --- GET of key on this node: on its primary, or (stale) on any owner.
 function Store:_read(key, stale)
   local ck = self.ck
-  local p, err = ck:partition_for_key(key)
-  if not p then return fail(503, "NOT_READY", tostring(err)) end
-  local part = self.data:part(p.index)
+  local p, part
   if stale then
+    local err
+    p, err = ck:partition_for_key(key)
+    if not p then return fail(503, "NOT_READY", tostring(err)) end
     if not ck:am_i_responsible_for(key) then
       return fail(421, "NOT_OWNER", self.id .. " does not own " .. p.id)
     end
+    part = self.data:part(p.index)
+    if not part.ready then
+      return fail(503, "SYNCING", p.id .. " is being copied to " .. self.id)
+    end
   else
-    if p.primary_node ~= self.id then
-      return fail(421, "NOT_PRIMARY", self.id .. " is not the primary of " .. p.id, {primary = p.primary_node})
-    end
-    if part.seen_epoch > p.epoch then
-      return fail(409, "STALE_EPOCH", p.id .. ": a peer has seen a newer epoch", {epoch = part.seen_epoch})
-    end
+    p, part = self:_as_primary(key)
+    if not p then return part end
   end
-  if not part.ready then
-    return fail(503, "SYNCING", p.id .. " is being copied to " .. self.id)
-  end
+  -- The value first, then the confirmation that it was current.
   local e = part:get(key)
+  if not stale then
+    local owners = ck:nodes_for_key(key)
+    local replicas = {}
+    for i = 2, #owners do replicas[#replicas + 1] = owners[i] end
+    local need, newer = floor(#owners / 2), nil
+    local path = format("/internal/kv-epoch/%d?epoch=%d", p.index, p.epoch)
+    local confirmed = self:_fanout(replicas, need, self.replication_timeout, function(n)
+      return {url = "http://" .. n.http_addr .. path, headers = self:_auth_headers()}
+    end, function(_, res)
+      if res and res.status == 409 then
+        local x = error_of(res)
+        if type(x.epoch) == "number" then newer = max(newer or 0, x.epoch) end
+      end
+      return res ~= nil and res.status == 200
+    end)
+    if newer then part:see(newer) end
+    if confirmed < need then
+      if newer then
+        return fail(409, "STALE_EPOCH", format("%s: a replica has seen epoch %d", p.id, newer), {epoch = newer})
+      end
+      return fail(503, "QUORUM", format("%d of %d replicas confirmed epoch %d, %d needed", confirmed,
+        #replicas, p.epoch, need))
+    end
+  end
   local r
   if e then
     r = answer(200, e.value, {["Content-Type"] = "application/octet-stream",
-                              ["X-KV-Version"] = format("%d.%d", e.epoch, e.seq)})
+                              ["X-KV-Version"] = stamp_str(e.epoch, e.seq)})
   else
     r = fail(404, "NOT_FOUND", "no key " .. key)
   end
@@ -316,15 +423,22 @@ end
 -- The receiving node's side: route to the owners
 -- ---------------------------------------------------------------------------
 
--- Runs the operation on node n: here, or forwarded over HTTP.
-function Store:_at(n, method, key, body, stale, timeout)
+-- Runs the operation on node n: here, or forwarded over HTTP. Writes carry
+-- the epoch they were routed with and their deadline.
+function Store:_at(n, method, key, body, stale, timeout, epoch, deadline_ms)
+  local write = method ~= "GET"
   if n.id == self.id then
-    if method == "GET" then return self:_read(key, stale) end
-    return self:_write(key, method == "PUT" and body or nil)
+    if not write then return self:_read(key, stale) end
+    return self:_write(key, method == "PUT" and body or nil, epoch, deadline_ms)
+  end
+  local headers = {["X-KV-Forwarded"] = self.id}
+  if write then
+    headers["X-KV-Epoch"], headers["X-KV-Deadline"] = format("%d", epoch), format("%d", deadline_ms)
+    timeout = math.max(0.05, (deadline_ms - wall_ms()) / 1000)
   end
   local res, err = http.request {
     method = method, url = "http://" .. n.http_addr .. "/kv/" .. escape(key) .. (stale and "?stale=1" or ""),
-    headers = {["X-KV-Forwarded"] = self.id}, body = method == "PUT" and body or nil, timeout = timeout,
+    headers = headers, body = method == "PUT" and body or nil, timeout = timeout,
   }
   if not res then
     local r = fail(err.code == "TIMEOUT" and 504 or 502, err.code, "forwarding to " .. n.id .. ": " .. err.message)
@@ -335,10 +449,13 @@ end
 
 function Store:_route(method, key, body, stale)
   local deadline = now() + self.route_timeout
+  local write = method ~= "GET"
+  local deadline_ms = wall_ms() + floor(self.route_timeout * 1000)
+  local r, tried
   while true do
-    local r
     local owners, err = self.ck:nodes_for_key(key)
-    if not owners then
+    local p = owners and self.ck:partition_for_key(key)
+    if not owners or not p then
       r = fail(503, "NOT_READY", tostring(err))
     elseif #owners == 0 then
       r = fail(503, "NO_OWNER", "the key's partition has no owner")
@@ -353,13 +470,27 @@ function Store:_route(method, key, body, stale)
         end
       end
       for _, n in ipairs(targets) do
-        r = self:_at(n, method, key, body, stale, max(0.5, deadline - now()))
-        if not RETRY[r.code] then return r end
+        tried = true
+        r = self:_at(n, method, key, body, stale, max(0.5, deadline - now()), p.epoch, deadline_ms)
+        if not RETRY[r.code] then break end
       end
+      if not RETRY[r.code] then break end
     end
-    if now() + RETRY_DELAY >= deadline then return r end
+    if now() + RETRY_DELAY >= deadline or (write and wall_ms() + RETRY_DELAY * 1000 >= deadline_ms) then break end
     clusterkit.sleep(RETRY_DELAY)
   end
+  if write and tried and r.status ~= 200 and (r.status >= 500 or r.status == 409) then
+    -- The outcome is unknown and a try may still be on its way somewhere:
+    -- answer only when no node can apply it any more (every node checks the
+    -- deadline right before applying; clocks differ by <= max_clock_skew).
+    local until_ms = deadline_ms + floor(self.max_clock_skew * 1000)
+    for _ = 1, 1000 do
+      local left = until_ms - wall_ms()
+      if left < 0 then break end
+      clusterkit.sleep(left / 1000 + 0.001)
+    end
+  end
+  return r
 end
 
 -- ---------------------------------------------------------------------------
@@ -521,7 +652,8 @@ function Store:stats()
     local owns = self.started and self:_owns(index)
     if owns or part.keys > 0 then
       parts[#parts + 1] = {partition = "partition-" .. index, index = index, keys = part.keys,
-                           ready = part.ready, owner = owns, seen_epoch = part.seen_epoch}
+                           ready = part.ready, owner = owns, seen_epoch = part.seen_epoch,
+                           seq = part.seq}
       keys = keys + (owns and part.keys or 0)
       if owns and not part.ready then ready = false end
     end
@@ -539,7 +671,19 @@ function Store:_install_routes()
 
   -- The client API, on every node. A request that another node forwarded
   -- (X-KV-Forwarded) is handled here and never forwarded again, so nodes
-  -- whose tables disagree for a moment cannot bounce a request around.
+  -- whose tables disagree for a moment cannot bounce a request around. A
+  -- forwarded write must say which epoch it was routed with (X-KV-Epoch) and
+  -- until when it may be applied (X-KV-Deadline, wall-clock ms).
+  local function forwarded_write(req, res, value)
+    if not self:_authorized(req) then
+      return res:error(401, "UNAUTHORIZED", "the cluster token is required")
+    end
+    local epoch, deadline_ms = int(req:header("X-KV-Epoch")), int(req:header("X-KV-Deadline"))
+    if not epoch or not deadline_ms then
+      return res:error(400, "BAD_REQUEST", "a forwarded write needs X-KV-Epoch and X-KV-Deadline (integers)")
+    end
+    return send(res, self:_write(req.params.key, value, epoch, deadline_ms))
+  end
   ck:route("GET", "/kv/:key", function(req, res)
     local key, stale = req.params.key, truthy(req.query.stale)
     if req:header("X-KV-Forwarded") then return send(res, self:_read(key, stale)) end
@@ -547,24 +691,29 @@ function Store:_install_routes()
   end)
   ck:route("PUT", "/kv/:key", function(req, res)
     local key, value = req.params.key, req:body()
-    if req:header("X-KV-Forwarded") then return send(res, self:_write(key, value)) end
+    if req:header("X-KV-Forwarded") then return forwarded_write(req, res, value) end
     return send(res, self:_route("PUT", key, value))
   end)
   ck:route("DELETE", "/kv/:key", function(req, res)
     local key = req.params.key
-    if req:header("X-KV-Forwarded") then return send(res, self:_write(key, nil)) end
+    if req:header("X-KV-Forwarded") then return forwarded_write(req, res, nil) end
     return send(res, self:_route("DELETE", key))
   end)
 
-  -- Replication from a primary: the write and its stamp. Refused when the
-  -- stamp's epoch is older than the newest this node knows for the partition.
+  -- Replication from a primary: the write, its stamp and its deadline.
+  -- Refused when the stamp's epoch is older than the newest this node knows
+  -- for the partition (409 STALE_EPOCH), when the deadline passed (504
+  -- DEADLINE_EXCEEDED), or when this node holds the key with a newer stamp,
+  -- or another write with the same one (409 STALE_STAMP with that stamp): a
+  -- refused write is not an ack. The checks and the apply do not yield.
   local function replicated(req, res, value)
     if not self:_authorized(req) then
       return res:error(401, "UNAUTHORIZED", "the cluster token is required")
     end
     local epoch, seq = int(req:header("X-KV-Epoch")), int(req:header("X-KV-Seq"))
-    if not epoch or not seq then
-      return res:error(400, "BAD_REQUEST", "X-KV-Epoch and X-KV-Seq must be non-negative integers")
+    local deadline_ms = int(req:header("X-KV-Deadline"))
+    if not epoch or not seq or not deadline_ms then
+      return res:error(400, "BAD_REQUEST", "X-KV-Epoch, X-KV-Seq and X-KV-Deadline must be non-negative integers")
     end
     local key = req.params.key
     local p, err = ck:partition_for_key(key)
@@ -575,11 +724,40 @@ function Store:_install_routes()
       return res:error(409, "STALE_EPOCH", format("%s is at epoch %d, the write was stamped %d", p.id, current, epoch),
         {epoch = current})
     end
+    if wall_ms() >= deadline_ms then
+      return send(res, past_deadline(deadline_ms))
+    end
     part:see(epoch)
-    return res:json({applied = part:apply(key, value, epoch, seq), epoch = epoch})
+    local applied, held = part:apply(key, value, epoch, seq)
+    if not applied and not (held.epoch == epoch and held.seq == seq and held.value == value) then
+      return send(res, fail(409, "STALE_STAMP", format("%s holds %s for the key, the write was stamped %s", self.id,
+        stamp_str(held.epoch, held.seq), stamp_str(epoch, seq)), {epoch = held.epoch, seq = held.seq}))
+    end
+    return res:json({applied = applied, epoch = epoch})
   end
   ck:route("PUT", "/internal/kv/:key", function(req, res) return replicated(req, res, req:body()) end)
   ck:route("DELETE", "/internal/kv/:key", function(req, res) return replicated(req, res, nil) end)
+
+  -- A primary's read asks: have you seen a newer epoch of partition p than
+  -- E? 200 (and this node now knows E) or 409 STALE_EPOCH with the newer one.
+  ck:route("GET", "/internal/kv-epoch/:p", function(req, res)
+    if not self:_authorized(req) then
+      return res:error(401, "UNAUTHORIZED", "the cluster token is required")
+    end
+    local index, epoch = int(req.params.p), int(req.query.epoch)
+    local p = index and ck:partition(index)
+    if not p or not epoch then
+      return res:error(400, "BAD_REQUEST", "a partition index and ?epoch= are required")
+    end
+    local part = self.data:part(index)
+    local current = max(p.epoch, part.seen_epoch)
+    if current > epoch then
+      return res:error(409, "STALE_EPOCH", format("partition-%d is at epoch %d here", index, current),
+        {epoch = current})
+    end
+    part:see(epoch)
+    return res:json({epoch = epoch})
+  end)
 
   -- A partition's whole content, for a node that gained it. ?epoch=E (the
   -- asker's epoch) fences this node first: from now on it refuses writes

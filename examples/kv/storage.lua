@@ -5,24 +5,44 @@
 --   epoch  the partition's epoch (from clusterkit's committed table) when the
 --          primary accepted the write. clusterkit bumps a partition's epoch
 --          whenever its primary or owner set changes, so one epoch has exactly
---          one primary.
---   seq    a counter of that primary, increasing with every write it accepts.
+--          one primary node (but that node may crash and restart within it).
+--   seq    a hybrid logical clock of the partition: the primary takes
+--          max(highest seq it knows for the partition + 1, wall clock in ms).
 --
--- Stamps are ordered by epoch, then seq. Applying a write keeps the entry with
--- the higher stamp, so applying the same writes in any order, any number of
--- times, gives the same result: replication and partition copies can be retried
--- and merged freely. A delete is stored as a tombstone (an entry without a
--- value) so that merging an older copy cannot bring the key back; tombstones
--- are kept as long as the partition is (this is an example, not a database).
+-- Stamps are ordered by epoch, then seq. Why seq never goes backwards:
+--
+--   * Every node keeps `seq`, the highest seq it has issued, applied, merged
+--     or been told about (a replica's 409 STALE_STAMP) for the partition,
+--     whatever the epoch; partition copies carry it. A primary issues only
+--     seqs above it.
+--   * Storage is memory only, so a restarted node starts at 0: it first
+--     copies each partition it owns from enough other owners that every write
+--     a quorum acknowledged is among the copies (see init.lua), which raises
+--     `seq` above every acknowledged stamp before the partition serves. A
+--     promoted or gaining node does the same copy.
+--   * The wall-clock part keeps stamps unique across incarnations even for
+--     writes that reached only an owner the copy did not ask (a write that
+--     failed): a restarted primary starts at its clock, past every seq its
+--     previous incarnation took from the clock. This part assumes the clock
+--     does not step back across a restart; the copy alone already protects
+--     every acknowledged write.
+--
+-- Applying a write keeps the entry with the higher stamp, so applying the same
+-- writes in any order, any number of times, gives the same result: replication
+-- and partition copies can be retried and merged freely. A delete is stored as
+-- a tombstone (an entry without a value) so that merging an older copy cannot
+-- bring the key back; tombstones are kept as long as the partition is (this is
+-- an example, not a database).
 --
 -- Besides its entries, each partition remembers:
 --
 --   seen_epoch  the highest epoch this node has seen for the partition, from its
 --               own table or from a peer. A write stamped with an older epoch
 --               comes from a primary that has been replaced: it is refused.
+--   seq         the highest seq known here (above).
 --   ready       whether the local copy is complete (false while it is copied
 --               from other owners after this node gained or took over the
---               partition).
+--               partition, or started).
 --   gen         bumped by every ownership change, so that a copy started for an
 --               older change does not declare the partition ready.
 local M = {}
@@ -68,11 +88,13 @@ function Part:get(key)
 end
 
 --- Stores value (nil: a tombstone) under key when the stamp is newer than
--- what is there. Returns true when it changed the entry.
+-- what is there. Returns true when it changed the entry, else false and the
+-- entry that is there (with an equal or newer stamp).
 function Part:apply(key, value, epoch, seq)
+  self:observe(seq)
   local e = self.entries[key]
   if e and not newer(epoch, seq, e.epoch, e.seq) then
-    return false
+    return false, e
   end
   local had = e ~= nil and e.value ~= nil
   self.entries[key] = {value = value, epoch = epoch, seq = seq}
@@ -87,10 +109,23 @@ function Part:apply(key, value, epoch, seq)
   return true
 end
 
---- The next sequence number for a write this node accepts as primary.
-function Part:next_seq()
-  self.seq = self.seq + 1
+--- The entry of key with its stamp, tombstones included (or nil).
+function Part:entry(key)
+  return self.entries[key]
+end
+
+--- The next sequence number for a write this node accepts as primary:
+-- above every seq known here, and not below the wall clock `now_ms`.
+function Part:next_seq(now_ms)
+  self.seq = math.max(self.seq + 1, math.floor(now_ms or 0))
   return self.seq
+end
+
+--- Raises the highest known seq to `seq` (never lowers it).
+function Part:observe(seq)
+  if type(seq) == "number" and seq > self.seq then
+    self.seq = seq
+  end
 end
 
 --- Raises seen_epoch to `epoch` (never lowers it).
@@ -106,7 +141,7 @@ function Part:export()
   for k, e in pairs(self.entries) do
     list[#list + 1] = {k = hex(k), v = e.value and hex(e.value) or nil, e = e.epoch, s = e.seq}
   end
-  return {partition = self.index, seen_epoch = self.seen_epoch, entries = list}
+  return {partition = self.index, seen_epoch = self.seen_epoch, seq = self.seq, entries = list}
 end
 
 --- Merges a copy made by export() on another node. Returns the number of
@@ -129,6 +164,7 @@ function Part:merge(copy)
   if type(copy.seen_epoch) == "number" then
     self:see(copy.seen_epoch)
   end
+  self:observe(copy.seq)
   return changed
 end
 
@@ -144,7 +180,8 @@ function Part:drop_before(epoch)
   end
 end
 
---- Forgets everything (the partition moved away and its linger time passed).
+--- Forgets everything (the partition moved away and its linger time passed)
+-- but `seq` and `seen_epoch`: stamps never go backwards here.
 function Part:clear()
   self.entries, self.keys, self.ready = {}, 0, false
 end

@@ -6,6 +6,7 @@ Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q 
 """
 
 import os
+import time
 import urllib.parse
 
 from ckharness import SOURCE_DIR, ck  # noqa: F401  (the fixture)
@@ -34,6 +35,24 @@ def get(node, key, stale=False):
 
 def delete(node, key):
     return node.request("DELETE", kv_path(key), timeout=TIMEOUT)
+
+
+def wall_ms():
+    return int(time.time() * 1000)
+
+
+def stamp_headers(epoch, seq, deadline_ms=None):
+    """Headers of a replication (/internal/kv/...) with stamp {epoch, seq}
+    and a deadline (default: a minute from now)."""
+    if deadline_ms is None:
+        deadline_ms = wall_ms() + 60000
+    return {"X-KV-Epoch": str(epoch), "X-KV-Seq": str(seq), "X-KV-Deadline": str(deadline_ms)}
+
+
+def version_of(r):
+    """(epoch, seq) from a GET answer's X-KV-Version."""
+    epoch, seq = r.headers["X-KV-Version"].split(".")
+    return int(epoch), int(seq)
 
 
 def where(node, key):
@@ -126,16 +145,17 @@ def test_replication_with_an_old_epoch_is_refused(ck):
 
     path = "/internal/kv/" + key
     r = n1.request("PUT", path, body=b"from a deposed primary",
-                   headers={"X-KV-Epoch": str(epoch - 1), "X-KV-Seq": "999"})
+                   headers=stamp_headers(epoch - 1, 999))
     assert r.status == 409 and r.json()["error"]["code"] == "STALE_EPOCH", r
-    r = n1.request("DELETE", path, headers={"X-KV-Epoch": "0", "X-KV-Seq": "1"})
+    r = n1.request("DELETE", path, headers=stamp_headers(0, 1))
     assert r.status == 409, r
     r = n1.request("PUT", path, body=b"x", headers={"X-KV-Epoch": "soon"})
     assert r.status == 400, r
     assert get(n1, key).body == b"current"
 
     # The current epoch with a higher sequence number is a valid replication.
-    r = n1.request("PUT", path, body=b"replicated", headers={"X-KV-Epoch": str(epoch), "X-KV-Seq": "1000"})
+    seq = version_of(get(n1, key))[1] + 1000
+    r = n1.request("PUT", path, body=b"replicated", headers=stamp_headers(epoch, seq))
     assert r.status == 200 and r.json()["applied"] is True, r
     assert get(n1, key).body == b"replicated"
 
