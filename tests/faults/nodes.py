@@ -72,6 +72,7 @@ class FaultNode:
         self.exits = []          # (t, code, expected)
         self.lock = threading.RLock()
         self._noted = 0
+        self.may_exit = False    # an exit with a code (not a signal) is acceptable
         self.left = False        # removed from the cluster on purpose (POST /leave)
 
     @property
