@@ -8,6 +8,19 @@
  * periodic watch timer reports CK_NODE_EV_RAFT when raft's role, term or
  * leader changed. So owner code (Lua) can never run inside the apply path.
  *
+ * Callbacks (the rule the first fault campaign taught us): no owner code
+ * runs inside a raft callback. raft calls back from the middle of its own
+ * work: a leader that steps down fails its pending applies while it is
+ * clearing its leader state, and a callback that proposed again from there
+ * re-entered raft_apply on a half-cleared leader and crashed the node (seen
+ * after SIGSTOP/SIGCONT of a leader). So every raft completion (apply,
+ * membership change, transfer) is only recorded and queued; the queue is
+ * delivered from the notify timer on a later loop turn, after the
+ * CK_NODE_EV_APPLIED event of the same turn, in completion order. On close,
+ * what raft cancelled is delivered (CK_ECANCELED) just before
+ * CK_NODE_EV_CLOSED. An owner may call any ck_node function from any
+ * callback it gets from this module.
+ *
  * raft 0.15 notes (learned the hard way, read before changing the FSM):
  * - fsm->apply must return 0: a non-zero return stops raft's apply loop
  *   without advancing last_applied, so the same entry would be retried
@@ -54,8 +67,10 @@ typedef void (*ck_node_change_cb)(void *data, int status);
 
 struct ck_node_options {
     const char *data_dir;            /* Raft files go to <data_dir>/raft (created). */
-    const char *raft_addr;           /* "host:port" peers use to reach us. */
-    const char *raft_bind;           /* Optional "ip:port" to bind instead. */
+    const char *raft_addr;           /* "host:port" peers use to reach us; host may be a name. */
+    const char *raft_bind;           /* Optional "host:port" to bind instead. */
+    const char *token;               /* Cluster token: raft connections must prove it (see ck_transport.h). */
+    unsigned handshake_timeout_ms;   /* Raft connection handshake bound. Default 3000. */
     uint64_t raft_id;                /* Non-zero. */
     bool bootstrap;                  /* Bootstrap a one-voter cluster if pristine. */
     unsigned election_timeout_ms;    /* Default 300. */
@@ -103,7 +118,8 @@ const struct raft_configuration *ck_node_configuration(const struct ck_node *n);
  * timeout); NULL on any other node. */
 const struct raft_progress *ck_node_progress(const struct ck_node *n);
 
-/* Propose command @buf (copied). On 0, @cb is called exactly once; on error
+/* Propose command @buf (copied). On 0, @cb is called exactly once, on a
+ * later loop turn (never from inside this call or a raft callback); on error
  * (CK_ENOTLEADER, CK_ECLOSED, CK_EINVAL for an undecodable command) never. */
 int ck_node_propose(struct ck_node *n, const void *buf, size_t len, ck_node_apply_cb cb, void *data);
 
