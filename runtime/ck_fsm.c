@@ -1,15 +1,35 @@
 #include "ck_fsm.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ck_common.h"
 
-/* Never returns non-zero: raft 0.15 would stop applying and retry forever. */
+static void fsm_default_fatal(struct ck_fsm *f, int code, uint64_t index)
+{
+    (void)f;
+    fprintf(stderr,
+            "clusterkit: fatal: %s while applying raft entry %llu; aborting so that this node "
+            "recovers by replaying its log on restart instead of diverging from the others\n",
+            ck_strerror(code), (unsigned long long)index);
+    abort();
+}
+
+/* Returns 0 for every command the state decided on, accepted or refused:
+ * raft 0.15 would stop applying and retry forever on non-zero. The one
+ * exception is running out of memory: the state could not decide at all,
+ * and skipping the command would make this replica differ from the others,
+ * so the node stops (on_fatal aborts; see ck_fsm.h). */
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     struct ck_fsm *f = fsm->data;
     uint64_t index = f->raft->last_applied + 1;
     int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
+    if (rv == CK_ENOMEM) {
+        f->on_fatal(f, rv, index);
+        return RAFT_NOMEM; /* Only a test's on_fatal returns. */
+    }
     *result = (void *)(intptr_t)rv;
     f->applied++;
     if (rv != 0) {
@@ -45,8 +65,9 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
     struct ck_fsm *f = fsm->data;
-    if (ck_state_restore(&f->state, buf->base, buf->len) != 0) {
-        return RAFT_CORRUPT; /* raft frees buf. */
+    int rv = ck_state_restore(&f->state, buf->base, buf->len);
+    if (rv != 0) {
+        return rv == CK_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT; /* raft frees buf. */
     }
     raft_free(buf->base); /* Ours on success. */
     if (f->on_change != NULL) {
@@ -60,6 +81,7 @@ void ck_fsm_init(struct raft_fsm *fsm, struct ck_fsm *f)
     ck_state_init(&f->state);
     f->applied = 0;
     f->rejected = 0;
+    f->on_fatal = fsm_default_fatal;
     memset(fsm, 0, sizeof *fsm);
     fsm->version = 1;
     fsm->data = f;

@@ -19,6 +19,11 @@ struct ck_fsm {
     struct raft *raft;                   /* For the index of applied entries. */
     void (*on_change)(struct ck_fsm *f); /* After an apply that changed the state, or a restore. */
     void *data;
+    /* Called when a command cannot be applied for want of memory. It must
+     * not return (the default prints why and aborts: the node then recovers
+     * by replaying its log on restart); treating ENOMEM like a refused
+     * command would let one replica skip what the others applied. */
+    void (*on_fatal)(struct ck_fsm *f, int code, uint64_t index);
     uint64_t applied;                    /* Commands applied (accepted or not). */
     uint64_t rejected;                   /* Commands the state refused. */
 };

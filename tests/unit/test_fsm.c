@@ -481,9 +481,68 @@ static void test_leader_failover(void **state)
     assert_int_not_equal(raft_state(raft_fixture_get(&c->fixture, old)), RAFT_LEADER);
 }
 
+/* The allocator seam: this test is linked with --wrap for malloc and calloc
+ * (tests/CMakeLists.txt), so allocations made by the core fail on demand. */
+static bool fail_allocs;
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_malloc(size_t n)
+{
+    return fail_allocs ? NULL : __real_malloc(n);
+}
+void *__wrap_calloc(size_t n, size_t size)
+{
+    return fail_allocs ? NULL : __real_calloc(n, size);
+}
+
+static int fatal_code;
+static uint64_t fatal_index;
+static void record_fatal(struct ck_fsm *f, int code, uint64_t index)
+{
+    (void)f;
+    fatal_code = code;
+    fatal_index = index;
+}
+
+/* Out of memory inside apply is fatal for the node, never a refused command
+ * that this replica skips while the others apply it; the same command
+ * applies once memory is back (what a restart's log replay does). */
+static void test_enomem_in_apply_is_fatal(void **state)
+{
+    (void)state;
+    struct raft_fsm fsm;
+    struct ck_fsm f;
+    struct raft r;
+    memset(&r, 0, sizeof r);
+    memset(&f, 0, sizeof f);
+    r.last_applied = 41;
+    ck_fsm_init(&fsm, &f);
+    f.raft = &r;
+    f.on_fatal = record_fatal;
+    struct blob init = cmd_init(16, 3);
+    struct raft_buffer buf = {init.p, init.len};
+    void *result = (void *)(intptr_t)-1;
+
+    fail_allocs = true;
+    int rv = fsm.apply(&fsm, &buf, &result);
+    fail_allocs = false;
+    assert_int_equal(fatal_code, CK_ENOMEM);
+    assert_int_equal(fatal_index, 42);
+    assert_int_not_equal(rv, 0);
+    assert_int_equal(f.rejected, 0);
+    assert_false(f.state.config.initialized);
+
+    assert_int_equal(fsm.apply(&fsm, &buf, &result), 0);
+    assert_int_equal((int)(intptr_t)result, 0);
+    assert_true(f.state.config.initialized);
+    free(init.p);
+    ck_fsm_close(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_enomem_in_apply_is_fatal),
         cmocka_unit_test_setup_teardown(test_replicates_identically, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_command_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_install, setup, teardown),
