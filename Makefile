@@ -2,6 +2,8 @@
 #
 #   make demo    install what is missing, build, run a local cluster from examples/
 #   make test    install what is missing, build, run the whole suite (CTest)
+#   make test-faults   the fault-injection suite (root: namespaces, iptables);
+#                FAULT_SCENARIO=a,b FAULT_SEED=N to rerun, FAULT_MINUTES=60 for a long random run
 #
 # Dependencies come from Debian's archive only. LuaJIT may be the upstream
 # flavour (libluajit-5.1-dev + luajit) or OpenResty's (libluajit2-5.1-dev +
@@ -18,9 +20,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages needed to build and test (LuaJIT handled separately).
 PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev node-llhttp \
             lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest \
-            clang libclang-rt-14-dev
+            clang libclang-rt-14-dev iptables iproute2
 
-.PHONY: all deps build demo test test-asan test-openresty bench lint clean
+.PHONY: all deps build demo test test-faults test-asan test-openresty bench lint clean
 
 all: build
 
@@ -49,6 +51,17 @@ demo: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+# The fault-injection suite (tests/faults/run.py): nodes in their own network
+# namespaces, faults as iptables rules and signals, checkers over the
+# recorded history. Needs root. The checker's own unit tests run first.
+FAULT_SCENARIO ?=
+FAULT_SEED     ?=
+FAULT_MINUTES  ?=
+test-faults: build
+	python3 -m unittest -q tests/faults/test_linearizability.py
+	CK_BUILD_DIR=$(abspath $(BUILD)) FAULT_SCENARIO=$(FAULT_SCENARIO) FAULT_SEED=$(FAULT_SEED) \
+	  FAULT_MINUTES=$(FAULT_MINUTES) python3 tests/faults/run.py
 
 # The suite under AddressSanitizer + UndefinedBehaviorSanitizer: C unit
 # tests, the Lua API tests (core.so instrumented, the sanitizer runtimes
