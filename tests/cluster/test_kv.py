@@ -2,6 +2,11 @@
 routing, quorum replication, stale reads, deletes, failover after kill -9,
 epoch fencing of replication, and partition copies to a node that joins.
 
+Also the regressions of issue 9: a primary restarted (kill -9) before it is
+marked down keeps every acknowledged write; a forwarded write or replication
+past its deadline (or routed at an old epoch) is refused and never applied; a
+replica that holds a newer stamp is not an ack.
+
 Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q -p no:cacheprovider test_kv.py
 """
 
@@ -74,9 +79,9 @@ def full_table(node, members, rf=3):
     return j["partitions"]
 
 
-def kv_cluster(ck, count):
+def kv_cluster(ck, count, env=None):
     """A Cluster of `count` kv nodes whose tables are complete on every node."""
-    c = Cluster(ck, env=KV_ENV, args=[KV_APP])
+    c = Cluster(ck, env=dict(KV_ENV, **(env or {})), args=[KV_APP])
     c.start(count)
     ids = [n.node_id for n in c.nodes]
     c.wait_converged(members=True)
@@ -195,3 +200,134 @@ def test_joining_node_copies_the_partitions_it_gains(ck):
     for k, v in keys.items():
         r = get(n4, k)
         assert r.status == 200 and r.body == v, (k, r)
+
+
+# Failure detection so slow that a node restarted after kill -9 is never
+# marked down: it comes back as the primary of the same partitions at the
+# same epochs.
+SLOW_DOWN_ENV = {"SUSPECT_AFTER": "120", "DOWN_AFTER": "240"}
+
+
+def error_code(r):
+    try:
+        return r.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def served_by_itself(node, key):
+    """node's own copy of key (a stale read it answers itself), or None."""
+    r = get(node, key, stale=True)
+    if r.status == 200 and r.headers["X-KV-Served-By"] == node.node_id:
+        return r.body
+    return None
+
+
+def test_primary_restarted_before_it_is_marked_down_keeps_acknowledged_writes(ck):
+    """kill -9 a key's primary and restart it at once (same data dir, not marked down): every acknowledged write
+    stays readable, before and after the restart, and the last acknowledged value wins."""
+    c = kv_cluster(ck, 3, env=SLOW_DOWN_ENV)
+    key = "restart:{7}"
+    loc = where(c.nodes[0], key)
+    primary = c.by_id(loc["primary"])
+    router = c.by_id(loc["replicas"][0])
+    last = None
+    for i in range(30):
+        v = b"before the crash %d" % i
+        r = put(router, key, v)
+        assert r.status == 200, (i, r)
+        last = v
+    assert get(router, key).body == last
+
+    primary.kill9()
+    primary.start()
+    # Still the primary, at the same epoch: nobody noticed the crash.
+    again = where(router, key)
+    assert again["primary"] == primary.node_id, again
+    assert again["partition"]["epoch"] == loc["partition"]["epoch"], (loc, again)
+
+    acked = 0
+    for i in range(10):
+        v = b"after the restart %d" % i
+        r = put(router, key, v)
+        if r.status == 200:
+            last, acked = v, acked + 1
+        for n in c.nodes:
+            r = get(n, key)
+            assert r.status == 200 and r.body == last, (i, n.name, r, last)
+    assert acked > 0, "no write after the restart was acknowledged"
+
+
+def test_forwarded_write_past_its_deadline_or_routed_at_an_old_epoch_is_refused(ck):
+    """A forwarded write whose deadline passed answers 504 DEADLINE_EXCEEDED, one routed with an older epoch 409
+    STALE_EPOCH, a replication past its deadline 504; none of them is applied anywhere."""
+    c = kv_cluster(ck, 3)
+    key = "deadline:{3}"
+    assert put(c.nodes[0], key, b"current").status == 200
+    loc = where(c.nodes[0], key)
+    epoch = loc["partition"]["epoch"]
+    primary = c.by_id(loc["primary"])
+    owners = [primary] + [c.by_id(i) for i in loc["replicas"]]
+
+    def forwarded(method, epoch, deadline_ms, body=None):
+        hdrs = {"X-KV-Forwarded": "test", "X-KV-Epoch": str(epoch), "X-KV-Deadline": str(deadline_ms)}
+        return primary.request(method, kv_path(key), body=body, headers=hdrs, timeout=TIMEOUT)
+
+    r = forwarded("PUT", epoch, wall_ms() - 1, b"too late")
+    assert r.status == 504 and error_code(r) == "DEADLINE_EXCEEDED", r
+    r = forwarded("DELETE", epoch, wall_ms() - 1000)
+    assert r.status == 504 and error_code(r) == "DEADLINE_EXCEEDED", r
+    r = forwarded("PUT", epoch - 1, wall_ms() + 60000, b"routed at an old epoch")
+    assert r.status == 409 and error_code(r) == "STALE_EPOCH", r
+    r = primary.request("PUT", kv_path(key), body=b"no deadline", headers={"X-KV-Forwarded": "test"})
+    assert r.status == 400, r
+
+    # A replication past its deadline, with a stamp that would otherwise win.
+    seq = version_of(get(primary, key))[1] + 1000
+    for n in owners[1:]:
+        r = n.request("PUT", "/internal/kv/" + urllib.parse.quote(key, safe=""), body=b"replicated too late",
+                      headers=stamp_headers(epoch, seq, wall_ms() - 1))
+        assert r.status == 504 and error_code(r) == "DEADLINE_EXCEEDED", (n.name, r)
+
+    for n in owners:
+        assert served_by_itself(n, key) == b"current", n.name
+    assert get(c.nodes[0], key).body == b"current"
+
+    # The same forwarded write within its deadline and epoch is applied.
+    r = forwarded("PUT", epoch, wall_ms() + 60000, b"in time")
+    assert r.status == 200, r
+    assert get(c.nodes[0], key).body == b"in time"
+
+
+def test_a_replica_holding_a_newer_stamp_is_not_an_ack(ck):
+    """Replicas that hold a newer stamp for a key answer 409 STALE_STAMP with it; a write they refused is not
+    acknowledged on their account: when the client gets 200, a quorum of the owners holds the value."""
+    c = kv_cluster(ck, 3)
+    key = "newer:{5}"
+    assert put(c.nodes[0], key, b"v0").status == 200
+    loc = where(c.nodes[0], key)
+    epoch = loc["partition"]["epoch"]
+    primary = c.by_id(loc["primary"])
+    replicas = [c.by_id(i) for i in loc["replicas"]]
+    path = "/internal/kv/" + urllib.parse.quote(key, safe="")
+    # Far above the primary's next stamps (which follow the clock in ms).
+    planted = version_of(get(primary, key))[1] + 10 ** 9
+    for n in replicas:
+        r = n.request("PUT", path, body=b"planted", headers=stamp_headers(epoch, planted))
+        assert r.status == 200 and r.json()["applied"] is True, (n.name, r)
+        r = n.request("PUT", path, body=b"older", headers=stamp_headers(epoch, planted - 1))
+        assert r.status == 409 and error_code(r) == "STALE_STAMP", (n.name, r)
+        assert (r.json()["error"]["epoch"], r.json()["error"]["seq"]) == (epoch, planted), r
+        assert served_by_itself(n, key) == b"planted"
+
+    r = put(replicas[0], key, b"acked")
+    assert r.status == 200, r
+    quorum = r.json()["quorum"]
+
+    def holders():
+        return sum(1 for n in [primary] + replicas if served_by_itself(n, key) == b"acked")
+    wait_for(lambda: holders() >= quorum, what="%d owners holding the acknowledged value" % quorum)
+    for n in c.nodes:
+        r = get(n, key)
+        assert r.status == 200 and r.body == b"acked", (n.name, r)
+        assert version_of(r) > (epoch, planted), r
