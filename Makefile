@@ -18,7 +18,7 @@ CMAKE_ARGS?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages needed to build and test (LuaJIT handled separately).
-PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev node-llhttp \
+PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev node-llhttp \
             lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest \
             clang libclang-rt-14-dev iptables iproute2
 
