@@ -89,7 +89,7 @@ static void lnode_on_event(struct ck_node *n, int event)
 }
 
 /* core.node_new{data_dir=, raft_addr=, raft_bind=, raft_id=hex, bootstrap=,
- *   election_timeout=, heartbeat_timeout=, segment_size=, ...}, on_event */
+ *   token=, election_timeout=, heartbeat_timeout=, segment_size=, ...}, on_event */
 static int lnode_new(lua_State *L)
 {
     struct ck_node_options o;
@@ -100,6 +100,7 @@ static int lnode_new(lua_State *L)
     o.data_dir = opt_string(L, 1, "data_dir", NULL);
     o.raft_addr = opt_string(L, 1, "raft_addr", NULL);
     o.raft_bind = opt_string(L, 1, "raft_bind", NULL);
+    o.token = opt_string(L, 1, "token", NULL); /* Raft connections must prove it. */
     lua_getfield(L, 1, "raft_id"); /* Stays at index 3. */
     o.raft_id = check_raft_id(L, 3);
     lua_getfield(L, 1, "bootstrap");

@@ -968,7 +968,7 @@ function Node:start()
   end
   self._core = core.node_new({
     data_dir = o.data_dir, raft_addr = o.raft_addr, raft_id = core.raft_id(self.id),
-    bootstrap = o.bootstrap,
+    bootstrap = o.bootstrap, token = o.token,
     election_timeout = math.floor(o.election_timeout * 1000),
     heartbeat_timeout = math.floor(o.heartbeat_timeout * 1000),
   }, function(ev) self:_on_event(ev) end)
