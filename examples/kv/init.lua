@@ -168,6 +168,7 @@ function M.install(ck, opts)
     replication_timeout = opts.replication_timeout or 2,
     linger = opts.linger or 60,
     max_clock_skew = opts.max_clock_skew or 0,
+    late_refused = 0, -- writes and replications refused because their deadline had passed
     started = false,
   }, Store)
   self:_install_routes()
@@ -304,7 +305,8 @@ function Store:_as_primary(key)
   return p, part
 end
 
-local function past_deadline(deadline_ms)
+function Store:_past_deadline(deadline_ms)
+  self.late_refused = self.late_refused + 1
   return fail(504, "DEADLINE_EXCEEDED", format("the write's deadline passed %d ms ago", wall_ms() - deadline_ms))
 end
 
@@ -322,7 +324,7 @@ function Store:_write(key, value, routed_epoch, deadline_ms)
     return fail(409, "STALE_EPOCH", format("%s is at epoch %d here, the write was routed at epoch %d",
       p.id, p.epoch, routed_epoch), {epoch = max(p.epoch, routed_epoch)})
   end
-  if wall_ms() >= deadline_ms then return past_deadline(deadline_ms) end
+  if wall_ms() >= deadline_ms then return self:_past_deadline(deadline_ms) end
   -- The owners as this node's table has them now (the table may change while
   -- we wait for the replicas; the stamp says which table the write belongs to).
   local owners = self.ck:nodes_for_key(key)
@@ -338,7 +340,7 @@ function Store:_write(key, value, routed_epoch, deadline_ms)
       {epoch = newer})
   end
   if acks < quorum - 1 then
-    if wall_ms() >= deadline_ms then return past_deadline(deadline_ms) end
+    if wall_ms() >= deadline_ms then return self:_past_deadline(deadline_ms) end
     if stale then
       return fail(409, "STALE_STAMP", format("a replica holds %s, newer than the write's %s; retry",
         stamp_str(stale.epoch, stale.seq), stamp_str(epoch, seq)), {epoch = stale.epoch, seq = stale.seq})
@@ -347,7 +349,7 @@ function Store:_write(key, value, routed_epoch, deadline_ms)
   end
   -- A quorum of the replicas has it: apply here, last, and answer. The
   -- checks and the apply run without yielding.
-  if wall_ms() >= deadline_ms then return past_deadline(deadline_ms) end
+  if wall_ms() >= deadline_ms then return self:_past_deadline(deadline_ms) end
   if part.seen_epoch > epoch then
     return fail(409, "STALE_EPOCH", format("%s: a peer has seen epoch %d during the write", p.id, part.seen_epoch),
       {epoch = part.seen_epoch})
@@ -645,7 +647,7 @@ function Store:start()
   return true
 end
 
---- {partitions, keys, ready} of this node: what it holds right now.
+--- {partitions, keys, ready, late_refused} of this node: what it holds right now.
 function Store:stats()
   local parts, keys, ready = {}, 0, true
   for index, part in pairs(self.data.parts) do
@@ -659,7 +661,8 @@ function Store:stats()
     end
   end
   table.sort(parts, function(a, b) return a.index < b.index end)
-  return {node = self.id, keys = keys, ready = ready and self.started, partitions = json.array(parts)}
+  return {node = self.id, keys = keys, ready = ready and self.started, late_refused = self.late_refused,
+          partitions = json.array(parts)}
 end
 
 -- ---------------------------------------------------------------------------
@@ -725,7 +728,7 @@ function Store:_install_routes()
         {epoch = current})
     end
     if wall_ms() >= deadline_ms then
-      return send(res, past_deadline(deadline_ms))
+      return send(res, self:_past_deadline(deadline_ms))
     end
     part:see(epoch)
     local applied, held = part:apply(key, value, epoch, seq)

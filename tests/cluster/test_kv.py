@@ -11,6 +11,7 @@ Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q 
 """
 
 import os
+import signal
 import time
 import urllib.parse
 
@@ -331,3 +332,39 @@ def test_a_replica_holding_a_newer_stamp_is_not_an_ack(ck):
         r = get(n, key)
         assert r.status == 200 and r.body == b"acked", (n.name, r)
         assert version_of(r) > (epoch, planted), r
+
+
+def test_a_write_answered_with_an_error_never_lands_afterwards(ck):
+    """Both replicas of a key are stopped (SIGSTOP) during a write: the client gets an error, and when the replicas
+    resume and handle the tries that queued up for them, they refuse them (past the deadline): the value never
+    shows up anywhere."""
+    c = kv_cluster(ck, 3, env=SLOW_DOWN_ENV)
+    key = "late:{9}"
+    first = put(c.nodes[0], key, b"v0")
+    assert first.status == 200, first
+    loc = where(c.nodes[0], key)
+    primary = c.by_id(loc["primary"])
+    replicas = [c.by_id(i) for i in loc["replicas"]]
+    for n in replicas:
+        os.kill(n.pid, signal.SIGSTOP)
+    try:
+        r = put(primary, key, b"answered with an error")
+    finally:
+        for n in replicas:
+            os.kill(n.pid, signal.SIGCONT)
+    assert r.status != 200, r
+
+    owners = [primary] + replicas
+
+    def settled():
+        """Each owner's copy once the value that was answered with an error shows up somewhere, or once both
+        replicas refused a late try; else None."""
+        held = [served_by_itself(n, key) for n in owners]
+        if b"answered with an error" in held:
+            return held
+        late = [probe(n, "/internal/kv-stats") or {} for n in replicas]
+        return held if all(s.get("late_refused", 0) >= 1 for s in late) else None
+    held = wait_for(settled, what="the replicas handling the tries that queued up")
+    assert held == [b"v0"] * len(owners), held
+    r = get(c.nodes[0], key)
+    assert r.status == 200 and r.body == b"v0", r
