@@ -350,6 +350,16 @@ function M.metrics(node)
   end
   add("clusterkit_http_requests_total", "HTTP requests by route and status.", "counter", samples)
   add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
+  local det = node._detector
+  add("clusterkit_detector_stalls_total",
+    "Leader ticks that found the loop had stalled (every grace period restarted).", "counter",
+    {{nil, det and det.stalls or 0}})
+  add("clusterkit_detector_held_total",
+    "Leader ticks that held liveness changes for want of a quorum of voters heard from.", "counter",
+    {{nil, det and det.held or 0}})
+  add("clusterkit_placement_fallbacks_total",
+    "Placements where the Lua policy failed (error, timeout, invalid answer) and the built-in one was used.",
+    "counter", {{nil, node.policy_fallbacks or 0}})
   add("clusterkit_rebalance_moved_slots_total", "Partition slots moved by tables this node committed as leader.",
     "counter", {{nil, node.rebalance_moves or 0}})
   add("clusterkit_rebalance_paused", "1 while rebalancing is paused (maintenance mode).", "gauge",

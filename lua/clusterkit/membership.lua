@@ -18,6 +18,7 @@ local errors = require "clusterkit.errors"
 local httpc = require "clusterkit.httpc"
 local json = require "clusterkit.json"
 local config = require "clusterkit.config"
+local detector = require "clusterkit.detector"
 local bit = require "bit"
 
 local M = {}
@@ -148,8 +149,8 @@ function M.admit(node, info)
       -- old one is down, gone silent past down_after, or no longer answers
       -- raft at its old address (a node restarted with its data at a new
       -- address still heartbeats over HTTP under the same id).
-      local seen = node._seen and node._seen[info.id]
-      local silent = not seen or now() - seen > node.opts.down_after
+      local quiet = node._detector:silence(info.id, now())
+      local silent = not quiet or quiet > node.opts.down_after
       local old = config_entry(node, raft_id)
       local raft_silent = old ~= nil and old.address == cur.raft_addr and old.recent == false
       if cur.status ~= "down" and cur.status ~= "left" and not silent and not raft_silent then
@@ -190,8 +191,7 @@ function M.admit(node, info)
       end
       node.log:info("added %s (%s) as %s", info.id, info.raft_addr, role)
     end
-    node._seen = node._seen or {}
-    node._seen[info.id] = now()
+    node._detector:heard(info.id, now())
     local ok, msg = node:_propose(core.encode_node {
       id = info.id, name = info.name, http_addr = info.http_addr, raft_addr = info.raft_addr,
       zone = info.zone, weight = info.weight, services = info.services,
@@ -309,46 +309,34 @@ local function repair_roles(node, v)
   end
 end
 
+-- The node ids of raft's voters.
+local function voter_ids(node, v)
+  local by_raft = {}
+  for _, n in ipairs(v.nodes) do by_raft[n.raft_id] = n.id end
+  local ids = {}
+  for _, s in ipairs(node._core:configuration()) do
+    if s.role == "voter" then ids[#ids + 1] = by_raft[s.id] or s.id end
+  end
+  return ids
+end
+
 function M.leader_tick(node)
   if node._ticking then return end
   node._ticking = true
   local ok, err = xpcall(function()
     local v = node:_view()
     if not v.ready then return end
-    local t = now()
-    local seen = node._seen
-    local term = node._core:raft().term
-    if not seen or node._seen_term ~= term then
-      -- A new leader starts with a clean slate: every node that is not
-      -- already down gets a grace period; a down node stays down until it
-      -- heartbeats (no flapping back to active on a leader change).
-      seen = {}
-      for _, n in ipairs(v.nodes) do
-        if n.status ~= "down" then seen[n.id] = t end
-      end
-      node._seen, node._seen_term = seen, term
+    local det = node._detector
+    local changes, why = det:step(now(), node._core:raft().term, v.nodes, voter_ids(node, v))
+    if why == "stalled" then
+      node.log:warn("the loop stalled (no tick for over %.2fs): every node's grace period restarts",
+        det.stall_after)
+    elseif why == "no_quorum" and not node._quorum_warned then
+      node.log:warn("not heard from a quorum of voters: holding liveness changes")
     end
-    seen[node.id] = t
-    local o = node.opts
-    for _, n in ipairs(v.nodes) do
-      local last = seen[n.id]
-      if last == nil and n.status ~= "down" then
-        seen[n.id], last = t, t -- Newly seen in the state: grace period.
-      end
-      if n.status ~= "left" and last ~= nil then
-        local age = t - last
-        local want
-        if age >= o.down_after then
-          want = "down"
-        elseif age >= o.suspect_after then
-          want = n.status == "down" and "down" or "suspect"
-        else
-          want = "active"
-        end
-        if want ~= n.status and node:is_leader() then
-          set_status(node, n.id, want)
-        end
-      end
+    node._quorum_warned = why == "no_quorum"
+    for _, c in ipairs(changes) do
+      if node:is_leader() then set_status(node, c.id, c.status) end
     end
     if node:is_leader() then
       repair_roles(node, node:_view())
@@ -484,6 +472,12 @@ end
 
 function M.install(node)
   local srv = node.http
+  local o = node.opts
+  node._detector = detector.new {
+    self_id = node.id, suspect_after = o.suspect_after, down_after = o.down_after,
+    -- A tick this late means heartbeats went unread (see detector.lua).
+    stall_after = math.max(2 * o.heartbeat_interval, o.suspect_after / 2),
+  }
 
   srv:route("POST", "/join", function(req, res)
     if not M.authorized(node, req, res) then return end
@@ -512,18 +506,17 @@ function M.install(node)
     if not node:_view().by_id[body.id] then
       return res:error(404, "NOT_FOUND", "unknown node " .. body.id)
     end
-    node._seen = node._seen or {}
     node._stopping = node._stopping or {}
     if body.stopping == true then
       -- A graceful stop: the node is going away now, so take it out of
       -- handover choices and mark it down without waiting for silence.
       node._stopping[body.id] = true
-      node._seen[body.id] = now() - node.opts.down_after
+      node._detector:stopping(body.id, now())
       sched.spawn(M.leader_tick, node)
       return res:json({status = "ok", state_index = node:state_index()})
     end
     node._stopping[body.id] = nil
-    node._seen[body.id] = now()
+    node._detector:heard(body.id, now())
     local n = node:_view().by_id[body.id]
     if n.status ~= "active" and n.status ~= "left" then
       -- Recovery is committed by the next leader tick; run it now.

@@ -1,0 +1,123 @@
+-- The failure detector (clusterkit.detector) on a fake clock: time is a
+-- number the test moves, heartbeats are calls, so stalls, partitions and
+-- leader changes are stepped exactly.
+local detector = require "clusterkit.detector"
+
+local TICK = 0.2
+
+local function new()
+  return detector.new {self_id = "a", suspect_after = 0.75, down_after = 1.5, stall_after = 0.4}
+end
+
+local function nodes(st)
+  local list = {}
+  for _, id in ipairs({"a", "b", "c"}) do list[#list + 1] = {id = id, status = st[id] or "active"} end
+  return list
+end
+
+local VOTERS = {"a", "b", "c"}
+
+-- Runs ticks from t to t_end; `beats(t)` lists who heartbeats at t. Applies
+-- every change to `st` (as committing would) and returns all changes seen.
+local function run(d, st, t, t_end, beats)
+  local seen = {}
+  while t < t_end + 1e-9 do
+    for _, id in ipairs(beats(t)) do d:heard(id, t) end
+    for _, c in ipairs((d:step(t, 1, nodes(st), VOTERS))) do
+      st[c.id] = c.status
+      seen[#seen + 1] = {t = t, id = c.id, status = c.status}
+    end
+    t = t + TICK
+  end
+  return seen, t
+end
+
+local function everyone() return {"b", "c"} end
+
+describe("the failure detector", function()
+  it("marks a silent node suspect, then down, and back active on its next heartbeat", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    assert.are.equal("active", st.c or "active")
+    local changes
+    changes, t = run(d, st, t, 3, function() return {"b"} end)
+    assert.are.same({"suspect", "down"}, {changes[1].status, changes[2].status})
+    assert.are.equal("c", changes[1].id)
+    assert.are.equal("active", st.b or "active")
+    run(d, st, t, t + 0.5, everyone)
+    assert.are.equal("active", st.c or "active")
+  end)
+
+  it("judges nobody after its own loop stalled, and restarts every grace period", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    -- The leader is stopped for 7 s: no tick runs, no heartbeat is read.
+    t = t + 7
+    local changes, why = d:step(t, 1, nodes(st), VOTERS)
+    assert.are.same({}, changes)
+    assert.are.equal("stalled", why)
+    assert.are.equal(1, d.stalls)
+    -- Peers' heartbeats are read again from now on: nobody is ever marked.
+    changes = run(d, st, t + TICK, t + 5, everyone)
+    assert.are.same({}, changes)
+    assert.are.equal("active", st.b or "active")
+    assert.are.equal("active", st.c or "active")
+  end)
+
+  it("still detects a node that really died during the stall, after a full grace period", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    t = t + 7
+    d:step(t, 1, nodes(st), VOTERS)
+    local resumed = t
+    local changes = run(d, st, t + TICK, t + 3, function() return {"b"} end)
+    assert.are.equal("c", changes[1].id)
+    assert.are.equal("suspect", changes[1].status)
+    assert.is_true(changes[1].t - resumed >= 0.75)
+    assert.are.equal("down", st.c or "active")
+  end)
+
+  it("holds liveness changes while it has not heard from a quorum of voters", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    -- The leader is cut off: it hears nobody, so it must not mark anybody.
+    local changes, t2 = run(d, st, t, t + 5, function() return {} end)
+    assert.are.same({}, changes)
+    assert.is_true(d.held > 0)
+    -- One voter comes back: a quorum again (a and b), so c goes down.
+    changes = run(d, st, t2, t2 + 3, function() return {"b"} end)
+    assert.are.equal("c", changes[#changes].id)
+    assert.are.equal("down", st.c or "active")
+    assert.are.equal("active", st.b or "active")
+  end)
+
+  it("commits a recovery even without a quorum", function()
+    local d = new()
+    local st = {b = "down", c = "down"}
+    d:step(0, 1, nodes(st), VOTERS)
+    d:heard("b", 0.1)
+    local changes = d:step(0.2, 1, nodes(st), {"a", "b", "c", "d", "e"})
+    assert.are.same({{id = "b", status = "active"}}, changes)
+  end)
+
+  it("gives every node a grace period in a new term, but keeps down nodes down", function()
+    local d = new()
+    local st = {c = "down"}
+    local changes = d:step(10, 7, nodes(st), VOTERS)
+    assert.are.same({}, changes)
+    for t = 10.2, 11.2, TICK do
+      d:heard("b", t)
+      changes = d:step(t, 7, nodes(st), VOTERS)
+      assert.are.same({}, changes)
+    end
+    assert.is_nil(d:silence("c", 11.2))
+  end)
+
+  it("marks a node that says it is stopping down at once", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    d:stopping("c", t)
+    local changes = d:step(t, 1, nodes(st), VOTERS)
+    assert.are.same({{id = "c", status = "down"}}, changes)
+  end)
+end)
