@@ -30,6 +30,7 @@ struct ck_ffi_api {
 local api = ffi.cast("const struct ck_ffi_api *", core.ffi_api())
 local hash_partition = api.partition
 local hasher_ptr_t = ffi.typeof("const struct ck_hasher *")
+local hasher_t = ffi.typeof("struct ck_hasher")
 
 local type, error, pairs, ipairs, tostring = type, error, pairs, ipairs, tostring
 local format = string.format
@@ -118,7 +119,10 @@ local function build_view(raw, hasher)
   v.cluster_id, v.name = raw.cluster_id, raw.name
   v.partitions, v.replication = raw.partitions, raw.replication
   v.hash_algo, v.hash_tags = raw.hash_algo, raw.hash_tags
-  v.hasher = ffi.cast(hasher_ptr_t, hasher)
+  -- A copy the view owns: the core's hasher lives in the replicated state,
+  -- which close frees while a hook or handler may still hold this view
+  -- (lookups during stop read freed memory when this was a pointer).
+  v.hasher = hasher_t(ffi.cast(hasher_ptr_t, hasher)[0])
   local pnodes, parts, replicas = {}, {}, {}
   local owners, w, epochs = raw.owners, raw.width, raw.epochs
   for p = 1, raw.partitions do
@@ -730,15 +734,22 @@ function Node:_placement(raw, force)
                   services = n.services, can_lead = h.lead}
     end
     local ok, out = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
-    if not ok then
-      return nil, out
+    local why
+    if ok then
+      ok, why = placement.validate(out, nodes, cfg)
+    else
+      why = out
     end
-    local valid, why = placement.validate(out, nodes, cfg)
-    if not valid then
-      return nil, why
+    if ok then
+      rows = out
+    else
+      -- A policy that fails must never stop failover (a down node's
+      -- primaries would stay on it): use the built-in policy this time.
+      self.policy_fallbacks = (self.policy_fallbacks or 0) + 1
+      self.log:warn("placement policy failed, using the built-in policy: %s", tostring(why))
     end
-    rows = out
-  else
+  end
+  if not rows then
     local pos, raw_pos = {}, {}
     local pnodes = {}
     for i, h in ipairs(holders) do
@@ -1047,19 +1058,27 @@ function Node:_start_ticker()
   self._ticker = t
   local busy = false
   local ms = self.opts.heartbeat_interval * 1000
+  local function tick()
+    local c = self._core
+    if c and not c:closed() then
+      if c:raft().state == "leader" then
+        membership.leader_tick(self)
+      else
+        membership.heartbeat(self)
+      end
+    end
+  end
   t:start(ms, ms, function()
     if busy or self.status ~= "running" then return end
     busy = true
     sched.spawn(function()
-      local c = self._core
-      if c and not c:closed() then
-        if c:raft().state == "leader" then
-          membership.leader_tick(self)
-        else
-          membership.heartbeat(self)
-        end
-      end
+      -- Whatever a tick raises, the next one runs: a ticker left busy
+      -- would stop failure detection for good.
+      local ok, err = xpcall(tick, debug.traceback)
       busy = false
+      if not ok then
+        self.log:error("tick: %s", tostring(err))
+      end
     end)
   end)
 end

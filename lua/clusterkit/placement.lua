@@ -58,17 +58,32 @@ end
 -- false, reason. The limit is checked by a count hook, which the JIT does not
 -- run inside compiled loops: it bounds interpreted policies, and
 -- jit.off() is applied to the policy function for that reason.
+--
+-- LuaJIT note: debug.sethook(co, ...) ignores the coroutine argument, hooks
+-- are global to the VM. A hook left behind fired in every coroutine that ran
+-- after the policy (heartbeat handlers, the leader's ticker) and raised
+-- "ran longer than" there. So the hook only acts inside the policy's own
+-- coroutine, and the previous hook is put back as soon as the policy returns,
+-- raises or yields.
 function M.run_policy(fn, nodes, current, cfg, limit)
   local core = require "clusterkit.core"
-  local deadline = core.hrtime() + (limit or 2) * 1e9
+  limit = limit or 2
+  local deadline = core.hrtime() + limit * 1e9
   pcall(function() require("jit").off(fn, true) end)
   local co = coroutine.create(fn)
+  local running = coroutine.running
+  local prev_fn, prev_mask, prev_count = debug.gethook()
   debug.sethook(co, function()
-    if core.hrtime() > deadline then
-      error("placement policy ran longer than " .. (limit or 2) .. "s", 2)
+    if running() == co and core.hrtime() > deadline then
+      error("placement policy ran longer than " .. limit .. "s", 2)
     end
   end, "", 10000)
   local ok, rows = coroutine.resume(co, nodes, current, cfg)
+  if prev_fn then
+    debug.sethook(prev_fn, prev_mask, prev_count)
+  else
+    debug.sethook()
+  end
   if not ok then
     return false, "policy error: " .. tostring(rows)
   end

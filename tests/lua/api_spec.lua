@@ -223,6 +223,46 @@ describe("lifecycle", function()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
   end)
 
+  it("answers lookups from a coroutine while stop() closes the core, from memory it owns", function()
+    -- Under ASan (make test-asan) a lookup that read the closed core's freed
+    -- state is an error; here the answers must also stay right.
+    local ck, opts = new_node()
+    assert(ck:start())
+    local want = ck:nodes_for_key("k")[1].id
+    local after_close, wrong, raised = 0, 0, nil
+    -- Hold the HTTP server's close until the poller below has looked keys up
+    -- a few times after the core closed: the window in which a hook or a
+    -- handler still runs while stop() waits.
+    local close = ck.http.close
+    ck.http.close = function(srv, cb)
+      return close(srv, function()
+        clusterkit.spawn(function()
+          local deadline = core.hrtime() + 5e9
+          while after_close < 3 and core.hrtime() < deadline do clusterkit.sleep(0.001) end
+          cb()
+        end)
+      end)
+    end
+    clusterkit.spawn(function()
+      while ck:state() ~= "stopped" do
+        local ok, nodes = pcall(ck.nodes_for_key, ck, "k")
+        if not ok then
+          raised = nodes
+        elseif ck._core_closed then
+          after_close = after_close + 1
+          if not (nodes and nodes[1] and nodes[1].id == want) then wrong = wrong + 1 end
+        end
+        clusterkit.sleep(0.001)
+      end
+    end)
+    assert.is_true(ck:stop())
+    assert.is_true(after_close >= 3)
+    assert.are.equal(0, wrong)
+    assert.is_nil(raised)
+    assert.has_error(function() ck:nodes_for_key("k") end, "clusterkit: nodes_for_key: node is stopped")
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
   it("fails to start with nil, err when its HTTP port is taken", function()
     local a, oa = new_node()
     assert(a:start())
@@ -261,6 +301,69 @@ describe("lifecycle", function()
     clusterkit.sleep(0.05)
     assert.is_true(calls >= 1)
     assert.are.equal("t1", ck:partition(0).primary_node) -- old table kept
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+end)
+
+describe("Lua placement policies", function()
+  -- Waits (running the loop) until pred() holds, at most `bound` seconds.
+  local function wait_for(pred, bound)
+    local deadline = core.hrtime() + bound * 1e9
+    while not pred() and core.hrtime() < deadline do clusterkit.sleep(0.01) end
+    return pred()
+  end
+
+  it("remove their time limit afterwards: other code may run longer than it", function()
+    local ck, opts = new_node({partition_count = 8, policy_timeout = 0.05})
+    assert(ck:start())
+    local placement = require "clusterkit.placement"
+    local calls = 0
+    ck:set_placement(function(nodes, current, cfg)
+      calls = calls + 1
+      return placement.default(nodes, current, cfg)
+    end)
+    assert.is_true(wait_for(function() return calls >= 1 end, 5))
+    -- Interpreted code (count hooks run there) well past the policy's limit,
+    -- as a heartbeat handler or the leader's ticker would be.
+    local busy = function()
+      local t0, x = core.hrtime(), 0
+      while core.hrtime() - t0 < 0.3e9 do x = x + 1 end
+      return x
+    end
+    require("jit").off(busy)
+    local ok, err = pcall(busy)
+    assert.is_true(ok, tostring(err))
+    ok, err = pcall(coroutine.wrap(busy))
+    assert.is_true(ok, tostring(err))
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("fall back to the built-in policy when they raise, time out or answer wrongly", function()
+    local ck, opts = new_node({partition_count = 8, policy_timeout = 0.05, start_timeout = 10})
+    local calls = 0
+    ck:set_placement(function()
+      calls = calls + 1
+      error("boom")
+    end)
+    -- Without the fallback no table is ever placed and start times out.
+    assert(ck:start())
+    assert.is_true(calls >= 1)
+    assert.are.equal("t1", ck:partition(0).primary_node)
+    assert.is_true(ck.policy_fallbacks >= 1)
+    assert.matches("clusterkit_placement_fallbacks_total [1-9]", require("clusterkit.api").metrics(ck))
+    local before = ck.policy_fallbacks
+    ck:set_placement(function()
+      local t0 = core.hrtime()
+      while core.hrtime() - t0 < 1e9 do end -- longer than policy_timeout
+      return {}
+    end)
+    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    before = ck.policy_fallbacks
+    ck:set_placement(function() return {{"nobody"}} end)
+    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.are.equal("t1", ck:partition(0).primary_node)
     ck:stop()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
   end)
