@@ -144,6 +144,10 @@ end
 local RETRY = {NOT_PRIMARY = true, NOT_OWNER = true, SYNCING = true, STALE_EPOCH = true, STALE_STAMP = true,
                QUORUM = true, NOT_READY = true, NO_OWNER = true, CONNECT = true, CLOSED = true}
 
+-- Answers to a write that every try would get (the request itself is
+-- refused): nothing was applied, no need to wait for the deadline.
+local FINAL = {[400] = true, [401] = true, [413] = true}
+
 -- ---------------------------------------------------------------------------
 -- The store
 -- ---------------------------------------------------------------------------
@@ -481,10 +485,11 @@ function Store:_route(method, key, body, stale)
     if now() + RETRY_DELAY >= deadline or (write and wall_ms() + RETRY_DELAY * 1000 >= deadline_ms) then break end
     clusterkit.sleep(RETRY_DELAY)
   end
-  if write and tried and r.status ~= 200 and (r.status >= 500 or r.status == 409) then
-    -- The outcome is unknown and a try may still be on its way somewhere:
-    -- answer only when no node can apply it any more (every node checks the
-    -- deadline right before applying; clocks differ by <= max_clock_skew).
+  if write and tried and r.status ~= 200 and not FINAL[r.status] then
+    -- The outcome is unknown and a try (this one or an earlier one) may still
+    -- be on its way somewhere: answer only when no node can apply it any more
+    -- (every node checks the deadline right before applying; clocks differ by
+    -- at most max_clock_skew).
     local until_ms = deadline_ms + floor(self.max_clock_skew * 1000)
     for _ = 1, 1000 do
       local left = until_ms - wall_ms()
