@@ -90,7 +90,7 @@ struct tr_conn {
     struct raft_uv_connect *req;
     char *target;   /* Outgoing: the address raft asked for. */
     char peer[128]; /* For log lines. */
-    char host[256]; /* Rate-limit key. */
+    char host[256]; /* Rate-limit key: the address dialled, or "from <ip>". */
     enum tr_read rd;
     unsigned char *rd_buf;
     size_t need, got;
@@ -230,7 +230,7 @@ static void tr_log_stderr(void *data, const char *line)
     fprintf(stderr, "%s.%03ldZ %s\n", stamp, ts.tv_nsec / 1000000, line);
 }
 
-/* One WARN line about @host, at most one per host per TR_LOG_WINDOW_MS; the
+/* One WARN line about @host (a rate-limit key), at most one per TR_LOG_WINDOW_MS; the
  * next line that gets through says how many were held back. */
 static void tr_warn(struct tr *t, const char *host, const char *fmt, const char *a, const char *b)
 {
@@ -758,7 +758,7 @@ static int tr_connect(struct raft_uv_transport *iface, struct raft_uv_connect *r
     }
     req->cb = cb;
     c->req = req;
-    snprintf(c->host, sizeof c->host, "%s", host);
+    snprintf(c->host, sizeof c->host, "%s", address); /* One peer: its address is stable. */
     snprintf(c->peer, sizeof c->peer, "%s", address);
     if (tr_numeric(host, port, &c->addrs[0]) == 0) {
         c->n_addrs = 1;
@@ -829,7 +829,7 @@ static void tr_on_connection(uv_stream_t *server, int status)
     c->refs++;
     c->established = true;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
-    snprintf(c->host, sizeof c->host, "%s", host);
+    snprintf(c->host, sizeof c->host, "from %s", host); /* The source port changes on every try. */
     if (t->token != NULL) {
         conn_expect(c, RD_HELLO, c->in, TR_HELLO);
     } else {

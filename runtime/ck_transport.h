@@ -47,8 +47,9 @@
  * an address longer than CK_TRANSPORT_ADDRESS_MAX is malformed; at most
  * max_pending incoming handshakes run at once, further connections are
  * closed at once. A failed handshake closes the connection and logs one line
- * with the peer's address, at most one per peer host per 10 seconds (the
- * next line says how many were suppressed).
+ * with the peer's address, at most one per 10 seconds for each address
+ * dialled and for each host connecting in (the next line says how many were
+ * suppressed): raft redials a refusing peer every 100 ms.
  *
  * The transport keeps its state in t->impl; raft owns t->data.
  */
