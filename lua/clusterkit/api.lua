@@ -131,13 +131,18 @@ function M.install(node)
   local JSON_ONLY = {["Content-Type"] = "application/json"}
 
   srv:route("GET", "/health", function(_, res)
+    local gone = node:_gone()
+    if gone then
+      -- Removed (or leaving): a load balancer must stop sending traffic here.
+      return res:json({status = gone, node_id = node.id, reason = node._removed or "leaving the cluster"}, 503)
+    end
     return res:json({status = "healthy", node_id = node.id})
   end)
 
   srv:route("GET", "/ready", function(_, res)
     local ok, v, me, leader = ready_state(node)
     local body = {ready = ok, node_id = node.id, initialized = v.ready, registered = me ~= nil,
-                  leader = leader and leader.leader_id or json.null}
+                  leader = leader and leader.leader_id or json.null, membership = node:_gone() or "member"}
     return res:json(body, ok and 200 or 503)
   end)
 

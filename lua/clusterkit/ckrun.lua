@@ -5,7 +5,7 @@
 --   ckrun                  a plain coordination node from the environment
 --
 -- SIGINT and SIGTERM stop every node gracefully, then the loop ends and
--- ckrun exits 0 (1 if the app raised).
+-- ckrun exits 0 (1 if the app raised, 3 if the cluster removed a node).
 local core = require "clusterkit.core"
 
 local M = {}
@@ -89,6 +89,20 @@ function M.main(argv)
   local clusterkit = require "clusterkit"
   local status = 0
   local stopping = false
+  -- A node the cluster removed has stopped itself; ckrun exits with 3 (the
+  -- systemd unit does not restart on it: a restart would not rejoin).
+  require("clusterkit.node").on_removed = function(node, reason)
+    io.stderr:write("ckrun: node ", node.id, " was removed from the cluster (", reason, "); exiting. ",
+      "To join again, start it with an empty DATA_DIR and a JOIN_ADDR.\n")
+    status = 3
+    if not stopping then
+      stopping = true
+      clusterkit.spawn(function()
+        clusterkit.shutdown()
+        core.stop()
+      end)
+    end
+  end
   local function on_signal(signum)
     if stopping then return end
     stopping = true

@@ -498,6 +498,7 @@ function Node:_on_event(ev)
     self:_diff(self._prev_view, v)
     self._prev_view = v
     self:_fire("state_change", {index = v.index})
+    self:_check_self(v)
   end
   if ev == "raft" or ev == "applied" then
     self:_check_leader()
@@ -508,6 +509,119 @@ function Node:_on_event(ev)
   if ev ~= "closed" then
     self:_reconcile()
   end
+end
+
+local function ids_of(row)
+  local t = {}
+  for k = 2, #row do t[k - 1] = row[k].id end
+  return t
+end
+
+-- ---------------------------------------------------------------------------
+-- This node's own membership. A node that the cluster removed (POST /leave,
+-- ck:leave() on another node, an operator) must stop acting as a member: it
+-- is no longer sent the log, so it would otherwise stay a raft candidate
+-- forever, answer /health as healthy and serve a state that no longer moves.
+--
+-- It learns of it in one of three ways: its own status "left" is committed
+-- (then the leader moves its partitions and removes it from raft, after
+-- which it hears no leader any more), its entry disappears from the state,
+-- or, when it was removed while it was away, a peer's /cluster no longer
+-- lists it. Then it fires `lose` for the partitions it still holds, stops,
+-- and clusterkit.node.on_removed (ckrun sets it) is called.
+-- ---------------------------------------------------------------------------
+
+--- "removed", "leaving" or nil (a member).
+function Node:_gone()
+  return self._removed and "removed" or (self._leaving and "leaving") or nil
+end
+
+function Node:_check_self(v)
+  if self._removed or self.status ~= "running" then return end
+  local me = v.by_id[self.id]
+  if me and me.status ~= "left" then
+    self._registered, self._leaving = true, nil
+    return
+  end
+  if not self._registered then return end
+  if not me then
+    return self:_removed_now("its entry was removed from the cluster state")
+  end
+  if not self._leaving then
+    self._leaving = hrtime()
+    self.log:warn("this node's status is left: it is leaving the cluster and no longer serves as a member")
+  end
+end
+
+-- Runs every tick on a node that is not the leader: finishes a removal
+-- that raft will never tell us about, and asks a peer whether we are still
+-- a member after a long time without a leader.
+function Node:_check_removed(r)
+  if self._removed or self.status ~= "running" then return end
+  local t = hrtime()
+  if r.leader_id then
+    self._leaderless_since = nil
+    return
+  end
+  self._leaderless_since = self._leaderless_since or t
+  local quiet = (t - self._leaderless_since) / 1e9
+  local et = self.opts.election_timeout
+  if self._leaving and (r.role == nil or quiet > 3 * et) then
+    return self:_removed_now("it left the cluster and no leader sends it the log any more")
+  end
+  if quiet < math.max(5, 10 * et) or self._probing then return end
+  if self._next_probe and t < self._next_probe then return end
+  self._next_probe = t + 2e9
+  local v = self:_view()
+  if not v.ready then return end
+  local peers = {}
+  for _, n in ipairs(v.nodes) do
+    if n.id ~= self.id and n.status ~= "left" then peers[#peers + 1] = n end
+  end
+  if #peers == 0 then return end
+  self._probe_at = (self._probe_at or 0) % #peers + 1
+  local peer = peers[self._probe_at]
+  self._probing = true
+  sched.spawn(function()
+    local res = require("clusterkit.httpc").request {
+      method = "GET", url = "http://" .. peer.http_addr .. "/cluster",
+      headers = require("clusterkit.membership").auth_headers(self), timeout = 1,
+    }
+    self._probing = false
+    local body = res and res.status == 200 and json.decode(res.body)
+    local c = type(body) == "table" and type(body.cluster) == "table" and body.cluster
+    if not c or c.id ~= v.cluster_id or type(c.nodes) ~= "table" then return end
+    for _, n in ipairs(c.nodes) do
+      if type(n) == "table" and n.id == self.id then return end
+    end
+    self:_removed_now("the cluster (as " .. peer.id .. " sees it) no longer lists this node")
+  end)
+end
+
+function Node:_removed_now(reason)
+  if self._removed then return end
+  self._removed = reason
+  self.log:error("removed from the cluster: %s. Stopping; to join again, start it with an empty "
+    .. "DATA_DIR and a JOIN_ADDR", reason)
+  local v = self._last_view
+  if v and v.ready then
+    for p = 1, v.partitions do
+      local row = v.pnodes[p]
+      for k = 1, #row do
+        if row[k].id == self.id then
+          self:_fire("partition_change", {
+            partition = v.parts[p].id, index = p - 1, epoch = v.parts[p].epoch,
+            old_primary = row[1].id, new_primary = "", old_replicas = ids_of(row), new_replicas = {},
+            role = "lose", removed = true,
+          })
+        end
+      end
+    end
+  end
+  sched.spawn(function()
+    self:stop()
+    if M.on_removed then M.on_removed(self, reason) end
+  end)
 end
 
 -- The health of the cluster as this node sees it: "healthy" when every
@@ -531,12 +645,6 @@ local function health_of(v)
     if #row < want then ok = false end
   end
   return ok and "healthy" or "degraded"
-end
-
-local function ids_of(row)
-  local t = {}
-  for k = 2, #row do t[k - 1] = row[k].id end
-  return t
 end
 
 -- Fires membership and partition hooks for what changed between two views.
@@ -1045,6 +1153,7 @@ end
 --- True when this node holds an initialised state in which it is
 -- registered and the table is placed, and it knows a leader.
 function Node:_ready()
+  if self:_gone() then return false end
   local v = self:_view()
   return v.ready and v.by_id[self.id] ~= nil and v.parts[1].primary_node ~= ""
     and raft_info(self).leader_id ~= nil
@@ -1061,9 +1170,11 @@ function Node:_start_ticker()
   local function tick()
     local c = self._core
     if c and not c:closed() then
-      if c:raft().state == "leader" then
+      local r = c:raft()
+      if r.state == "leader" then
         membership.leader_tick(self)
       else
+        self:_check_removed(r)
         membership.heartbeat(self)
       end
     end
@@ -1202,12 +1313,12 @@ function Node:stop()
   local leading = self._core and not self._core:closed() and self._core:raft().state == "leader"
   self.status = "stopping"
   self.log:info("stopping")
-  if leading then
+  if leading and not self._removed then
     self:_handover()
   end
   -- Tell the leader we are going (best effort, bounded): it marks us down
   -- at once and never hands leadership to a node that is stopping.
-  if self._core and not self._core:closed() then
+  if self._core and not self._core:closed() and not self._removed then
     pcall(require("clusterkit.membership").heartbeat, self, true)
   end
   self:_shutdown()

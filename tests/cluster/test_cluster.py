@@ -302,7 +302,53 @@ def test_graceful_leave(ck):
     c.wait_converged(nodes=[lead, stay, n4], members=True)
     # The removed process must not have disturbed the leadership.
     assert c.leader(nodes=[lead, stay, n4]) is lead
-    assert gone.stop() == 0 and not gone.killed_after_term
+    # It no longer acts as a member: it stopped itself and says why
+    # (exit 3: removed), instead of staying a raft candidate forever.
+    assert gone.wait_exit(30) == 3, gone.log_tail()
+    assert "was removed from the cluster" in gone.log_text()
+
+
+REMOVED_APP = r"""
+local clusterkit = require "clusterkit"
+local ck = clusterkit.new()
+ck:on("partition_change", function(info)
+  io.stderr:write("PART ", info.partition, " ", info.role, "\n")
+end)
+assert(ck:start())
+"""
+
+
+def test_removed_node_stops_serving(ck):
+    """A node removed by POST /leave fails /health, fires lose for every partition it held, and ckrun exits 3 with a message."""
+    c = Cluster(ck, env={"PARTITION_COUNT": "16", "REPLICATION_FACTOR": "2"})
+    app = os.path.join(str(ck.tmp_path), "removed.lua")
+    with open(app, "w") as f:
+        f.write(REMOVED_APP)
+    c.args = [app]
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    lead = c.leader()
+    gone = [n for n in nodes if n is not lead][0]
+    held = {p["id"] for p in partitions_of(gone) if gone.node_id in owners(p)}
+    assert held
+    seen_unhealthy = []
+
+    def unhealthy_or_gone():
+        if not gone.running():
+            return True
+        r = probe(gone, "/health")
+        # probe returns the JSON of a 200 only; anything else is not healthy.
+        if r is None:
+            seen_unhealthy.append(True)
+        return False
+    st, body = post_json(lead, "/leave", {"id": gone.node_id})
+    assert st == 200, body
+    wait_for(unhealthy_or_gone, timeout=30, what="the removed node to stop being healthy")
+    assert gone.wait_exit(30) == 3, gone.log_tail()
+    log = gone.log_text()
+    assert "was removed from the cluster" in log
+    lost = set(re.findall(r"PART (partition-\d+) lose", log))
+    assert held <= lost, (held - lost, gone.log_tail())
 
 
 def test_graceful_leader_stop(ck):
@@ -424,6 +470,41 @@ def test_no_eviction_under_one_second_pause(ck):
         time.sleep(0.05)
     assert seen.get("active"), seen
     c.wait_converged(nodes=nodes, members=True)
+
+
+def test_resumed_leader_keeps_live_nodes_up(ck):
+    """A sole voter stopped for 3x DOWN_AFTER keeps leading after SIGCONT and marks none of the heartbeating standbys down (its stalled loop restarts every grace period)."""
+    c = Cluster(ck, env={"VOTERS": "1", "DOWN_AFTER": "1.5", "SUSPECT_AFTER": "0.75"})
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    lead = c.leader()
+    assert lead is nodes[0]
+    before = lead.log_text().count("\n")
+    os.kill(lead.pid, signal.SIGSTOP)
+    try:
+        # The pause is the fault itself (not a wait for something to happen).
+        time.sleep(4.5)
+    finally:
+        os.kill(lead.pid, signal.SIGCONT)
+
+    def metric(name):
+        r = lead.get("/metrics")
+        m = re.search(r"^%s (\S+)$" % name, r.text, re.M) if r.status == 200 else None
+        return float(m.group(1)) if m else None
+    # Long enough after the resume for any misjudgement to be committed:
+    # heartbeats from both standbys for more than DOWN_AFTER, counted by the
+    # leader's HTTP request counter.
+    def heartbeats():
+        r = lead.get("/metrics")
+        return sum(float(x) for x in re.findall(r'route="[^"]*heartbeat",code="200"\} (\S+)', r.text))
+    start = heartbeats()
+    wait_for(lambda: heartbeats() - start >= 2 * 2 * (1.5 / 0.2), timeout=20,
+             what="heartbeats for two DOWN_AFTER periods after the resume")
+    after = "\n".join(lead.log_text().split("\n")[before:])
+    assert not re.search(r"node \S+ is (down|suspect)", after), after
+    assert all(s == "active" for s in node_statuses(lead).values())
+    assert c.leader() is lead
+    assert metric("clusterkit_detector_stalls_total") >= 1
 
 
 # ---------------------------------------------------------------------------
