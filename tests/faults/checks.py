@@ -81,7 +81,7 @@ def live_marked_down(h):
             continue
         for nid, st in s["statuses"].items():
             if st == "down" and nid not in out and not _excused(h, nid, s["t"]):
-                out[nid] = ("live-marked-down", "%s was never disturbed but %s showed it down (index %s)" % (
+                out[nid] = ("live-marked-down", "%s was marked down while it was not paused, killed or cut off (seen on %s at state index %s)" % (
                     nid, s["node"], s["state_index"]))
     return list(out.values())
 
@@ -137,8 +137,8 @@ def _last_error(n):
     lines = [x for x in n.log_text().splitlines() if x.strip()]
     for x in reversed(lines[-30:]):
         if re.search(r"error|fatal|panic|abort|signal", x, re.I):
-            return ": " + x.strip()[:160]
-    return ""
+            return "; last error line: " + x.strip()[:160]
+    return "; last log line: " + lines[-1].strip()[:160] if lines else ""
 
 
 def teardown_exits(stopped):
@@ -155,7 +155,7 @@ def linearizable(h, budget=2000000):
     by_key = collections.defaultdict(list)
     for o in h.ops:
         by_key[o["key"]].append(op(o["kind"], o["value"], o["invoke"], o["complete"],
-                                   meta="%s c%d %s" % (o["node"], o["client"], o["status"])))
+                                   meta="via %s@%s client %d status %s" % (o["node"], o.get("slot"), o["client"], o["status"])))
     out, notes = [], []
     for r in check_history(by_key, budget=budget):
         if r.unknown:

@@ -38,7 +38,7 @@ BASE_ENV = {
 POLL = 0.1             # recorder: seconds between two polls of one node
 PROBE_TIMEOUT = 1.0    # recorder: one HTTP probe
 KV_TIMEOUT = 6.0       # one KV client request (the routing node retries up to 5 s)
-CONVERGE_TIMEOUT = 40.0
+CONVERGE_TIMEOUT = 30.0
 
 
 class History:
@@ -85,6 +85,7 @@ class Harness:
         self.free_slots = list(range(1, self.topo.slots + 1))
         self.rf = int(self.env["REPLICATION_FACTOR"])
         self.pcount = int(self.env["PARTITION_COUNT"])
+        self.broken = False
         self.data_dir_for = {}   # slot -> data dir (e.g. on a tmpfs)
 
     # -- log ---------------------------------------------------------------
@@ -293,10 +294,14 @@ class Harness:
         if not ok:
             self.violation("no-convergence", "%s: not converged %ds after the heal: %s" % (
                 what, CONVERGE_TIMEOUT, info))
+            # More rounds on a cluster that does not recover only repeat this.
+            self.broken = True
         else:
             self.event("converged", None, after=what, **info)
-        # Everything was healed: no disturbance is open any more.
-        self.undisturb([r for r in self.h.disturbed if r[2] is None])
+        # Everything was healed: the disturbances of running nodes are over
+        # (a node that crashed stays disturbed until it runs again).
+        up = {n.node_id for n in self.nodes if n.answering_expected()}
+        self.undisturb([r for r in self.h.disturbed if r[2] is None and r[0] in up])
         return ok
 
     # -- recorder ------------------------------------------------------------
@@ -373,7 +378,7 @@ class Harness:
     def kv_op(self, cid, n, key, kind, seq):
         path = "/kv/" + urllib.parse.quote(key, safe="")
         value = "c%d-%d" % (cid, seq) if kind == "w" else None
-        rec = {"client": cid, "key": key, "kind": kind, "value": value, "node": n.node_id,
+        rec = {"client": cid, "key": key, "kind": kind, "value": value, "node": n.node_id, "slot": n.slot,
                "invoke": self.now(), "complete": None, "status": None}
         try:
             st, hd, body = request(n.ip, "PUT" if kind == "w" else "GET", path,

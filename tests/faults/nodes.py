@@ -136,6 +136,9 @@ class FaultNode:
             self.paused = False
             self.h.event("exit", self.node_id, code=code, expected=self.expect_exit,
                          incarnation=self.incarnation)
+            if not self.expect_exit:
+                # A crashed node is down until the harness restarts it.
+                self.h.disturb([self.node_id], "exited by itself")
             return rec
 
     def _signal(self, sig):

@@ -73,11 +73,11 @@ class Run:
 
 
 def run_one(run, name, seed, seconds, max_rounds):
-    fn, count, prepare = SCENARIOS[name]
+    fn, count, prepare, env = SCENARIOS[name]
     print("==== %s seed=%d (rerun: make test-faults FAULT_SCENARIO=%s FAULT_SEED=%d)" % (
         name, seed, name, seed), flush=True)
     run.topo.heal()
-    h = Harness(run, name, seed, nodes=count)
+    h = Harness(run, name, seed, nodes=count, env=env)
     run.harness = h
     t0 = time.monotonic()
     violations, stopped = [], []
