@@ -229,7 +229,9 @@ static void raw_start(struct tctx *t, struct raw *r, int port, const void *out, 
 {
     struct sockaddr_in sa;
     memset(r, 0, sizeof *r);
-    memcpy(r->out, out, len);
+    if (len > 0) {
+        memcpy(r->out, out, len);
+    }
     r->out_len = len;
     uv_tcp_init(&t->loop, &r->tcp);
     r->tcp.data = r;
