@@ -151,6 +151,17 @@ def teardown_exits(stopped):
     return out
 
 
+def unauthorized(h):
+    """Every client request carries the cluster token: a 401 means a node
+    dropped it on the way (e.g. when forwarding to the primary)."""
+    bad = [o for o in h.ops if o["status"] == 401]
+    if not bad:
+        return []
+    kinds = collections.Counter(("PUT" if o["kind"] == "w" else "GET") for o in bad)
+    return [("unauthorized", "%d of %d KV requests that carried the cluster token were answered 401 (%s), e.g. %s via %s: %s" % (
+        len(bad), len(h.ops), dict(kinds), bad[0]["key"], bad[0]["node"], (bad[0].get("error") or "")[:100]))]
+
+
 def linearizable(h, budget=2000000):
     by_key = collections.defaultdict(list)
     for o in h.ops:
@@ -177,6 +188,7 @@ def judge(harness, stopped):
     v += crashes(h, harness.nodes)
     v += teardown_exits(stopped)
     if harness.kv:
+        v += unauthorized(h)
         lv, notes = linearizable(h)
         v += lv
         h.notes += notes
