@@ -174,6 +174,7 @@ def main():
     def on_signal(sig, frame):
         raise KeyboardInterrupt("signal %d" % sig)
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     atexit.register(run.cleanup)
