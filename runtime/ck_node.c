@@ -28,6 +28,8 @@ struct ck_node {
     void *data;
     uv_timer_t notify_timer;
     uv_timer_t watch_timer;
+    uv_timer_t reap_timer; /* Close: waits out raft's late close callbacks. */
+    uint64_t reap_deadline;
     struct node_req *done_head, *done_tail; /* Completed, not yet delivered. */
     uint64_t close_deadline;                /* Loop time when close stops waiting for writes. */
     unsigned pending_closes;
@@ -188,8 +190,10 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->f.data = n;
     uv_timer_init(loop, &n->notify_timer);
     uv_timer_init(loop, &n->watch_timer);
+    uv_timer_init(loop, &n->reap_timer);
     n->notify_timer.data = n;
     n->watch_timer.data = n;
+    n->reap_timer.data = n;
     return n;
 }
 
@@ -609,12 +613,61 @@ static void node_on_timer_closed(uv_handle_t *h)
     node_finish_close(h->data);
 }
 
+/* raft 0.15 quirk (canonical/raft#341, fixed later upstream): raft's close
+ * callback can fire while an open segment's writer is still closing, and
+ * that writer's own close callback then runs raft_uv's close check once
+ * more, which calls raft's close path a second time: it frees the server
+ * address, the log and the configuration again and calls our close
+ * callback again, all on memory we would already have freed (seen as a
+ * SIGSEGV in ioCloseCb in a process that stops nodes under CPU load). So
+ * once raft says it is closed: its freed fields are reset so that a second
+ * pass frees nothing, the second callback is a no-op, and the raft_uv
+ * instance and this node stay allocated until the loop has no handle left
+ * that is closing and no check handle active (raft's writers wait for the
+ * thread pool with one), or NODE_REAP_MS passed. */
+#define NODE_REAP_MS 10000
+
+static void node_on_raft_closed_again(struct raft *r)
+{
+    (void)r;
+}
+
+static void node_count_closing(uv_handle_t *h, void *arg)
+{
+    struct ck_node *n = ((void **)arg)[0];
+    unsigned *busy = ((void **)arg)[1];
+    if (h == (uv_handle_t *)&n->reap_timer) {
+        return;
+    }
+    if (uv_is_closing(h) || (h->type == UV_CHECK && uv_is_active(h))) {
+        (*busy)++;
+    }
+}
+
+static void node_on_reap(uv_timer_t *t)
+{
+    struct ck_node *n = t->data;
+    unsigned busy = 0;
+    void *arg[2] = {n, &busy};
+    uv_walk(n->loop, node_count_closing, arg);
+    if (busy > 0 && uv_now(n->loop) < n->reap_deadline) {
+        uv_timer_start(&n->reap_timer, node_on_reap, 1, 0);
+        return;
+    }
+    raft_uv_close(&n->io);
+    ck_transport_close(&n->transport);
+    uv_close((uv_handle_t *)&n->reap_timer, node_on_timer_closed);
+}
+
 static void node_on_raft_closed(struct raft *r)
 {
     struct ck_node *n = r->data;
-    raft_uv_close(&n->io);
-    ck_transport_close(&n->transport);
-    node_finish_close(n);
+    r->address = NULL;
+    memset(&r->log, 0, sizeof r->log);
+    raft_configuration_init(&r->configuration);
+    r->close_cb = node_on_raft_closed_again;
+    n->reap_deadline = uv_now(n->loop) + NODE_REAP_MS;
+    uv_timer_start(&n->reap_timer, node_on_reap, 0, 0);
 }
 
 /* raft 0.15 quirk: raft_close on a leader whose log writes are still in
@@ -662,7 +715,7 @@ void ck_node_close(struct ck_node *n)
 
 static void node_close_now(struct ck_node *n)
 {
-    n->pending_closes = 3;
+    n->pending_closes = 3; /* Two timers, and the reap timer once raft is done. */
     uv_close((uv_handle_t *)&n->notify_timer, node_on_timer_closed);
     uv_close((uv_handle_t *)&n->watch_timer, node_on_timer_closed);
     if (n->raft_inited) {
@@ -670,12 +723,13 @@ static void node_close_now(struct ck_node *n)
         raft_close(&n->raft, node_on_raft_closed);
         return;
     }
-    /* raft_init never succeeded: release what was set up before it. */
+    /* raft_init never succeeded: release what was set up before it (the
+     * reap timer's close is the third pending close). */
+    uv_close((uv_handle_t *)&n->reap_timer, node_on_timer_closed);
     if (n->io_inited) {
         raft_uv_close(&n->io);
     }
     if (n->transport_inited) {
         ck_transport_close(&n->transport);
     }
-    node_finish_close(n);
 }
