@@ -184,12 +184,19 @@ describe("a started single node", function()
   end)
 
   it("keeps cluster-state.json in step with the committed state", function()
-    -- On busted's main thread the loop runs only inside waiting calls.
-    clusterkit.sleep(0.05)
-    local f = assert(io.open(opts.data_dir .. "/cluster-state.json"))
-    local body = f:read("*a")
-    f:close()
-    local st = assert(clusterkit.json.decode(body))
+    -- On busted's main thread the loop runs only inside waiting calls: run
+    -- it until the file shows the current index (bounded), never a fixed time.
+    local function saved()
+      local f = io.open(opts.data_dir .. "/cluster-state.json")
+      if not f then return nil end
+      local body = f:read("*a")
+      f:close()
+      local st = clusterkit.json.decode(body)
+      return type(st) == "table" and st.state_index == ck:state_index() and st or nil
+    end
+    local deadline = core.hrtime() + 10e9
+    while not saved() and core.hrtime() < deadline do clusterkit.sleep(0.01) end
+    local st = assert(saved(), "cluster-state.json never reached the current state index")
     assert.are.equal(ck:cluster().id, st.cluster.id)
     assert.are.equal("t1", st.cluster.partition_map.partitions["partition-0"].primary_node)
     assert.are.equal(ck:state_index(), st.state_index)
