@@ -89,21 +89,8 @@ function M.main(argv)
   local clusterkit = require "clusterkit"
   local status = 0
   local stopping = false
-  -- A node the cluster removed has stopped itself; ckrun exits with 3 (the
-  -- systemd unit does not restart on it: a restart would not rejoin).
-  require("clusterkit.node").on_removed = function(node, reason)
-    io.stderr:write("ckrun: node ", node.id, " was removed from the cluster (", reason, "); exiting. ",
-      "To join again, start it with an empty DATA_DIR and a JOIN_ADDR.\n")
-    status = 3
-    if not stopping then
-      stopping = true
-      clusterkit.spawn(function()
-        clusterkit.shutdown()
-        core.stop()
-      end)
-    end
-  end
-  local function on_signal(signum)
+  -- Stops every node, then the loop (once, whoever asks first).
+  local function stop_all()
     if stopping then return end
     stopping = true
     clusterkit.spawn(function()
@@ -111,9 +98,17 @@ function M.main(argv)
       core.stop()
     end)
   end
+  -- A node the cluster removed has stopped itself; ckrun exits with 3 (the
+  -- systemd unit does not restart on it: a restart would not rejoin).
+  require("clusterkit.node").on_removed = function(node, reason)
+    io.stderr:write("ckrun: node ", node.id, " was removed from the cluster (", reason, "); exiting. ",
+      "To join again, start it with an empty DATA_DIR and a JOIN_ADDR.\n")
+    status = 3
+    stop_all()
+  end
   local sigs = {}
   for _, s in ipairs({2, 15}) do -- SIGINT, SIGTERM
-    local h = core.signal(s, on_signal)
+    local h = core.signal(s, stop_all)
     if h then
       h:unref() -- Signals alone do not keep the loop alive.
       sigs[#sigs + 1] = h
