@@ -98,8 +98,9 @@ class FaultNode:
             "HTTP_ADDR": self.http_addr,
             "RAFT_ADDR": "%s:%d" % (self.ip, RAFT_PORT),
             "DATA_DIR": self.data_dir,
-            "CLUSTER_TOKEN": TOKEN,
         })
+        if os.environ.get("FAULT_TOKEN", "1") != "0":
+            e["CLUSTER_TOKEN"] = TOKEN
         e.update(self.env)
         return e
 
