@@ -352,7 +352,7 @@ class Harness:
 
     # -- KV clients ----------------------------------------------------------
 
-    def start_clients(self, count=3, keys=6):
+    def start_clients(self, count=4, keys=6):
         self.keys = ["key-%d" % i for i in range(keys)]
         for c in range(count):
             rng = random.Random(self.seed * 1000 + c)
@@ -371,9 +371,10 @@ class Harness:
                 continue
             n = rng.choice(targets)
             key = rng.choice(self.keys)
-            self.kv_op(cid, n, key, "w" if rng.random() < 0.5 else "r", seq)
+            rec = self.kv_op(cid, n, key, "w" if rng.random() < 0.5 else "r", seq)
             seq += 1
-            self.clients_stop.wait(rng.uniform(0.005, 0.03))
+            # A little slower after an error (a refused connection returns at once).
+            self.clients_stop.wait(rng.uniform(0.005, 0.03) + (0.05 if rec["complete"] is None else 0))
 
     def kv_op(self, cid, n, key, kind, seq):
         path = "/kv/" + urllib.parse.quote(key, safe="")
