@@ -18,7 +18,8 @@ def two_leaders(h):
     by_term = collections.defaultdict(set)
     for s in h.samples:
         if s["kind"] == "stats" and s["state"] == "leader":
-            by_term[s["term"]].add(s["node"])
+            # node@slot: a duplicate id is a different process.
+            by_term[s["term"]].add("%s@%s" % (s["node"], s["slot"]))
     return [("two-leaders", "term %s had leaders %s" % (t, sorted(ns)))
             for t, ns in sorted(by_term.items(), key=lambda x: x[0] or 0) if len(ns) > 1]
 
