@@ -59,7 +59,7 @@ FAULT_SCENARIO ?=
 FAULT_SEED     ?=
 FAULT_MINUTES  ?=
 test-faults: build
-	python3 -m unittest -q tests/faults/test_linearizability.py
+	python3 -m unittest -q tests/faults/test_linearizability.py tests/faults/test_checks.py
 	CK_BUILD_DIR=$(abspath $(BUILD)) FAULT_SCENARIO=$(FAULT_SCENARIO) FAULT_SEED=$(FAULT_SEED) \
 	  FAULT_MINUTES=$(FAULT_MINUTES) python3 tests/faults/run.py
 
