@@ -10,7 +10,8 @@ checkers over the whole history. Needs root (namespaces, iptables, tmpfs).
 Environment (or the same-named options of `make test-faults`):
   CK_BUILD_DIR     where ckrun is (default <repo>/build)
   FAULT_SCENARIO   comma-separated scenario names (default: all); `list` prints them
-  FAULT_SEED       the seed (default: each scenario's fixed CI seed)
+  FAULT_SEED       the seed (default: each scenario's fixed CI seed); with FAULT_MINUTES, the
+                   seed that draws the scenarios and their seeds (each printed as it runs)
   FAULT_MINUTES    run random scenarios with random seeds for this long
   FAULT_SECONDS    fault time per scenario (default 18; 60 with FAULT_MINUTES)
   FAULT_ROUNDS     rounds per scenario at most (default 6; 50 with FAULT_MINUTES)
