@@ -78,8 +78,9 @@ class Run:
 
 def run_one(run, name, seed, seconds, max_rounds):
     fn, count, prepare, env = SCENARIOS[name]
-    print("==== %s seed=%d (rerun: make test-faults FAULT_SCENARIO=%s FAULT_SEED=%d)" % (
-        name, seed, name, seed), flush=True)
+    extra = "" if (seconds, max_rounds) == (18, 6) else " FAULT_SECONDS=%g FAULT_ROUNDS=%d" % (seconds, max_rounds)
+    print("==== %s seed=%d (rerun: make test-faults FAULT_SCENARIO=%s FAULT_SEED=%d%s)" % (
+        name, seed, name, seed, extra), flush=True)
     run.topo.heal()
     h = Harness(run, name, seed, nodes=count, env=env)
     run.harness = h
