@@ -437,7 +437,10 @@ function Store:_at(n, method, key, body, stale, timeout, epoch, deadline_ms)
     if not write then return self:_read(key, stale) end
     return self:_write(key, method == "PUT" and body or nil, epoch, deadline_ms)
   end
-  local headers = {["X-KV-Forwarded"] = self.id}
+  -- A forwarded write carries an epoch and a deadline that the receiver
+  -- trusts, so it needs the cluster token like every internal request.
+  local headers = self:_auth_headers()
+  headers["X-KV-Forwarded"] = self.id
   if write then
     headers["X-KV-Epoch"], headers["X-KV-Deadline"] = format("%d", epoch), format("%d", deadline_ms)
     timeout = math.max(0.05, (deadline_ms - wall_ms()) / 1000)

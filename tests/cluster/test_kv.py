@@ -140,6 +140,19 @@ def test_write_read_delete_and_failover(ck):
         assert r.status == 200 and r.body == b"after the crash", (n.name, r)
 
 
+def test_writes_forwarded_between_nodes_carry_the_cluster_token(ck):
+    """With CLUSTER_TOKEN set, a write sent to a node that is not the key's primary is forwarded with the token and acknowledged."""
+    c = kv_cluster(ck, 3, env={"CLUSTER_TOKEN": "s3cret-kv"})
+    for i in range(12):
+        key = "tok:%d" % i
+        primary = where(c.nodes[0], key)["primary"]
+        other = next(n for n in c.nodes if n.node_id != primary)
+        r = put(other, key, b"v%d" % i)
+        assert r.status == 200, (key, r)
+        r = get(other, key)
+        assert r.status == 200 and r.body == b"v%d" % i, (key, r)
+
+
 def test_replication_with_an_old_epoch_is_refused(ck):
     """A replication stamped with an epoch older than the partition's answers 409 STALE_EPOCH and changes nothing."""
     c = kv_cluster(ck, 1)
