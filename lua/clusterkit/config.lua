@@ -36,6 +36,7 @@ local spec = {
   down_after         = {"DOWN_AFTER", "duration", 1.5},
   rebalance_delay    = {"REBALANCE_DELAY", "duration", 30},
   policy_timeout     = {"POLICY_TIMEOUT", "duration", 2},
+  removed_linger     = {"REMOVED_LINGER", "duration", 10},
   placement          = {"PLACEMENT", "string", nil},
   log_level          = {"CK_LOG_LEVEL", "string", "info"},
   max_body_size      = {"MAX_BODY_SIZE", "integer", 1048576, 0, 1073741824},

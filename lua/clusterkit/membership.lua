@@ -146,13 +146,22 @@ function M.admit(node, info)
     local raft_id = core.raft_id(info.id)
     if cur and cur.raft_addr ~= info.raft_addr then
       -- The same id at a new address replaces the old entry only when the
-      -- old one is down, gone silent past down_after, or no longer answers
-      -- raft at its old address (a node restarted with its data at a new
-      -- address still heartbeats over HTTP under the same id).
+      -- old one is down, gone silent past down_after, or has not answered
+      -- raft at its old address for down_after (a node restarted with its
+      -- data at a new address still heartbeats over HTTP under the same id).
+      -- raft's own recent flag is no proof of silence: the leader clears
+      -- it every election timeout, so a live node looks silent for up to a
+      -- heartbeat, and a duplicate id joining in that moment took over a
+      -- live member (found by the fault suite). The leader's own id is
+      -- never free.
+      if info.id == node.id then
+        return nil, errors.new("CONFLICT", "node id " .. info.id .. " is the leader's own", {status = 409})
+      end
       local quiet = node._detector:silence(info.id, now())
       local silent = not quiet or quiet > node.opts.down_after
       local old = config_entry(node, raft_id)
       local raft_silent = old ~= nil and old.address == cur.raft_addr and old.recent == false
+        and M.raft_silence(node, raft_id) > node.opts.down_after
       if cur.status ~= "down" and cur.status ~= "left" and not silent and not raft_silent then
         return nil, errors.new("CONFLICT", "node id " .. info.id .. " is taken by a live node at "
           .. cur.raft_addr, {status = 409})
@@ -309,6 +318,25 @@ local function repair_roles(node, v)
   end
 end
 
+-- Raft-level contact, sampled every leader tick: when raft last said it
+-- heard from each server (its progress' recent flag).
+local function sample_raft_contact(node, term)
+  local t = now()
+  if node._raft_term ~= term then
+    node._raft_term, node._raft_heard, node._raft_since = term, {}, t
+  end
+  for _, s in ipairs(node._core:configuration()) do
+    if s.recent then node._raft_heard[s.id] = t end
+  end
+end
+
+--- Seconds for which this leader's raft has not heard from server
+-- `raft_id` (counted from when it started leading, if never).
+function M.raft_silence(node, raft_id)
+  if not node._raft_since then return 0 end
+  return now() - ((node._raft_heard or {})[raft_id] or node._raft_since)
+end
+
 -- The node ids of raft's voters.
 local function voter_ids(node, v)
   local by_raft = {}
@@ -327,7 +355,9 @@ function M.leader_tick(node)
     local v = node:_view()
     if not v.ready then return end
     local det = node._detector
-    local changes, why = det:step(now(), node._core:raft().term, v.nodes, voter_ids(node, v))
+    local term = node._core:raft().term
+    sample_raft_contact(node, term)
+    local changes, why = det:step(now(), term, v.nodes, voter_ids(node, v))
     if why == "stalled" then
       node.log:warn("the loop stalled (no tick for over %.2fs): every node's grace period restarts",
         det.stall_after)

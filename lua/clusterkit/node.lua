@@ -558,12 +558,8 @@ end
 -- a member after a long time without a leader.
 function Node:_check_removed(r)
   if self._removed or self.status ~= "running" then return end
+  if not self._leaderless_since then return end
   local t = hrtime()
-  if r.leader_id then
-    self._leaderless_since = nil
-    return
-  end
-  self._leaderless_since = self._leaderless_since or t
   local quiet = (t - self._leaderless_since) / 1e9
   local et = self.opts.election_timeout
   if self._leaving and (r.role == nil or quiet > 3 * et) then
@@ -619,6 +615,10 @@ function Node:_removed_now(reason)
     end
   end
   sched.spawn(function()
+    -- Linger before stopping: the nodes that gained this node's partitions
+    -- may still be copying them from it (examples/kv does), and a source
+    -- that vanished at once would make them serve incomplete copies.
+    self:_wait_until(function() return self.status ~= "running" end, self.opts.removed_linger)
     self:stop()
     if M.on_removed then M.on_removed(self, reason) end
   end)
@@ -1171,6 +1171,11 @@ function Node:_start_ticker()
     local c = self._core
     if c and not c:closed() then
       local r = c:raft()
+      if r.leader_id then
+        self._leaderless_since = nil
+      else
+        self._leaderless_since = self._leaderless_since or hrtime()
+      end
       if r.state == "leader" then
         membership.leader_tick(self)
       else
