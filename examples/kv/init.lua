@@ -509,12 +509,13 @@ end
 
 -- Fetches partition `index` from node `id` and merges it (unless a newer
 -- ownership change superseded copy `gen`). Asking with `epoch` fences the
--- source. Returns true when the source answered with its complete copy.
-function Store:_fetch(index, id, epoch, gen)
+-- source. Returns true when the source answered with its complete copy (with
+-- `partial`: with whatever it holds, complete or not).
+function Store:_fetch(index, id, epoch, gen, partial)
   local addr = self:_addr(id)
   if not addr then return false end
   local res, err = http.request {
-    url = format("http://%s/internal/partition/%d?epoch=%d", addr, index, epoch),
+    url = format("http://%s/internal/partition/%d?epoch=%d%s", addr, index, epoch, partial and "&partial=1" or ""),
     headers = self:_auth_headers(), timeout = self.replication_timeout,
   }
   if not res or res.status ~= 200 then
@@ -532,21 +533,53 @@ function Store:_fetch(index, id, epoch, gen)
   return true
 end
 
+-- Asks every member of the cluster but this node (and those marked down)
+-- that has not answered yet (`heard`) for whatever it holds of partition
+-- `index`, and merges it. Returns true once every one of them has answered.
+function Store:_fetch_everyone(index, epoch, gen, heard)
+  local all = true
+  for _, n in ipairs(self.ck:cluster().nodes) do
+    if n.id ~= self.id and n.status ~= "down" and not heard[n.id] then
+      if self:_fetch(index, n.id, epoch, gen, true) then
+        heard[n.id] = true
+      else
+        all = false
+      end
+    end
+  end
+  return all
+end
+
 -- Makes partition `index` complete on this node. plan = {epoch, primary (id
--- or nil), others = {ids}, need, drop_before (epoch or nil), why}: done when
--- the primary answered or `need` of the others did.
+-- or nil), others = {ids}, need, drop_before (epoch or nil), everyone, why}:
+-- done when the primary answered or `need` of the others did, or (with
+-- `everyone`) when every member of the cluster answered with what it holds.
+--
+-- `everyone` is for a node that starts: it knows only the table as it is
+-- now, not who owned its partitions before. A node that joins usually
+-- applies its first table only after the leader has already placed
+-- partitions on it (the join and the rebalance commit before it catches up),
+-- so it gets no `gain` event for them, and the other owners in that table
+-- may be new as well (several nodes joined at once): copying only from them,
+-- each waits for the others, none has the data, and the copy gives up with
+-- nothing. The previous owners still hold the partition (a node that lost
+-- one keeps it for `linger` seconds): every write that was acknowledged is
+-- held by some member, so the union of what every member holds is complete.
 function Store:_sync(index, plan)
   local part = self.data:part(index)
+  -- A change that interrupts such a copy before it completed keeps asking
+  -- everyone: the previous owners it names may be those new nodes.
+  local everyone = plan.everyone or (part.everyone and not part.ready)
   part.gen = part.gen + 1
   local gen = part.gen
-  part.ready, part.lost_at = false, nil
+  part.ready, part.lost_at, part.everyone = false, nil, everyone
   part:see(plan.epoch)
   if plan.drop_before then part:drop_before(plan.drop_before) end
-  if not plan.primary and #plan.others == 0 then
+  if not plan.primary and #plan.others == 0 and not everyone then
     part.ready = true -- Nobody to copy from: a new partition, or its only owner.
     return
   end
-  local answered, count, from = {}, 0, nil
+  local answered, count, from, heard = {}, 0, nil, {}
   for attempt = 1, SYNC_ATTEMPTS do
     if not self:_running() then return end
     if plan.primary and self:_fetch(index, plan.primary, plan.epoch, gen) then
@@ -558,8 +591,11 @@ function Store:_sync(index, plan)
           answered[id], count = true, count + 1
         end
       end
-      if count >= plan.need then
+      if count >= plan.need and (count > 0 or not everyone) then
         from = count > 0 and (count .. " other owner(s)") or "its own copy (enough for a quorum)"
+      elseif everyone and part.gen == gen and self:_running()
+          and self:_fetch_everyone(index, plan.epoch, gen, heard) then
+        from = "every member"
       end
     end
     if part.gen ~= gen then return end -- A newer change took over.
@@ -649,7 +685,7 @@ function Store:start()
       for _, r in ipairs(p.replica_nodes) do owners[#owners + 1] = r end
       local primary = p.primary_node ~= self.id and p.primary_node or nil
       clusterkit.spawn(self._sync, self, p.index, {why = "start", epoch = p.epoch, primary = primary,
-        others = without(owners, self.id, p.primary_node), need = overlap(#owners)})
+        others = without(owners, self.id, p.primary_node), need = overlap(#owners), everyone = true})
     end
   end
   return true
@@ -785,12 +821,17 @@ function Store:_install_routes()
     if req.query.epoch and not epoch then
       return res:error(400, "BAD_REQUEST", "epoch must be a non-negative integer")
     end
+    self:_sweep() -- Never hand out a copy that outlived its linger time.
     local part = self.data:part(index)
     if epoch then part:see(epoch) end
-    if not part.ready then
+    if not part.ready and not truthy(req.query.partial) then
       return res:error(503, "SYNCING", "partition-" .. index .. " is not complete on " .. self.id)
     end
-    return res:json(part:export())
+    -- ?partial=1: what this node holds, complete or not (a starting node asks
+    -- every member, see Store:_sync).
+    local copy = part:export()
+    copy.complete = part.ready
+    return res:json(copy)
   end)
 
   ck:route("GET", "/internal/kv-stats", function(req, res)

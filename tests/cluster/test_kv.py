@@ -381,3 +381,92 @@ def test_a_write_answered_with_an_error_never_lands_afterwards(ck):
     assert held == [b"v0"] * len(owners), held
     r = get(c.nodes[0], key)
     assert r.status == 200 and r.body == b"v0", r
+
+
+# A kv node whose store starts copying only once the table already gives this
+# node partitions: what happens to a node that joins (the leader places
+# partitions on it before it has applied its first table, so it gets no
+# `gain` event for them). Several such nodes joining at once may own a
+# partition together, without any of its previous owners.
+LATE_START_APP = r"""
+package.path = %(examples)s .. "/?.lua;" .. %(examples)s .. "/?/init.lua;" .. package.path
+local clusterkit = require "clusterkit"
+local kv = require "kv"
+local ck = clusterkit.new()
+local store = kv.install(ck)
+local start = ck.start
+function ck.start(self)
+  local ok, err = start(self)
+  if not ok then return ok, err end
+  local function owns_one()
+    for _, p in ipairs(self:partitions() or {}) do
+      if p.primary_node == self.id then return true end
+      for _, r in ipairs(p.replica_nodes) do
+        if r == self.id then return true end
+      end
+    end
+    return false
+  end
+  for _ = 1, 600 do
+    if owns_one() then break end
+    self:wait_for_change(self:state_index(), 0.5)
+  end
+  return true
+end
+assert(store:start())
+ck.log:info("kv: serving PUT/GET/DELETE http://%%s/kv/<key>", ck:me().http_addr)
+"""
+
+
+def kv_ready(node):
+    j = probe(node, "/internal/kv-stats")
+    return bool(j and j.get("ready"))
+
+
+def test_nodes_that_join_copy_a_partition_none_of_its_owners_held(ck, tmp_path):
+    """Nodes join while rebalancing is paused; when it resumes, partitions
+    move onto them before their stores start copying, and (RF=1 here; in the
+    fault suite's join-storm, RF=3 with every owner new) no owner in the table
+    they start from held the partition. Their start copy must still find the
+    previous owners: every acknowledged write reads back."""
+    c = Cluster(ck, env=dict(KV_ENV, REPLICATION_FACTOR="1"), args=[KV_APP])
+    c.start(3)
+    old_ids = [n.node_id for n in c.nodes]
+    c.wait_converged(members=True)
+    for n in c.nodes:
+        wait_for(lambda n=n: full_table(n, old_ids, rf=1), what="a full table on %s" % n.name)
+    n1 = c.nodes[0]
+    keys = {"key-%d" % i: ("value %d" % i).encode() for i in range(64)}
+    for k, v in keys.items():
+        r = put(n1, k, v)
+        assert r.status == 200, (k, r)
+
+    leader = c.leader()
+    assert leader.post("/rebalance/pause").status == 200
+    app = tmp_path / "late_start.lua"
+    app.write_text(LATE_START_APP % {"examples": repr(os.path.join(SOURCE_DIR, "examples"))})
+    new = [c.add(start=False, args=[str(app)]) for _ in range(3)]
+    for n in new:
+        n.spawn()
+    for n in new:
+        n.wait_ready()
+    ids = [n.node_id for n in c.nodes]
+    c.wait_converged(members=ids)
+    assert leader.post("/rebalance/resume").status == 200
+
+    new_ids = {n.node_id for n in new}
+
+    def moved_table():
+        t = full_table(n1, ids, rf=1)
+        return t and [p["id"] for p in t if p["primary_node"] in new_ids]
+    moved = wait_for(moved_table, what="partitions moved onto the new nodes")
+    c.wait_converged(members=ids)
+    for n in c.nodes:
+        wait_for(lambda n=n: kv_ready(n), what="the store on %s ready" % n.name)
+
+    lost = []
+    for k, v in keys.items():
+        r = get(n1, k)
+        if not (r.status == 200 and r.body == v):
+            lost.append((k, (where(n1, k) or {}).get("partition_id"), r.status))
+    assert not lost, "acknowledged writes lost (partitions moved onto new nodes: %s): %s" % (moved, lost)
