@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,17 @@ struct ck_node {
     uint64_t reap_deadline;
     struct node_req *done_head, *done_tail; /* Completed, not yet delivered. */
     uint64_t close_deadline;                /* Loop time when close stops waiting for writes. */
+    /* raft_uv's append, interposed to see failed log writes (see
+     * node_io_append), and the callbacks of the writes in flight. */
+    int (*io_append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned,
+                     raft_io_append_cb);
+    struct {
+        struct raft_io_append *req;
+        raft_io_append_cb cb;
+        uint64_t since; /* Loop time the write was submitted. */
+    } appends[64];
+    bool failed, failed_reported;
+    struct ck_node *next; /* In node_list. */
     unsigned pending_closes;
     bool transport_inited, io_inited, raft_inited, started, closing, dirty;
     int seen_state;
@@ -119,6 +131,92 @@ static void node_on_notify(uv_timer_t *t)
         n->cb(n, CK_NODE_EV_APPLIED);
     }
     node_deliver(n);
+    if (n->failed && !n->failed_reported && !n->closing) {
+        n->failed_reported = true;
+        n->cb(n, CK_NODE_EV_FAILED);
+    }
+}
+
+/* A node whose storage failed cannot go on: raft 0.15 keeps no way back
+ * from a failed log write (a follower that could not store entries keeps
+ * them in memory, rejects them, and never stores them when the leader
+ * resends; after a disk filled up and was freed, the node never caught up
+ * again). Nor from RAFT_UNAVAILABLE, where raft goes by itself on some I/O
+ * errors. The owner is told once (CK_NODE_EV_FAILED) and closes the node;
+ * restarted, it recovers from what it did store. */
+static void node_fail(struct ck_node *n, const char *why)
+{
+    if (n->failed || n->closing) {
+        return;
+    }
+    n->failed = true;
+    snprintf(n->errmsg, sizeof n->errmsg, "%s", why);
+    if (!uv_is_active((uv_handle_t *)&n->notify_timer)) {
+        uv_timer_start(&n->notify_timer, node_on_notify, 0, 0);
+    }
+}
+
+/* Every node of this process (one loop, one thread), so that the append
+ * callback, which gets only raft's request, finds the node it belongs to. */
+static struct ck_node *node_list;
+
+static void node_on_io_appended(struct raft_io_append *req, int status)
+{
+    for (struct ck_node *n = node_list; n != NULL; n = n->next) {
+        for (size_t i = 0; i < sizeof n->appends / sizeof n->appends[0]; i++) {
+            if (n->appends[i].req == req) {
+                raft_io_append_cb cb = n->appends[i].cb;
+                n->appends[i].req = NULL;
+                if (status != 0 && status != RAFT_CANCELED) {
+                    char why[sizeof n->errmsg];
+                    snprintf(why, sizeof why, "writing the raft log failed: %s%s%.200s", raft_strerror(status),
+                             n->io.errmsg[0] ? ": " : "", n->io.errmsg);
+                    node_fail(n, why);
+                }
+                cb(req, status);
+                return;
+            }
+        }
+    }
+}
+
+static int node_io_append(struct raft_io *io, struct raft_io_append *req, const struct raft_entry entries[],
+                          unsigned n_entries, raft_io_append_cb cb)
+{
+    struct ck_node *n = (struct ck_node *)((char *)io - offsetof(struct ck_node, io));
+    for (size_t i = 0; i < sizeof n->appends / sizeof n->appends[0]; i++) {
+        if (n->appends[i].req == NULL) {
+            n->appends[i].req = req;
+            n->appends[i].cb = cb;
+            n->appends[i].since = uv_now(n->loop);
+            int rv = n->io_append(io, req, entries, n_entries, node_on_io_appended);
+            if (rv != 0) {
+                n->appends[i].req = NULL;
+            }
+            return rv;
+        }
+    }
+    return n->io_append(io, req, entries, n_entries, cb); /* Table full: not watched. */
+}
+
+/* A log write that does not complete: raft 0.15 stops preparing new open
+ * segments for good once preparing one failed (a full disk), and the
+ * appends queued behind it then wait forever, even after space is freed. A
+ * write outstanding this long means the node's storage is gone. */
+#define NODE_WRITE_STALL_MS 5000
+
+static void node_check_writes(struct ck_node *n)
+{
+    uint64_t now = uv_now(n->loop);
+    for (size_t i = 0; i < sizeof n->appends / sizeof n->appends[0]; i++) {
+        if (n->appends[i].req != NULL && now - n->appends[i].since > NODE_WRITE_STALL_MS) {
+            char why[sizeof n->errmsg];
+            snprintf(why, sizeof why, "a raft log write has not completed for %u ms (is the disk full?)%s%.200s",
+                     (unsigned)(now - n->appends[i].since), n->io.errmsg[0] ? ": " : "", n->io.errmsg);
+            node_fail(n, why);
+            return;
+        }
+    }
 }
 
 static void node_on_watch(uv_timer_t *t)
@@ -131,6 +229,10 @@ static void node_on_watch(uv_timer_t *t)
     }
     raft_leader(&n->raft, &leader, &addr);
     int state = raft_state(&n->raft);
+    if (state == RAFT_UNAVAILABLE && n->started) {
+        node_fail(n, "raft stopped after an error");
+    }
+    node_check_writes(n);
     if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader) {
         n->seen_state = state;
         n->seen_term = n->raft.current_term;
@@ -194,6 +296,8 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->notify_timer.data = n;
     n->watch_timer.data = n;
     n->reap_timer.data = n;
+    n->next = node_list;
+    node_list = n;
     return n;
 }
 
@@ -308,6 +412,8 @@ int ck_node_start(struct ck_node *n)
      * demos, and the log is small (the state is a few commands per change). */
     raft_uv_set_segment_size(&n->io, n->opts.segment_size);
     raft_uv_set_connect_retry_delay(&n->io, 100);
+    n->io_append = n->io.append;
+    n->io.append = node_io_append;
 
     if ((rv = raft_init(&n->raft, &n->io, &n->fsm, n->opts.raft_id, n->raft_addr)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "raft init: %s", raft_errmsg(&n->raft));
@@ -598,6 +704,12 @@ static void node_finish_close(struct ck_node *n)
     node_deliver(n);
     n->cb(n, CK_NODE_EV_CLOSED);
     ck_fsm_close(&n->f);
+    for (struct ck_node **p = &node_list; *p != NULL; p = &(*p)->next) {
+        if (*p == n) {
+            *p = n->next;
+            break;
+        }
+    }
     free(n->dir);
     free(n->raft_addr);
     free(n->raft_bind);

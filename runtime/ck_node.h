@@ -55,6 +55,8 @@ enum ck_node_event {
     CK_NODE_EV_APPLIED = 1, /* The state changed (state.index moved). */
     CK_NODE_EV_RAFT,        /* Role, term or leader changed. */
     CK_NODE_EV_CLOSED,      /* ck_node_close finished; the node is freed after the callback. */
+    CK_NODE_EV_FAILED,      /* raft's storage failed or raft stopped by itself: close the node
+                             * (ck_node_errmsg says why). It cannot recover in this process. */
 };
 
 typedef void (*ck_node_event_cb)(struct ck_node *n, int event);

@@ -72,7 +72,7 @@ static lua_Number opt_number(lua_State *L, int t, const char *k, lua_Number def)
 
 static void lnode_on_event(struct ck_node *n, int event)
 {
-    static const char *const names[] = {NULL, "applied", "raft", "closed"};
+    static const char *const names[] = {NULL, "applied", "raft", "closed", "failed"};
     if (lck_cbstate() == NULL) {
         return; /* The Lua state is gone, and the box with it. */
     }
@@ -151,6 +151,14 @@ static int lnode_close(lua_State *L)
         ck_node_close(n);
     }
     return 0;
+}
+
+/* node:errmsg() -> why the last operation or the node failed ("" if nothing). */
+static int lnode_errmsg(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:errmsg");
+    lua_pushstring(L, ck_node_errmsg(b->node));
+    return 1;
 }
 
 static int lnode_closed(lua_State *L)
@@ -699,6 +707,7 @@ static const luaL_Reg lnode_methods[] = {
     {"start", lnode_start},
     {"close", lnode_close},
     {"closed", lnode_closed},
+    {"errmsg", lnode_errmsg},
     {"propose", lnode_propose},
     {"add", lnode_add},
     {"assign", lnode_assign},

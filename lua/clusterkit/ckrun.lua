@@ -5,7 +5,8 @@
 --   ckrun                  a plain coordination node from the environment
 --
 -- SIGINT and SIGTERM stop every node gracefully, then the loop ends and
--- ckrun exits 0 (1 if the app raised, 3 if the cluster removed a node).
+-- ckrun exits 0 (1 if the app raised, 3 if the cluster removed a node, 4
+-- if a node's raft storage failed).
 local core = require "clusterkit.core"
 
 local M = {}
@@ -105,6 +106,14 @@ function M.main(argv)
       "To join again, start it with an empty DATA_DIR and a JOIN_ADDR.\n")
     status = 3
     stop_all()
+  end
+  -- A node whose raft storage failed cannot be closed safely: exit 4 at
+  -- once (a supervisor restarts it; it recovers from its data dir).
+  require("clusterkit.node").on_failed = function(node, why)
+    io.stderr:write("ckrun: node ", node.id, " stopped: raft failed (", why, "); exiting. ",
+      "Restart it once the cause is fixed.\n")
+    io.stderr:flush()
+    os.exit(4)
   end
   local sigs = {}
   for _, s in ipairs({2, 15}) do -- SIGINT, SIGTERM

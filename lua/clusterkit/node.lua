@@ -504,6 +504,19 @@ function Node:_on_event(ev)
     self:_check_leader()
   elseif ev == "closed" then
     self._core_closed = true
+  elseif ev == "failed" then
+    -- raft's storage failed (a full disk, say): this process cannot go on
+    -- as a member; restarted, the node recovers from what it stored.
+    local why = self._core:errmsg()
+    self._failed = why
+    self.log:error("raft failed: %s. Stopping; restart the node once the cause is fixed "
+      .. "(it recovers from its data dir)", why)
+    -- raft 0.15 cannot be closed safely after its log writes failed (its
+    -- log bookkeeping is broken and close double-frees): ckrun's on_failed
+    -- exits the process at once, as a crash would, but with a message and a
+    -- code; embedded, the node is stopped as well as it can be.
+    if M.on_failed then return M.on_failed(self, why) end
+    sched.spawn(function() self:stop() end)
   end
   self._cond:signal(ev)
   if ev ~= "closed" then
