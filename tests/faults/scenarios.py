@@ -293,6 +293,10 @@ def disk_full(h, max_rounds, seconds):
     filler = os.path.join(h.full_mount, "filler")
     for r in rounds(h, max_rounds, seconds):
         h.event("fill", full.node_id)
+        # A node that cannot write its log is out of service: it may be
+        # marked down, and it stops itself (ckrun exits 4) once a write has
+        # hung or failed; restarted, it recovers from what it stored.
+        dfull = h.disturb([full.node_id], "disk full")
         _fill(filler)
         victim = h.rng.choice(others(h, full))
         d = h.disturb([victim.node_id], "killed")
@@ -304,9 +308,14 @@ def disk_full(h, max_rounds, seconds):
         hold(h, 0.5, 2.0)
         os.unlink(filler)
         h.event("unfill", full.node_id)
+        # Wait (bounded) until the full node caught up or stopped itself.
+        deadline = time.monotonic() + 20
+        while full.running() and time.monotonic() < deadline and not h.converged()[0]:
+            time.sleep(0.1)
         if not full.running():
             h.restart(full)
         h.settle("disk full round %d" % r)
+        h.undisturb(dfull)
 
 
 def prepare_disk_full(h):
