@@ -43,6 +43,7 @@ struct ck_node {
         uint64_t since; /* Loop time the write was submitted. */
     } appends[64];
     bool failed, failed_reported;
+    uint64_t last_watch; /* Loop time of the last watch tick (stall detection). */
     struct ck_node *next; /* In node_list. */
     unsigned pending_closes;
     bool transport_inited, io_inited, raft_inited, started, closing, dirty;
@@ -208,7 +209,15 @@ static int node_io_append(struct raft_io *io, struct raft_io_append *req, const 
 static void node_check_writes(struct ck_node *n)
 {
     uint64_t now = uv_now(n->loop);
+    /* A watch tick this late means the process itself stalled (stopped,
+     * starved): the writes' completions were not read meanwhile, so their
+     * clocks start again instead of failing a healthy disk. */
+    bool stalled = n->last_watch != 0 && now - n->last_watch > NODE_WRITE_STALL_MS / 5;
+    n->last_watch = now;
     for (size_t i = 0; i < sizeof n->appends / sizeof n->appends[0]; i++) {
+        if (stalled && n->appends[i].req != NULL) {
+            n->appends[i].since = now;
+        }
         if (n->appends[i].req != NULL && now - n->appends[i].since > NODE_WRITE_STALL_MS) {
             char why[sizeof n->errmsg];
             snprintf(why, sizeof why, "a raft log write has not completed for %u ms (is the disk full?)%s%.200s",
