@@ -37,6 +37,17 @@
  *   open segment holds garbage and the next start fails to load it
  *   ("read header: short read"), then double-frees in its error path.
  *   ck_node_propose pads commands with zeros; the decoder accepts that.
+ * - raft_close on a leader with log writes in flight crashes (the cancelled
+ *   write's callback looks in leader state that close already cleared):
+ *   ck_node_close waits, bounded, for raft to store what it appended.
+ * - raft's close callback can fire while an open segment's writer is still
+ *   closing, and that writer then runs raft's close path a second time
+ *   (canonical/raft#341): after the first one, the node resets the fields
+ *   raft freed, ignores the second, and frees raft_uv only once the loop
+ *   has no closing handle left (see node_on_raft_closed).
+ * - after a failed log write or segment preparation (a full disk) raft
+ *   never recovers in-process, and closing it double-frees: ck_node reports
+ *   CK_NODE_EV_FAILED (a write failed or hung for 5 s) and ckrun exits.
  */
 #ifndef CK_NODE_H
 #define CK_NODE_H
