@@ -510,12 +510,14 @@ end
 -- Fetches partition `index` from node `id` and merges it (unless a newer
 -- ownership change superseded copy `gen`). Asking with `epoch` fences the
 -- source. Returns true when the source answered with its complete copy (with
--- `partial`: with whatever it holds, complete or not).
-function Store:_fetch(index, id, epoch, gen, partial)
+-- `partial`: with whatever it holds, complete or not; with `dropped` as well,
+-- also what it set aside when it regained the partition, see Store:_sync).
+function Store:_fetch(index, id, epoch, gen, partial, dropped)
   local addr = self:_addr(id)
   if not addr then return false end
   local res, err = http.request {
-    url = format("http://%s/internal/partition/%d?epoch=%d%s", addr, index, epoch, partial and "&partial=1" or ""),
+    url = format("http://%s/internal/partition/%d?epoch=%d%s%s", addr, index, epoch,
+      partial and "&partial=1" or "", partial and dropped and "&dropped=1" or ""),
     headers = self:_auth_headers(), timeout = self.replication_timeout,
   }
   if not res or res.status ~= 200 then
@@ -535,12 +537,13 @@ end
 
 -- Asks every member of the cluster but this node (and those marked down)
 -- that has not answered yet (`heard`) for whatever it holds of partition
--- `index`, and merges it. Returns true once every one of them has answered.
-function Store:_fetch_everyone(index, epoch, gen, heard)
+-- `index` (with `dropped`: and what it set aside), and merges it. Returns
+-- true once every one of them has answered.
+function Store:_fetch_everyone(index, epoch, gen, heard, dropped)
   local all = true
   for _, n in ipairs(self.ck:cluster().nodes) do
     if n.id ~= self.id and n.status ~= "down" and not heard[n.id] then
-      if self:_fetch(index, n.id, epoch, gen, true) then
+      if self:_fetch(index, n.id, epoch, gen, true, dropped) then
         heard[n.id] = true
       else
         all = false
@@ -604,11 +607,23 @@ function Store:_sync(index, plan)
   end
   if part.gen ~= gen or not self:_running() then return end
   if from then
+    part:forget_dropped() -- The fresh copy replaced what drop_before set aside.
     self:_log("info", "partition-%d (%s, epoch %d): copied from %s, %d keys", index, plan.why, plan.epoch,
       from, part.keys)
   else
-    self:_log("warn", "partition-%d (%s, epoch %d): no complete copy reachable; serving the %d keys it has",
-      index, plan.why, plan.epoch, part.keys)
+    -- Giving up. The sources that did not answer may be incomplete copies
+    -- themselves, each waiting for the others: owners that regained the
+    -- partition (drop_before set their old copy aside) and owners that never
+    -- completed theirs, so that none is ever ready (a split that cut off a
+    -- majority of its owners, healed while the table still moved). The
+    -- acknowledged writes are still held by some of them, possibly only in
+    -- what they set aside: serve the union of what every member holds, set
+    -- aside included, not just this node's (possibly empty) partial copy.
+    self:_fetch_everyone(index, plan.epoch, gen, {}, true)
+    if part.gen ~= gen or not self:_running() then return end
+    part:restore_dropped()
+    self:_log("warn", "partition-%d (%s, epoch %d): no complete copy reachable; serving the %d keys "
+      .. "that the reachable members hold", index, plan.why, plan.epoch, part.keys)
   end
   part.ready = true
 end
@@ -829,7 +844,9 @@ function Store:_install_routes()
     end
     -- ?partial=1: what this node holds, complete or not (a starting node asks
     -- every member, see Store:_sync).
-    local copy = part:export()
+    -- ?dropped=1 (with ?partial=1): also what drop_before set aside (a copy
+    -- that gives up asks for it, see Store:_sync).
+    local copy = part:export(truthy(req.query.partial) and truthy(req.query.dropped))
     copy.complete = part.ready
     return res:json(copy)
   end)

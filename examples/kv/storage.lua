@@ -45,6 +45,12 @@
 --               partition, or started).
 --   gen         bumped by every ownership change, so that a copy started for an
 --               older change does not declare the partition ready.
+--   dropped     the entries drop_before() set aside (not served): a node that
+--               regains a partition it held replaces its old copy by a fresh
+--               one from the previous owners, but while that copy is not
+--               complete its old one may be the only copy of acknowledged
+--               writes left (the previous owners may be copying from it in
+--               turn). A copy that gives up restores them (init.lua).
 local M = {}
 
 local format, byte, char, tonumber = string.format, string.byte, string.char, tonumber
@@ -75,7 +81,7 @@ Part.__index = Part
 
 local function new_part(index)
   return setmetatable({index = index, entries = {}, keys = 0, seen_epoch = 0, seq = 0,
-                       ready = false, gen = 0, lost_at = nil}, Part)
+                       ready = false, gen = 0, lost_at = nil, dropped = {}}, Part)
 end
 
 --- The live entry of key ({value, epoch, seq}), or nil (missing or deleted).
@@ -136,10 +142,21 @@ function Part:see(epoch)
 end
 
 --- The whole partition as a JSON-encodable table (keys and values in hex).
-function Part:export()
+-- With `with_dropped`, also the entries drop_before() set aside (for each key
+-- the one with the newer stamp).
+function Part:export(with_dropped)
   local list = {}
   for k, e in pairs(self.entries) do
+    local d = with_dropped and self.dropped[k]
+    if d and newer(d.epoch, d.seq, e.epoch, e.seq) then e = d end
     list[#list + 1] = {k = hex(k), v = e.value and hex(e.value) or nil, e = e.epoch, s = e.seq}
+  end
+  if with_dropped then
+    for k, e in pairs(self.dropped) do
+      if not self.entries[k] then
+        list[#list + 1] = {k = hex(k), v = e.value and hex(e.value) or nil, e = e.epoch, s = e.seq}
+      end
+    end
   end
   return {partition = self.index, seen_epoch = self.seen_epoch, seq = self.seq, entries = list}
 end
@@ -168,22 +185,42 @@ function Part:merge(copy)
   return changed
 end
 
---- Drops the entries written before `epoch` (what a node kept from an
+--- Sets aside the entries written before `epoch` (what a node kept from an
 -- earlier ownership of the partition may include writes that never reached a
--- quorum; a fresh copy from the previous owners replaces it).
+-- quorum; a fresh copy from the previous owners replaces it). They are no
+-- longer served, but kept in `dropped` until forget_dropped() or clear().
 function Part:drop_before(epoch)
   for k, e in pairs(self.entries) do
     if e.epoch < epoch then
       if e.value ~= nil then self.keys = self.keys - 1 end
       self.entries[k] = nil
+      local d = self.dropped[k]
+      if not d or newer(e.epoch, e.seq, d.epoch, d.seq) then self.dropped[k] = e end
     end
   end
+end
+
+--- Applies the entries drop_before() set aside again (newer stamps win, as
+-- always) and forgets them. Returns the number of entries that changed.
+function Part:restore_dropped()
+  local changed = 0
+  local dropped = self.dropped
+  self.dropped = {}
+  for k, e in pairs(dropped) do
+    if self:apply(k, e.value, e.epoch, e.seq) then changed = changed + 1 end
+  end
+  return changed
+end
+
+--- Forgets the entries drop_before() set aside (a fresh copy replaced them).
+function Part:forget_dropped()
+  self.dropped = {}
 end
 
 --- Forgets everything (the partition moved away and its linger time passed)
 -- but `seq` and `seen_epoch`: stamps never go backwards here.
 function Part:clear()
-  self.entries, self.keys, self.ready = {}, 0, false
+  self.entries, self.keys, self.ready, self.dropped = {}, 0, false, {}
 end
 
 --- A store: partitions created on first use, by 0-based index.
