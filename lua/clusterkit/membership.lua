@@ -563,6 +563,27 @@ function M.install(node)
       return res:error(400, "BAD_REQUEST", 'body must be {"id": "<node id>"}')
     end
     if not node:is_leader() then return not_leader(node, res) end
+    if id == node.id then
+      -- The leader is asked to leave: it hands leadership to a live voter,
+      -- then passes the request on to the new leader (an operator need not
+      -- know which node leads; the fault suite's leave rounds hit this).
+      if not node:_handover() then
+        return res:error(409, "NO_HANDOVER", "the leader cannot leave: no live voter took over leadership")
+      end
+      local l = node:leader()
+      if not (l and l.leader_ip ~= "") then
+        return res:error(503, "NO_LEADER", "leadership moved but the new leader is not known yet; retry")
+      end
+      local r, rerr = httpc.request {
+        method = "POST", url = "http://" .. l.leader_ip .. "/leave", headers = auth_headers(node),
+        body = json.encode({id = id}), timeout = 10,
+      }
+      if not r then
+        return res:error(502, "LEAVE_FORWARD", "passing the leave on to " .. l.leader_ip .. ": "
+          .. tostring(rerr))
+      end
+      return res:status(r.status):header("Content-Type", "application/json"):send(r.body)
+    end
     local ok, err = M.remove(node, id)
     if not ok then
       if err.code == "NOT_LEADER" then return not_leader(node, res) end

@@ -337,6 +337,24 @@ def test_graceful_leave(ck):
     assert "was removed from the cluster" in gone.log_text()
 
 
+def test_leader_asked_to_leave_hands_over_and_leaves(ck):
+    """POST /leave naming the leader itself hands leadership over, removes it through the new leader, and the rest keep committing."""
+    c = Cluster(ck, env={"REMOVED_LINGER": "1"})
+    nodes = c.start(3)
+    c.wait_converged(members=True)
+    lead = c.leader()
+    st, body = post_json(lead, "/leave", {"id": lead.node_id})
+    assert st == 200, body
+    rest = [n for n in nodes if n is not lead]
+    for n in rest:
+        c.wait_status(n, lead.node_id, None)
+    c.wait_converged(nodes=rest, members=True)
+    assert c.leader(nodes=rest) is not lead
+    assert lead.wait_exit(30) == 3, lead.log_tail()
+    n4 = c.add(join=rest[0])
+    c.wait_converged(nodes=rest + [n4], members=True)
+
+
 REMOVED_APP = r"""
 local clusterkit = require "clusterkit"
 local ck = clusterkit.new()
