@@ -39,6 +39,8 @@ local spec = {
   removed_linger     = {"REMOVED_LINGER", "duration", 10},
   placement          = {"PLACEMENT", "string", nil},
   log_level          = {"CK_LOG_LEVEL", "string", "info"},
+  log_format         = {"LOG_FORMAT", "string", "text"},
+  access_log         = {"ACCESS_LOG", "boolean", false},
   max_body_size      = {"MAX_BODY_SIZE", "integer", 1048576, 0, 1073741824},
   max_header_size    = {"MAX_HEADER_SIZE", "integer", 16384, 256, 1048576},
   max_connections    = {"MAX_CONNECTIONS", "integer", 1024, 1, 1000000},
@@ -47,6 +49,12 @@ local spec = {
   idle_timeout       = {"IDLE_TIMEOUT", "duration", 60},
 }
 M.spec = spec
+
+-- Options whose value is one of a few words (any case; resolved lower-case).
+local choices = {
+  log_level = {"debug", "info", "warn", "error"},
+  log_format = {"text", "json"},
+}
 
 --- Parses "host:port", ":port" or "[v6]:port" into host, port (or nil, why).
 function M.parse_addr(s)
@@ -152,6 +160,16 @@ function M.resolve(opts, fn, getenv)
       if lo and (v < lo or v > hi) then
         error(string.format("%s: %s must be between %d and %d", fn, from, lo, hi), 3)
       end
+      local words = choices[name]
+      if words then
+        v = v:lower()
+        local known = false
+        for _, w in ipairs(words) do known = known or w == v end
+        if not known then
+          error(string.format("%s: %s must be %s or %s, got '%s'", fn, from,
+            table.concat(words, ", ", 1, #words - 1), words[#words], tostring(raw)), 3)
+        end
+      end
     end
     o[name] = v
   end
@@ -182,6 +200,11 @@ function M.resolve(opts, fn, getenv)
   if not (o.heartbeat_interval > 0 and o.heartbeat_interval < o.suspect_after
           and o.suspect_after < o.down_after) then
     error(fn .. ": need 0 < heartbeat_interval < suspect_after < down_after", 3)
+  end
+  -- The log format is the process's (see clusterkit.log): a node that asks
+  -- for one, by option or LOG_FORMAT, sets it once its options are valid.
+  if opts.log_format ~= nil or (getenv("LOG_FORMAT") or "") ~= "" then
+    require("clusterkit.log").set_format(o.log_format)
   end
   return o
 end
