@@ -134,6 +134,7 @@ function Response:send(body)
   self.sent = true
   self._server:_count(self)
   local ok, err = self._c:respond(self._status, self._headers, body)
+  if self._t0 then self._server.access_log(self, body) end
   return ok, err
 end
 
@@ -315,6 +316,7 @@ function Server:_dispatch(c, method, path, raw_query)
                             params = params or NO_PARAMS, node = self.node}, Request)
   local res = setmetatable({_c = c, _server = self, _status = 200, sent = false,
                             _route = route or "unmatched"}, Response)
+  if self.access_log then res._req, res._t0 = req, core.hrtime() end
   if not fn then
     if params then
       return res:error(405, "METHOD_NOT_ALLOWED", method .. " is not allowed on " .. json.utf8_safe(path))
@@ -339,6 +341,7 @@ function Server:listen(host, port)
   }, function(c, method, path, query)
     return self:_dispatch(c, method, path, query)
   end)
+  self.access_log = o.access_log and require("clusterkit.log").access(self.node) or nil
   local bound, msg, code = self.c:listen(host, port)
   if not bound then
     self.c:close()
