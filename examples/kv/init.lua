@@ -62,7 +62,7 @@ local format, floor, max, tonumber = string.format, math.floor, math.max, tonumb
 local M = {}
 
 local RETRY_DELAY = 0.1   -- seconds between routing retries
-local SYNC_ATTEMPTS = 8   -- rounds of copy requests before a copy gives up
+local SYNC_ATTEMPTS = 8   -- rounds of copy requests before a copy asks every member for everything
 
 local now = clusterkit.monotime
 
@@ -161,7 +161,9 @@ Store.__index = Store
 -- linger (60 s: how long a partition that moved away is kept for the new
 -- owners to copy), max_clock_skew (0 s: how far the nodes' wall clocks may
 -- differ; a routing node waits that much past a failed write's deadline
--- before it answers). Returns the store.
+-- before it answers), copy_give_up (30 s: how long a copy waits for members
+-- that do not answer, down ones included, before it serves without them; see
+-- Store:_sync). Returns the store.
 function M.install(ck, opts)
   opts = opts or {}
   local self = setmetatable({
@@ -172,6 +174,7 @@ function M.install(ck, opts)
     replication_timeout = opts.replication_timeout or 2,
     linger = opts.linger or 60,
     max_clock_skew = opts.max_clock_skew or 0,
+    copy_give_up = opts.copy_give_up or 30,
     late_refused = 0, -- writes and replications refused because their deadline had passed
     started = false,
   }, Store)
@@ -535,22 +538,32 @@ function Store:_fetch(index, id, epoch, gen, partial, dropped)
   return true
 end
 
--- Asks every member of the cluster but this node (and those marked down)
--- that has not answered yet (`heard`) for whatever it holds of partition
--- `index` (with `dropped`: and what it set aside), and merges it. Returns
--- true once every one of them has answered.
+-- Asks every member of the cluster but this node that has not answered yet
+-- (`heard`) for whatever it holds of partition `index` (with `dropped`: and
+-- what it set aside), and merges it. Returns true once every one of them has
+-- answered, else false and the ids of those that have not.
+--
+-- Members marked down are asked too: "down" is the failure detector's
+-- verdict, not a fact. A split marks the nodes on its minority side down while
+-- they are alive with their data, and they may be the only holders of writes
+-- that were acknowledged before the split (a majority of some partition's
+-- owners can sit on the smaller side). Leaving them out made a copy complete
+-- with the older values of the majority side, and the node then served them
+-- as current (a stale read after the heal: the fault suite's
+-- partition-plus-kill). A node that really is gone blocks the union until
+-- Store:_sync gives up on it (copy_give_up) or it leaves the cluster.
 function Store:_fetch_everyone(index, epoch, gen, heard, dropped)
-  local all = true
+  local missing = {}
   for _, n in ipairs(self.ck:cluster().nodes) do
-    if n.id ~= self.id and n.status ~= "down" and not heard[n.id] then
+    if n.id ~= self.id and not heard[n.id] then
       if self:_fetch(index, n.id, epoch, gen, true, dropped) then
         heard[n.id] = true
       else
-        all = false
+        missing[#missing + 1] = n.id
       end
     end
   end
-  return all
+  return #missing == 0, missing
 end
 
 -- Makes partition `index` complete on this node. plan = {epoch, primary (id
@@ -575,16 +588,20 @@ function Store:_sync(index, plan)
   local everyone = plan.everyone or (part.everyone and not part.ready)
   part.gen = part.gen + 1
   local gen = part.gen
-  part.ready, part.lost_at, part.everyone = false, nil, everyone
+  part.ready, part.lost_at, part.everyone, part.waiting = false, nil, everyone, nil
   part:see(plan.epoch)
   if plan.drop_before then part:drop_before(plan.drop_before) end
   if not plan.primary and #plan.others == 0 and not everyone then
     part.ready = true -- Nobody to copy from: a new partition, or its only owner.
     return
   end
-  local answered, count, from, heard = {}, 0, nil, {}
-  for attempt = 1, SYNC_ATTEMPTS do
+  local answered, count, from, heard, heard_all = {}, 0, nil, {}, {}
+  local give_up_at = now() + self.copy_give_up
+  -- Bounded by copy_give_up (every round sleeps at least 0.1 s) and by the
+  -- count, should the clock misbehave.
+  for attempt = 1, 100000 do
     if not self:_running() then return end
+    local all, missing
     if plan.primary and self:_fetch(index, plan.primary, plan.epoch, gen) then
       from = plan.primary
     else
@@ -596,34 +613,54 @@ function Store:_sync(index, plan)
       end
       if count >= plan.need and (count > 0 or not everyone) then
         from = count > 0 and (count .. " other owner(s)") or "its own copy (enough for a quorum)"
-      elseif everyone and part.gen == gen and self:_running()
-          and self:_fetch_everyone(index, plan.epoch, gen, heard) then
-        from = "every member"
+      elseif everyone and part.gen == gen and self:_running() then
+        all, missing = self:_fetch_everyone(index, plan.epoch, gen, heard)
+        if all then from = "every member" end
+      end
+      if not from and attempt >= SYNC_ATTEMPTS and part.gen == gen and self:_running() then
+        -- The sources that do not answer with a complete copy may be
+        -- incomplete copies themselves, each waiting for the others: owners
+        -- that regained the partition (drop_before set their old copy
+        -- aside) and owners that never completed theirs, so that none is
+        -- ever ready (a split that cut off a majority of its owners, healed
+        -- while the table still moved). Every acknowledged write is still
+        -- held by some member, possibly only in what it set aside: once
+        -- every member answered with all it holds, set-aside entries
+        -- included, the union is complete.
+        all, missing = self:_fetch_everyone(index, plan.epoch, gen, heard_all, true)
+        if all then
+          part:restore_dropped()
+          from = "every member (set-aside entries included)"
+        end
       end
     end
     if part.gen ~= gen then return end -- A newer change took over.
     if from then break end
+    if missing then
+      if not part.waiting then
+        self:_log("info", "partition-%d (%s, epoch %d): waiting for %s to answer before it serves", index,
+          plan.why, plan.epoch, table.concat(missing, ", "))
+      end
+      part.waiting = missing
+    end
+    if now() >= give_up_at then break end
     clusterkit.sleep(math.min(0.1 * 2 ^ (attempt - 1), 1))
   end
   if part.gen ~= gen or not self:_running() then return end
+  part.waiting = nil
   if from then
     part:forget_dropped() -- The fresh copy replaced what drop_before set aside.
     self:_log("info", "partition-%d (%s, epoch %d): copied from %s, %d keys", index, plan.why, plan.epoch,
       from, part.keys)
   else
-    -- Giving up. The sources that did not answer may be incomplete copies
-    -- themselves, each waiting for the others: owners that regained the
-    -- partition (drop_before set their old copy aside) and owners that never
-    -- completed theirs, so that none is ever ready (a split that cut off a
-    -- majority of its owners, healed while the table still moved). The
-    -- acknowledged writes are still held by some of them, possibly only in
-    -- what they set aside: serve the union of what every member holds, set
-    -- aside included, not just this node's (possibly empty) partial copy.
-    self:_fetch_everyone(index, plan.epoch, gen, {}, true)
-    if part.gen ~= gen or not self:_running() then return end
+    -- Giving up: some members never answered within copy_give_up. They may
+    -- hold acknowledged writes that nobody else has (then those are lost:
+    -- the majority of a partition's owners is gone, which the store does not
+    -- survive); serve the union of what the others hold, set aside included,
+    -- rather than nothing at all.
     part:restore_dropped()
-    self:_log("warn", "partition-%d (%s, epoch %d): no complete copy reachable; serving the %d keys "
-      .. "that the reachable members hold", index, plan.why, plan.epoch, part.keys)
+    self:_log("warn", "partition-%d (%s, epoch %d): no complete copy reachable within %gs; serving the %d keys "
+      .. "that the reachable members hold", index, plan.why, plan.epoch, self.copy_give_up, part.keys)
   end
   part.ready = true
 end
@@ -714,7 +751,7 @@ function Store:stats()
     if owns or part.keys > 0 then
       parts[#parts + 1] = {partition = "partition-" .. index, index = index, keys = part.keys,
                            ready = part.ready, owner = owns, seen_epoch = part.seen_epoch,
-                           seq = part.seq}
+                           seq = part.seq, waiting_for = part.waiting and json.array(part.waiting) or nil}
       keys = keys + (owns and part.keys or 0)
       if owns and not part.ready then ready = false end
     end

@@ -80,9 +80,9 @@ def full_table(node, members, rf=3):
     return j["partitions"]
 
 
-def kv_cluster(ck, count, env=None):
-    """A Cluster of `count` kv nodes whose tables are complete on every node."""
-    c = Cluster(ck, env=dict(KV_ENV, **(env or {})), args=[KV_APP])
+def kv_cluster(ck, count, env=None, app=KV_APP):
+    """A Cluster of `count` kv nodes (running `app`) whose tables are complete on every node."""
+    c = Cluster(ck, env=dict(KV_ENV, **(env or {})), args=[str(app)])
     c.start(count)
     ids = [n.node_id for n in c.nodes]
     c.wait_converged(members=True)
@@ -358,6 +358,11 @@ def test_a_write_answered_with_an_error_never_lands_afterwards(ck):
     loc = where(c.nodes[0], key)
     primary = c.by_id(loc["primary"])
     replicas = [c.by_id(i) for i in loc["replicas"]]
+    # The first write is answered once a quorum holds it; the last replica's copy
+    # may still be on its way. Stopping that replica now would make its copy a late
+    # try too (refused, so it would hold nothing): wait until every owner has it.
+    wait_for(lambda: all(served_by_itself(n, key) == b"v0" for n in [primary] + replicas),
+             what="every owner holding the first value")
     for n in replicas:
         os.kill(n.pid, signal.SIGSTOP)
     try:
@@ -517,3 +522,89 @@ def test_a_regained_partition_keeps_what_drop_before_set_aside_until_a_copy_repl
     sweep."""
     out = ck.lua(STORAGE_REGAIN_LUA % {"kv": repr(os.path.join(SOURCE_DIR, "examples", "kv"))})
     assert "ok" in out
+
+
+# A kv node whose routing node gives up on a write after 1 s (the default is
+# 5 s), so that a replica stopped for a little longer misses a write without
+# being marked down.
+QUICK_ROUTE_APP = r"""
+package.path = %(examples)s .. "/?.lua;" .. %(examples)s .. "/?/init.lua;" .. package.path
+local clusterkit = require "clusterkit"
+local kv = require "kv"
+local ck = clusterkit.new()
+local store = kv.install(ck, {route_timeout = 1, replication_timeout = 0.5})
+assert(store:start())
+"""
+
+
+def part_stats(node, index):
+    """node's /internal/kv-stats entry for partition `index`, or None."""
+    j = probe(node, "/internal/kv-stats")
+    for p in (j or {}).get("partitions", []):
+        if p["index"] == index:
+            return p
+    return None
+
+
+def test_a_copy_waits_for_owners_marked_down_that_hold_acknowledged_writes(ck, tmp_path):
+    """Regression (fault suite, partition-plus-kill seed 16899: a read
+    returned an older value than an acknowledged write). A restarted node's
+    copy asked every member but those marked down; a split marks the nodes on
+    its smaller side down while they are alive with their data, and they can
+    be the only holders of an acknowledged write. Here: v2 is acknowledged by
+    the primary A and replica B (replica C missed it); then B stops (marked
+    down, alive) and A restarts with an empty memory. A must not complete its
+    copy from C alone (v1) while B has not answered, and once B is back every
+    node reads v2."""
+    app = tmp_path / "quick_route.lua"
+    app.write_text(QUICK_ROUTE_APP % {"examples": repr(os.path.join(SOURCE_DIR, "examples"))})
+    # Every node a voter, so that stopping one and restarting another keeps
+    # a raft majority (somebody must mark B down); detection slow enough
+    # that C, stopped past a write's deadline, is not marked down.
+    c = kv_cluster(ck, 5, env={"VOTERS": "5", "SUSPECT_AFTER": "2.5", "DOWN_AFTER": "4"}, app=app)
+    key = "split:{3}"
+    loc = where(c.nodes[0], key)
+    index = int(loc["partition_id"].rsplit("-", 1)[1])
+    a = c.by_id(loc["primary"])
+    b, cc = [c.by_id(i) for i in loc["replicas"]]
+    router = next(n for n in c.nodes if n not in (a, b, cc))
+
+    assert put(router, key, b"v1").status == 200
+    wait_for(lambda: all(served_by_itself(n, key) == b"v1" for n in (a, b, cc)), what="every owner holding v1")
+
+    # C misses v2: stopped until the write's deadline has passed, then it
+    # refuses the try that queued up for it.
+    os.kill(cc.pid, signal.SIGSTOP)
+    try:
+        sent_ms = wall_ms()
+        r = put(router, key, b"v2")
+        assert r.status == 200 and r.json()["acks"] == 2, r
+        wait_for(lambda: wall_ms() > sent_ms + 1500, what="the deadline of the write to pass")
+    finally:
+        os.kill(cc.pid, signal.SIGCONT)
+    wait_for(lambda: (probe(cc, "/internal/kv-stats") or {}).get("late_refused", 0) >= 1,
+             what="C refusing the late try")
+    assert served_by_itself(cc, key) == b"v1"
+
+    # B stops (alive, holding v2) and A restarts with an empty memory.
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        a.kill9()
+        a.start()
+        c.wait_status(a, b.node_id, "down")
+        # With B marked down, the old code completed A's copy from C alone.
+        stats = wait_for(lambda: (lambda p: p if p and (p["ready"] or b.node_id in p.get("waiting_for", [])) else None)(
+            part_stats(a, index)), what="A's copy of the partition either done or waiting for B")
+        assert not stats["ready"] and b.node_id in stats["waiting_for"], stats
+        r = get(router, key)
+        assert not (r.status == 200 and r.body == b"v1"), ("an acknowledged write was lost", r)
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+
+    def everyone_reads_v2():
+        for n in c.nodes:
+            r = get(n, key)
+            if r.status != 200 or r.body != b"v2":
+                return None
+        return True
+    wait_for(everyone_reads_v2, what="every node reading v2 once B is back")
