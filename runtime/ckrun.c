@@ -7,6 +7,10 @@
  * (clusterkit.ckrun); this file only sets up the state, hands it argv, and
  * closes things in the right order: Lua first (its finalizers only start
  * closes), then the loop, which must end with no handle left.
+ *
+ * The same file builds ckctl, the operator CLI: CMake defines CK_PROGRAM
+ * (the binary's name), CK_PROGRAM_MODULE and CK_PROGRAM_ENTRY (the Lua
+ * module and its function that takes argv and returns the exit code).
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -17,6 +21,12 @@
 
 #include "ck_embedded.h"
 #include "lck.h"
+
+#ifndef CK_PROGRAM
+#define CK_PROGRAM "ckrun"
+#define CK_PROGRAM_MODULE "clusterkit.ckrun"
+#define CK_PROGRAM_ENTRY "main"
+#endif
 
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
@@ -61,7 +71,7 @@ int main(int argc, char **argv)
     int status = 1;
     lua_State *L = luaL_newstate();
     if (L == NULL) {
-        fprintf(stderr, "ckrun: cannot create the Lua state\n");
+        fprintf(stderr, CK_PROGRAM ": cannot create the Lua state\n");
         return 1;
     }
     luaL_openlibs(L);
@@ -69,20 +79,20 @@ int main(int argc, char **argv)
 
     lua_pushcfunction(L, traceback);
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "clusterkit.ckrun");
+    lua_pushliteral(L, CK_PROGRAM_MODULE);
     if (lua_pcall(L, 1, 1, 1) != 0) {
-        fprintf(stderr, "ckrun: %s\n", lua_tostring(L, -1));
+        fprintf(stderr, CK_PROGRAM ": %s\n", lua_tostring(L, -1));
         lua_close(L);
         return 1;
     }
-    lua_getfield(L, -1, "main");
+    lua_getfield(L, -1, CK_PROGRAM_ENTRY);
     lua_createtable(L, argc, 0);
     for (int i = 1; i < argc; i++) {
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i);
     }
     if (lua_pcall(L, 1, 1, 1) != 0) {
-        fprintf(stderr, "ckrun: %s\n", lua_tostring(L, -1));
+        fprintf(stderr, CK_PROGRAM ": %s\n", lua_tostring(L, -1));
     } else {
         status = (int)lua_tointeger(L, -1);
     }
@@ -94,7 +104,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     if (uv_loop_close(loop) != 0) {
         uv_print_all_handles(loop, stderr);
-        fprintf(stderr, "ckrun: handles still open at exit\n");
+        fprintf(stderr, CK_PROGRAM ": handles still open at exit\n");
         if (status == 0) {
             status = 1;
         }

@@ -15,6 +15,8 @@ luarocks --lua-version=5.1 --tree="$WORK/tree" make rocks/clusterkit-scm-1.rocks
   tail -40 "$WORK/build.log"; exit 1; }
 test -x "$WORK/tree/bin/ckrun"
 "$WORK/tree/bin/ckrun" --version
+test -x "$WORK/tree/bin/ckctl"
+"$WORK/tree/bin/ckctl" --help > /dev/null
 cd "$WORK"
 export LUA_PATH="$WORK/tree/share/lua/5.1/?.lua;$WORK/tree/share/lua/5.1/?/init.lua;;"
 export LUA_CPATH="$WORK/tree/lib/lua/5.1/?.so;;"

@@ -1,0 +1,471 @@
+--- ckctl: the operator CLI (embedded in the ckctl binary, like ckrun's).
+--
+--   ckctl [--addr HOST:PORT] [--json] [--timeout S] COMMAND [ARGS]
+--
+-- Talks HTTP to any node (--addr, else CK_ADDR, else 127.0.0.1:8080) with
+-- clusterkit's own client, follows NOT_LEADER answers to the leader, sends
+-- CLUSTER_TOKEN on mutations and READ_TOKEN (else CLUSTER_TOKEN) on reads.
+-- Tables for people, --json for scripts (the node's answer, unchanged, one
+-- JSON document per line for `watch`). Exit codes: 0 done, 1 the cluster
+-- said no or could not be reached (the message says which), 2 usage.
+--
+-- The program is M.main(argv, ctx) with every effect in ctx (request, out,
+-- err, env, now, sleep), so tests drive it without sockets
+-- (tests/lua/ckctl_spec.lua); M.run is the real-world ctx.
+local json = require "clusterkit.json"
+
+local M = {}
+
+local format, concat, rep = string.format, table.concat, string.rep
+
+local USAGE = [==[
+usage: ckctl [options] COMMAND [ARGS]
+
+commands:
+  status                  cluster, leader, term, state index, nodes by status
+  members                 every node: id, status, zone, HTTP and raft address
+  partitions [--node ID]  the partition table (only ID's partitions with --node)
+  where KEY               the partition of KEY, its primary and replicas
+  leader                  the leader, its address and term
+  watch [--count N] [--for S]
+                          print every change as it is committed (blocking
+                          queries); stops after N changes or S seconds
+  leave NODE              remove NODE from the cluster (its partitions move)
+  rebalance [--plan]      run placement now (--plan: only show the moves)
+  pause | resume          stop / restart automatic rebalancing (maintenance)
+
+options:
+  --addr HOST:PORT   a node's HTTP address (default $CK_ADDR, else 127.0.0.1:8080)
+  --json             print the node's JSON answers instead of tables
+  --timeout S        per-request timeout in seconds (default 10)
+  -h, --help         this help
+
+environment: CK_ADDR, CLUSTER_TOKEN (mutations), READ_TOKEN (reads; default
+CLUSTER_TOKEN).
+]==]
+
+M.USAGE = USAGE
+
+local MAX_REDIRECTS = 3
+
+-- ---------------------------------------------------------------------------
+-- Formatting (pure)
+-- ---------------------------------------------------------------------------
+
+--- Renders rows (lists of strings) under headers as aligned columns.
+function M.table(headers, rows)
+  local width = {}
+  for i, h in ipairs(headers) do width[i] = #h end
+  for _, r in ipairs(rows) do
+    for i = 1, #headers do
+      local s = tostring(r[i] == nil and "" or r[i])
+      r[i] = s
+      if #s > width[i] then width[i] = #s end
+    end
+  end
+  local lines = {}
+  local function line(cells)
+    local out = {}
+    for i = 1, #headers do
+      out[i] = i < #headers and cells[i] .. rep(" ", width[i] - #cells[i]) or cells[i]
+    end
+    lines[#lines + 1] = concat(out, "  ")
+  end
+  line(headers)
+  for _, r in ipairs(rows) do line(r) end
+  return concat(lines, "\n") .. "\n"
+end
+
+local function partition_index(id)
+  return tonumber(tostring(id):match("(%d+)$")) or 0
+end
+
+--- The partitions of a /cluster answer as a list sorted by index.
+function M.sorted_partitions(cluster)
+  local list = {}
+  for _, p in pairs(((cluster or {}).partition_map or {}).partitions or {}) do
+    list[#list + 1] = p
+  end
+  table.sort(list, function(a, b) return partition_index(a.id) < partition_index(b.id) end)
+  return list
+end
+
+local function owners_of(p)
+  local t = {p.primary_node}
+  for _, r in ipairs(p.replica_nodes or {}) do t[#t + 1] = r end
+  return t
+end
+
+--- What changed between two /cluster answers, as lines of text (pure).
+-- Node arrivals, departures and status changes; partitions whose primary or
+-- replicas changed (with the new epoch); config changes.
+function M.diff(old, new)
+  local out = {}
+  local oc, nc = old and old.cluster or {}, new.cluster or {}
+  local before = {}
+  for _, n in ipairs(oc.nodes or {}) do before[n.id] = n end
+  local now_ids = {}
+  for _, n in ipairs(nc.nodes or {}) do
+    now_ids[n.id] = true
+    local b = before[n.id]
+    if not b then
+      out[#out + 1] = format("node %s joined (%s, %s)", n.id, n.ip or "?", n.status or "?")
+    elseif b.status ~= n.status then
+      out[#out + 1] = format("node %s %s -> %s", n.id, b.status or "?", n.status or "?")
+    elseif b.ip ~= n.ip or b.raft_addr ~= n.raft_addr then
+      out[#out + 1] = format("node %s moved to %s (raft %s)", n.id, n.ip or "?", n.raft_addr or "?")
+    end
+  end
+  for _, n in ipairs(oc.nodes or {}) do
+    if not now_ids[n.id] then out[#out + 1] = format("node %s left", n.id) end
+  end
+  local prev = ((oc.partition_map or {}).partitions) or {}
+  for _, p in ipairs(M.sorted_partitions(nc)) do
+    local q = prev[p.id]
+    local was, is = q and concat(owners_of(q), ",") or "-", concat(owners_of(p), ",")
+    if was ~= is then
+      out[#out + 1] = format("%s %s -> %s (epoch %s)", p.id, was, is, tostring(p.epoch))
+    end
+  end
+  local ocfg, ncfg = oc.config or {}, nc.config or {}
+  for _, k in ipairs({"cluster_name", "partition_count", "replication_factor"}) do
+    if old and ocfg[k] ~= ncfg[k] then
+      out[#out + 1] = format("config %s %s -> %s", k, tostring(ocfg[k]), tostring(ncfg[k]))
+    end
+  end
+  return out
+end
+
+-- ---------------------------------------------------------------------------
+-- Talking to a node
+-- ---------------------------------------------------------------------------
+
+local Ctl = {}
+Ctl.__index = Ctl
+
+local function fail(msg)
+  error({ckctl = msg}, 0)
+end
+
+-- One request, following NOT_LEADER (307) to the leader. Returns the status
+-- and the decoded body (or the raw body when it is not JSON).
+function Ctl:call(method, path, body, mutation)
+  local token = mutation and self.env.CLUSTER_TOKEN or (self.env.READ_TOKEN or self.env.CLUSTER_TOKEN)
+  local headers = {Accept = "application/json"}
+  if token and token ~= "" then headers.Authorization = "Bearer " .. token end
+  if body ~= nil then
+    headers["Content-Type"] = "application/json"
+    body = json.encode(body)
+  end
+  local addr = self.addr
+  for _ = 0, MAX_REDIRECTS do
+    local res, err = self.request {method = method, url = "http://" .. addr .. path, headers = headers,
+                                   body = body, timeout = self.timeout}
+    if not res then
+      fail(format("%s %s: %s", addr, path, tostring(err and err.message or err)))
+    end
+    local decoded = json.decode(res.body)
+    local e = type(decoded) == "table" and type(decoded.error) == "table" and decoded.error or nil
+    if res.status == 307 and e and e.code == "NOT_LEADER" and type(e.leader) == "string" and e.leader ~= "" then
+      addr = e.leader -- Keep method, path and body: the Location header may lack the path.
+    else
+      if e then
+        local hint = ""
+        if res.status == 401 then
+          hint = mutation and " (set CLUSTER_TOKEN)" or " (set READ_TOKEN or CLUSTER_TOKEN)"
+        end
+        fail(format("%s %s: %d %s: %s%s", addr, path, res.status, tostring(e.code), tostring(e.message), hint))
+      end
+      if res.status >= 400 then
+        fail(format("%s %s: HTTP %d", addr, path, res.status))
+      end
+      return res.status, decoded ~= nil and decoded or res.body, res.body
+    end
+  end
+  fail(format("%s: more than %d NOT_LEADER redirects (is the leader changing?)", path, MAX_REDIRECTS))
+end
+
+function Ctl:get(path) return self:call("GET", path) end
+function Ctl:post(path, body) return self:call("POST", path, body, true) end
+
+function Ctl:print(s) self.out(s) end
+
+-- Prints the raw JSON answer (--json) or the table that render(v) makes.
+function Ctl:show(raw, v, render)
+  if self.json then
+    self:print((raw:gsub("%s+$", "")) .. "\n")
+  else
+    self:print(render(v))
+  end
+end
+
+local function urlencode(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return format("%%%02X", c:byte()) end))
+end
+
+-- ---------------------------------------------------------------------------
+-- Commands
+-- ---------------------------------------------------------------------------
+
+local commands = {}
+
+function commands.status(c)
+  local _, h, raw = c:get("/health/detailed")
+  local _, cl = c:get("/cluster")
+  if c.json then
+    c:print(raw:gsub("%s+$", "") .. "\n")
+    return
+  end
+  local raft = h.raft or {}
+  local by = {}
+  for k, n in pairs((h.nodes or {}).by_status or {}) do by[#by + 1] = k .. " " .. n end
+  table.sort(by)
+  local cfg = (cl.cluster or {}).config or {}
+  c:print(format("cluster     %s (%s)\n", tostring((cl.cluster or {}).name), tostring((cl.cluster or {}).id)))
+  c:print(format("health      %s (asked %s)\n", tostring(h.status), tostring(h.node_id)))
+  c:print(format("leader      %s, term %s\n", tostring(h.leader), tostring(raft.term)))
+  c:print(format("state index %s (commit %s, applied %s)\n", tostring(h.state_index),
+    tostring(raft.commit_index), tostring(raft.applied_index)))
+  c:print(format("nodes       %d: %s\n", (h.nodes or {}).total or 0, concat(by, ", ")))
+  c:print(format("voters      %s, standbys %s\n", tostring(raft.voters), tostring(raft.standbys)))
+  c:print(format("partitions  %s, replication factor %s\n", tostring(cfg.partition_count),
+    tostring(cfg.replication_factor)))
+end
+
+function commands.members(c)
+  local _, cl, raw = c:get("/cluster")
+  local _, ld = pcall(function() return select(2, c:get("/consensus/leader")) end)
+  local leader = type(ld) == "table" and ld.leader_id or nil
+  c:show(raw, cl, function(v)
+    local rows = {}
+    for _, n in ipairs((v.cluster or {}).nodes or {}) do
+      rows[#rows + 1] = {n.id .. (n.id == leader and " *" or ""), n.status, n.zone ~= "" and n.zone or "-",
+                         n.ip, n.raft_addr or ""}
+    end
+    return M.table({"ID", "STATUS", "ZONE", "HTTP", "RAFT"}, rows) .. (leader and "(* leader)\n" or "")
+  end)
+end
+
+function commands.partitions(c, args)
+  local only
+  if args[1] == "--node" then
+    only = args[2] or fail("--node needs a node id")
+  elseif args[1] then
+    fail("partitions: unknown argument " .. args[1])
+  end
+  local _, cl, raw = c:get("/cluster")
+  c:show(raw, cl, function(v)
+    local rows = {}
+    for _, p in ipairs(M.sorted_partitions(v.cluster)) do
+      local role
+      if only then
+        if p.primary_node == only then role = "primary" end
+        for _, r in ipairs(p.replica_nodes or {}) do
+          if r == only then role = "replica" end
+        end
+      end
+      if not only or role then
+        local row = {p.id, p.primary_node ~= "" and p.primary_node or "-",
+                     #(p.replica_nodes or {}) > 0 and concat(p.replica_nodes, ",") or "-", tostring(p.epoch)}
+        if only then row[5] = role end
+        rows[#rows + 1] = row
+      end
+    end
+    local headers = {"PARTITION", "PRIMARY", "REPLICAS", "EPOCH"}
+    if only then headers[5] = "ROLE" end
+    return M.table(headers, rows)
+  end)
+end
+
+function commands.where(c, args)
+  local key = args[1] or fail("where needs a KEY")
+  local _, v, raw = c:get("/partitions/key?key=" .. urlencode(key))
+  c:show(raw, v, function(x)
+    local rows = {}
+    for _, n in ipairs(x.nodes or {}) do
+      rows[#rows + 1] = {n.role, n.id, n.status, n.ip}
+    end
+    return format("key %s -> %s (epoch %s)\n", key, tostring(x.partition_id), tostring((x.partition or {}).epoch))
+      .. M.table({"ROLE", "NODE", "STATUS", "HTTP"}, rows)
+  end)
+end
+
+function commands.leader(c)
+  local _, l, raw = c:get("/consensus/leader")
+  c:show(raw, l, function(x)
+    return format("%s (http %s, raft %s), term %s\n", tostring(x.leader_id), tostring(x.leader_ip),
+      tostring(x.raft_addr), tostring(x.term))
+  end)
+end
+
+function commands.watch(c, args)
+  local count, seconds
+  local i = 1
+  while args[i] do
+    if args[i] == "--count" then
+      count = tonumber(args[i + 1]) or fail("--count needs a number")
+    elseif args[i] == "--for" then
+      seconds = tonumber(args[i + 1]) or fail("--for needs seconds")
+    else
+      fail("watch: unknown argument " .. args[i])
+    end
+    i = i + 2
+  end
+  local stop_at = seconds and c.now() + seconds
+  local _, cur = c:get("/cluster")
+  local index = cur.state_index or 0
+  if not c.json then
+    c:print(format("watching %s from state index %d (Ctrl-C stops)\n", c.addr, index))
+  end
+  local seen = 0
+  -- Bounded by --count / --for; without them it runs until interrupted.
+  while not (count and seen >= count) do
+    local wait = 30
+    if stop_at then
+      wait = stop_at - c.now()
+      if wait <= 0 then break end
+      wait = math.max(0.001, math.min(30, wait))
+    end
+    local ok, status, v, raw = pcall(c.get, c, format("/cluster?index=%d&wait=%dms", index, math.ceil(wait * 1000)))
+    if not ok then
+      -- The node went away: say so and try again (another node may be given).
+      c.err("ckctl: " .. tostring(type(status) == "table" and status.ckctl or status) .. "; retrying\n")
+      c.sleep(1)
+    elseif type(v) == "table" and (v.state_index or 0) > index then
+      if c.json then
+        c:print((raw:gsub("%s+$", "")) .. "\n")
+      else
+        for _, line in ipairs(M.diff(cur, v)) do
+          c:print(format("%s index %d: %s\n", c.clock(), v.state_index, line))
+        end
+      end
+      cur, index, seen = v, v.state_index, seen + 1
+    end
+    _ = status
+  end
+end
+
+function commands.leave(c, args)
+  local id = args[1] or fail("leave needs a NODE id")
+  local _, v, raw = c:post("/leave", {id = id})
+  c:show(raw, v, function() return format("%s left the cluster\n", id) end)
+end
+
+function commands.rebalance(c, args)
+  if args[1] == "--plan" then
+    local _, plan, raw = c:get("/rebalance/plan")
+    return c:show(raw, plan, function(p)
+      local rows = {}
+      for _, m in ipairs(p.moves or {}) do
+        rows[#rows + 1] = {m.partition or m.id or "?", concat(m.from or {}, ","), concat(m.to or {}, ",")}
+      end
+      return format("%d moves, %s slots, %s primaries would change\n", #(p.moves or {}),
+        tostring(p.moved_slots), tostring(p.moved_primaries)) .. (#rows > 0 and M.table({"PARTITION", "FROM", "TO"},
+        rows) or "")
+    end)
+  elseif args[1] then
+    fail("rebalance: unknown argument " .. args[1])
+  end
+  local _, v, raw = c:post("/rebalance")
+  c:show(raw, v, function(x)
+    return format("rebalanced: %s\n", json.encode(x))
+  end)
+end
+
+local function flag(action)
+  return function(c)
+    local _, v, raw = c:post("/rebalance/" .. action)
+    c:show(raw, v, function()
+      return action == "pause" and "rebalancing paused (maintenance mode)\n" or "rebalancing resumed\n"
+    end)
+  end
+end
+commands.pause, commands.resume = flag("pause"), flag("resume")
+
+-- ---------------------------------------------------------------------------
+-- Entry points
+-- ---------------------------------------------------------------------------
+
+--- Runs ckctl with argv (a list) in ctx = {request, out, err, env, now,
+-- sleep, clock}; returns the exit code.
+function M.main(argv, ctx)
+  local c = setmetatable({request = ctx.request, out = ctx.out, err = ctx.err, env = ctx.env or {},
+                          now = ctx.now, sleep = ctx.sleep, clock = ctx.clock or function() return "" end,
+                          timeout = 10, json = false}, Ctl)
+  c.addr = c.env.CK_ADDR ~= nil and c.env.CK_ADDR ~= "" and c.env.CK_ADDR or "127.0.0.1:8080"
+  local i, cmd, args = 1, nil, {}
+  while i <= #argv do
+    local a = argv[i]
+    if cmd then
+      args[#args + 1] = a
+      i = i + 1
+    elseif a == "-h" or a == "--help" or a == "help" then
+      c.out(USAGE)
+      return 0
+    elseif a == "--json" then
+      c.json, i = true, i + 1
+    elseif a == "--addr" or a == "--timeout" then
+      local v = argv[i + 1]
+      if not v then
+        c.err("ckctl: " .. a .. " needs a value\n" .. USAGE)
+        return 2
+      end
+      if a == "--addr" then
+        c.addr = v:gsub("^http://", ""):gsub("/$", "")
+      else
+        c.timeout = tonumber(v)
+        if not c.timeout or c.timeout <= 0 then
+          c.err("ckctl: --timeout needs a positive number of seconds\n")
+          return 2
+        end
+      end
+      i = i + 2
+    elseif a:sub(1, 1) == "-" then
+      c.err("ckctl: unknown option " .. a .. "\n" .. USAGE)
+      return 2
+    else
+      cmd, i = a, i + 1
+    end
+  end
+  if not cmd then
+    c.err(USAGE)
+    return 2
+  end
+  local fn = commands[cmd]
+  if not fn then
+    c.err("ckctl: unknown command " .. cmd .. " (ckctl --help lists them)\n")
+    return 2
+  end
+  local ok, e = pcall(fn, c, args)
+  if not ok then
+    if type(e) == "table" and e.ckctl then
+      c.err("ckctl: " .. e.ckctl .. "\n")
+      return 1
+    end
+    c.err("ckctl: internal error: " .. tostring(e) .. "\n")
+    return 1
+  end
+  return 0
+end
+
+--- The real world: clusterkit's HTTP client on the loop, stdout, stderr,
+-- the process environment.
+function M.run(argv)
+  local http = require "clusterkit.httpc"
+  local core = require "clusterkit.core"
+  local sched = require "clusterkit.sched"
+  local env = {}
+  for _, k in ipairs({"CK_ADDR", "CLUSTER_TOKEN", "READ_TOKEN"}) do env[k] = os.getenv(k) end
+  local code = M.main(argv, {
+    request = http.request, env = env,
+    out = function(s) io.stdout:write(s); io.stdout:flush() end,
+    err = function(s) io.stderr:write(s) end,
+    now = function() return core.hrtime() / 1e9 end,
+    sleep = function(s) sched.sleep(s) end,
+    clock = function() return os.date("!%H:%M:%S") end,
+  })
+  http.close_idle()
+  return code
+end
+
+return M

@@ -1,0 +1,135 @@
+"""ckctl, the operator CLI, against real ckrun processes: every read command
+on a follower, mutations through a follower (NOT_LEADER followed to the
+leader), --json, the cluster token, watch seeing a kill, and the errors an
+operator gets (unreachable address, missing token, unknown node).
+
+Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q -p no:cacheprovider test_ckctl.py
+"""
+
+import json
+import os
+import subprocess
+
+from ckharness import BUILD_DIR, ck, free_port  # noqa: F401  (the fixture)
+from ckcluster import Cluster, node_statuses, wait_for
+
+CKCTL = os.path.join(BUILD_DIR, "ckctl")
+TOKEN = "ckctl-test-token"
+
+
+def ckctl(node, *args, env=None, timeout=30):
+    """Runs ckctl against node (a CkNode, or "host:port") to completion."""
+    e = {k: v for k, v in os.environ.items() if k not in ("CK_ADDR", "CLUSTER_TOKEN", "READ_TOKEN")}
+    e["CK_ADDR"] = node if isinstance(node, str) else node.http_addr
+    e.update(env or {})
+    return subprocess.run([CKCTL] + list(args), env=e, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ok(r):
+    assert r.returncode == 0, "ckctl exited %d: %s%s" % (r.returncode, r.stdout, r.stderr)
+    return r.stdout
+
+
+def cluster(ck, count=3):
+    c = Cluster(ck, env={"CLUSTER_TOKEN": TOKEN, "PARTITION_COUNT": "8", "REPLICATION_FACTOR": "2"})
+    c.start(count)
+    c.wait_converged(members=True)
+    return c
+
+
+AUTH = {"CLUSTER_TOKEN": TOKEN}
+
+
+def test_read_commands_on_a_follower(ck):
+    c = cluster(ck)
+    leader = c.leader()
+    f = c.followers()[0]
+
+    out = ok(ckctl(f, "status", env=AUTH))
+    assert "leader      %s" % leader.node_id in out, out
+    assert "nodes       3: active 3" in out, out
+
+    out = ok(ckctl(f, "members", env=AUTH))
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "ZONE", "HTTP", "RAFT"], out
+    for n in c.nodes:
+        row = next(line for line in lines if line.split()[0] == n.node_id)
+        assert "active" in row and n.http_addr in row and n.raft_addr in row, row
+        assert ("*" in row.split()) == (n is leader), row
+
+    out = ok(ckctl(f, "leader", env=AUTH))
+    assert out.startswith("%s (http %s" % (leader.node_id, leader.http_addr)), out
+
+    parts = json.loads(ok(ckctl(f, "--json", "partitions", env=AUTH)))["cluster"]["partition_map"]["partitions"]
+    mine = {p for p, v in parts.items() if f.node_id in [v["primary_node"]] + v["replica_nodes"]}
+    out = ok(ckctl(f, "partitions", "--node", f.node_id, env=AUTH))
+    assert {line.split()[0] for line in out.splitlines()[1:]} == mine, out
+
+    where = json.loads(ok(ckctl(f, "--json", "where", "user:42", env=AUTH)))
+    out = ok(ckctl(f, "where", "user:42", env=AUTH))
+    assert out.startswith("key user:42 -> %s" % where["partition_id"]), out
+    assert "primary  %s" % where["primary"] in out, out
+
+
+def test_mutations_through_a_follower_follow_the_leader(ck):
+    c = cluster(ck, 4)
+    f = c.followers()[0]
+    assert "paused" in ok(ckctl(f, "pause", env=AUTH))
+    leader = c.leader()
+    metrics = leader.get("/metrics", headers={"Authorization": "Bearer " + TOKEN}).text
+    assert "clusterkit_rebalance_paused 1" in metrics, metrics
+    assert "resumed" in ok(ckctl(f, "resume", env=AUTH))
+    plan = json.loads(ok(ckctl(f, "--json", "rebalance", "--plan", env=AUTH)))
+    assert "moves" in plan
+    ok(ckctl(f, "rebalance", env=AUTH))
+
+    victim = next(n for n in c.nodes if n is not f and n is not leader)
+    out = ok(ckctl(f, "leave", victim.node_id, env=AUTH))
+    assert "%s left the cluster" % victim.node_id in out, out
+    wait_for(lambda: victim.node_id not in [i for i, s in (node_statuses(f) or {}).items() if s == "active"],
+             what="%s no longer active" % victim.node_id)
+
+
+def test_watch_sees_a_kill(ck):
+    c = cluster(ck)
+    f = c.followers()[0]
+    victim = next(n for n in c.nodes if n is not f and n is not c.leader())
+    e = {k: v for k, v in os.environ.items() if k not in ("CK_ADDR", "READ_TOKEN")}
+    e.update({"CK_ADDR": f.http_addr, "CLUSTER_TOKEN": TOKEN})
+    # Until the kill's two status changes (suspect, down) are printed; bounded by --for.
+    w = subprocess.Popen([CKCTL, "watch", "--count", "2", "--for", "60"], env=e, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The watcher has read the current state once it prints its first line.
+        first = w.stdout.readline()
+        assert first.startswith("watching %s" % f.http_addr), first
+        victim.kill9()
+        out, err = w.communicate(timeout=90)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait(10)
+    assert w.returncode == 0, err
+    assert "node %s active -> suspect" % victim.node_id in out, out
+    assert "node %s suspect -> down" % victim.node_id in out, out
+
+
+def test_operator_errors(ck):
+    c = cluster(ck, 2)
+    n = c.nodes[0]
+
+    r = ckctl("127.0.0.1:%d" % free_port(), "status")
+    assert r.returncode == 1 and "connection refused" in r.stderr, r
+
+    r = ckctl(n, "pause")
+    assert r.returncode == 1 and "401" in r.stderr and "set CLUSTER_TOKEN" in r.stderr, r
+
+    r = ckctl(n, "leave", "no-such-node", env=AUTH)
+    assert r.returncode == 1 and "no-such-node" in r.stderr, r
+
+    r = ckctl(n, "frobnicate")
+    assert r.returncode == 2 and "unknown command" in r.stderr, r
+
+    r = ckctl(n, "--help")
+    assert r.returncode == 0 and "usage: ckctl" in r.stdout, r
