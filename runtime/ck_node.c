@@ -854,3 +854,114 @@ static void node_close_now(struct ck_node *n)
         ck_transport_close(&n->transport);
     }
 }
+
+/* ---- Quorum recovery (ck_node_recover) ---- */
+
+static int recover_fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    (void)fsm, (void)buf, (void)result;
+    return RAFT_INVALID; /* Never called: raft does not start. */
+}
+
+static int recover_fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n)
+{
+    (void)fsm, (void)bufs, (void)n;
+    return RAFT_INVALID;
+}
+
+static int recover_fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    (void)fsm, (void)buf;
+    return RAFT_INVALID;
+}
+
+static void recover_on_closed_again(struct raft *r)
+{
+    (void)r;
+}
+
+static void recover_on_closed(struct raft *r)
+{
+    /* raft 0.15 may call the close callback twice (canonical/raft#341, see
+     * node_on_raft_closed): only the first one counts. */
+    *(bool *)r->data = true;
+    r->close_cb = recover_on_closed_again;
+}
+
+int ck_node_recover(const char *dir, uint64_t id, const char *address, unsigned n, const uint64_t *ids,
+                    const char *const *addrs, char *errmsg, size_t errlen)
+{
+    uv_loop_t loop;
+    struct raft_uv_transport transport;
+    struct raft_io io;
+    struct raft_fsm fsm = {.version = 1, .apply = recover_fsm_apply, .snapshot = recover_fsm_snapshot,
+                           .restore = recover_fsm_restore};
+    struct raft r;
+    struct raft_configuration conf;
+    bool closed = false;
+    int rv;
+
+    errmsg[0] = '\0';
+    if (n == 0) {
+        snprintf(errmsg, errlen, "recover: the new configuration needs at least one voter");
+        return CK_EINVAL;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(errmsg, errlen, "recover: %s is not a raft data directory", dir);
+        return CK_EINVAL;
+    }
+    if ((rv = uv_loop_init(&loop)) != 0) {
+        snprintf(errmsg, errlen, "recover: loop: %s", uv_strerror(rv));
+        return CK_ERAFT;
+    }
+    /* raft_uv wants a transport; nothing connects or listens (raft never
+     * starts), so raft's plain TCP one is enough. */
+    if ((rv = raft_uv_tcp_init(&transport, &loop)) != 0) {
+        snprintf(errmsg, errlen, "recover: transport: %s", raft_strerror(rv));
+        uv_loop_close(&loop);
+        return node_err(rv);
+    }
+    if ((rv = raft_uv_init(&io, &loop, dir, &transport)) != 0) {
+        snprintf(errmsg, errlen, "recover: raft io on %s: %s", dir, io.errmsg);
+        raft_uv_tcp_close(&transport);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        return node_err(rv);
+    }
+    rv = raft_init(&r, &io, &fsm, id, address);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "recover: raft init on %s: %s", dir, raft_errmsg(&r));
+        raft_uv_close(&io);
+        raft_uv_tcp_close(&transport);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        return node_err(rv);
+    }
+    r.data = &closed;
+    raft_configuration_init(&conf);
+    for (unsigned i = 0; i < n && rv == 0; i++) {
+        rv = raft_configuration_add(&conf, ids[i], addrs[i], RAFT_VOTER);
+    }
+    if (rv == 0) {
+        rv = raft_recover(&r, &conf);
+        if (rv != 0) {
+            snprintf(errmsg, errlen, "recover: %s: %s", dir,
+                     raft_errmsg(&r)[0] != '\0' ? raft_errmsg(&r) : raft_strerror(rv));
+        }
+    } else {
+        snprintf(errmsg, errlen, "recover: configuration: %s", raft_strerror(rv));
+    }
+    raft_configuration_close(&conf);
+    raft_close(&r, recover_on_closed);
+    for (int i = 0; i < 1000 && !closed; i++) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    raft_uv_close(&io);
+    raft_uv_tcp_close(&transport);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) != 0) {
+        uv_print_all_handles(&loop, stderr);
+    }
+    return rv == 0 ? 0 : node_err(rv);
+}

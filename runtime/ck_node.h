@@ -147,6 +147,20 @@ int ck_node_transfer(struct ck_node *n, uint64_t id, ck_node_change_cb cb, void 
  * event callback gets CK_NODE_EV_CLOSED and the node is freed. */
 void ck_node_close(struct ck_node *n);
 
+/* Quorum recovery (canonical raft's raft_recover): force the raft
+ * configuration stored in @dir to @n voters (@ids[i] at @addrs[i]), by
+ * appending a configuration entry to the log on disk. The node that owns @dir
+ * (@id, @address) must be stopped. Runs on a private loop and returns when the
+ * files are written: 0, or an error with the reason in @errmsg.
+ *
+ * Only for a cluster that lost its quorum for good. Entries that only the
+ * lost voters stored are gone; run it on the survivor with the highest term
+ * and the longest log, exactly once, then start that node and make the other
+ * survivors rejoin (empty data dir + JOIN_ADDR) or copy the recovered dir to
+ * them (raft.h, raft_recover). */
+int ck_node_recover(const char *dir, uint64_t id, const char *address, unsigned n, const uint64_t *ids,
+                    const char *const *addrs, char *errmsg, size_t errlen);
+
 /* A raft id from a node id string (stable, never 0). */
 uint64_t ck_node_raft_id(const char *node_id);
 

@@ -703,6 +703,61 @@ static int l_encode_flags(lua_State *L)
     return push_wbuf(L, &w);
 }
 
+/* raft_recover{dir = , node_id = , raft_addr = , voters = {{node_id = , raft_addr = }, ...}}
+ * -> true | nil, message. Forces the raft configuration stored in dir (see
+ * ck_node_recover); the node that owns dir must be stopped. The raft ids come
+ * from the node ids, as ck_node_raft_id makes them for running nodes. */
+static int l_raft_recover(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "dir");
+    lua_getfield(L, 1, "node_id");
+    lua_getfield(L, 1, "raft_addr");
+    const char *dir = luaL_checkstring(L, -3);
+    const char *node_id = luaL_checkstring(L, -2);
+    const char *addr = luaL_checkstring(L, -1);
+    lua_getfield(L, 1, "voters");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    int voters = lua_gettop(L);
+    size_t n = lua_objlen(L, voters);
+    if (n == 0 || n > CK_MAX_NODES) {
+        return luaL_error(L, "raft_recover: voters must list 1 to %d nodes", (int)CK_MAX_NODES);
+    }
+    uint64_t *ids = calloc(n, sizeof *ids);
+    const char **addrs = calloc(n, sizeof *addrs);
+    if (ids == NULL || addrs == NULL) {
+        free(ids);
+        free(addrs);
+        return luaL_error(L, "raft_recover: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, voters, (int)i + 1);
+        lua_getfield(L, -1, "node_id");
+        lua_getfield(L, -2, "raft_addr");
+        /* The strings stay referenced by the voters table until we return. */
+        const char *vid = lua_tostring(L, -2), *vaddr = lua_tostring(L, -1);
+        lua_pop(L, 3);
+        if (vid == NULL || vaddr == NULL || vid[0] == '\0' || vaddr[0] == '\0') {
+            free(ids);
+            free(addrs);
+            return luaL_error(L, "raft_recover: every voter needs a node_id and a raft_addr");
+        }
+        ids[i] = ck_node_raft_id(vid);
+        addrs[i] = vaddr;
+    }
+    char errmsg[512];
+    int rv = ck_node_recover(dir, ck_node_raft_id(node_id), addr, (unsigned)n, ids, addrs, errmsg, sizeof errmsg);
+    free(ids);
+    free(addrs);
+    if (rv != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, errmsg[0] != '\0' ? errmsg : ck_strerror(rv));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static const luaL_Reg lnode_methods[] = {
     {"start", lnode_start},
     {"close", lnode_close},
@@ -730,6 +785,7 @@ static const luaL_Reg lnode_funcs[] = {
     {"encode_remove", l_encode_remove},
     {"encode_table", l_encode_table},
     {"encode_flags", l_encode_flags},
+    {"raft_recover", l_raft_recover},
     {NULL, NULL},
 };
 

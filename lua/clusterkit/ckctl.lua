@@ -33,6 +33,10 @@ commands:
   leave NODE              remove NODE from the cluster (its partitions move)
   rebalance [--plan]      run placement now (--plan: only show the moves)
   pause | resume          stop / restart automatic rebalancing (maintenance)
+  recover --data-dir DIR --node-id ID [--voters ID,ID...] --yes
+                          after a quorum loss: force the raft configuration in
+                          the stopped node's DIR to ID alone (or to --voters);
+                          read the warning it prints first
 
 options:
   --addr HOST:PORT   a node's HTTP address (default $CK_ADDR, else 127.0.0.1:8080)
@@ -41,7 +45,17 @@ options:
   -h, --help         this help
 
 environment: CK_ADDR, CLUSTER_TOKEN (mutations), READ_TOKEN (reads; default
-CLUSTER_TOKEN).
+CLUSTER_TOKEN), NODE_ID and DATA_DIR (defaults of recover).
+]==]
+
+local RECOVER_WARNING = [==[
+WARNING: ckctl recover rewrites the raft configuration of one node's data
+directory. Use it only when a majority of the voters is gone for good and
+the cluster cannot elect a leader. Entries that only the lost voters stored
+are lost (changes the cluster acknowledged may be undone), and if a lost
+voter comes back with its old data dir there may be two clusters. Run it
+once, on the stopped survivor with the highest raft term and the longest
+log (GET /consensus/stats: term, last_log_index), never on a running node.
 ]==]
 
 M.USAGE = USAGE
@@ -209,6 +223,29 @@ end
 
 local commands = {}
 
+-- Options of the form --name value from args; returns {name = value}.
+local function options(args, known)
+  local o, i = {}, 1
+  while args[i] do
+    local name = args[i]:match("^%-%-([%w%-]+)$")
+    if not name or not known[name] then fail("unknown argument " .. args[i]) end
+    if known[name] == "flag" then
+      o[name], i = true, i + 1
+    else
+      o[name] = args[i + 1] or fail("--" .. name .. " needs a value")
+      i = i + 2
+    end
+  end
+  return o
+end
+
+-- A JSON value for people: strings and numbers as they are, null as "none".
+local function shown(v)
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then return shown(v) end
+  return "none"
+end
+
 function commands.status(c)
   local _, h, raw = c:get("/health/detailed")
   local _, cl = c:get("/cluster")
@@ -221,15 +258,15 @@ function commands.status(c)
   for k, n in pairs((h.nodes or {}).by_status or {}) do by[#by + 1] = k .. " " .. n end
   table.sort(by)
   local cfg = (cl.cluster or {}).config or {}
-  c:print(format("cluster     %s (%s)\n", tostring((cl.cluster or {}).name), tostring((cl.cluster or {}).id)))
-  c:print(format("health      %s (asked %s)\n", tostring(h.status), tostring(h.node_id)))
-  c:print(format("leader      %s, term %s\n", tostring(h.leader), tostring(raft.term)))
-  c:print(format("state index %s (commit %s, applied %s)\n", tostring(h.state_index),
-    tostring(raft.commit_index), tostring(raft.applied_index)))
+  c:print(format("cluster     %s (%s)\n", shown((cl.cluster or {}).name), shown((cl.cluster or {}).id)))
+  c:print(format("health      %s (asked %s)\n", shown(h.status), shown(h.node_id)))
+  c:print(format("leader      %s, term %s\n", shown(h.leader), shown(raft.term)))
+  c:print(format("state index %s (commit %s, applied %s)\n", shown(h.state_index),
+    shown(raft.commit_index), shown(raft.applied_index)))
   c:print(format("nodes       %d: %s\n", (h.nodes or {}).total or 0, concat(by, ", ")))
-  c:print(format("voters      %s, standbys %s\n", tostring(raft.voters), tostring(raft.standbys)))
-  c:print(format("partitions  %s, replication factor %s\n", tostring(cfg.partition_count),
-    tostring(cfg.replication_factor)))
+  c:print(format("voters      %s, standbys %s\n", shown(raft.voters), shown(raft.standbys)))
+  c:print(format("partitions  %s, replication factor %s\n", shown(cfg.partition_count),
+    shown(cfg.replication_factor)))
 end
 
 function commands.members(c)
@@ -382,6 +419,56 @@ local function flag(action)
 end
 commands.pause, commands.resume = flag("pause"), flag("resume")
 
+function commands.recover(c, args)
+  local o = options(args, {["data-dir"] = "value", ["node-id"] = "value", voters = "value", yes = "flag"})
+  local dir = o["data-dir"] or c.env.DATA_DIR or fail("recover needs --data-dir DIR (the stopped node's DATA_DIR)")
+  local id = o["node-id"] or c.env.NODE_ID or fail("recover needs --node-id ID (the node that owns the data dir)")
+  c.err(RECOVER_WARNING)
+  local text, rerr = c.read_file(dir .. "/cluster-state.json")
+  if not text then
+    fail(format("%s/cluster-state.json: %s (is %s a clusterkit DATA_DIR?)", dir, tostring(rerr), dir))
+  end
+  local st = json.decode(text)
+  local nodes = type(st) == "table" and type(st.cluster) == "table" and st.cluster.nodes
+  if type(nodes) ~= "table" then fail(dir .. "/cluster-state.json is not a clusterkit state") end
+  local by_id = {}
+  for _, n in ipairs(nodes) do by_id[n.id] = n end
+  local me = by_id[id] or fail(format("%s is not a member in %s/cluster-state.json", id, dir))
+  local wanted = {id}
+  if o.voters then
+    wanted = {}
+    for v in o.voters:gmatch("[^,]+") do wanted[#wanted + 1] = v end
+    local has_me = false
+    for _, v in ipairs(wanted) do has_me = has_me or v == id end
+    if not has_me then fail("--voters must include " .. id .. " (the node whose data dir is recovered)") end
+  end
+  local voters = {}
+  for _, v in ipairs(wanted) do
+    local n = by_id[v] or fail(format("voter %s is not a member in %s/cluster-state.json", v, dir))
+    if not n.raft_addr or n.raft_addr == "" then fail("voter " .. v .. " has no raft address in the state") end
+    voters[#voters + 1] = {node_id = v, raft_addr = n.raft_addr}
+  end
+  -- Never under a running node: its raft would overwrite what we write.
+  if me.ip and me.ip ~= "" then
+    local res = c.request {method = "GET", url = "http://" .. me.ip .. "/health", timeout = 2}
+    if res then
+      fail(format("%s answers on %s: stop it first (recover works on a stopped node's data dir)", id, me.ip))
+    end
+  end
+  if not o.yes then
+    fail("nothing done; re-run with --yes once you have read the warning above")
+  end
+  local ok, err = c.raft_recover {dir = dir .. "/raft", node_id = id, raft_addr = me.raft_addr, voters = voters}
+  if not ok then fail(tostring(err)) end
+  local names = {}
+  for _, v in ipairs(voters) do names[#names + 1] = v.node_id end
+  c:print(format("recovered %s: the raft configuration is now %s (voters)\n", dir, concat(names, ", ")))
+  c:print(format("next: start %s again with the same DATA_DIR; it leads once %s of these voters run.\n", id,
+    tostring(math.floor(#voters / 2) + 1)))
+  c:print("then, for every other surviving node not in that list: stop it, empty its DATA_DIR and start it\n"
+    .. format("with JOIN_ADDR=%s; remove the lost nodes with `ckctl leave NODE`.\n", tostring(me.ip)))
+end
+
 -- ---------------------------------------------------------------------------
 -- Entry points
 -- ---------------------------------------------------------------------------
@@ -391,6 +478,7 @@ commands.pause, commands.resume = flag("pause"), flag("resume")
 function M.main(argv, ctx)
   local c = setmetatable({request = ctx.request, out = ctx.out, err = ctx.err, env = ctx.env or {},
                           now = ctx.now, sleep = ctx.sleep, clock = ctx.clock or function() return "" end,
+                          read_file = ctx.read_file, raft_recover = ctx.raft_recover,
                           timeout = 10, json = false}, Ctl)
   c.addr = c.env.CK_ADDR ~= nil and c.env.CK_ADDR ~= "" and c.env.CK_ADDR or "127.0.0.1:8080"
   local i, cmd, args = 1, nil, {}
@@ -455,7 +543,7 @@ function M.run(argv)
   local core = require "clusterkit.core"
   local sched = require "clusterkit.sched"
   local env = {}
-  for _, k in ipairs({"CK_ADDR", "CLUSTER_TOKEN", "READ_TOKEN"}) do env[k] = os.getenv(k) end
+  for _, k in ipairs({"CK_ADDR", "CLUSTER_TOKEN", "READ_TOKEN", "NODE_ID", "DATA_DIR"}) do env[k] = os.getenv(k) end
   local code = M.main(argv, {
     request = http.request, env = env,
     out = function(s) io.stdout:write(s); io.stdout:flush() end,
@@ -463,6 +551,14 @@ function M.run(argv)
     now = function() return core.hrtime() / 1e9 end,
     sleep = function(s) sched.sleep(s) end,
     clock = function() return os.date("!%H:%M:%S") end,
+    read_file = function(path)
+      local f, err = io.open(path, "rb")
+      if not f then return nil, err end
+      local text = f:read("*a")
+      f:close()
+      return text
+    end,
+    raft_recover = core.raft_recover,
   })
   http.close_idle()
   return code

@@ -8,10 +8,11 @@ Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q 
 
 import json
 import os
+import shutil
 import subprocess
 
 from ckharness import BUILD_DIR, ck, free_port  # noqa: F401  (the fixture)
-from ckcluster import Cluster, node_statuses, wait_for
+from ckcluster import Cluster, leader_of, node_statuses, probe, wait_for
 
 CKCTL = os.path.join(BUILD_DIR, "ckctl")
 TOKEN = "ckctl-test-token"
@@ -133,3 +134,52 @@ def test_operator_errors(ck):
 
     r = ckctl(n, "--help")
     assert r.returncode == 0 and "usage: ckctl" in r.stdout, r
+
+
+def test_recover_a_cluster_that_lost_two_of_three_voters(ck):
+    """Quorum loss: two of three voters die for good (kill -9, never restarted),
+    the third cannot elect itself. `ckctl recover` refuses without --yes and on
+    a running node; on the stopped survivor it forces the raft configuration to
+    that node alone, which then leads, commits again, lets a wiped survivor
+    rejoin and removes the lost node."""
+    c = Cluster(ck, env={"CLUSTER_TOKEN": TOKEN})
+    c.start(3)
+    c.wait_converged(members=True)
+    keep = c.leader()
+    rejoin, lost = [n for n in c.nodes if n is not keep]
+    before = keep.get_json("/cluster")["cluster"]
+    rejoin.kill9()
+    lost.kill9()
+    wait_for(lambda: (probe(keep, "/consensus/stats") or {}).get("state") not in ("leader", None),
+             what="the survivor to lose leadership (no quorum)")
+
+    args = ["recover", "--data-dir", keep.data_dir, "--node-id", keep.node_id]
+    r = ckctl(keep, *args, "--yes")
+    assert r.returncode == 1 and "stop it first" in r.stderr, r
+    keep.stop()
+    r = ckctl(keep, *args)
+    assert r.returncode == 1 and "WARNING" in r.stderr and "--yes" in r.stderr, r
+    r = ckctl(keep, "recover", "--data-dir", keep.data_dir, "--node-id", "nobody", "--yes")
+    assert r.returncode == 1 and "nobody is not a member" in r.stderr, r
+    out = ok(ckctl(keep, *args, "--yes"))
+    assert "the raft configuration is now %s" % keep.node_id in out, out
+
+    keep.start()
+    wait_for(lambda: leader_of(keep) == keep.node_id, what="the recovered node to lead alone")
+    after = keep.get_json("/cluster")["cluster"]
+    assert after["id"] == before["id"]  # the same cluster, not a new one
+    # It commits again: a flag change, and the lost voters get marked down.
+    ok(ckctl(keep, "pause", env=AUTH))
+    ok(ckctl(keep, "resume", env=AUTH))
+    c.wait_status(keep, lost.node_id, "down")
+
+    # The other survivor rejoins with an empty data dir; the lost one is removed.
+    shutil.rmtree(rejoin.data_dir)
+    rejoin.extra_env.pop("BOOTSTRAP", None)
+    rejoin.extra_env["JOIN_ADDR"] = keep.http_addr
+    rejoin.start()
+    c.wait_status(keep, rejoin.node_id, "active")
+    ok(ckctl(keep, "leave", lost.node_id, env=AUTH))
+    c.wait_converged(nodes=[keep, rejoin], members=[keep.node_id, rejoin.node_id])
+    stats = keep.get_json("/consensus/stats")
+    assert stats["voters"] == 2, stats

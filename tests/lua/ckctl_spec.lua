@@ -211,4 +211,63 @@ describe("ckctl", function()
     assert.equal(3, calls)
     assert.matches("retrying", w.stderr())
   end)
+
+  describe("recover", function()
+    local STATE = json.encode(CLUSTER)
+    local function recovering(running)
+      local w = world(running and {["127.0.0.1:1"] = {["GET /health"] = {200, {status = "healthy"}}}} or {})
+      w.recovered = {}
+      w.ctx.read_file = function(path)
+        if path == "/d/cluster-state.json" then return STATE end
+        return nil, path .. ": No such file or directory"
+      end
+      w.ctx.raft_recover = function(o)
+        w.recovered[#w.recovered + 1] = o
+        return true
+      end
+      return w
+    end
+
+    it("warns, and does nothing without --yes", function()
+      local w = recovering()
+      assert.equal(1, w.run("recover", "--data-dir", "/d", "--node-id", "n1"))
+      assert.matches("WARNING", w.stderr())
+      assert.matches("re%-run with %-%-yes", w.stderr())
+      assert.equal(0, #w.recovered)
+    end)
+
+    it("refuses a node that still answers", function()
+      local w = recovering(true)
+      assert.equal(1, w.run("recover", "--data-dir", "/d", "--node-id", "n1", "--yes"))
+      assert.matches("n1 answers on 127.0.0.1:1: stop it first", w.stderr())
+      assert.equal(0, #w.recovered)
+    end)
+
+    it("forces the configuration to the node alone, or to --voters that include it", function()
+      local w = recovering()
+      assert.equal(0, w.run("recover", "--data-dir", "/d", "--node-id", "n1", "--yes"))
+      assert.same({dir = "/d/raft", node_id = "n1", raft_addr = "127.0.0.1:11",
+                   voters = {{node_id = "n1", raft_addr = "127.0.0.1:11"}}}, w.recovered[1])
+      assert.equal(0, w.run("recover", "--data-dir", "/d", "--node-id", "n1", "--voters", "n1,n2", "--yes"))
+      assert.same({{node_id = "n1", raft_addr = "127.0.0.1:11"}, {node_id = "n2", raft_addr = "127.0.0.1:12"}},
+        w.recovered[2].voters)
+      assert.equal(1, w.run("recover", "--data-dir", "/d", "--node-id", "n1", "--voters", "n2", "--yes"))
+      assert.matches("must include n1", w.stderr())
+      assert.equal(1, w.run("recover", "--data-dir", "/d", "--node-id", "n1", "--voters", "n1,n9", "--yes"))
+      assert.matches("voter n9 is not a member", w.stderr())
+      assert.equal(2, #w.recovered)
+    end)
+
+    it("says what is wrong with the data dir or the node id", function()
+      local w = recovering()
+      assert.equal(1, w.run("recover", "--data-dir", "/nope", "--node-id", "n1", "--yes"))
+      assert.matches("is /nope a clusterkit DATA_DIR", w.stderr())
+      assert.equal(1, w.run("recover", "--data-dir", "/d", "--node-id", "zz", "--yes"))
+      assert.matches("zz is not a member", w.stderr())
+      assert.equal(1, w.run("recover", "--data-dir", "/d"))
+      assert.matches("needs %-%-node%-id", w.stderr())
+      assert.equal(1, w.run("recover", "--bogus"))
+      assert.matches("unknown argument %-%-bogus", w.stderr())
+    end)
+  end)
 end)
