@@ -4,9 +4,11 @@
 --   ckrun -e CODE          run CODE the same way
 --   ckrun                  a plain coordination node from the environment
 --
--- SIGINT and SIGTERM stop every node gracefully, then the loop ends and
--- ckrun exits 0 (1 if the app raised, 3 if the cluster removed a node, 4
--- if a node's raft storage failed).
+-- SIGINT and SIGTERM stop every node gracefully (clusterkit.stop, the same
+-- code that clusterkit.run{signals = true} uses in a plain luajit), then the
+-- loop ends and ckrun exits 0 (also when the signal came while the app was
+-- still starting: it says "interrupted"); 1 if the app raised, 3 if the
+-- cluster removed a node, 4 if a node's raft storage failed.
 local core = require "clusterkit.core"
 
 local M = {}
@@ -88,24 +90,15 @@ function M.main(argv)
   for k, v in ipairs(args) do _G.arg[k] = v end
 
   local clusterkit = require "clusterkit"
+  local sched = require "clusterkit.sched"
   local status = 0
-  local stopping = false
-  -- Stops every node, then the loop (once, whoever asks first).
-  local function stop_all()
-    if stopping then return end
-    stopping = true
-    clusterkit.spawn(function()
-      clusterkit.shutdown()
-      core.stop()
-    end)
-  end
   -- A node the cluster removed has stopped itself; ckrun exits with 3 (the
   -- systemd unit does not restart on it: a restart would not rejoin).
   require("clusterkit.node").on_removed = function(node, reason)
     io.stderr:write("ckrun: node ", node.id, " was removed from the cluster (", reason, "); exiting. ",
       "To join again, start it with an empty DATA_DIR and a JOIN_ADDR.\n")
     status = 3
-    stop_all()
+    clusterkit.stop()
   end
   -- A node whose raft storage failed cannot be closed safely: exit 4 at
   -- once (a supervisor restarts it; it recovers from its data dir).
@@ -115,12 +108,15 @@ function M.main(argv)
     io.stderr:flush()
     os.exit(4)
   end
+  -- Before the app runs, so that a signal during its first steps (a join)
+  -- stops it gracefully too.
   local sigs = {}
-  for _, s in ipairs({2, 15}) do -- SIGINT, SIGTERM
-    local h = core.signal(s, stop_all)
+  for _, name in ipairs({"SIGINT", "SIGTERM"}) do
+    local h, why = clusterkit.on_signal(name, clusterkit.stop)
     if h then
-      h:unref() -- Signals alone do not keep the loop alive.
       sigs[#sigs + 1] = h
+    else
+      io.stderr:write("ckrun: cannot handle ", name, ": ", tostring(why), "\n")
     end
   end
 
@@ -129,21 +125,23 @@ function M.main(argv)
       return type(x) == "table" and x.exit and x or debug.traceback(x, 2)
     end, unpack(args))
     if not ok then
-      io.stderr:write("ckrun: ", type(e) == "table" and tostring(e.exit) or tostring(e), "\n")
+      local msg = type(e) == "table" and tostring(e.exit) or tostring(e)
+      local s = sched.stopping
+      if s and s.why then
+        -- The signal's stop made the app's waiting call fail (a start
+        -- reports TIMEOUT when its node stops): that is no app error.
+        io.stderr:write("ckrun: interrupted (", s.why, ") while the app was starting; its nodes stop gracefully\n")
+        require("clusterkit.log").default:debug("the app's error after %s: %s", s.why, msg)
+        return
+      end
+      io.stderr:write("ckrun: ", msg, "\n")
       status = 1
-      clusterkit.shutdown()
-      core.stop()
+      clusterkit.stop()
     end
   end)
-  core.run("default")
-  -- Stopped by a signal or an error: make sure every node is closed.
-  if next(require("clusterkit.node").running) then
-    clusterkit.spawn(function()
-      clusterkit.shutdown()
-      core.stop()
-    end)
-    core.run("default")
-  end
+  -- Until the app's nodes stop, or a stop (signal, error, removal) ends it;
+  -- run makes sure every node is closed then.
+  clusterkit.run()
   for _, h in ipairs(sigs) do h:close() end
   return status
 end

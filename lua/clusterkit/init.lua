@@ -4,7 +4,8 @@
 --   local ck = clusterkit.new{node_id = "node-1", bootstrap = true}
 --   assert(ck:start())
 --   print(ck:primary_for_key("user:123").id)
---   clusterkit.run()          -- in a plain luajit; ckrun runs the loop itself
+--   clusterkit.run{signals = true}  -- in a plain luajit: the loop, and SIGINT/SIGTERM
+--                                   -- stop the node gracefully (ckrun does both itself)
 local core = require "clusterkit.core"
 local sched = require "clusterkit.sched"
 local node = require "clusterkit.node"
@@ -28,9 +29,102 @@ end)
 --- A node (not started). See README for the options.
 M.new = node.new
 
---- Runs the loop until nothing is left on it (or clusterkit.stop_loop()).
-function M.run()
-  return core.run("default")
+-- Signal numbers: the same on Linux, the BSDs and macOS.
+local SIGNALS = {SIGHUP = 1, SIGINT = 2, SIGTERM = 15}
+-- Handles from on_signal that are not closed: a handle the caller drops
+-- must keep working (its __gc would close it).
+local signal_handles = {} -- luacheck: ignore 241 (only a pin: written, never read)
+
+local SignalHandle = {}
+SignalHandle.__index = SignalHandle
+
+--- Removes the handler (the signal's default action is back once no
+-- handler is left for it).
+function SignalHandle:close()
+  if self._h then
+    self._h:close()
+    self._h = nil
+    signal_handles[self] = nil
+  end
+end
+
+--- Calls fn(name) in its own coroutine each time the process receives the
+-- signal `name` ("SIGINT", "SIGTERM" or "SIGHUP"), instead of the signal's
+-- default action. Delivered while the loop runs (clusterkit.run, ckrun, or a
+-- waiting call on the main thread); the handler does not keep the loop
+-- alive. Returns a handle (h:close() removes it), or nil, err.
+--   clusterkit.on_signal("SIGINT", clusterkit.stop)  -- graceful stop, also while start() waits
+function M.on_signal(name, fn)
+  local num = SIGNALS[name]
+  if not num then
+    error("clusterkit.on_signal: signal must be SIGINT, SIGTERM or SIGHUP, got " .. tostring(name), 2)
+  end
+  if type(fn) ~= "function" then
+    error("clusterkit.on_signal: handler must be a function", 2)
+  end
+  local h, msg, code = core.signal(num, function() sched.spawn(fn, name) end)
+  if not h then
+    return nil, errors.from_core("signal " .. name .. ": " .. tostring(msg), code)
+  end
+  h:unref() -- A handler alone does not keep the loop running.
+  local obj = setmetatable({_h = h, name = name}, SignalHandle)
+  signal_handles[obj] = true
+  return obj
+end
+
+--- Stops every running node gracefully (a leader hands leadership over
+-- first), then ends clusterkit.run(): what SIGINT and SIGTERM do under
+-- clusterkit.run{signals = true} and ckrun. `why` is the signal's name
+-- when a signal asked (on_signal passes it). Returns at once: the stop runs
+-- in its own coroutine; a call while one is under way does nothing.
+--
+-- After a stop that a signal asked for, a waiting call on the main thread
+-- of a plain luajit (ck:start() joining, clusterkit.sleep) raises
+-- "clusterkit: interrupted (SIGINT) ..." once every node is stopped.
+function M.stop(why)
+  if sched.stopping then
+    if why then log.default:info("%s: already stopping", why) end
+    return
+  end
+  local s = {why = why, done = false}
+  sched.stopping = s
+  if why then log.default:info("%s: stopping every node gracefully", why) end
+  sched.spawn(function()
+    M.shutdown()
+    s.done = true
+    core.stop()
+  end)
+end
+
+--- Runs the loop until nothing is left on it, clusterkit.stop_loop() or
+-- clusterkit.stop(). With {signals = true}, SIGINT and SIGTERM call
+-- clusterkit.stop while it runs. Returns the name of the signal that
+-- stopped it, or nil.
+function M.run(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("clusterkit.run: options must be a table", 2)
+  end
+  local handles = {}
+  if opts and opts.signals then
+    for _, name in ipairs({"SIGINT", "SIGTERM"}) do
+      handles[#handles + 1] = M.on_signal(name, M.stop)
+    end
+  end
+  core.run("default")
+  -- Ended by a stop (or the loop stopped by hand while one ran): make sure
+  -- it finished and no node is left running (one may have started meanwhile).
+  local s = sched.stopping
+  if s and (not s.done or next(node.running)) then
+    sched.spawn(function()
+      M.shutdown()
+      s.done = true
+      core.stop()
+    end)
+    core.run("default")
+  end
+  for _, h in ipairs(handles) do h:close() end
+  sched.stopping = nil
+  return s and s.why or nil
 end
 
 --- Makes clusterkit.run() return after the current iteration.
@@ -77,7 +171,8 @@ function M.free_port(host)
   return port
 end
 
---- Stops every running node (gracefully); used on SIGINT/SIGTERM.
+--- Stops every running node (gracefully) and waits until each is stopped,
+-- also one whose stop someone else began; used on SIGINT/SIGTERM.
 function M.shutdown()
   local list = {}
   for n in pairs(node.running) do
@@ -85,6 +180,11 @@ function M.shutdown()
   end
   for _, n in ipairs(list) do
     n:stop()
+  end
+  -- stop() returns at once for a node already stopping: wait for it too
+  -- (its own stop is bounded; so is this wait).
+  for _, n in ipairs(list) do
+    n:_wait_until(function() return n.status == "stopped" end, 30)
   end
 end
 

@@ -16,6 +16,10 @@ local unpack, select = unpack, select
 
 local log_error = function(msg) io.stderr:write(msg, "\n") end
 
+--- The graceful stop under way (clusterkit.stop): {why = signal name or
+-- nil, done = bool}, or nil. clusterkit.run clears it when it returns.
+M.stopping = nil
+
 --- Sets the function that reports errors in spawned coroutines.
 function M.set_error_logger(fn)
   log_error = fn
@@ -57,7 +61,13 @@ local pack = function(...) return {n = select("#", ...), ...} end
 --- Suspends the caller until the function passed to setup(resume) is
 -- called; returns what resume was called with. resume may be called
 -- before setup returns, and only its first call counts.
-function M.wait(setup)
+--
+-- On the main thread, a stop that a signal asked for (clusterkit.stop via
+-- on_signal) interrupts the wait: the loop runs until every node is
+-- stopped, then cleanup() (optional: it releases what setup took) runs and
+-- the wait raises "clusterkit: interrupted (SIGINT) ...", as Ctrl-C
+-- interrupts a plain luajit.
+function M.wait(setup, cleanup)
   local co = M.in_coroutine() and co_running() or nil
   if co then
     local state, early = "setup", nil
@@ -84,10 +94,21 @@ function M.wait(setup)
   setup(function(...)
     if not result then result = pack(...) end
   end)
-  while not result do
+  while true do
+    local s = M.stopping
+    local interrupted = s and s.why
+    if interrupted and s.done then
+      M.stopping = nil
+      if cleanup then cleanup() end
+      error("clusterkit: interrupted (" .. s.why .. "): every node was stopped gracefully", 0)
+    elseif result and not interrupted then
+      break
+    end
     local alive = core.run("once")
-    if not alive and not result then
+    if not alive and not result and not interrupted then
       error("clusterkit: nothing left on the loop to wake this wait", 3)
+    elseif not alive and interrupted then
+      s.done = true -- Nothing left that could finish the stop: report it now.
     end
   end
   return unpack(result, 1, result.n)
@@ -101,7 +122,7 @@ function M.sleep(seconds)
   local t = core.timer()
   M.wait(function(resume)
     t:start(seconds * 1000, 0, resume)
-  end)
+  end, function() t:close() end)
   t:close()
 end
 
@@ -111,7 +132,7 @@ function M.wait_timeout(seconds, setup)
   local res = pack(M.wait(function(resume)
     t:start(seconds * 1000, 0, function() resume(nil, "timeout") end)
     setup(resume)
-  end))
+  end, function() t:close() end))
   t:close()
   return unpack(res, 1, res.n)
 end
