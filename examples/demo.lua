@@ -12,11 +12,7 @@
 local clusterkit = require "clusterkit"
 io.stdout:setvbuf("line") -- with --serve, show the addresses at once even in a pipe
 
--- ckrun does not put the script's directory on package.path: add it, so
--- that require "kv" finds examples/kv/init.lua.
-local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
-package.path = here .. "/?.lua;" .. here .. "/?/init.lua;" .. package.path
-local kv = require "kv"
+local kv = require "kv" -- examples/kv/init.lua: ckrun puts the script's directory on package.path
 
 local nodes_wanted, serve = 3, false
 local i = 1

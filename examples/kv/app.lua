@@ -7,8 +7,9 @@
 -- REPLICATION_FACTOR, ...). The store itself lives in kv/init.lua, so that
 -- other programs (examples/demo.lua) can run it on their own nodes.
 
--- ckrun does not put the script's directory on package.path: find the
--- examples/ directory from arg[0] so that require "kv" loads kv/init.lua.
+-- ckrun puts this script's directory (examples/kv) on package.path; the
+-- store is the module "kv" (kv/init.lua, which requires kv.storage), so its
+-- parent, examples/, goes there too.
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../?.lua;" .. here .. "/../?/init.lua;" .. package.path
 

@@ -18,13 +18,10 @@
 -- table. Instead of ck:set_placement, a plain node can name the module:
 --   LUA_PATH="$PWD/examples/?.lua;;" PLACEMENT=zones.policy PRIMARY_ZONE=zone-a ZONE=zone-a ... build/ckrun
 
--- ckrun does not put the script's directory on package.path.
-local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
-package.path = here .. "/../?.lua;" .. here .. "/../?/init.lua;" .. package.path
 io.stdout:setvbuf("line")
 
 local clusterkit = require "clusterkit"
-local policy = require "zones.policy"
+local policy = require "policy" -- policy.lua beside this file (ckrun puts its directory on package.path)
 
 local primary_zone = os.getenv("PRIMARY_ZONE")
 local ck = clusterkit.new()

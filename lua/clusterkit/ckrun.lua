@@ -9,6 +9,10 @@
 -- loop ends and ckrun exits 0 (also when the signal came while the app was
 -- still starting: it says "interrupted"); 1 if the app raised, 3 if the
 -- cluster removed a node, 4 if a node's raft storage failed.
+--
+-- The script's directory is put first on package.path, so that an app finds
+-- the modules beside it (require "mymod" loads <dir>/mymod.lua or
+-- <dir>/mymod/init.lua).
 local core = require "clusterkit.core"
 
 local M = {}
@@ -17,8 +21,9 @@ local USAGE = [==[
 usage: ckrun [options] [script.lua [args...]]
 
 Runs a clusterkit application: script.lua runs in a coroutine with
-require "clusterkit" available, then the event loop runs until the app's
-nodes stop or SIGINT/SIGTERM arrives (nodes then stop gracefully).
+require "clusterkit" available (and modules beside script.lua on
+package.path), then the event loop runs until the app's nodes stop or
+SIGINT/SIGTERM arrives (nodes then stop gracefully).
 
 With no script, runs a plain coordination node configured from the
 environment (NODE_ID, NODE_NAME, HTTP_ADDR, RAFT_ADDR, JOIN_ADDR,
@@ -79,6 +84,13 @@ function M.main(argv)
     fn, err = loadstring(code, "=(command line)")
   elseif script then
     fn, err = loadfile(script ~= "-" and script or nil)
+    if fn and script ~= "-" then
+      -- Modules beside the script come first (before LUA_PATH's).
+      local dir = script:match("^(.*)/[^/]*$") or "."
+      if dir == "" then dir = "/" end
+      dir = dir:gsub("/$", "")
+      package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+    end
   else
     fn = default_app
   end
