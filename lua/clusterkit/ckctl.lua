@@ -33,6 +33,12 @@ commands:
   leave NODE              remove NODE from the cluster (its partitions move)
   rebalance [--plan]      run placement now (--plan: only show the moves)
   pause | resume          stop / restart automatic rebalancing (maintenance)
+  snapshot save FILE [--stale]
+                          back up the replicated state (the leader's; --stale:
+                          the node's own, e.g. without quorum)
+  snapshot restore FILE   commit a backup's partition table and flags (into
+                          this or a new cluster with the same partition count,
+                          replication factor and hash)
   recover --data-dir DIR --node-id ID [--voters ID,ID...] --yes
                           after a quorum loss: force the raft configuration in
                           the stopped node's DIR to ID alone (or to --voters);
@@ -169,7 +175,7 @@ function Ctl:call(method, path, body, mutation)
   if token and token ~= "" then headers.Authorization = "Bearer " .. token end
   if body ~= nil then
     headers["Content-Type"] = "application/json"
-    body = json.encode(body)
+    if type(body) ~= "string" then body = json.encode(body) end -- A string is JSON already.
   end
   local addr = self.addr
   for _ = 0, MAX_REDIRECTS do
@@ -242,7 +248,7 @@ end
 -- A JSON value for people: strings and numbers as they are, null as "none".
 local function shown(v)
   local t = type(v)
-  if t == "string" or t == "number" or t == "boolean" then return shown(v) end
+  if t == "string" or t == "number" or t == "boolean" then return tostring(v) end
   return "none"
 end
 
@@ -419,6 +425,39 @@ local function flag(action)
 end
 commands.pause, commands.resume = flag("pause"), flag("resume")
 
+function commands.snapshot(c, args)
+  local action, file = args[1], args[2]
+  if action ~= "save" and action ~= "restore" then fail("snapshot needs save FILE or restore FILE") end
+  if not file then fail("snapshot " .. action .. " needs a FILE") end
+  if action == "save" then
+    local o = options({unpack(args, 3)}, {stale = "flag"})
+    local _, snap, raw = c:get(o.stale and "/snapshot?stale=1" or "/snapshot")
+    if type(snap) ~= "table" or snap.format ~= "clusterkit-snapshot" then
+      fail("the node did not answer with a snapshot")
+    end
+    local ok, err = c.write_file(file, raw)
+    if not ok then fail(format("writing %s: %s", file, tostring(err))) end
+    return c:show(raw, snap, function(x)
+      return format("saved the state at index %s (%d partitions, %d nodes) to %s\n", shown(x.state_index),
+        #(x.partitions or {}), #(x.nodes or {}), file)
+    end)
+  end
+  if args[3] then fail("unknown argument " .. args[3]) end
+  local text, rerr = c.read_file(file)
+  if not text then fail(format("reading %s: %s", file, tostring(rerr))) end
+  local snap = json.decode(text)
+  if type(snap) ~= "table" or snap.format ~= "clusterkit-snapshot" then
+    fail(file .. " is not a clusterkit snapshot (made by ckctl snapshot save)")
+  end
+  local _, out, raw = c:post("/snapshot/restore", text)
+  c:show(raw, out, function(x)
+    local missing = x.missing or {}
+    return format("restored %s: %s partitions committed at state index %s\n", file, shown(x.partitions),
+      shown(x.state_index)) .. (#missing > 0 and format("not members here, left out: %s (placement fills "
+      .. "their slots unless rebalancing is paused)\n", concat(missing, ", ")) or "")
+  end)
+end
+
 function commands.recover(c, args)
   local o = options(args, {["data-dir"] = "value", ["node-id"] = "value", voters = "value", yes = "flag"})
   local dir = o["data-dir"] or c.env.DATA_DIR or fail("recover needs --data-dir DIR (the stopped node's DATA_DIR)")
@@ -478,7 +517,8 @@ end
 function M.main(argv, ctx)
   local c = setmetatable({request = ctx.request, out = ctx.out, err = ctx.err, env = ctx.env or {},
                           now = ctx.now, sleep = ctx.sleep, clock = ctx.clock or function() return "" end,
-                          read_file = ctx.read_file, raft_recover = ctx.raft_recover,
+                          read_file = ctx.read_file, write_file = ctx.write_file,
+                          raft_recover = ctx.raft_recover,
                           timeout = 10, json = false}, Ctl)
   c.addr = c.env.CK_ADDR ~= nil and c.env.CK_ADDR ~= "" and c.env.CK_ADDR or "127.0.0.1:8080"
   local i, cmd, args = 1, nil, {}
@@ -557,6 +597,14 @@ function M.run(argv)
       local text = f:read("*a")
       f:close()
       return text
+    end,
+    write_file = function(path, text)
+      local f, err = io.open(path, "wb")
+      if not f then return nil, err end
+      local ok, werr = f:write(text)
+      local closed, cerr = f:close()
+      if not ok or not closed then return nil, werr or cerr end
+      return true
     end,
     raft_recover = core.raft_recover,
   })

@@ -78,6 +78,7 @@ function M.new(opts)
   self.http = http.server(self)
   require("clusterkit.api").install(self)
   require("clusterkit.membership").install(self)
+  require("clusterkit.backup").install(self)
   return self
 end
 
@@ -1021,6 +1022,121 @@ function Node:create_partitions()
   local ok, err = self:rebalance()
   if not ok then return nil, err end
   return true
+end
+
+-- ---------------------------------------------------------------------------
+-- Backups of the replicated state (ckctl snapshot save / restore)
+-- ---------------------------------------------------------------------------
+
+local SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "clusterkit-snapshot", 1
+
+--- The replicated state as one consistent document (a single state index):
+-- {format, version, state_index, taken_at_ms, cluster_id, config =
+-- {cluster_name, partition_count, replication_factor, hash_algorithm,
+-- hash_tags}, flags = {rebalance_paused}, nodes = {...}, partitions =
+-- {{id, primary_node, replica_nodes, epoch}, ...} in index order}.
+function Node:snapshot()
+  check(self, "snapshot")
+  local v = self:_view()
+  if not v.ready then return nil, not_ready end
+  local parts = {}
+  for i, p in ipairs(v.parts) do
+    parts[i] = {id = p.id, primary_node = p.primary_node, replica_nodes = p.replica_nodes, epoch = p.epoch}
+  end
+  local nodes = {}
+  for i, n in ipairs(v.nodes) do
+    nodes[i] = {id = n.id, name = n.name, ip = n.ip, raft_addr = n.raft_addr, status = n.status, zone = n.zone,
+                weight = n.weight, services = n.services}
+  end
+  return {
+    format = SNAPSHOT_FORMAT, version = SNAPSHOT_VERSION, state_index = v.index, taken_at_ms = core.time_ms(),
+    cluster_id = v.cluster_id, config = {cluster_name = v.name, partition_count = v.partitions,
+      replication_factor = v.replication, hash_algorithm = v.hash_algo, hash_tags = v.hash_tags},
+    flags = {rebalance_paused = self:rebalance_paused()}, nodes = nodes, partitions = parts,
+  }
+end
+
+-- Why snapshot `snap` cannot be restored here (a message), or nil.
+local function snapshot_mismatch(snap, v)
+  if type(snap) ~= "table" or snap.format ~= SNAPSHOT_FORMAT then
+    return "not a clusterkit snapshot (no \"format\": \"" .. SNAPSHOT_FORMAT .. "\")"
+  end
+  if snap.version ~= SNAPSHOT_VERSION then
+    return string.format("snapshot version %s; this node reads version %d", tostring(snap.version),
+      SNAPSHOT_VERSION)
+  end
+  local cfg = type(snap.config) == "table" and snap.config or {}
+  for _, k in ipairs({{"partition_count", v.partitions}, {"replication_factor", v.replication},
+                      {"hash_algorithm", v.hash_algo}}) do
+    if cfg[k[1]] ~= k[2] then
+      return string.format("the snapshot's %s is %s, this cluster's is %s (a table cannot change shape)", k[1],
+        tostring(cfg[k[1]]), tostring(k[2]))
+    end
+  end
+  if type(snap.partitions) ~= "table" or #snap.partitions ~= v.partitions then
+    return "the snapshot does not hold one row per partition"
+  end
+end
+
+--- Restores a backup made by snapshot() (leader only): commits its
+-- partition table (owners that are not members here are left out; the
+-- reconciler fills their slots unless rebalancing is paused) and its flags.
+-- Node entries are not restored: members are the nodes that run. Returns
+-- {state_index, partitions, missing = {ids the snapshot names that are not
+-- members}} or nil, err (NOT_LEADER, SNAPSHOT_MISMATCH, BAD_SNAPSHOT).
+function Node:restore_snapshot(snap)
+  check(self, "restore_snapshot")
+  if not self:is_leader() then
+    return nil, leader_error(self)
+  end
+  local raw = self._core:view()
+  if not raw.initialized then return nil, not_ready end
+  local v = self:_view()
+  local why = snapshot_mismatch(snap, v)
+  if why then
+    return nil, errors.new(type(snap) == "table" and snap.format == SNAPSHOT_FORMAT and snap.version == SNAPSHOT_VERSION
+      and "SNAPSHOT_MISMATCH" or "BAD_SNAPSHOT", why)
+  end
+  local members, missing, seen = {}, {}, {}
+  for _, n in ipairs(v.nodes) do
+    if n.status ~= "left" then members[n.id] = true end
+  end
+  local rows = {}
+  for i, p in ipairs(snap.partitions) do
+    if type(p) ~= "table" or type(p.replica_nodes) ~= "table" then
+      return nil, errors.new("BAD_SNAPSHOT", "partition row " .. i .. " is malformed")
+    end
+    local row, dup = {}, {}
+    local owners = {p.primary_node}
+    for _, r in ipairs(p.replica_nodes) do owners[#owners + 1] = r end
+    for _, id in ipairs(owners) do
+      if type(id) ~= "string" then
+        return nil, errors.new("BAD_SNAPSHOT", "partition row " .. i .. " names a node that is not a string")
+      end
+      if id ~= "" and members[id] and not dup[id] and #row < raw.replication then
+        row[#row + 1], dup[id] = id, true
+      elseif id ~= "" and not members[id] and not seen[id] then
+        missing[#missing + 1], seen[id] = id, true
+      end
+    end
+    rows[i] = row
+  end
+  local ids, owners = placement.flatten(rows, raw.replication)
+  local ok, encoded = pcall(core.encode_table, raw.partitions, raw.replication, ids, owners)
+  if not ok then
+    return nil, errors.new("BAD_SNAPSHOT", tostring(encoded))
+  end
+  local index, msg = self:_propose(encoded)
+  if not index then return nil, errors.new("RAFT", tostring(msg)) end
+  local paused = type(snap.flags) == "table" and snap.flags.rebalance_paused == true
+  if paused ~= self:rebalance_paused() then
+    local fi, fmsg = self:_propose(core.encode_flags({rebalance_paused = paused}))
+    if not fi then return nil, errors.new("RAFT", tostring(fmsg)) end
+    index = fi
+  end
+  self.log:info("restored a snapshot taken at state index %s: %d partitions%s", tostring(snap.state_index),
+    #rows, #missing > 0 and (", without " .. table.concat(missing, ", ") .. " (not members)") or "")
+  return {state_index = index, partitions = #rows, missing = missing}
 end
 
 local function set_paused(self, fn, paused)

@@ -183,3 +183,51 @@ def test_recover_a_cluster_that_lost_two_of_three_voters(ck):
     c.wait_converged(nodes=[keep, rejoin], members=[keep.node_id, rejoin.node_id])
     stats = keep.get_json("/consensus/stats")
     assert stats["voters"] == 2, stats
+
+
+def table_of(node):
+    """{partition id: [primary, replicas...]} from node's /partitions."""
+    return {p["id"]: [p["primary_node"]] + p["replica_nodes"]
+            for p in node.get_json("/partitions")["partitions"]}
+
+
+def test_snapshot_save_and_restore_into_a_fresh_cluster(ck, tmp_path):
+    """A backup taken through a follower restores into a new cluster (other
+    data dirs, ports and cluster id; same node ids, joined in another order)
+    with the same table and flags; a cluster of another shape refuses it."""
+    env = {"CLUSTER_TOKEN": TOKEN, "PARTITION_COUNT": "16", "REPLICATION_FACTOR": "2"}
+    a = Cluster(ck, prefix="a", env=env)
+    a.start(3)
+    a.wait_converged(members=True)
+    ok(ckctl(a.followers()[0], "pause", env=AUTH))
+    backup = str(tmp_path / "backup.json")
+    out = ok(ckctl(a.followers()[0], "snapshot", "save", backup, env=AUTH))
+    assert "16 partitions, 3 nodes" in out, out
+    snap = json.load(open(backup))
+    assert snap["format"] == "clusterkit-snapshot" and snap["flags"]["rebalance_paused"] is True, snap
+    original = table_of(a.nodes[0])
+    assert {p["id"]: [p["primary_node"]] + p["replica_nodes"] for p in snap["partitions"]} == original
+
+    # The same node ids, joined in the opposite order: its own placement differs.
+    b = Cluster(ck, prefix="b", env=env)
+    for node_id in ("a3", "a2", "a1"):
+        b.add(env={"NODE_ID": node_id})
+    b.wait_converged(members=True)
+    fresh = table_of(b.nodes[0])
+    assert fresh != original, "the fresh cluster placed partitions like the original: the test shows nothing"
+    out = ok(ckctl(b.followers()[0], "snapshot", "restore", backup, env=AUTH))
+    assert "16 partitions committed" in out, out
+
+    def restored():
+        return all(table_of(n) == original for n in b.nodes)
+    wait_for(restored, what="every node of the new cluster holding the restored table")
+    metrics = b.leader().get("/metrics", headers={"Authorization": "Bearer " + TOKEN}).text
+    assert "clusterkit_rebalance_paused 1" in metrics
+    assert b.nodes[0].get_json("/cluster")["cluster"]["id"] != snap["cluster_id"]
+
+    other = Cluster(ck, prefix="c", env=dict(env, PARTITION_COUNT="8"))
+    other.start(1)
+    r = ckctl(other.nodes[0], "snapshot", "restore", backup, env=AUTH)
+    assert r.returncode == 1 and "SNAPSHOT_MISMATCH" in r.stderr and "partition_count is 16" in r.stderr, r
+    r = ckctl(other.nodes[0], "snapshot", "restore", str(tmp_path / "nope.json"), env=AUTH)
+    assert r.returncode == 1 and "reading" in r.stderr, r

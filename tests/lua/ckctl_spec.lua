@@ -270,4 +270,41 @@ describe("ckctl", function()
       assert.matches("unknown argument %-%-bogus", w.stderr())
     end)
   end)
+
+  describe("snapshot", function()
+    local SNAP = '{"format":"clusterkit-snapshot","version":1,"state_index":5,"partitions":[{}],"nodes":[]}'
+
+    it("save writes the node's answer as it is, from the leader", function()
+      local w = world({["127.0.0.1:2"] = {["GET /snapshot"] = NOT_LEADER},
+                       ["127.0.0.1:1"] = {["GET /snapshot"] = {200, SNAP}}})
+      local written = {}
+      w.ctx.write_file = function(path, text) written[path] = text; return true end
+      assert.equal(0, w.run("snapshot", "save", "/b.json"))
+      assert.equal(SNAP, written["/b.json"])
+      assert.matches("saved the state at index 5 %(1 partitions, 0 nodes%) to /b.json", w.stdout())
+      local before = #w.calls
+      assert.equal(0, w.run("snapshot", "save", "/c.json", "--stale"))
+      assert.equal("http://127.0.0.1:2/snapshot?stale=1", w.calls[before + 1].url)
+    end)
+
+    it("restore posts the file unchanged and refuses what is not a snapshot", function()
+      local w = world({["127.0.0.1:2"] = {["POST /snapshot/restore"] = function(req)
+        assert.equal(SNAP, req.body)
+        return {200, {state_index = 9, partitions = 1, missing = {"x"}}}
+      end}})
+      w.ctx.read_file = function(path)
+        if path == "/b.json" then return SNAP end
+        if path == "/junk" then return "[1,2]" end
+        return nil, "No such file"
+      end
+      assert.equal(0, w.run("snapshot", "restore", "/b.json"))
+      assert.matches("1 partitions committed at state index 9", w.stdout())
+      assert.matches("left out: x", w.stdout())
+      assert.equal(1, w.run("snapshot", "restore", "/junk"))
+      assert.matches("not a clusterkit snapshot", w.stderr())
+      assert.equal(1, w.run("snapshot", "restore", "/missing"))
+      assert.matches("reading /missing: No such file", w.stderr())
+      assert.equal(1, w.run("snapshot", "frob"))
+    end)
+  end)
 end)
