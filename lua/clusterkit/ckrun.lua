@@ -143,7 +143,6 @@ function M.main(argv)
         -- The signal's stop made the app's waiting call fail (a start
         -- reports TIMEOUT when its node stops): that is no app error.
         io.stderr:write("ckrun: interrupted (", s.why, ") while the app was starting; its nodes stop gracefully\n")
-        require("clusterkit.log").default:debug("the app's error after %s: %s", s.why, msg)
         return
       end
       io.stderr:write("ckrun: ", msg, "\n")
