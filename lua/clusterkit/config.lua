@@ -72,6 +72,25 @@ function M.parse_addr(s)
   return host, port
 end
 
+--- Why `id` cannot be a node id (a message), or nil. A node id names the
+-- default data dir (./data/<node_id>) and appears in URLs and logs, so it
+-- must be one safe path component: 1..255 bytes, no '/', '\\', spaces or
+-- control characters, not starting with '.' (which also refuses . and ..).
+function M.bad_node_id(id)
+  if type(id) ~= "string" or id == "" then
+    return "must not be empty"
+  end
+  if #id > 255 then
+    return "must be at most 255 bytes long"
+  end
+  if id:find("[%c%s/\\]") then
+    return "must not contain '/', '\\', spaces or control characters"
+  end
+  if id:sub(1, 1) == "." then
+    return "must not start with '.'"
+  end
+end
+
 local function parse_duration(v)
   if type(v) == "number" then
     return v >= 0 and v or nil
@@ -143,6 +162,10 @@ function M.resolve(opts, fn, getenv)
       error(fn .. ": unknown option '" .. tostring(k) .. "'", 3)
     end
   end
+  -- Which options the operator gave (by option or environment), as
+  -- opposed to defaults: a joining node reports only these to the cluster,
+  -- so that a default never conflicts with a cluster created otherwise.
+  local explicit = {}
   local o = {}
   for name, s in pairs(spec) do
     local env, kind, default, lo, hi = s[1], s[2], s[3], s[4], s[5]
@@ -153,6 +176,7 @@ function M.resolve(opts, fn, getenv)
     end
     local v = default
     if raw ~= nil then
+      explicit[name] = true
       v = convert[kind](raw)
       if v == nil then
         error(string.format("%s: %s has an invalid value (%s expected): %s", fn, from, kind, tostring(raw)), 3)
@@ -173,9 +197,12 @@ function M.resolve(opts, fn, getenv)
     end
     o[name] = v
   end
-  if o.node_id == "" or #o.node_id > 256 or o.node_id:find("[%c%s]") then
-    error(fn .. ": node_id must be 1..256 characters without spaces", 3)
+  local why = M.bad_node_id(o.node_id)
+  if why then
+    local shown = o.node_id:sub(1, 64):gsub("%c", function(c) return string.format("\\%03d", c:byte()) end)
+    error(string.format('%s: node_id (NODE_ID) %s, got "%s%s"', fn, why, shown, #o.node_id > 64 and "..." or ""), 3)
   end
+  o.explicit = explicit
   o.node_name = o.node_name or o.node_id
   if o.bootstrap == nil then
     o.bootstrap = o.join_addr == nil
@@ -190,8 +217,9 @@ function M.resolve(opts, fn, getenv)
   o.services = o.services or {}
   o.http_host, o.http_port = M.parse_addr(o.http_addr)
   local raft_host = M.parse_addr(o.raft_addr)
-  if raft_host == "" or raft_host == "0.0.0.0" then
-    error(fn .. ": raft_addr must name an address peers can reach, not " .. o.raft_addr, 3)
+  if raft_host == "" or raft_host == "0.0.0.0" or raft_host:match("^[0:]+$") then
+    error(fn .. ": raft_addr (RAFT_ADDR) must be host:port with a host peers can reach (not empty, "
+      .. "0.0.0.0 or ::), got " .. o.raft_addr, 3)
   end
   if o.http_host == "" then
     o.http_host = "0.0.0.0"
