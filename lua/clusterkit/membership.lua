@@ -408,6 +408,31 @@ function M.heartbeat(node, stopping)
   }
 end
 
+-- The settings a cluster fixes when it is created: {option, environment
+-- variable, field of the committed view, JSON type}.
+local FIXED = {
+  {"cluster_name", "CLUSTER_NAME", "name", "string"},
+  {"partition_count", "PARTITION_COUNT", "partitions", "number"},
+  {"replication_factor", "REPLICATION_FACTOR", "replication", "number"},
+  {"hash_algorithm", "HASH_ALGORITHM", "hash_algo", "string"},
+}
+
+-- This node's fixed settings as its operator set them (option or
+-- environment), or nil. Defaults are left out: a node started with only a
+-- JOIN_ADDR takes whatever the cluster has, as the Go library's nodes do;
+-- a value the operator wrote down and the cluster does not have is a
+-- mistake worth refusing.
+local function join_config(node)
+  local o, cfg = node.opts, nil
+  for _, f in ipairs(FIXED) do
+    if o.explicit and o.explicit[f[1]] then
+      cfg = cfg or {}
+      cfg[f[1]] = o[f[1]]
+    end
+  end
+  return cfg
+end
+
 -- The join request body: the Go library's shape plus our fields.
 local function join_body(node)
   local me = node:_my_entry()
@@ -416,49 +441,101 @@ local function join_body(node)
     node = {id = me.id, name = me.name, ip = me.http_addr, port = port, status = "active",
             services = next(me.services) and me.services or json.null, zone = me.zone, weight = me.weight},
     raft_addr = me.raft_addr,
+    config = join_config(node),
   }
+end
+
+-- A short, printable excerpt of a foreign answer's body.
+local function excerpt(s)
+  s = tostring(s or ""):gsub("[%c]+", " ")
+  return #s > 80 and s:sub(1, 80) .. "..." or s
+end
+
+-- Why one join attempt failed: a cause (warned about once per cause and
+-- target) and a sentence for the operator. `e` is the answer's clusterkit
+-- error object (empty when there is none).
+local function join_failure(target, res, err, body, e)
+  if not res then
+    local m = tostring(err and err.message or err)
+    if m:find("refused", 1, true) then
+      return "refused", format("nothing accepts connections at %s (connection refused): is the node "
+        .. "there running, and is this its HTTP address?", target)
+    elseif err and err.code == "TIMEOUT" then
+      return "timeout", format("%s did not answer in time (%s)", target, m)
+    elseif err and (err.code == "CLOSED" or err.code == "PROTOCOL") then
+      return "foreign", format("%s gave no HTTP answer (%s): is it a clusterkit node's HTTP address, "
+        .. "not its raft port or another service?", target, m)
+    end
+    return "unreachable", format("cannot reach %s: %s", target, m)
+  end
+  if e.code == "JOIN_SELF" then
+    return "self", format("%s is this node itself, which is not a member yet: JOIN_ADDR must reach a "
+      .. "member of the cluster", target)
+  end
+  if type(body) ~= "table" or (res.status ~= 200 and type(e.code) ~= "string") or res.status == 200 then
+    return "foreign", format("%s answered HTTP %d with something that is not clusterkit's (%s): is it a "
+      .. "clusterkit node's HTTP address?", target, res.status, excerpt(res.body))
+  end
+  return "answer " .. tostring(e.code), format("%s answered %d %s: %s", target, res.status, tostring(e.code),
+    tostring(e.message))
 end
 
 --- Asks the cluster at join_addr to admit this node, following redirects
 -- to the leader and retrying with backoff until admitted, refused (409/401,
--- then node._join_error is set) or stopped.
+-- then node._join_error is set) or stopped. Each distinct cause of a failed
+-- attempt (nothing listening, a foreign answer, this node's own address) is
+-- logged once at WARN; node._join_cause keeps the last one (start's
+-- TIMEOUT names it).
 function M.join(node, readdress)
   local target = node.opts.join_addr or node._rejoin_via
   local delay = 0.05
+  local warned = {}
   -- A node whose raft address changed under its data dir: the leader
   -- re-admits it once raft stops hearing the old address (within an
   -- election timeout or two), so a conflict is retried for a while.
   local conflict_until = readdress and now() + 10 or 0
+  node._joining = true
   while node.status == "running" do
     local res, err = httpc.request {
       method = "POST", url = "http://" .. target .. "/join",
       headers = auth_headers(node), body = join_body(node), timeout = 5,
     }
-    if res and res.status == 200 then
-      node.log:info("admitted by %s", target)
-      return true
-    end
     local body = res and json.decode(res.body)
     local e = type(body) == "table" and type(body.error) == "table" and body.error or {}
+    if res and res.status == 200 and type(body) == "table" and body.status == "ok" then
+      node.log:info("admitted by %s", target)
+      node._joining, node._join_cause = false, nil
+      return true
+    end
     if res and (res.status == 307 or e.code == "NOT_LEADER") and type(e.leader) == "string" then
       target = e.leader
       delay = 0.05
-    elseif res and res.status == 409 and now() < conflict_until then
+    elseif res and res.status == 409 and e.code ~= "CONFIG_MISMATCH" and now() < conflict_until then
       node.log:debug("join via %s: %s; retrying until raft lets go of the old address", target, res.body)
       sched.sleep(node.opts.election_timeout)
-    elseif res and (res.status == 409 or res.status == 401 or res.status == 400) then
-      node._join_error = errors.new(e.code or "JOIN_REFUSED", tostring(e.message or res.body))
+    elseif res and type(e.code) == "string" and (res.status == 409 or res.status == 401 or res.status == 400) then
+      node._join_error = errors.new(e.code, tostring(e.message or res.body))
       node.log:error("join refused by %s: %s", target, tostring(node._join_error))
+      node._joining = false
       node._cond:signal("join_failed")
       return nil, node._join_error
     else
-      node.log:debug("join via %s failed (%s); retrying", target,
-        res and (res.status .. " " .. res.body) or tostring(err))
+      local cause, why = join_failure(target, res, err, body, e)
+      node._join_cause = why
+      -- Network trouble and foreign answers are what an operator must see;
+      -- clusterkit's own "not now" answers (no leader yet) are routine.
+      if not warned[cause .. " " .. target] and not cause:find("^answer ") then
+        warned[cause .. " " .. target] = true
+        node.log:warn("join via %s failed: %s; retrying", target, why)
+      else
+        node.log:debug("join via %s failed: %s; retrying", target, why)
+      end
       target = node.opts.join_addr or node._rejoin_via
       sched.sleep(delay)
       delay = math.min(delay * 2, 1)
     end
   end
+  node._joining = false
 end
 
 -- ---------------------------------------------------------------------------
@@ -502,8 +579,54 @@ local function check_join(body)
   end
   if n.name ~= nil and type(n.name) ~= "string" then return nil, "node.name must be a string" end
   if n.zone ~= nil and type(n.zone) ~= "string" then return nil, "node.zone must be a string" end
+  -- The joiner's fixed settings (optional: older versions send none, and
+  -- are admitted as before). Unknown fields are a newer joiner's business.
+  local cfg
+  if body.config ~= nil and body.config ~= json.null then
+    if type(body.config) ~= "table" then
+      return nil, "config must be an object of the joining node's settings"
+    end
+    cfg = {}
+    for _, f in ipairs(FIXED) do
+      local val = body.config[f[1]]
+      if val ~= nil and val ~= json.null then
+        if type(val) ~= f[4] or (f[4] == "number" and val ~= math.floor(val)) then
+          return nil, "config." .. f[1] .. " must be " .. (f[4] == "number" and "an integer" or "a string")
+        end
+        cfg[f[1]] = val
+      end
+    end
+  end
   return {id = n.id, name = n.name or n.id, http_addr = http_addr, raft_addr = raft_addr,
-          zone = n.zone or "", weight = weight, services = services}
+          zone = n.zone or "", weight = weight, services = services, config = cfg}
+end
+
+-- The joiner's settings that differ from the cluster's: a list of
+-- {setting (the environment variable), option, joining, cluster}. Before
+-- the cluster is initialised, "the cluster's" are this leader's own: its
+-- reconciler creates the cluster with them.
+local function config_mismatches(node, cfg)
+  local v, out = node:_view(), {}
+  for _, f in ipairs(FIXED) do
+    local theirs = cfg and cfg[f[1]]
+    local ours = v.ready and v[f[3]] or node.opts[f[1]]
+    if theirs ~= nil and theirs ~= ours then
+      out[#out + 1] = {setting = f[2], option = f[1], joining = theirs, cluster = ours}
+    end
+  end
+  return out
+end
+
+local function mismatch_message(node, bad)
+  local parts = {}
+  for i, m in ipairs(bad) do
+    parts[i] = format("%s is %s on the joining node but %s in the cluster", m.setting, tostring(m.joining),
+      tostring(m.cluster))
+  end
+  local name = node:_view().name or node.opts.cluster_name
+  return format("cluster %s refuses the join: %s. These are fixed when a cluster is created: set them to "
+    .. "the cluster's values on the joining node, or leave them unset there", tostring(name),
+    table.concat(parts, "; "))
 end
 
 function M.install(node)
@@ -521,7 +644,18 @@ function M.install(node)
     if body == nil then return res:error(400, "BAD_REQUEST", jerr) end
     local info, why = check_join(body)
     if not info then return res:error(400, "BAD_REQUEST", why) end
+    if node._joining and info.id == node.id then
+      -- This node is joining too and receives a join for its own id: its
+      -- JOIN_ADDR reaches itself. 503, not a refusal: a shared address (a
+      -- load balancer, a DNS name) may reach a member on the next try.
+      return res:error(503, "JOIN_SELF", "node " .. node.id .. " is not a member yet; it is the joining node itself")
+    end
     if not node:is_leader() then return not_leader(node, res) end
+    local bad = config_mismatches(node, info.config)
+    if #bad > 0 then
+      return res:error(409, "CONFIG_MISMATCH", mismatch_message(node, bad), {
+        setting = bad[1].setting, joining = bad[1].joining, cluster = bad[1].cluster, mismatches = bad})
+    end
     local ok, err = M.admit(node, info)
     if not ok then
       if err.code == "NOT_LEADER" then return not_leader(node, res) end
