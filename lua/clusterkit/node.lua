@@ -1190,16 +1190,88 @@ end
 -- Lifecycle
 -- ---------------------------------------------------------------------------
 
+-- getaddrinfo through the FFI (the core has no resolver binding). The
+-- struct stays opaque: only success matters here.
+local resolver = pcall(ffi.cdef, [[
+struct addrinfo;
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res);
+void freeaddrinfo(struct addrinfo *res);
+const char *gai_strerror(int errcode);
+]])
+
+-- Nil when peers can resolve `host` (the raft address's host), else why
+-- not. Synchronous, once, before anything exists on disk: raft's transport
+-- resolves it the same way when it starts listening, but only after the
+-- data dir has been created and bootstrapped.
+local function unresolvable(host)
+  if not resolver then return nil end
+  local out = ffi.new("struct addrinfo *[1]")
+  local rc = ffi.C.getaddrinfo(host, nil, nil, out)
+  if rc ~= 0 then return ffi.string(ffi.C.gai_strerror(rc)) end
+  ffi.C.freeaddrinfo(out[0])
+end
+
+-- The cluster id and name recorded in the data dir, when it holds raft
+-- data (a node that was a member somewhere); nil for a new node.
+local function saved_cluster(dir)
+  local meta = io.open(dir .. "/raft/metadata1", "r") or io.open(dir .. "/raft/metadata2", "r")
+  if not meta then return nil end
+  meta:close()
+  local f = io.open(dir .. "/cluster-state.json", "r")
+  local saved = f and json.decode(f:read("*a") or "")
+  if f then f:close() end
+  local c = type(saved) == "table" and type(saved.cluster) == "table" and saved.cluster
+  if c and type(c.id) == "string" and c.id ~= "" then return c end
+end
+
+-- With a JOIN_ADDR and a data dir of some cluster: nil when they agree (or
+-- the node at JOIN_ADDR cannot say), else an error. A restarted member does
+-- not join, so without this check a JOIN_ADDR meant for another cluster is
+-- ignored and two clusters run.
+local function join_addr_mismatch(self)
+  local o = self.opts
+  local mine = o.join_addr and saved_cluster(o.data_dir)
+  if not mine then return nil end
+  local token = o.read_token or o.token
+  local res = require("clusterkit.httpc").request {
+    method = "GET", url = "http://" .. o.join_addr .. "/cluster", timeout = 3,
+    headers = token and {Authorization = "Bearer " .. token} or nil,
+  }
+  local body = res and res.status == 200 and json.decode(res.body)
+  local theirs = type(body) == "table" and type(body.cluster) == "table" and body.cluster
+  if not theirs or type(theirs.id) ~= "string" or theirs.id == "" or theirs.id == mine.id then
+    return nil
+  end
+  return errors.new("CLUSTER_MISMATCH", format("data dir %s belongs to cluster %s (id %s), but the node at "
+    .. "JOIN_ADDR %s is in cluster %s (id %s); a member restarting with its data dir does not join, so "
+    .. "JOIN_ADDR would be ignored. To join %s's cluster, empty %s and start again; to stay in the data "
+    .. "dir's cluster, drop JOIN_ADDR", o.data_dir, tostring(mine.name), mine.id, o.join_addr,
+    tostring(theirs.name), theirs.id, o.join_addr, o.data_dir))
+end
+
 --- Starts raft and the HTTP server, then waits (yielding) until this node
 -- holds the committed cluster state, is registered in it, and sees a
 -- leader. Returns true, or nil, err (then the node is stopped again).
+-- Refused before anything starts or is written: a RAFT_ADDR whose host does
+-- not resolve (INVALID), a JOIN_ADDR into another cluster than the data
+-- dir's (CLUSTER_MISMATCH).
 function Node:start()
   check(self, "start")
   if self.status ~= "new" then
     error("clusterkit: start: node already started", 2)
   end
   local o = self.opts
+  local why = unresolvable(o.raft_host)
+  if why then
+    return nil, errors.new("INVALID", format("RAFT_ADDR %s: cannot resolve %s (%s); it must be host:port "
+      .. "with a host that this node and its peers resolve", o.raft_addr, o.raft_host, why))
+  end
   self.status = "starting"
+  local mismatch = join_addr_mismatch(self)
+  if mismatch then
+    self.status = "new"
+    return nil, mismatch
+  end
   local port, msg, code = self.http:listen(o.http_host, o.http_port)
   if not port then
     self.status = "new"
@@ -1274,7 +1346,8 @@ function Node:start()
     return nil, err
   end
   if not ready then
-    return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs", o.start_timeout))
+    return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs%s", o.start_timeout,
+      self._join_cause and " (last join attempt: " .. self._join_cause .. ")" or ""))
   end
   return true
 end
