@@ -133,8 +133,10 @@ function Response:send(body)
   end
   self.sent = true
   self._server:_count(self)
+  -- For HEAD the body still goes to C, which sends its Content-Length and
+  -- leaves the bytes out (ck_http_format_response, CK_HTTP_FMT_HEAD).
   local ok, err = self._c:respond(self._status, self._headers, body)
-  if self._t0 then self._server.access_log(self, body) end
+  if self._t0 then self._server.access_log(self, self._req.method ~= "HEAD" and body or nil) end
   return ok, err
 end
 
@@ -227,8 +229,45 @@ local function match(route, parts)
 end
 
 -- Finds the handler: fn, params, route name; or nil and whether the path
--- exists for another method (405 rather than 404).
+-- exists for another method (405 rather than 404). HEAD without a HEAD
+-- route of its own runs the GET route's handler (RFC 9110 §9.3.2: the same
+-- status and headers as GET); C leaves the body out.
 function Server:find(method, path)
+  local fn, params, route = self:_find(method, path)
+  if not fn and method == "HEAD" then
+    local gfn, gparams, groute = self:_find("GET", path)
+    if gfn then return gfn, gparams, groute end
+  end
+  return fn, params, route
+end
+
+-- Every method with a route matching path, HEAD wherever GET is, as the
+-- value of an Allow header ("GET, HEAD, PUT"); nil when none matches.
+function Server:allow(path)
+  local seen, list = {}, {}
+  local function add(m)
+    if not seen[m] then
+      seen[m] = true
+      list[#list + 1] = m
+    end
+  end
+  for m, paths in pairs(self.exact) do
+    if paths[path] then add(m) end
+  end
+  local parts = {}
+  for s in path:gmatch("[^/]+") do
+    parts[#parts + 1] = s
+  end
+  for _, r in ipairs(self.patterns) do
+    if match(r, parts) then add(r.method) end
+  end
+  if seen.GET then add("HEAD") end
+  if #list == 0 then return nil end
+  table.sort(list)
+  return table.concat(list, ", ")
+end
+
+function Server:_find(method, path)
   local by_path = self.exact[method]
   local fn = by_path and by_path[path]
   if fn then
@@ -319,6 +358,7 @@ function Server:_dispatch(c, method, path, raw_query)
   if self.access_log then res._req, res._t0 = req, core.hrtime() end
   if not fn then
     if params then
+      res:header("Allow", self:allow(path))
       return res:error(405, "METHOD_NOT_ALLOWED", method .. " is not allowed on " .. json.utf8_safe(path))
     end
     return res:error(404, "NOT_FOUND", "no route for " .. method .. " " .. json.utf8_safe(path))
