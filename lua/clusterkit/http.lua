@@ -12,7 +12,8 @@ local co_create, co_resume, co_yield, co_running = coroutine.create, coroutine.r
   coroutine.running
 local traceback = debug.traceback
 local type, tostring, pairs = type, tostring, pairs
-local byte, char, gsub, find, sub = string.byte, string.char, string.gsub, string.find, string.sub
+local byte, char, gsub, find, sub, format = string.byte, string.char, string.gsub, string.find, string.sub,
+  string.format
 
 local JSON_HEADERS = {["Content-Type"] = "application/json"}
 
@@ -51,6 +52,24 @@ local function parse_query(q)
   return t
 end
 M.parse_query = parse_query
+
+local function pct_byte(c)
+  return format("%%%02X", byte(c))
+end
+
+--- The request target to repeat in a redirect: the raw path (not decoded)
+-- and, when there is one, "?" and the raw query. Bytes that may not stand
+-- in a URI (controls, space, quotes, non-ASCII) are percent-encoded, so the
+-- result is always a valid header value. A target that is not a path
+-- (absolute form "http://h/x", asterisk form "*") gives "/".
+local function target(path, query)
+  if byte(path, 1) ~= 47 then -- "/"
+    return "/"
+  end
+  local t = query ~= "" and path .. "?" .. query or path
+  return (gsub(t, "[^%w%-%._~:/?#%[%]@!$&'()*+,;=%%]", pct_byte))
+end
+M.target = target
 
 -- ---------------------------------------------------------------------------
 -- Request and response
@@ -99,8 +118,18 @@ function Request:remote()
   return not self._c:finished() and self._c:remote() or nil
 end
 
+--- The raw path and query, as a redirect repeats them (see M.target).
+function Request:target()
+  return target(self.path, self.raw_query)
+end
+
 local Response = {}
 Response.__index = Response
+
+--- The request this response answers.
+function Response:request()
+  return self._req
+end
 
 function Response:status(code)
   if type(code) ~= "number" or code < 100 or code > 999 then
@@ -354,8 +383,8 @@ function Server:_dispatch(c, method, path, raw_query)
   local req = setmetatable({_c = c, method = method, path = path, raw_query = raw_query,
                             params = params or NO_PARAMS, node = self.node}, Request)
   local res = setmetatable({_c = c, _server = self, _status = 200, sent = false,
-                            _route = route or "unmatched"}, Response)
-  if self.access_log then res._req, res._t0 = req, core.hrtime() end
+                            _route = route or "unmatched", _req = req}, Response)
+  if self.access_log then res._t0 = core.hrtime() end
   if not fn then
     if params then
       res:header("Allow", self:allow(path))

@@ -80,10 +80,13 @@ local function auth_headers(node)
 end
 
 -- Answers NOT_LEADER with the leader's HTTP address so the caller can follow.
+-- Location keeps the request's path and query: `curl -L -X POST
+-- follower/rebalance` must end at the leader's /rebalance, not at its /.
 local function not_leader(node, res)
   local l = node:leader()
   if l and l.leader_ip ~= "" then
-    res:header("Location", "http://" .. l.leader_ip)
+    local req = res.request and res:request()
+    res:header("Location", "http://" .. l.leader_ip .. (req and req:target() or "/"))
     return res:error(307, "NOT_LEADER", "this node is not the leader", {leader = l.leader_ip})
   end
   return res:error(503, "NO_LEADER", "no leader is known yet; retry")

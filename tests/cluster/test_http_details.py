@@ -1,5 +1,6 @@
 """HTTP details of the built-in API on real ckrun processes: HEAD on every GET
-route and Allow on 405.
+route, Allow on 405, and NOT_LEADER redirects that keep the request's path
+and query.
 
 Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q -p no:cacheprovider test_http_details.py
 """
@@ -8,7 +9,7 @@ import http.client
 
 from ckharness import ck  # noqa: F401  (the fixture)
 from ckharness import HOST, HTTP_TIMEOUT, parse_raw_response, raw_request
-from ckcluster import wait_for
+from ckcluster import Cluster, wait_for
 
 # Reads whose body is a function of the replicated state: ETag = state index.
 STATE_READS = ["/cluster", "/nodes", "/nodes?limit=1", "/partitions", "/partitions/stats",
@@ -78,3 +79,24 @@ def test_405_lists_the_allowed_methods(ck):
         assert (body == b"") == (method == "HEAD"), (method, path, body)
     status, headers, _ = raw(n, "HEAD", "/nope")
     assert status == 404 and "allow" not in headers, headers
+
+
+def test_not_leader_location_keeps_path_and_query(ck):
+    """A follower's 307 NOT_LEADER points at the leader with the request's own path and query, so following it reaches the same endpoint."""
+    c = Cluster(ck)
+    c.start(2)
+    c.wait_converged(members=True)
+    lead = c.leader()
+    follower = c.followers()[0]
+    for path in ["/rebalance?reason=a%20test&x", "/rebalance/pause", "/rebalance/resume?", "/join"]:
+        body = {"node": {"id": "probe", "ip": "127.0.0.1:1"}, "raft_addr": "127.0.0.1:2"} \
+            if path == "/join" else None
+        r = follower.post(path, body=body)
+        assert r.status == 307, (path, r)
+        assert r.json()["error"]["code"] == "NOT_LEADER", r
+        want = "http://%s%s" % (lead.http_addr, path.rstrip("?"))
+        assert r.headers.get("Location") == want, (path, r.headers)
+        if path != "/join":
+            # What curl -L does: the same method to the Location.
+            again = lead.post(r.headers["Location"][len(lead.url):])
+            assert again.status == 200, (path, again)

@@ -1,5 +1,6 @@
 -- HTTP details of the router (clusterkit.http), without a socket: HEAD
--- falling back to GET routes, and the Allow list of a 405.
+-- falling back to GET routes, the Allow list of a 405, and the request
+-- target a redirect keeps.
 local http = require "clusterkit.http"
 
 describe("the router's HEAD and 405", function()
@@ -42,5 +43,22 @@ describe("the router's HEAD and 405", function()
     assert.are.equal("POST", srv:allow("/rebalance"))
     assert.are.equal("GET, HEAD, PUT", srv:allow("/kv/x"))
     assert.is_nil(srv:allow("/nope"))
+  end)
+end)
+
+describe("the request target", function()
+  it("is the raw path and query, as a redirect must keep them", function()
+    assert.are.equal("/rebalance", http.target("/rebalance", ""))
+    assert.are.equal("/rebalance?a=1&b=%20", http.target("/rebalance", "a=1&b=%20"))
+    assert.are.equal("/kv/a%2Fb?x", http.target("/kv/a%2Fb", "x"))
+  end)
+
+  it("percent-encodes bytes that may not stand in a URI", function()
+    assert.are.equal("/a%09b%7F%C3%A9?q=%22x%22", http.target("/a\tb\127\195\169", 'q="x"'))
+  end)
+
+  it("is / for a target that is not a path (absolute or asterisk form)", function()
+    assert.are.equal("/", http.target("http://other/x", ""))
+    assert.are.equal("/", http.target("*", ""))
   end)
 end)
