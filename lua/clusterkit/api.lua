@@ -1,9 +1,15 @@
 --- The built-in HTTP API: the Go ClusterKit's endpoints, same paths and JSON
 -- field names, served by every node from its own committed state.
 --
--- Read endpoints carry ETag = the state index (the raft index of the last
--- change), and answer 304 to a matching If-None-Match. Large bodies
--- (/cluster, /partitions) are encoded once per state index.
+-- Reads whose body is a function of the replicated state (/cluster, /nodes,
+-- /partitions, /partitions/stats, /partitions/key) carry ETag = the state
+-- index (the raft index of the last change), and answer 304 to a matching
+-- If-None-Match (weak comparison: W/"N", lists and * match too). Reads that
+-- also depend on this node's own view carry no ETag: a state-index ETag
+-- would let a cache keep an answer that changed with the index unchanged.
+-- Large bodies (/cluster, /partitions) are encoded once per state index.
+-- Every GET route answers HEAD too (clusterkit.http).
+local http = require "clusterkit.http"
 local json = require "clusterkit.json"
 local membership = require "clusterkit.membership"
 
@@ -51,9 +57,13 @@ local function etag_of(node)
 end
 
 -- The current ETag, or nil after answering 304 to a matching If-None-Match.
+-- Call it only once the answer would otherwise be a 200 (RFC 9110 §13.2.1),
+-- so that "*" is not answered 304 when there is nothing to send.
 local function fresh_etag(node, req, res)
   local etag = etag_of(node)
-  if req:header("If-None-Match") == etag then
+  -- req:header gives the first line only; repeated lines are one list, and
+  -- req.headers joins them (built only when the header is there at all).
+  if req:header("If-None-Match") ~= nil and http.etag_matches(req.headers["if-none-match"], etag) then
     res:header("ETag", etag):status(304):send("")
     return nil
   end
@@ -71,8 +81,7 @@ local function cached(node, name, build)
     if not membership.read_authorized(node, req, res) or not block(node, req, res) then
       return
     end
-    local etag = fresh_etag(node, req, res)
-    if not etag then return end
+    local etag = etag_of(node)
     local hit = cache[name]
     if not hit or hit.etag ~= etag then
       local v, err = build(req)
@@ -82,6 +91,7 @@ local function cached(node, name, build)
       hit = {etag = etag, body = json.encode(v)}
       cache[name] = hit
     end
+    if not fresh_etag(node, req, res) then return end
     res:header("ETag", etag):header("Content-Type", "application/json")
     return res:send(hit.body)
   end
@@ -128,8 +138,9 @@ end
 function M.install(node)
   local srv = node.http
   local key_cache = {}
-  local JSON_ONLY = {["Content-Type"] = "application/json"}
 
+  -- No ETag: liveness is this process's own (leaving, removed), not a
+  -- function of the state index.
   srv:route("GET", "/health", function(_, res)
     local gone = node:_gone()
     if gone then
@@ -139,6 +150,8 @@ function M.install(node)
     return res:json({status = "healthy", node_id = node.id})
   end)
 
+  -- No ETag: readiness includes whether a leader is known, which changes
+  -- without a state change.
   srv:route("GET", "/ready", function(_, res)
     local ok, v, me, leader = ready_state(node)
     local body = {ready = ok, node_id = node.id, initialized = v.ready, registered = me ~= nil,
@@ -146,6 +159,7 @@ function M.install(node)
     return res:json(body, ok and 200 or 503)
   end)
 
+  -- No ETag: raft's term and indexes move without a state change.
   srv:route("GET", "/health/detailed", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local ok, v, me, leader = ready_state(node)
@@ -195,13 +209,16 @@ function M.install(node)
       return res:error(503, err.code, err.message)
     end
     -- Everything but the key depends only on the partition: encode it once
-    -- per state index and partition, and splice the key in.
+    -- per state index and partition, and splice the key in. The answer is a
+    -- function of the state (and of the key, which is in the URL).
     local v = node:_view()
     local cache = key_cache
     if cache.index ~= v.index or cache.view ~= v then
-      cache = {index = v.index, view = v}
+      cache = {index = v.index, view = v,
+               headers = {["Content-Type"] = "application/json", ETag = etag_of(node)}}
       key_cache = cache
     end
+    if not fresh_etag(node, req, res) then return end
     local tail = cache[p.index]
     if not tail then
       local list = {}
@@ -215,7 +232,7 @@ function M.install(node)
       }):sub(2) -- Without its "{": the key goes first.
       cache[p.index] = tail
     end
-    res._headers = JSON_ONLY
+    res._headers = cache.headers
     return res:send('{"key":' .. json.encode(json.utf8_safe(key)) .. "," .. tail)
   end)
 
@@ -247,6 +264,7 @@ function M.install(node)
     return res:json({nodes = json.array(out), total = #all, limit = limit, offset = offset})
   end)
 
+  -- No ETag: leadership and the term change without a state change.
   srv:route("GET", "/consensus/leader", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local l, err = node:leader()
@@ -256,6 +274,7 @@ function M.install(node)
     return res:json(l)
   end)
 
+  -- No ETag: raft's own counters.
   srv:route("GET", "/consensus/stats", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     return res:json(node:consensus_stats())
@@ -275,6 +294,9 @@ function M.install(node)
     if not out then return leader_only(res, err) end
     return res:json(out)
   end)
+  -- No ETag: the plan is what this node's placement policy (Lua, with a
+  -- time limit and a built-in fallback) answers now; a slow policy or a
+  -- restart with another policy changes it at the same state index.
   srv:route("GET", "/rebalance/plan", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local plan, err = node:plan_rebalance()
@@ -302,6 +324,7 @@ function M.install(node)
     return res:json({status = "ok", state_index = node:state_index(), node_id = node.id})
   end)
 
+  -- No ETag: counters and raft indexes move with every request and tick.
   srv:route("GET", "/metrics", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     return res:header("Content-Type", "text/plain; version=0.0.4"):send(M.metrics(node))

@@ -71,6 +71,50 @@ local function target(path, query)
 end
 M.target = target
 
+--- Parses an If-None-Match value (RFC 9110 §13.1.2): "*", or a list of
+-- entity tags, each "opaque" or W/"opaque". Returns "*", or an array of the
+-- opaque tags with their quotes and without W/ (what weak comparison
+-- compares); nil, msg when the value is malformed. Empty list elements
+-- (", ,") are skipped, as RFC 9110 §5.6.1 asks of recipients.
+local function parse_etags(v)
+  local star = find(v, "^[ \t]*%*[ \t]*$")
+  if star then return "*" end
+  local tags, i = {}, 1
+  while true do
+    i = find(v, "[^ \t,]", i) -- Skips whitespace and empty elements.
+    if not i then return tags end
+    if sub(v, i, i + 1) == "W/" then i = i + 2 end
+    -- etagc: %x21 / %x23-7E / obs-text, i.e. no controls, space, DEL or '"'.
+    local s, e = find(v, '^"[^"%c ]*"', i)
+    if not s then
+      return nil, "malformed entity tag at byte " .. i
+    end
+    tags[#tags + 1] = sub(v, s, e)
+    i = find(v, "[^ \t]", e + 1)
+    if not i then return tags end
+    if byte(v, i) ~= 44 then -- ","
+      return nil, "expected ',' at byte " .. i
+    end
+  end
+end
+M.parse_etags = parse_etags
+
+--- True when the If-None-Match value v (a string or nil) matches etag under
+-- weak comparison: "*", or a listed tag with the same opaque part, W/ on
+-- either side ignored. A malformed value matches nothing, so the client gets
+-- the full answer, which is always correct.
+function M.etag_matches(v, etag)
+  if v == nil then return false end
+  local tags = parse_etags(v)
+  if tags == "*" then return true end
+  if not tags then return false end
+  if sub(etag, 1, 2) == "W/" then etag = sub(etag, 3) end
+  for i = 1, #tags do
+    if tags[i] == etag then return true end
+  end
+  return false
+end
+
 -- ---------------------------------------------------------------------------
 -- Request and response
 -- ---------------------------------------------------------------------------

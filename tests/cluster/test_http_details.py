@@ -1,6 +1,7 @@
 """HTTP details of the built-in API on real ckrun processes: HEAD on every GET
-route, Allow on 405, and NOT_LEADER redirects that keep the request's path
-and query.
+route, Allow on 405, ETag/304 on every state read (weak, list and * forms of
+If-None-Match) and none on local reads, and NOT_LEADER redirects that keep
+the request's path and query.
 
 Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q -p no:cacheprovider test_http_details.py
 """
@@ -79,6 +80,45 @@ def test_405_lists_the_allowed_methods(ck):
         assert (body == b"") == (method == "HEAD"), (method, path, body)
     status, headers, _ = raw(n, "HEAD", "/nope")
     assert status == 404 and "allow" not in headers, headers
+
+
+def test_etag_on_every_state_read(ck):
+    """Every state read carries ETag = the state index and answers 304 to If-None-Match in its strong, weak, list, * and repeated forms; local reads carry no ETag and ignore If-None-Match."""
+    n = ck.node("node-1")
+    for path in STATE_READS:
+        def check():
+            index = state_index(n)
+            etag = '"%d"' % index
+            r = n.get(path)
+            assert r.status == 200, (path, r)
+            if state_index(n) != index:
+                return False  # The state moved meanwhile: look again.
+            assert r.headers.get("ETag") == etag, (path, r.headers)
+            other = '"%d"' % (index + 1000)
+            for inm in [etag, "W/" + etag, "%s, %s" % (other, etag), '%s,W/%s' % (other, etag), "*",
+                        " ,%s, " % etag]:
+                status, headers, body = raw(n, "GET", path, [("If-None-Match", inm)])
+                assert status == 304, (path, inm, status, body[:200])
+                assert headers.get("etag") == etag and body == b"", (path, inm, headers, body)
+            # Repeated header lines make one list.
+            status, headers, _ = raw(n, "GET", path, [("If-None-Match", other), ("If-None-Match", etag)])
+            assert status == 304, (path, "two lines", status)
+            status, headers, body = raw(n, "HEAD", path, [("If-None-Match", "W/" + etag)])
+            assert status == 304 and body == b"", (path, "HEAD", status)
+            # No match, or a malformed value: the full answer.
+            for inm in [other, "%s, %s" % (other, '"x"'), "%s, 12" % etag, etag[1:], "w/" + etag]:
+                status, headers, body = raw(n, "GET", path, [("If-None-Match", inm)])
+                assert status == 200 and body == r.body, (path, inm, status, body[:200])
+            return True
+        wait_for(check, what="a steady state index around the checks of %s" % path)
+
+    for path in LOCAL_READS:
+        r = n.get(path)
+        assert r.status == 200, (path, r)
+        assert "ETag" not in r.headers, (path, r.headers)
+        for inm in ["*", '"%d"' % state_index(n)]:
+            status, _, body = raw(n, "GET", path, [("If-None-Match", inm)])
+            assert status == 200 and body, (path, inm, status)
 
 
 def test_not_leader_location_keeps_path_and_query(ck):

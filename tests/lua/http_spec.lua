@@ -1,7 +1,52 @@
--- HTTP details of the router (clusterkit.http), without a socket: HEAD
--- falling back to GET routes, the Allow list of a 405, and the request
--- target a redirect keeps.
+-- HTTP details of the router (clusterkit.http), without a socket: the
+-- If-None-Match parser and matcher, HEAD falling back to GET routes, the
+-- Allow list of a 405, and the request target a redirect keeps.
 local http = require "clusterkit.http"
+
+describe("If-None-Match", function()
+  local parse, matches = http.parse_etags, http.etag_matches
+
+  it("parses one tag, weak tags, lists and *", function()
+    assert.are.same({'"1"'}, parse('"1"'))
+    assert.are.same({'"1"'}, parse('W/"1"'))
+    assert.are.same({'"1"', '"2"', '"3"'}, parse('"1", W/"2",\t"3"'))
+    assert.are.same({'""'}, parse('""'))
+    assert.are.same({'"a,b"'}, parse('"a,b"'))       -- a comma inside a tag is part of it
+    assert.are.same({'"\200x"'}, parse('"\200x"'))     -- obs-text is allowed
+    assert.are.equal("*", parse("*"))
+    assert.are.equal("*", parse("  *  "))
+  end)
+
+  it("accepts the empty list elements that RFC 9110 §5.6.1 asks recipients to skip", function()
+    assert.are.same({'"1"', '"2"'}, parse(' , "1" ,, "2",'))
+    assert.are.same({}, parse(""))
+    assert.are.same({}, parse(" , "))
+  end)
+
+  it("refuses malformed values", function()
+    for _, bad in ipairs({'1', '"1', '1"', 'W/1', 'w/"1"', 'W/ "1"', '"1" "2"', '"1",2', '"a b"',
+                          '"a\1"', '*, "1"', '"1", *', '**', 'W/*'}) do
+      local v, err = parse(bad)
+      assert.is_nil(v, bad)
+      assert.is_string(err, bad)
+    end
+  end)
+
+  it("compares weakly: W/ on either side does not matter", function()
+    assert.is_true(matches('"7"', '"7"'))
+    assert.is_true(matches('W/"7"', '"7"'))
+    assert.is_true(matches('"7"', 'W/"7"'))
+    assert.is_true(matches('"1", "7"', '"7"'))
+    assert.is_true(matches('"1",W/"7"', '"7"'))
+    assert.is_true(matches("*", '"7"'))
+    assert.is_false(matches('"70"', '"7"'))
+    assert.is_false(matches('"1", "2"', '"7"'))
+    assert.is_false(matches('7', '"7"'))       -- unquoted: malformed, so no match
+    assert.is_false(matches('"7", 8', '"7"'))  -- a malformed list never matches
+    assert.is_false(matches("", '"7"'))
+    assert.is_false(matches(nil, '"7"'))
+  end)
+end)
 
 describe("the router's HEAD and 405", function()
   local function server()
