@@ -59,27 +59,24 @@ describe("the router's HEAD and 405", function()
     return srv, get, post, put
   end
 
-  it("runs the GET route's handler for HEAD", function()
+  it("runs the GET route's handler for HEAD, only where GET is, unless HEAD has a route", function()
     local srv, get = server()
     assert.are.equal(get, (srv:find("HEAD", "/health")))
     local fn, params, route = srv:find("HEAD", "/kv/a%2Fb")
     assert.are.equal(get, fn)
     assert.are.equal("a/b", params.key)
     assert.are.equal("/kv/:key", route)
-  end)
-
-  it("prefers an explicit HEAD route", function()
-    local srv = server()
-    local head = function() end
-    srv:route("HEAD", "/health", head)
-    assert.are.equal(head, (srv:find("HEAD", "/health")))
-  end)
-
-  it("does not serve HEAD where there is no GET", function()
-    local srv = server()
+    -- Where there is no GET, a HEAD is a 405 (the path exists) or a 404.
     local none, other = srv:find("HEAD", "/rebalance")
     assert.is_nil(none)
     assert.is_true(other)
+    none, other = srv:find("HEAD", "/nope")
+    assert.is_nil(none)
+    assert.is_false(other)
+    -- An explicit HEAD route wins.
+    local head = function() end
+    srv:route("HEAD", "/health", head)
+    assert.are.equal(head, (srv:find("HEAD", "/health")))
   end)
 
   it("lists the allowed methods, HEAD wherever GET is", function()
