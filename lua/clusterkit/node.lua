@@ -1263,8 +1263,8 @@ function Node:start()
   local o = self.opts
   local why = unresolvable(o.raft_host)
   if why then
-    return nil, errors.new("INVALID", format("RAFT_ADDR %s: cannot resolve %s (%s); it must be host:port "
-      .. "with a host that this node and its peers resolve", o.raft_addr, o.raft_host, why))
+    return nil, errors.new("INVALID", format("RAFT_ADDR: cannot resolve %s (%s); it must be host:port "
+      .. "with a host that this node and its peers resolve", o.raft_addr, why))
   end
   self.status = "starting"
   local mismatch = join_addr_mismatch(self)
