@@ -41,6 +41,10 @@ class LuajitNode(CkNode):
         src, build = ckharness.SOURCE_DIR, ckharness.BUILD_DIR
         e["LUA_PATH"] = "%s/lua/?.lua;%s/lua/?/init.lua;;" % (src, src)
         e["LUA_CPATH"] = "%s/?.so;;" % build
+        if os.environ.get("CK_PRELOAD"):
+            # A sanitizer build: core.so is instrumented, luajit is not.
+            e["LD_PRELOAD"] = os.environ["CK_PRELOAD"]
+            e["ASAN_OPTIONS"] = "detect_leaks=0"
         return e
 
     def spawn(self):
