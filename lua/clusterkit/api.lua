@@ -12,6 +12,8 @@
 local http = require "clusterkit.http"
 local json = require "clusterkit.json"
 local membership = require "clusterkit.membership"
+local core = require "clusterkit.core"
+local procstat = require "clusterkit.procstat"
 
 local M = {}
 
@@ -392,6 +394,23 @@ function M.metrics(node)
     "counter", {{nil, node.rebalance_moves or 0}})
   add("clusterkit_rebalance_paused", "1 while rebalancing is paused (maintenance mode).", "gauge",
     {{nil, node:rebalance_paused() and 1 or 0}})
+  add("clusterkit_leader_changes_total", "Leaders this node has seen take over (a new leader id).", "counter",
+    {{nil, node.leader_changes or 0}})
+  add("clusterkit_build_info", "clusterkit's version (the value is always 1).", "gauge",
+    {{'{version="' .. tostring(core.version):gsub('[\\"\n]', "") .. '",luajit="'
+      .. tostring(jit and jit.version or ""):gsub('[\\"\n]', "") .. '"}', 1}})
+  local p = procstat.read()
+  for _, m in ipairs({
+    {"process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", "counter", p.cpu_seconds},
+    {"process_resident_memory_bytes", "Resident memory size in bytes.", "gauge", p.resident_bytes},
+    {"process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge", p.virtual_bytes},
+    {"process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "gauge",
+     p.start_time_seconds},
+    {"process_open_fds", "Number of open file descriptors.", "gauge", p.open_fds},
+    {"process_max_fds", "Maximum number of open file descriptors.", "gauge", p.max_fds},
+  }) do
+    if m[4] then add(m[1], m[2], m[3], {{nil, m[4]}}) end
+  end
   return table.concat(out, "\n") .. "\n"
 end
 

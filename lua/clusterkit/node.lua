@@ -485,6 +485,7 @@ function Node:_check_leader()
     self._last_leader = key
     self.log:info("leader is %s (%s)", n and n.id or "unknown", r.state)
     if n then
+      self.leader_changes = (self.leader_changes or 0) + 1 -- clusterkit_leader_changes_total
       self:_fire("leader_change", {leader_id = n.id, leader_addr = r.leader_addr or "",
                                    term = r.term, is_me = r.state == "leader"})
     end

@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import urllib.parse
 
 import pytest
@@ -260,6 +262,43 @@ def test_metrics(ck):
             assert re.fullmatch(r"# (HELP|TYPE) \S+ .+", line), line
         else:
             assert sample.fullmatch(line), line
+
+
+def metric(text, name):
+    """The value of the unlabelled sample `name` in Prometheus text, or None."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_metrics_process_build_and_leader_changes(ck, tmp_path):
+    """/metrics carries the process_* series (checked against the process's
+    own /proc), clusterkit_build_info with ckrun's version, and the leader
+    changes this node saw; promtool accepts it when it is installed."""
+    n = ck.node("node-1")
+    text = n.get("/metrics").text
+    version = ck.run("--version").stdout.split()[-1]
+    assert 'clusterkit_build_info{version="%s",' % version in text, text
+    assert metric(text, "clusterkit_leader_changes_total") == 1
+    with open("/proc/%d/stat" % n.pid) as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as f:
+        btime = int(next(line for line in f if line.startswith("btime")).split()[1])
+    started = btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    assert abs(metric(text, "process_start_time_seconds") - started) < 0.02
+    fds = len(os.listdir("/proc/%d/fd" % n.pid))
+    assert 1 < metric(text, "process_open_fds") <= fds + 2
+    assert metric(text, "process_resident_memory_bytes") > 1 << 20
+    assert metric(text, "process_cpu_seconds_total") >= 0
+    assert metric(text, "process_max_fds") >= fds
+    promtool = shutil.which("promtool")
+    if promtool:
+        path = tmp_path / "metrics.txt"
+        path.write_text(text)
+        r = subprocess.run([promtool, "check", "metrics"], stdin=open(path), capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_post_sync(ck):
