@@ -209,7 +209,7 @@ function Response:send(body)
   -- For HEAD the body still goes to C, which sends its Content-Length and
   -- leaves the bytes out (ck_http_format_response, CK_HTTP_FMT_HEAD).
   local ok, err = self._c:respond(self._status, self._headers, body)
-  if self._t0 then self._server.access_log(self, self._req.method ~= "HEAD" and body or nil) end
+  if self._server.access_log then self._server.access_log(self, self._req.method ~= "HEAD" and body or nil) end
   return ok, err
 end
 
@@ -248,7 +248,7 @@ Server.__index = Server
 
 --- A router bound to `node` (whose opts give the limits). Not listening yet.
 function M.server(node)
-  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}}, Server)
+  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}, latency = {}}, Server)
 end
 
 local METHODS = {GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, HEAD = true, OPTIONS = true}
@@ -366,13 +366,33 @@ function Server:_find(method, path)
   return nil, other
 end
 
+-- Upper bounds (seconds) of the request latency histogram's buckets
+-- (clusterkit_http_request_duration_seconds in /metrics).
+local LATENCY_BUCKETS = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                         5, 10, 30}
+M.LATENCY_BUCKETS = LATENCY_BUCKETS
+
 function Server:_count(res)
-  local by_status = self.counts[res._route]
+  local route = res._route
+  local by_status = self.counts[route]
   if not by_status then
     by_status = {}
-    self.counts[res._route] = by_status
+    self.counts[route] = by_status
   end
   by_status[res._status] = (by_status[res._status] or 0) + 1
+  -- Time from dispatch to the answer (a blocking query's wait included).
+  if not res._t0 then return end
+  local h = self.latency[route]
+  if not h then
+    h = {sum = 0, n = 0}
+    for i = 1, #LATENCY_BUCKETS + 1 do h[i] = 0 end -- The last one: above every bound.
+    self.latency[route] = h
+  end
+  local d = (core.hrtime() - res._t0) / 1e9
+  local i = 1
+  while i <= #LATENCY_BUCKETS and d > LATENCY_BUCKETS[i] do i = i + 1 end
+  h[i] = h[i] + 1
+  h.sum, h.n = h.sum + d, h.n + 1
 end
 
 local function run(server, fn, req, res)
@@ -428,7 +448,7 @@ function Server:_dispatch(c, method, path, raw_query)
                             params = params or NO_PARAMS, node = self.node}, Request)
   local res = setmetatable({_c = c, _server = self, _status = 200, sent = false,
                             _route = route or "unmatched", _req = req}, Response)
-  if self.access_log then res._t0 = core.hrtime() end
+  res._t0 = core.hrtime() -- For the latency histogram and the access log.
   if not fn then
     if params then
       res:header("Allow", self:allow(path))

@@ -277,7 +277,16 @@ def test_metrics_process_build_and_leader_changes(ck, tmp_path):
     own /proc), clusterkit_build_info with ckrun's version, and the leader
     changes this node saw; promtool accepts it when it is installed."""
     n = ck.node("node-1")
+    before = metric(n.get("/metrics").text, 'clusterkit_http_request_duration_seconds_count{route="/health"}') or 0
+    for _ in range(3):
+        assert n.get("/health").status == 200
     text = n.get("/metrics").text
+    # The latency histogram: cumulative buckets ending in +Inf == count.
+    assert metric(text, 'clusterkit_http_request_duration_seconds_count{route="/health"}') == before + 3
+    buckets = [float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith('clusterkit_http_request_duration_seconds_bucket{route="/health",')]
+    assert buckets == sorted(buckets) and buckets[-1] == before + 3, buckets
+    assert 'clusterkit_http_request_duration_seconds_bucket{route="/health",le="+Inf"}' in text
     version = ck.run("--version").stdout.split()[-1]
     assert 'clusterkit_build_info{version="%s",' % version in text, text
     assert metric(text, "clusterkit_leader_changes_total") == 1
