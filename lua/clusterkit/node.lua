@@ -1346,6 +1346,10 @@ function Node:start()
     self:stop()
     return nil, err
   end
+  if not ready and (self.status == "stopping" or self.status == "stopped") then
+    -- stop() (a signal: clusterkit.stop, ckrun's SIGINT) ended the wait.
+    return nil, errors.new("INTERRUPTED", "stopped while starting, before the node was part of a ready cluster")
+  end
   if not ready then
     return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs%s", o.start_timeout,
       self._join_cause and " (last join attempt: " .. self._join_cause .. ")" or ""))

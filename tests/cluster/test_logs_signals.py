@@ -175,6 +175,28 @@ io.stderr:write("app: start returned ", tostring(ok), " ", tostring(err), "\n")
     assert "TIMEOUT" not in log and "start returned" not in log, log
 
 
+def test_start_stopped_while_joining_returns_interrupted(ck):
+    """A start() that stop() ends while it is still joining returns INTERRUPTED, not a TIMEOUT after START_TIMEOUT."""
+    dead = ckharness.free_port()
+    src = r"""
+local clusterkit = require "clusterkit"
+local ck = clusterkit.new()
+clusterkit.spawn(function()
+  local ok, err = ck:start()
+  io.stderr:write("app: start returned ", tostring(ok), " ", tostring(err and err.code), "\n")
+end)
+for _ = 1, 3000 do
+  if ck.status ~= "new" then break end -- start() is under way (joining)
+  clusterkit.sleep(0.01)
+end
+ck:stop()
+"""
+    n = ck.app("joiner", src, env={"JOIN_ADDR": "127.0.0.1:%d" % dead, "START_TIMEOUT": "120"}, start=False)
+    n.spawn()
+    assert n.wait_exit(EXIT_TIMEOUT) is not None, n.log_tail()
+    wait_logged(n, r"^app: start returned nil INTERRUPTED$", "start() returning INTERRUPTED")
+
+
 def test_ckrun_sigint_while_joining_says_interrupted_and_exits_0(ck):
     """ckrun interrupted while its node is still joining stops it gracefully, says "interrupted" (not TIMEOUT) and exits 0."""
     dead = ckharness.free_port()
