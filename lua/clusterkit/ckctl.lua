@@ -210,10 +210,15 @@ function Ctl:post(path, body) return self:call("POST", path, body, true) end
 
 function Ctl:print(s) self.out(s) end
 
+-- Prints a node's JSON answer as it came, one document per line.
+function Ctl:print_json(raw)
+  self:print((raw:gsub("%s+$", "")) .. "\n")
+end
+
 -- Prints the raw JSON answer (--json) or the table that render(v) makes.
 function Ctl:show(raw, v, render)
   if self.json then
-    self:print((raw:gsub("%s+$", "")) .. "\n")
+    self:print_json(raw)
   else
     self:print(render(v))
   end
@@ -255,10 +260,7 @@ end
 function commands.status(c)
   local _, h, raw = c:get("/health/detailed")
   local _, cl = c:get("/cluster")
-  if c.json then
-    c:print(raw:gsub("%s+$", "") .. "\n")
-    return
-  end
+  if c.json then return c:print_json(raw) end
   local raft = h.raft or {}
   local by = {}
   for k, n in pairs((h.nodes or {}).by_status or {}) do by[#by + 1] = k .. " " .. n end
@@ -290,12 +292,7 @@ function commands.members(c)
 end
 
 function commands.partitions(c, args)
-  local only
-  if args[1] == "--node" then
-    only = args[2] or fail("--node needs a node id")
-  elseif args[1] then
-    fail("partitions: unknown argument " .. args[1])
-  end
+  local only = options(args, {node = "value"}).node
   local _, cl, raw = c:get("/cluster")
   c:show(raw, cl, function(v)
     local rows = {}
@@ -342,18 +339,9 @@ function commands.leader(c)
 end
 
 function commands.watch(c, args)
-  local count, seconds
-  local i = 1
-  while args[i] do
-    if args[i] == "--count" then
-      count = tonumber(args[i + 1]) or fail("--count needs a number")
-    elseif args[i] == "--for" then
-      seconds = tonumber(args[i + 1]) or fail("--for needs seconds")
-    else
-      fail("watch: unknown argument " .. args[i])
-    end
-    i = i + 2
-  end
+  local o = options(args, {count = "value", ["for"] = "value"})
+  local count = o.count and (tonumber(o.count) or fail("--count needs a number"))
+  local seconds = o["for"] and (tonumber(o["for"]) or fail("--for needs seconds"))
   local stop_at = seconds and c.now() + seconds
   local _, cur = c:get("/cluster")
   local index = cur.state_index or 0
@@ -369,14 +357,15 @@ function commands.watch(c, args)
       if wait <= 0 then break end
       wait = math.max(0.001, math.min(30, wait))
     end
-    local ok, status, v, raw = pcall(c.get, c, format("/cluster?index=%d&wait=%dms", index, math.ceil(wait * 1000)))
+    -- pcall gives ok, then c:get's status, body, raw (or the error).
+    local ok, e, v, raw = pcall(c.get, c, format("/cluster?index=%d&wait=%dms", index, math.ceil(wait * 1000)))
     if not ok then
       -- The node went away: say so and try again (another node may be given).
-      c.err("ckctl: " .. tostring(type(status) == "table" and status.ckctl or status) .. "; retrying\n")
+      c.err("ckctl: " .. tostring(type(e) == "table" and e.ckctl or e) .. "; retrying\n")
       c.sleep(1)
     elseif type(v) == "table" and (v.state_index or 0) > index then
       if c.json then
-        c:print((raw:gsub("%s+$", "")) .. "\n")
+        c:print_json(raw)
       else
         for _, line in ipairs(M.diff(cur, v)) do
           c:print(format("%s index %d: %s\n", c.clock(), v.state_index, line))
@@ -384,7 +373,6 @@ function commands.watch(c, args)
       end
       cur, index, seen = v, v.state_index, seen + 1
     end
-    _ = status
   end
 end
 
