@@ -1057,25 +1057,27 @@ function Node:snapshot()
   }
 end
 
--- Why snapshot `snap` cannot be restored here (a message), or nil.
+-- Why snapshot `snap` cannot be restored here: an error code (BAD_SNAPSHOT:
+-- not one this node reads; SNAPSHOT_MISMATCH: another cluster shape) and a
+-- message; nil when it can.
 local function snapshot_mismatch(snap, v)
   if type(snap) ~= "table" or snap.format ~= SNAPSHOT_FORMAT then
-    return "not a clusterkit snapshot (no \"format\": \"" .. SNAPSHOT_FORMAT .. "\")"
+    return "BAD_SNAPSHOT", "not a clusterkit snapshot (no \"format\": \"" .. SNAPSHOT_FORMAT .. "\")"
   end
   if snap.version ~= SNAPSHOT_VERSION then
-    return string.format("snapshot version %s; this node reads version %d", tostring(snap.version),
-      SNAPSHOT_VERSION)
+    return "BAD_SNAPSHOT", string.format("snapshot version %s; this node reads version %d",
+      tostring(snap.version), SNAPSHOT_VERSION)
   end
   local cfg = type(snap.config) == "table" and snap.config or {}
   for _, k in ipairs({{"partition_count", v.partitions}, {"replication_factor", v.replication},
                       {"hash_algorithm", v.hash_algo}}) do
     if cfg[k[1]] ~= k[2] then
-      return string.format("the snapshot's %s is %s, this cluster's is %s (a table cannot change shape)", k[1],
-        tostring(cfg[k[1]]), tostring(k[2]))
+      return "SNAPSHOT_MISMATCH", string.format("the snapshot's %s is %s, this cluster's is %s (a table cannot "
+        .. "change shape)", k[1], tostring(cfg[k[1]]), tostring(k[2]))
     end
   end
   if type(snap.partitions) ~= "table" or #snap.partitions ~= v.partitions then
-    return "the snapshot does not hold one row per partition"
+    return "SNAPSHOT_MISMATCH", "the snapshot does not hold one row per partition"
   end
 end
 
@@ -1093,11 +1095,8 @@ function Node:restore_snapshot(snap)
   local raw = self._core:view()
   if not raw.initialized then return nil, not_ready end
   local v = self:_view()
-  local why = snapshot_mismatch(snap, v)
-  if why then
-    return nil, errors.new(type(snap) == "table" and snap.format == SNAPSHOT_FORMAT and snap.version == SNAPSHOT_VERSION
-      and "SNAPSHOT_MISMATCH" or "BAD_SNAPSHOT", why)
-  end
+  local code, why = snapshot_mismatch(snap, v)
+  if code then return nil, errors.new(code, why) end
   local members, missing, seen = {}, {}, {}
   for _, n in ipairs(v.nodes) do
     if n.status ~= "left" then members[n.id] = true end
@@ -1212,16 +1211,22 @@ local function unresolvable(host)
   ffi.C.freeaddrinfo(out[0])
 end
 
+-- The "cluster" object of the data dir's last cluster-state.json, or nil.
+local function saved_state(dir)
+  local f = io.open(dir .. "/cluster-state.json", "r")
+  if not f then return nil end
+  local saved = json.decode(f:read("*a") or "")
+  f:close()
+  return type(saved) == "table" and type(saved.cluster) == "table" and saved.cluster or nil
+end
+
 -- The cluster id and name recorded in the data dir, when it holds raft
 -- data (a node that was a member somewhere); nil for a new node.
 local function saved_cluster(dir)
   local meta = io.open(dir .. "/raft/metadata1", "r") or io.open(dir .. "/raft/metadata2", "r")
   if not meta then return nil end
   meta:close()
-  local f = io.open(dir .. "/cluster-state.json", "r")
-  local saved = f and json.decode(f:read("*a") or "")
-  if f then f:close() end
-  local c = type(saved) == "table" and type(saved.cluster) == "table" and saved.cluster
+  local c = saved_state(dir)
   if c and type(c.id) == "string" and c.id ~= "" then return c end
 end
 
@@ -1324,10 +1329,7 @@ function Node:start()
       -- Whom to ask: join_addr, else a peer from the last cluster-state.json
       -- (after a restart, raft replays the log only once a leader is heard).
       local via = o.join_addr
-      local f = io.open(o.data_dir .. "/cluster-state.json", "r")
-      local saved = f and json.decode(f:read("*a") or "")
-      if f then f:close() end
-      local nodes = type(saved) == "table" and type(saved.cluster) == "table" and saved.cluster.nodes
+      local nodes = (saved_state(o.data_dir) or {}).nodes
       for _, n in ipairs(type(nodes) == "table" and nodes or {}) do
         if not via and type(n) == "table" and n.id ~= self.id and type(n.ip) == "string" then via = n.ip end
       end
