@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages needed to build and test (LuaJIT handled separately).
 PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev node-llhttp \
             lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest \
-            clang libclang-rt-14-dev iptables iproute2
+            clang libclang-rt-14-dev iptables iproute2 chromium chromium-driver
 
 .PHONY: all deps build demo test test-faults test-asan test-openresty bench lint clean
 

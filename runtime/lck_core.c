@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "ck_common.h"
+#include "ck_embedded.h"
 #include "ck_hash.h"
 #include "ck_node.h"
 
@@ -609,6 +610,23 @@ static int core_sentinel_gc(lua_State *L)
     return 0;
 }
 
+/* core.ui_assets() -> {["app.js"] = {body = "...", type = "text/javascript; ..."}, ...}:
+ * the dashboard's files (ui/, embedded at build time). The bodies are
+ * copied into Lua strings, so nothing here needs pinning. */
+static int core_ui_assets(lua_State *L)
+{
+    lua_newtable(L);
+    for (const struct ck_embedded_asset *a = ck_embedded_ui; a->name != NULL; a++) {
+        lua_createtable(L, 0, 2);
+        lua_pushlstring(L, a->data, a->len);
+        lua_setfield(L, -2, "body");
+        lua_pushstring(L, a->content_type);
+        lua_setfield(L, -2, "type");
+        lua_setfield(L, -2, a->name);
+    }
+    return 1;
+}
+
 static const luaL_Reg handle_methods[] = {
     {"start", handle_start},
     {"stop", handle_stop},
@@ -636,6 +654,7 @@ static const luaL_Reg core_funcs[] = {
     {"set_error_handler", core_set_error_handler},
     {"ffi_api", core_ffi_api},
     {"errname", core_errname},
+    {"ui_assets", core_ui_assets},
     {NULL, NULL},
 };
 

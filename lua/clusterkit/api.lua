@@ -176,6 +176,7 @@ function M.install(node)
       leader = leader and leader.leader_id or json.null,
       raft = stats, nodes = {total = #v.nodes, by_status = counts},
       partitions = v.partitions or 0, state_index = v.index,
+      rebalance_paused = node:rebalance_paused(),
     })
   end)
 
@@ -280,6 +281,26 @@ function M.install(node)
   srv:route("GET", "/consensus/stats", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     return res:json(node:consensus_stats())
+  end)
+
+  -- The raft configuration as this node knows it: every server's role
+  -- (voter, standby, spare) by node id. On the leader, "recent" says whether
+  -- the server answered within the last election timeout. No ETag: the
+  -- configuration changes through raft, not through the state index.
+  srv:route("GET", "/consensus/configuration", function(req, res)
+    if not membership.read_authorized(node, req, res) then return end
+    local c = node._core
+    if not c or c:closed() then
+      return res:error(503, "NOT_READY", "raft is not running on this node")
+    end
+    local ids = {}
+    for _, n in ipairs(node:_view().nodes) do ids[n.raft_id] = n.id end
+    local out = {}
+    for i, s in ipairs(c:configuration()) do
+      out[i] = {node_id = ids[s.id] or json.null, raft_id = s.id, raft_addr = s.address, role = s.role,
+                recent = s.recent == nil and json.null or s.recent}
+    end
+    return res:json({servers = json.array(out), node_id = node.id})
   end)
 
   -- Rebalancing (leader only; followers answer like /join: 307 with the

@@ -41,13 +41,44 @@ local function same(a, b)
   return acc == 0
 end
 
-local function bearer(req)
-  local h = req:header("Authorization") or ""
-  return h:match("^Bearer%s+(.+)$") or ""
+local B64 = {}
+for i = 1, 64 do
+  B64[string.byte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", i)] = i - 1
 end
 
-local function deny(res, what)
-  res:header("WWW-Authenticate", "Bearer")
+--- Decodes standard base64 (with or without "=" padding); nil when s is not
+-- base64.
+local function unbase64(s)
+  s = s:gsub("=+$", "")
+  if #s % 4 == 1 then return nil end
+  local out, acc, bits = {}, 0, 0
+  for i = 1, #s do
+    local v = B64[string.byte(s, i)]
+    if not v then return nil end
+    acc, bits = bit.bor(bit.lshift(acc, 6), v), bits + 6
+    if bits >= 8 then
+      bits = bits - 8
+      out[#out + 1] = string.char(bit.band(bit.rshift(acc, bits), 0xff))
+    end
+  end
+  return table.concat(out)
+end
+M.unbase64 = unbase64
+
+-- The token a request carries: "Authorization: Bearer <token>", or Basic
+-- credentials whose password is the token (any user name), which is what a
+-- browser sends after its login prompt for the dashboard (/ui).
+local function bearer(req)
+  local h = req:header("Authorization") or ""
+  local t = h:match("^Bearer%s+(.+)$")
+  if t then return t end
+  local cred = h:match("^[Bb]asic%s+([%w+/=]+)%s*$")
+  local plain = cred and unbase64(cred)
+  return plain and plain:match("^[^:]*:(.*)$") or ""
+end
+
+local function deny(res, what, challenge)
+  res:header("WWW-Authenticate", challenge or "Bearer")
   res:error(401, "UNAUTHORIZED", "a valid " .. what .. " is required")
   return false
 end
@@ -63,12 +94,14 @@ end
 
 --- True when the request may read (no read_token configured, or the read
 -- token or the cluster token given); otherwise answers 401.
-function M.read_authorized(node, req, res)
+-- challenge (optional) replaces "Bearer" in WWW-Authenticate: the
+-- dashboard asks for Basic, which makes a browser prompt for the token.
+function M.read_authorized(node, req, res, challenge)
   local rt = node.opts.read_token
   if not rt then return true end
   local given = bearer(req)
   if same(given, rt) or (node.opts.token and same(given, node.opts.token)) then return true end
-  return deny(res, "read token")
+  return deny(res, "read token", challenge)
 end
 
 local function auth_headers(node)

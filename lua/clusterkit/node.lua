@@ -79,6 +79,7 @@ function M.new(opts)
   require("clusterkit.api").install(self)
   require("clusterkit.membership").install(self)
   require("clusterkit.backup").install(self)
+  require("clusterkit.ui").install(self)
   return self
 end
 
