@@ -305,7 +305,10 @@ describe("lifecycle", function()
       calls = calls + 1
       return {} -- invalid: no rows
     end)
-    clusterkit.sleep(0.05)
+    -- The policy runs from the reconciler, not from set_placement: wait
+    -- (bounded) for its first call rather than a fixed time.
+    local deadline = core.hrtime() + 10e9
+    while calls == 0 and core.hrtime() < deadline do clusterkit.sleep(0.01) end
     assert.is_true(calls >= 1)
     assert.are.equal("t1", ck:partition(0).primary_node) -- old table kept
     ck:stop()
