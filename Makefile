@@ -22,7 +22,10 @@ PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev n
             lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest \
             clang libclang-rt-14-dev iptables iproute2 chromium chromium-driver
 
-.PHONY: all deps build demo test test-faults test-asan test-openresty bench lint clean
+# The peers the benchmarks run beside clusterkit in the same run (make bench).
+BENCH_PACKAGES := wrk nginx-light
+
+.PHONY: all deps bench-deps build demo test test-faults test-asan test-openresty bench lint clean
 
 all: build
 
@@ -36,6 +39,17 @@ deps:
 	  if dpkg-query -W -f='$${Status}' libluajit2-5.1-dev 2>/dev/null | grep -q "install ok installed"; \
 	  then missing="$$missing luajit2"; else missing="$$missing luajit"; fi; \
 	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+bench-deps:
+	@missing=""; \
+	for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing:$$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -78,7 +92,7 @@ test-asan: deps
 test-openresty: deps
 	tests/flavours/openresty.sh .
 
-bench: build
+bench: build bench-deps
 	tests/bench/run.sh $(BUILD)
 
 lint: deps
