@@ -29,32 +29,29 @@ BENCH_PACKAGES := wrk nginx-light
 
 all: build
 
-deps:
-	@missing=""; \
-	for p in $(PACKAGES); do \
+# Shell fragments: collect the packages of $(1) that are not installed into
+# $$missing; install whatever $$missing holds (after apt-get update).
+find_missing = missing=""; \
+	for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if ! pkg-config --exists luajit 2>/dev/null; then missing="$$missing libluajit-5.1-dev"; fi; \
-	if ! command -v luajit >/dev/null 2>&1; then \
-	  if dpkg-query -W -f='$${Status}' libluajit2-5.1-dev 2>/dev/null | grep -q "install ok installed"; \
-	  then missing="$$missing luajit2"; else missing="$$missing luajit"; fi; \
-	fi; \
-	if [ -n "$$missing" ]; then \
+	done
+install_missing = if [ -n "$$missing" ]; then \
 	  echo "Installing:$$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+deps:
+	@$(call find_missing,$(PACKAGES)); \
+	if ! pkg-config --exists luajit 2>/dev/null; then missing="$$missing libluajit-5.1-dev"; fi; \
+	if ! command -v luajit >/dev/null 2>&1; then \
+	  if dpkg-query -W -f='$${Status}' libluajit2-5.1-dev 2>/dev/null | grep -q "install ok installed"; \
+	  then missing="$$missing luajit2"; else missing="$$missing luajit"; fi; \
+	fi; \
+	$(install_missing)
+
 bench-deps:
-	@missing=""; \
-	for p in $(BENCH_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "Installing:$$missing"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call find_missing,$(BENCH_PACKAGES)); $(install_missing)
 
 build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
