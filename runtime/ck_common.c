@@ -17,6 +17,8 @@ const char *ck_strerror(int code)
     case CK_ERAFT: return "raft error";
     case CK_ECANCELED: return "cancelled";
     case CK_EBUSY: return "busy";
+    case CK_ECONFLICT: return "a compare did not hold";
+    case CK_ECOMPACTED: return "history compacted";
     default: return code < 0 && code > -20000 ? uv_strerror(code) : "unknown error";
     }
 }
@@ -36,6 +38,8 @@ const char *ck_errname(int code)
     case CK_ERAFT: return "RAFT";
     case CK_ECANCELED: return "CANCELED";
     case CK_EBUSY: return "BUSY";
+    case CK_ECONFLICT: return "CONFLICT";
+    case CK_ECOMPACTED: return "COMPACTED";
     default: return code < 0 && code > -20000 ? uv_err_name(code) : "UNKNOWN";
     }
 }

@@ -23,6 +23,8 @@ enum {
     CK_ERAFT,            /* A raft error: see the object's errmsg. */
     CK_ECANCELED,        /* The request was cancelled by a close. */
     CK_EBUSY,            /* Another operation of the kind is in progress. */
+    CK_ECONFLICT,        /* A compare of a KV transaction did not hold. */
+    CK_ECOMPACTED,       /* The history asked for is no longer kept. */
 };
 
 /* A readable description of a clusterkit or libuv error code. */
