@@ -25,6 +25,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 {
     struct ck_fsm *f = fsm->data;
     uint64_t index = f->raft->last_applied + 1;
+    uint64_t kv_index = f->state.kv.index;
     int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
     if (rv == CK_ENOMEM) {
         f->on_fatal(f, rv, index);
@@ -34,6 +35,10 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     f->applied++;
     if (rv != 0) {
         f->rejected++;
+    } else if (buf->len > 1 && ((const uint8_t *)buf->base)[1] == CK_CMD_KV_TXN) {
+        if (f->state.kv.index != kv_index && f->on_kv_change != NULL) {
+            f->on_kv_change(f);
+        }
     } else if (f->on_change != NULL) {
         f->on_change(f);
     }
@@ -73,6 +78,9 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
     if (f->on_change != NULL) {
         f->on_change(f);
     }
+    if (f->on_kv_change != NULL) {
+        f->on_kv_change(f);
+    }
     return 0;
 }
 
@@ -81,6 +89,7 @@ void ck_fsm_init(struct raft_fsm *fsm, struct ck_fsm *f)
     ck_state_init(&f->state);
     f->applied = 0;
     f->rejected = 0;
+    f->on_kv_change = NULL;
     f->on_fatal = fsm_default_fatal;
     memset(fsm, 0, sizeof *fsm);
     fsm->version = 1;

@@ -46,7 +46,7 @@ struct ck_node {
     uint64_t last_watch; /* Loop time of the last watch tick (stall detection). */
     struct ck_node *next; /* In node_list. */
     unsigned pending_closes;
-    bool transport_inited, io_inited, raft_inited, started, closing, dirty;
+    bool transport_inited, io_inited, raft_inited, started, closing, dirty, kv_dirty;
     int seen_state;
     uint64_t seen_term, seen_leader;
     char errmsg[512];
@@ -103,17 +103,29 @@ uint64_t ck_node_raft_id(const char *node_id)
 
 static void node_on_notify(uv_timer_t *t);
 
-static void node_mark_dirty(struct ck_node *n)
+static void node_notify_soon(struct ck_node *n)
 {
-    n->dirty = true;
     if (!n->closing && !uv_is_active((uv_handle_t *)&n->notify_timer)) {
         uv_timer_start(&n->notify_timer, node_on_notify, 0, 0);
     }
 }
 
+static void node_mark_dirty(struct ck_node *n)
+{
+    n->dirty = true;
+    node_notify_soon(n);
+}
+
 static void node_on_fsm_change(struct ck_fsm *f)
 {
     node_mark_dirty(f->data);
+}
+
+static void node_on_fsm_kv_change(struct ck_fsm *f)
+{
+    struct ck_node *n = f->data;
+    n->kv_dirty = true;
+    node_notify_soon(n);
 }
 
 /* ------------------------------------------------------------------------
@@ -130,6 +142,10 @@ static void node_on_notify(uv_timer_t *t)
     if (n->dirty && !n->closing) {
         n->dirty = false;
         n->cb(n, CK_NODE_EV_APPLIED);
+    }
+    if (n->kv_dirty && !n->closing) {
+        n->kv_dirty = false;
+        n->cb(n, CK_NODE_EV_KV);
     }
     node_deliver(n);
     if (n->failed && !n->failed_reported && !n->closing) {
@@ -298,6 +314,7 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     ck_fsm_init(&n->fsm, &n->f);
     n->f.raft = &n->raft;
     n->f.on_change = node_on_fsm_change;
+    n->f.on_kv_change = node_on_fsm_kv_change;
     n->f.data = n;
     uv_timer_init(loop, &n->notify_timer);
     uv_timer_init(loop, &n->watch_timer);

@@ -111,6 +111,12 @@ void ck_cmd_encode_flags(struct ck_wbuf *w, uint32_t flags)
     ck_w_u32(w, flags);
 }
 
+void ck_cmd_encode_kv_txn(struct ck_wbuf *w, const struct ck_kv_txn *t)
+{
+    w_header(w, CK_CMD_KV_TXN);
+    ck_kv_encode_txn(w, t);
+}
+
 void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c)
 {
     w_header(w, CK_CMD_TABLE);
@@ -265,6 +271,9 @@ int ck_cmd_decode(struct ck_cmd *c, const void *buf, size_t len)
         c->flags = ck_r_u32(&r);
         rv = r.err != 0 ? r.err : (c->flags & ~CK_FLAGS_KNOWN) ? CK_EINVAL : 0;
         break;
+    case CK_CMD_KV_TXN:
+        rv = ck_kv_decode_txn(&r, &c->kv);
+        break;
     default:
         rv = CK_ECORRUPT;
         break;
@@ -288,6 +297,8 @@ void ck_cmd_free(struct ck_cmd *c)
         free(c->node.services);
     } else if (c->type == CK_CMD_TABLE) {
         free(c->table.ids);
+    } else if (c->type == CK_CMD_KV_TXN) {
+        ck_kv_txn_free(&c->kv);
     }
     memset(c, 0, sizeof *c);
 }
@@ -299,6 +310,7 @@ void ck_cmd_free(struct ck_cmd *c)
 void ck_state_init(struct ck_state *s)
 {
     memset(s, 0, sizeof *s);
+    ck_kv_init(&s->kv);
 }
 
 static void node_free(struct ck_node_info *n)
@@ -332,6 +344,7 @@ void ck_state_free(struct ck_state *s)
     free(s->config.cluster_id);
     free(s->config.name);
     table_free(&s->table);
+    ck_kv_free(&s->kv);
     memset(s, 0, sizeof *s);
 }
 
@@ -636,10 +649,14 @@ int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t ind
         case CK_CMD_FLAGS:
             s->config.flags = c.flags;
             break;
+        case CK_CMD_KV_TXN:
+            rv = ck_kv_apply(&s->kv, &c.kv, index);
+            break;
         }
     }
+    bool kv = c.type == CK_CMD_KV_TXN;
     ck_cmd_free(&c);
-    if (rv == 0) {
+    if (rv == 0 && !kv) {
         s->index = index;
     }
     return rv;
@@ -659,7 +676,7 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
 {
     const struct ck_config *cfg = &s->config;
 
-    ck_w_bytes(w, "CKS1", 4);
+    ck_w_bytes(w, "CKS2", 4);
     ck_w_u64(w, s->index);
     ck_w_u64(w, s->table_index);
     ck_w_u8(w, cfg->initialized);
@@ -699,6 +716,7 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
         }
     }
     ck_w_u32(w, cfg->flags);
+    ck_kv_snapshot(&s->kv, w);
 }
 
 int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
@@ -708,11 +726,14 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
     int rv = CK_ECORRUPT;
 
     ck_state_init(&n);
+    /* The history limits are this node's setting, not the snapshot's. */
+    ck_kv_set_history(&n.kv, s->kv.history, s->kv.history_bytes);
     ck_rbuf_init(&r, buf, len);
     const uint8_t *magic = ck_r_bytes(&r, 4);
-    if (magic == NULL || memcmp(magic, "CKS1", 4) != 0) {
+    if (magic == NULL || (memcmp(magic, "CKS1", 4) != 0 && memcmp(magic, "CKS2", 4) != 0)) {
         return CK_ECORRUPT;
     }
+    bool has_kv = magic[3] == '2';
     n.index = ck_r_u64(&r);
     n.table_index = ck_r_u64(&r);
     bool initialized = ck_r_u8(&r) != 0;
@@ -767,6 +788,9 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
     n.config.flags = ck_r_u32(&r);
     if ((n.config.flags & ~CK_FLAGS_KNOWN) != 0) {
         rv = CK_ECORRUPT;
+        goto err;
+    }
+    if (has_kv && (rv = ck_kv_restore(&n.kv, &r)) != 0) {
         goto err;
     }
     if (!ck_r_done(&r)) {

@@ -24,11 +24,17 @@
  *   TABLE       u32 partitions, u32 width, u32 n_ids, n_ids * str id,
  *               partitions * width * u16 (index into ids; 0xffff = empty,
  *               only at the end of a partition's row; slot 0 = primary)
+ *   KV_TXN      a key-value transaction (the payload in ck_kv.h). It changes
+ *               the store only: the state index (ETags, blocking queries on
+ *               the cluster) stays, and the FSM reports it as a KV change.
+ *               A compare that fails (CK_ECONFLICT) or a limit
+ *               (CK_ETOOBIG) is the command's result, the same everywhere.
  *
- * Snapshot, version 1: "CKS1" | u64 index | u64 table_index | u8 initialized
+ * Snapshot, version 2: "CKS2" | u64 index | u64 table_index | u8 initialized
  * | the INIT payload | u32 n_nodes | n * (NODE_UPSERT payload + u64
  * joined_index) | TABLE payload (ids = all nodes in order) | u32 n * u64
- * epochs | u32 flags.
+ * epochs | u32 flags | the key-value store (ck_kv.h's snapshot section).
+ * Version 1 ("CKS1") is the same without the store, and is still read.
  */
 #ifndef CK_STATE_H
 #define CK_STATE_H
@@ -38,6 +44,7 @@
 
 #include "ck_buf.h"
 #include "ck_hash.h"
+#include "ck_kv.h"
 
 #define CK_CMD_VERSION 1
 #define CK_MAX_NODES 4096u
@@ -53,6 +60,7 @@ enum ck_cmd_type {
     CK_CMD_NODE_REMOVE = 4,
     CK_CMD_TABLE = 5,
     CK_CMD_FLAGS = 6,
+    CK_CMD_KV_TXN = 7,
 };
 
 /* Cluster-wide switches (CK_CMD_FLAGS). */
@@ -116,8 +124,9 @@ struct ck_state {
     struct ck_node_info *nodes;
     uint32_t n_nodes;
     struct ck_table table;
-    uint64_t index;       /* Raft index of the last command that changed anything. */
+    uint64_t index;       /* Raft index of the last command that changed anything but the store. */
     uint64_t table_index; /* Raft index of the last table change. */
+    struct ck_kv kv;      /* The key-value store (its own index in kv.index). */
 };
 
 /* ---- Commands (decoded form: views into the encoded buffer). ---- */
@@ -159,6 +168,7 @@ struct ck_cmd {
         struct ck_str remove_id;
         uint32_t flags;
         struct ck_cmd_table table;
+        struct ck_kv_txn kv;
     };
 };
 
@@ -170,6 +180,7 @@ void ck_cmd_encode_status(struct ck_wbuf *w, const struct ck_cmd_status *c);
 void ck_cmd_encode_remove(struct ck_wbuf *w, struct ck_str id);
 void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c);
 void ck_cmd_encode_flags(struct ck_wbuf *w, uint32_t flags);
+void ck_cmd_encode_kv_txn(struct ck_wbuf *w, const struct ck_kv_txn *t);
 
 /* Decode @len bytes into @c. Views point into @buf, which must outlive @c.
  * Checks structure and ranges (not consistency with a state). Returns 0 or

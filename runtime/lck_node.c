@@ -72,7 +72,7 @@ static lua_Number opt_number(lua_State *L, int t, const char *k, lua_Number def)
 
 static void lnode_on_event(struct ck_node *n, int event)
 {
-    static const char *const names[] = {NULL, "applied", "raft", "closed", "failed"};
+    static const char *const names[] = {NULL, "applied", "raft", "closed", "failed", "kv"};
     if (lck_cbstate() == NULL) {
         return; /* The Lua state is gone, and the box with it. */
     }
@@ -703,6 +703,203 @@ static int l_encode_flags(lua_State *L)
     return push_wbuf(L, &w);
 }
 
+/* ------------------------------------------------------------------------
+ * The key-value store (ck_kv.h). Reads copy into Lua strings, so nothing
+ * Lua holds points into the store, which the next apply may change.
+ * ------------------------------------------------------------------------ */
+
+static const struct ck_kv *lnode_kv(lua_State *L, const char *fn)
+{
+    struct lnode *b = lnode_check(L, fn);
+    return &ck_node_state(b->node)->kv;
+}
+
+static void push_kv_entry(lua_State *L, const struct ck_kv_entry *e, bool keys_only)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushlstring(L, e->key, e->key_len);
+    lua_setfield(L, -2, "key");
+    if (!keys_only) {
+        lua_pushlstring(L, e->value, e->value_len);
+        lua_setfield(L, -2, "value");
+    }
+    set_num(L, "create_index", (lua_Number)e->create_index);
+    set_num(L, "mod_index", (lua_Number)e->mod_index);
+    set_num(L, "version", (lua_Number)e->version);
+}
+
+/* node:kv_get(key) -> value, create_index, mod_index, version | nil */
+static int lnode_kv_get(lua_State *L)
+{
+    const struct ck_kv *kv = lnode_kv(L, "node:kv_get");
+    size_t len;
+    const char *key = luaL_checklstring(L, 2, &len);
+    const struct ck_kv_entry *e = ck_kv_get(kv, key, len);
+    if (e == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushlstring(L, e->value, e->value_len);
+    lua_pushnumber(L, (lua_Number)e->create_index);
+    lua_pushnumber(L, (lua_Number)e->mod_index);
+    lua_pushnumber(L, (lua_Number)e->version);
+    return 4;
+}
+
+/* node:kv_list(prefix, limit, after, keys_only) -> {entry, ...}, more: the
+ * keys under prefix (sorted), after the key `after` when given. */
+static int lnode_kv_list(lua_State *L)
+{
+    const struct ck_kv *kv = lnode_kv(L, "node:kv_list");
+    size_t plen, alen = 0;
+    const char *prefix = luaL_checklstring(L, 2, &plen);
+    lua_Integer limit = luaL_checkinteger(L, 3);
+    const char *after = luaL_optlstring(L, 4, NULL, &alen);
+    bool keys_only = lua_toboolean(L, 5);
+    uint32_t first, n = ck_kv_prefix(kv, prefix, plen, &first);
+    uint32_t start = first;
+    if (after != NULL) {
+        /* The run is sorted: skip keys <= after (a binary search would
+         * need the comparison here too; runs are short next to a reply). */
+        while (start < first + n) {
+            const struct ck_kv_entry *e = kv->entries[start];
+            size_t m = e->key_len < alen ? e->key_len : alen;
+            int c = memcmp(e->key, after, m);
+            if (c > 0 || (c == 0 && e->key_len > alen)) {
+                break;
+            }
+            start++;
+        }
+    }
+    uint32_t end = first + n;
+    uint32_t count = end - start;
+    if (limit >= 0 && (lua_Integer)count > limit) {
+        count = (uint32_t)limit;
+    }
+    lua_createtable(L, (int)count, 0);
+    for (uint32_t i = 0; i < count; i++) {
+        push_kv_entry(L, kv->entries[start + i], keys_only);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_pushboolean(L, start + count < end);
+    return 2;
+}
+
+/* node:kv_info() -> {index =, compacted =, keys =, bytes =, events =} */
+static int lnode_kv_info(lua_State *L)
+{
+    const struct ck_kv *kv = lnode_kv(L, "node:kv_info");
+    lua_createtable(L, 0, 5);
+    set_num(L, "index", (lua_Number)kv->index);
+    set_num(L, "compacted", (lua_Number)kv->compacted);
+    set_num(L, "keys", (lua_Number)kv->n);
+    set_num(L, "bytes", (lua_Number)kv->bytes);
+    set_num(L, "events", (lua_Number)kv->ev_n);
+    return 1;
+}
+
+/* node:kv_events(since, max) -> {{index =, type = "put"|"delete", key =,
+ * value =, create_index =, mod_index =, version =}, ...} | nil, msg, "COMPACTED" */
+static int lnode_kv_events(lua_State *L)
+{
+    const struct ck_kv *kv = lnode_kv(L, "node:kv_events");
+    uint64_t since = (uint64_t)luaL_checknumber(L, 2);
+    lua_Integer max = luaL_checkinteger(L, 3);
+    if (max < 1 || max > 1000) {
+        return lck_argerror(L, "node:kv_events", "max must be 1..1000");
+    }
+    const struct ck_kv_event *ev[1000];
+    uint32_t n;
+    int rv = ck_kv_events(kv, since, (uint32_t)max, ev, &n);
+    if (rv != 0) {
+        return lck_pushfail(L, rv, NULL);
+    }
+    lua_createtable(L, (int)n, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        push_kv_entry(L, &ev[i]->e, false);
+        set_num(L, "index", (lua_Number)ev[i]->index);
+        set_str(L, "type", ev[i]->type == CK_KV_PUT ? "put" : "delete");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
+static struct ck_str kv_field_str(lua_State *L, int t, const char *k, bool required)
+{
+    size_t len = 0;
+    lua_getfield(L, t, k);
+    const char *p = lua_tolstring(L, -1, &len);
+    if (p == NULL && required) {
+        luaL_error(L, "encode_kv_txn: %s must be a string", k);
+    }
+    lua_pop(L, 1); /* The table still holds the string. */
+    return (struct ck_str){p ? p : "", (uint32_t)len};
+}
+
+/* core.encode_kv_txn{max_value =, max_bytes =, compares = {{key =,
+ * target = "mod"|"create"|"version"|"value", op = "=="|"!="|"<"|">",
+ * number = | value =}, ...}, ops = {{type = "put"|"delete"|"delete_prefix",
+ * key =, value =}, ...}} -> bytes. The caller (clusterkit.kv) checks the
+ * arguments for users; a malformed table here raises. */
+static int l_encode_kv_txn(lua_State *L)
+{
+    static const char *const targets[] = {"", "mod", "create", "version", "value", NULL};
+    static const char *const ops[] = {"", "==", "!=", "<", ">", NULL};
+    static const char *const types[] = {"", "put", "delete", "delete_prefix", NULL};
+    luaL_checktype(L, 1, LUA_TTABLE);
+    struct ck_kv_cmp cmp[CK_KV_MAX_TXN_ITEMS];
+    struct ck_kv_op op[CK_KV_MAX_TXN_ITEMS];
+    struct ck_kv_txn t = {.cmp = cmp, .ops = op};
+    t.max_value = (uint32_t)opt_number(L, 1, "max_value", CK_KV_DEFAULT_MAX_VALUE);
+    t.max_bytes = (uint64_t)opt_number(L, 1, "max_bytes", (lua_Number)CK_KV_DEFAULT_MAX_BYTES);
+    lua_getfield(L, 1, "compares");
+    lua_getfield(L, 1, "ops");
+    int ci = lua_gettop(L) - 1, oi = lua_gettop(L);
+    size_t nc = lua_istable(L, ci) ? lua_objlen(L, ci) : 0;
+    size_t no = lua_istable(L, oi) ? lua_objlen(L, oi) : 0;
+    if (nc > CK_KV_MAX_TXN_ITEMS || no > CK_KV_MAX_TXN_ITEMS) {
+        return luaL_error(L, "encode_kv_txn: at most %d compares and %d ops", (int)CK_KV_MAX_TXN_ITEMS,
+                          (int)CK_KV_MAX_TXN_ITEMS);
+    }
+    for (size_t i = 0; i < nc; i++) {
+        lua_rawgeti(L, ci, (int)i + 1);
+        int e = lua_gettop(L);
+        luaL_checktype(L, e, LUA_TTABLE);
+        struct ck_kv_cmp *c = &cmp[t.n_cmp++];
+        memset(c, 0, sizeof *c);
+        c->key = kv_field_str(L, e, "key", true);
+        lua_getfield(L, e, "target");
+        c->target = (uint8_t)luaL_checkoption(L, -1, NULL, targets);
+        lua_getfield(L, e, "op");
+        c->op = (uint8_t)luaL_checkoption(L, -1, NULL, ops);
+        lua_pop(L, 2);
+        if (c->target == CK_KV_VALUE) {
+            c->value = kv_field_str(L, e, "value", true);
+        } else {
+            c->number = (uint64_t)opt_number(L, e, "number", 0);
+        }
+        /* Leave the element on the stack: its strings stay referenced. */
+    }
+    for (size_t i = 0; i < no; i++) {
+        lua_rawgeti(L, oi, (int)i + 1);
+        int e = lua_gettop(L);
+        luaL_checktype(L, e, LUA_TTABLE);
+        struct ck_kv_op *o = &op[t.n_ops++];
+        memset(o, 0, sizeof *o);
+        lua_getfield(L, e, "type");
+        o->type = (uint8_t)luaL_checkoption(L, -1, NULL, types);
+        lua_pop(L, 1);
+        o->key = kv_field_str(L, e, "key", true);
+        if (o->type == CK_KV_PUT) {
+            o->value = kv_field_str(L, e, "value", true);
+        }
+    }
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_kv_txn(&w, &t);
+    return push_wbuf(L, &w);
+}
+
 /* raft_recover{dir = , node_id = , raft_addr = , voters = {{node_id = , raft_addr = }, ...}}
  * -> true | nil, message. Forces the raft configuration stored in dir (see
  * ck_node_recover); the node that owns dir must be stopped. The raft ids come
@@ -773,6 +970,10 @@ static const luaL_Reg lnode_methods[] = {
     {"index", lnode_index},
     {"hasher", lnode_hasher},
     {"view", lnode_view},
+    {"kv_get", lnode_kv_get},
+    {"kv_list", lnode_kv_list},
+    {"kv_info", lnode_kv_info},
+    {"kv_events", lnode_kv_events},
     {"__gc", lnode_close},
     {NULL, NULL},
 };
@@ -785,6 +986,7 @@ static const luaL_Reg lnode_funcs[] = {
     {"encode_remove", l_encode_remove},
     {"encode_table", l_encode_table},
     {"encode_flags", l_encode_flags},
+    {"encode_kv_txn", l_encode_kv_txn},
     {"raft_recover", l_raft_recover},
     {NULL, NULL},
 };

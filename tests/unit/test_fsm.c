@@ -41,6 +41,7 @@ struct cluster {
     struct raft_fsm fsms[N_SERVERS];
     struct ck_fsm f[N_SERVERS];
     unsigned changes[N_SERVERS]; /* on_change calls per server. */
+    unsigned kv_changes[N_SERVERS]; /* on_kv_change calls per server. */
     /* Proposals outlive the fixture: raft may fire callbacks until closed. */
     struct proposal proposals[MAX_PROPOSALS];
     unsigned n_proposals;
@@ -53,6 +54,12 @@ static void fsm_on_change(struct ck_fsm *f)
 {
     struct cluster *c = f->data;
     c->changes[f - c->f]++;
+}
+
+static void fsm_on_kv_change(struct ck_fsm *f)
+{
+    struct cluster *c = f->data;
+    c->kv_changes[f - c->f]++;
 }
 
 static struct ck_str S(const char *s)
@@ -164,6 +171,7 @@ static int setup(void **state)
         ck_fsm_init(&c->fsms[i], &c->f[i]);
         c->f[i].data = c;
         c->f[i].on_change = fsm_on_change;
+        c->f[i].on_kv_change = fsm_on_kv_change;
         assert_int_equal(raft_fixture_grow(&c->fixture, &c->fsms[i]), 0);
         c->f[i].raft = raft_fixture_get(&c->fixture, i);
     }
@@ -389,6 +397,51 @@ static void test_rejected_command_reported(void **state)
     assert_identical(c, ALL);
 }
 
+static struct blob cmd_kv_cas(const char *key, const char *value, uint64_t mod_index)
+{
+    struct ck_kv_cmp cmp = {.key = S(key), .target = CK_KV_MOD, .op = CK_KV_EQ, .number = mod_index};
+    struct ck_kv_op op = {.type = CK_KV_PUT, .key = S(key), .value = S(value)};
+    struct ck_kv_txn t = {.max_value = CK_KV_DEFAULT_MAX_VALUE, .max_bytes = CK_KV_DEFAULT_MAX_BYTES,
+                          .n_cmp = 1, .cmp = &cmp, .n_ops = 1, .ops = &op};
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_kv_txn(&w, &t);
+    return take(&w);
+}
+
+/* Key-value transactions through raft: every replica ends with the same
+ * store; a stale compare-and-swap is refused everywhere with CK_ECONFLICT;
+ * KV writes call on_kv_change and never on_change, and leave the cluster's
+ * state index where it was. */
+static void test_kv_replicates_apart_from_the_cluster_state(void **state)
+{
+    struct cluster *c = *state;
+
+    start(c);
+    populate(c);
+    uint64_t index = c->f[0].state.index;
+    unsigned changes = c->changes[0];
+    assert_int_equal(apply(c, cmd_kv_cas("lock", "a", 0)), 0);
+    uint64_t mod = c->f[0].state.kv.index;
+    assert_int_equal(apply(c, cmd_kv_cas("lock", "b", 0)), CK_ECONFLICT);
+    assert_int_equal(apply(c, cmd_kv_cas("lock", "c", mod)), 0);
+    struct proposal *last = propose(c, cmd_kv_cas("other", "x", 0));
+    wait_applied(c, N_SERVERS, last->req.index);
+    assert_int_equal(last->result, 0);
+    assert_identical(c, ALL);
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        const struct ck_state *s = &c->f[i].state;
+        assert_int_equal(s->index, index);
+        assert_int_equal(c->changes[i], changes);
+        assert_int_equal(c->kv_changes[i], 3);
+        const struct ck_kv_entry *e = ck_kv_get(&s->kv, "lock", 4);
+        assert_non_null(e);
+        assert_memory_equal(e->value, "c", 1);
+        assert_int_equal(e->version, 2);
+        assert_int_equal(s->kv.index, last->req.index);
+    }
+}
+
 /* With a low snapshot threshold, a follower that was down while the leader
  * compacted its log catches up through InstallSnapshot (not by replaying the
  * missed entries) to a state identical to the others', and keeps applying
@@ -545,6 +598,7 @@ int main(void)
         cmocka_unit_test(test_enomem_in_apply_is_fatal),
         cmocka_unit_test_setup_teardown(test_replicates_identically, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_command_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_replicates_apart_from_the_cluster_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_install, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_failover, setup, teardown),
     };

@@ -1300,6 +1300,69 @@ static void test_snapshot_roundtrip(void **state)
     ck_state_free(&b);
 }
 
+/* A KV transaction as a state command: it changes the store and its index,
+ * never the cluster's state index; its compare failure is the command's
+ * result; the store travels in the snapshot (version 2), and a version 1
+ * snapshot (no store) still restores. */
+static struct blob enc_kv_put(const char *key, const char *value, bool must_not_exist)
+{
+    struct ck_kv_cmp cmp = {.key = {key, (uint32_t)strlen(key)}, .target = CK_KV_CREATE, .op = CK_KV_EQ};
+    struct ck_kv_op op = {.type = CK_KV_PUT, .key = {key, (uint32_t)strlen(key)},
+                          .value = {value, (uint32_t)strlen(value)}};
+    struct ck_kv_txn t = {.max_value = CK_KV_DEFAULT_MAX_VALUE, .max_bytes = CK_KV_DEFAULT_MAX_BYTES,
+                          .n_cmp = must_not_exist ? 1 : 0, .cmp = &cmp, .n_ops = 1, .ops = &op};
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_kv_txn(&w, &t);
+    return take(&w);
+}
+
+static void test_kv_commands_and_snapshots(void **state)
+{
+    struct ck_state a, b;
+
+    (void)state;
+    ck_state_init(&a);
+    ck_state_init(&b);
+    assert_int_equal(apply(&a, enc_node_svc("a", 1, 2), 3), 0);
+    assert_int_equal(a.index, 3);
+    assert_int_equal(apply(&a, enc_kv_put("cfg/x", "1", true), 4), 0);
+    assert_int_equal(apply(&a, enc_kv_put("cfg/x", "2", true), 5), CK_ECONFLICT);
+    assert_int_equal(apply(&a, enc_kv_put("cfg/y", "3", false), 6), 0);
+    assert_int_equal(a.index, 3); /* The cluster's index did not move. */
+    assert_int_equal(a.kv.index, 6);
+    assert_int_equal(a.kv.n, 2);
+
+    struct blob s2 = snap(&a);
+    assert_memory_equal(s2.p, "CKS2", 4);
+    assert_int_equal(ck_state_restore(&b, s2.p, s2.len), 0);
+    assert_snap_equal(&b, s2);
+    const struct ck_kv_entry *e = ck_kv_get(&b.kv, "cfg/x", 5);
+    assert_non_null(e);
+    assert_int_equal(e->mod_index, 4);
+    /* A truncated store section is refused, the target unchanged. */
+    assert_int_not_equal(ck_state_restore(&b, s2.p, s2.len - 1), 0);
+    assert_snap_equal(&b, s2);
+
+    /* Version 1: the same bytes without the store. */
+    struct ck_state c;
+    ck_state_init(&c);
+    assert_int_equal(apply(&c, enc_node_svc("a", 1, 2), 3), 0);
+    struct blob s1 = snap(&c);
+    s1.len -= 12; /* An empty store: u64 index, u32 count. */
+    s1.p[3] = '1';
+    assert_int_equal(ck_state_restore(&b, s1.p, s1.len), 0);
+    assert_int_equal(b.kv.n, 0);
+    assert_int_equal(b.n_nodes, 1);
+    s1.p[3] = '3';
+    assert_int_equal(ck_state_restore(&b, s1.p, s1.len), CK_ECORRUPT);
+    blob_free(&s1);
+    blob_free(&s2);
+    ck_state_free(&a);
+    ck_state_free(&b);
+    ck_state_free(&c);
+}
+
 /* An empty state, and one with nodes but no INIT, round-trip as well. */
 static void test_snapshot_roundtrip_uninitialized(void **state)
 {
@@ -1309,7 +1372,7 @@ static void test_snapshot_roundtrip_uninitialized(void **state)
     ck_state_init(&a);
     ck_state_init(&b);
     struct blob s0 = snap(&a);
-    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4); /* ... n_nodes, flags */
+    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4 + 8 + 4); /* ... n_nodes, flags, kv index, kv n */
     assert_int_equal(ck_state_restore(&b, s0.p, s0.len), 0);
     assert_snap_equal(&b, s0);
     assert_int_equal(apply(&a, enc_node_svc("a", 1, 2), 3), 0);
@@ -1454,7 +1517,7 @@ static void test_restore_rejects_owner_out_of_range(void **state)
     assert_int_equal(apply(&t, enc_remove("node-b"), 600), 0);
     struct blob s = snap(&a);
     uint32_t P = a.table.partitions, W = a.table.width;
-    uint8_t *owners = s.p + s.len - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
+    uint8_t *owners = s.p + s.len - 12 /* empty kv */ - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
     /* Partition 5 is empty: setting its primary keeps rows well-formed. */
     uint8_t *slot = owners + (size_t)5 * W * 2;
     assert_int_equal(slot[0] | (slot[1] << 8), CK_NO_NODE);
@@ -1734,6 +1797,7 @@ int main(void)
         cmocka_unit_test(test_table_index_moves_only_on_table_change),
         cmocka_unit_test(test_snapshot_roundtrip),
         cmocka_unit_test(test_snapshot_roundtrip_uninitialized),
+        cmocka_unit_test(test_kv_commands_and_snapshots),
         cmocka_unit_test(test_restore_rejects_bad_magic),
         cmocka_unit_test(test_restore_rejects_every_truncation),
         cmocka_unit_test(test_restore_rejects_trailing_bytes),
