@@ -25,7 +25,6 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 {
     struct ck_fsm *f = fsm->data;
     uint64_t index = f->raft->last_applied + 1;
-    uint64_t kv_index = f->state.kv.index;
     int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
     if (rv == CK_ENOMEM) {
         f->on_fatal(f, rv, index);
@@ -36,7 +35,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     if (rv != 0) {
         f->rejected++;
     } else if (buf->len > 1 && ((const uint8_t *)buf->base)[1] == CK_CMD_KV_TXN) {
-        if (f->state.kv.index != kv_index && f->on_kv_change != NULL) {
+        /* Also when the store did not change: an empty transaction is a
+         * read barrier, and its waiters watch the applied index. */
+        if (f->on_kv_change != NULL) {
             f->on_kv_change(f);
         }
     } else if (f->on_change != NULL) {

@@ -18,9 +18,10 @@ struct ck_fsm {
     struct ck_state state;
     struct raft *raft;                   /* For the index of applied entries. */
     void (*on_change)(struct ck_fsm *f); /* After an apply that changed the state, or a restore. */
-    /* After a key-value transaction that changed the store, or a restore
-     * (which calls both). Optional. KV writes do not call on_change: they
-     * leave the cluster state (and its index) alone. */
+    /* After an accepted key-value transaction (also one that changed
+     * nothing: a read barrier), or a restore (which calls both). Optional.
+     * KV writes do not call on_change: they leave the cluster state (and
+     * its index) alone. */
     void (*on_kv_change)(struct ck_fsm *f);
     void *data;
     /* Called when a command cannot be applied for want of memory. It must

@@ -621,8 +621,14 @@ int ck_kv_events(const struct ck_kv *kv, uint64_t since, uint32_t max, const str
             hi = mid;
         }
     }
-    for (uint32_t i = lo; i < kv->ev_n && *n < max; i++) {
-        out[(*n)++] = &kv->ev[(kv->ev_head + i) % kv->ev_cap];
+    for (uint32_t i = lo; i < kv->ev_n; i++) {
+        const struct ck_kv_event *ev = &kv->ev[(kv->ev_head + i) % kv->ev_cap];
+        /* Past @max only to finish the last transaction: a watcher resumes
+         * after an index, so it must have all of that index's events. */
+        if (*n >= max && ev->index != out[*n - 1]->index) {
+            break;
+        }
+        out[(*n)++] = ev;
     }
     return 0;
 }

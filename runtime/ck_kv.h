@@ -161,9 +161,11 @@ void ck_kv_snapshot(const struct ck_kv *kv, struct ck_wbuf *w);
  * (CK_ECORRUPT, CK_ENOMEM) @kv is unchanged. Empties the event ring. */
 int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r);
 
-/* The events after raft index @since, oldest first: up to @max of them, in
- * *out (pointers valid until the next apply or restore), *n set. Returns 0,
- * or CK_ECOMPACTED when some event after @since is no longer kept. */
+/* The events after raft index @since, oldest first, in *out (pointers valid
+ * until the next apply or restore; room for kv->ev_n of them), *n set: @max
+ * of them (at least 1), and then the rest of the last one's transaction, so
+ * that a watcher may resume after its index. Returns 0, or CK_ECOMPACTED
+ * when some event after @since is no longer kept. */
 int ck_kv_events(const struct ck_kv *kv, uint64_t since, uint32_t max, const struct ck_kv_event **out,
                  uint32_t *n);
 

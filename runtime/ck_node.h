@@ -68,7 +68,7 @@ enum ck_node_event {
     CK_NODE_EV_CLOSED,      /* ck_node_close finished; the node is freed after the callback. */
     CK_NODE_EV_FAILED,      /* raft's storage failed or raft stopped by itself: close the node
                              * (ck_node_errmsg says why). It cannot recover in this process. */
-    CK_NODE_EV_KV,          /* The key-value store changed (state.kv.index moved); after
+    CK_NODE_EV_KV,          /* A key-value transaction was applied (state.kv.index may have moved); after
                              * CK_NODE_EV_APPLIED of the same turn, before its requests. */
 };
 

@@ -805,12 +805,14 @@ static int lnode_kv_events(lua_State *L)
     const struct ck_kv *kv = lnode_kv(L, "node:kv_events");
     uint64_t since = (uint64_t)luaL_checknumber(L, 2);
     lua_Integer max = luaL_checkinteger(L, 3);
-    if (max < 1 || max > 1000) {
-        return lck_argerror(L, "node:kv_events", "max must be 1..1000");
+    if (max < 1) {
+        return lck_argerror(L, "node:kv_events", "max must be at least 1");
     }
-    const struct ck_kv_event *ev[1000];
+    /* A userdata, not malloc: the pushes below may raise (out of memory),
+     * and the collector then frees it. */
+    const struct ck_kv_event **ev = lua_newuserdata(L, ((size_t)kv->ev_n + 1) * sizeof(*ev));
     uint32_t n;
-    int rv = ck_kv_events(kv, since, (uint32_t)max, ev, &n);
+    int rv = ck_kv_events(kv, since, max > UINT32_MAX ? UINT32_MAX : (uint32_t)max, ev, &n);
     if (rv != 0) {
         return lck_pushfail(L, rv, NULL);
     }
@@ -897,6 +899,27 @@ static int l_encode_kv_txn(lua_State *L)
     struct ck_wbuf w;
     ck_wbuf_init(&w);
     ck_cmd_encode_kv_txn(&w, &t);
+    return push_wbuf(L, &w);
+}
+
+/* core.kv_txn_limit(bytes, max_value, max_bytes) -> bytes | nil, msg, code:
+ * a KV_TXN command that came from another node, checked (it must decode as
+ * one) and re-encoded with this node's limits, which the leader imposes. */
+static int l_kv_txn_limit(lua_State *L)
+{
+    size_t len;
+    const char *buf = luaL_checklstring(L, 1, &len);
+    struct ck_cmd c;
+    if (ck_cmd_decode(&c, buf, len) != 0 || c.type != CK_CMD_KV_TXN) {
+        ck_cmd_free(&c);
+        return lck_pushfail(L, CK_ECORRUPT, "not a key-value transaction");
+    }
+    c.kv.max_value = (uint32_t)luaL_checknumber(L, 2);
+    c.kv.max_bytes = (uint64_t)luaL_checknumber(L, 3);
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_kv_txn(&w, &c.kv);
+    ck_cmd_free(&c);
     return push_wbuf(L, &w);
 }
 
@@ -987,6 +1010,7 @@ static const luaL_Reg lnode_funcs[] = {
     {"encode_table", l_encode_table},
     {"encode_flags", l_encode_flags},
     {"encode_kv_txn", l_encode_kv_txn},
+    {"kv_txn_limit", l_kv_txn_limit},
     {"raft_recover", l_raft_recover},
     {NULL, NULL},
 };

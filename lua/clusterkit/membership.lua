@@ -20,6 +20,7 @@ local json = require "clusterkit.json"
 local config = require "clusterkit.config"
 local detector = require "clusterkit.detector"
 local bit = require "bit"
+local base64 = require "clusterkit.base64"
 
 local M = {}
 
@@ -41,29 +42,6 @@ local function same(a, b)
   return acc == 0
 end
 
-local B64 = {}
-for i = 1, 64 do
-  B64[string.byte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", i)] = i - 1
-end
-
---- Decodes standard base64 (with or without "=" padding); nil when s is not
--- base64.
-local function unbase64(s)
-  s = s:gsub("=+$", "")
-  if #s % 4 == 1 then return nil end
-  local out, acc, bits = {}, 0, 0
-  for i = 1, #s do
-    local v = B64[string.byte(s, i)]
-    if not v then return nil end
-    acc, bits = bit.bor(bit.lshift(acc, 6), v), bits + 6
-    if bits >= 8 then
-      bits = bits - 8
-      out[#out + 1] = string.char(bit.band(bit.rshift(acc, bits), 0xff))
-    end
-  end
-  return table.concat(out)
-end
-M.unbase64 = unbase64
 
 -- The token a request carries: "Authorization: Bearer <token>", or Basic
 -- credentials whose password is the token (any user name), which is what a
@@ -73,7 +51,7 @@ local function bearer(req)
   local t = h:match("^Bearer%s+(.+)$")
   if t then return t end
   local cred = h:match("^[Bb]asic%s+([%w+/=]+)%s*$")
-  local plain = cred and unbase64(cred)
+  local plain = cred and base64.decode(cred)
   return plain and plain:match("^[^:]*:(.*)$") or ""
 end
 

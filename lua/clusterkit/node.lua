@@ -18,6 +18,7 @@ local logm = require "clusterkit.log"
 local placement = require "clusterkit.placement"
 local json = require "clusterkit.json"
 local http = require "clusterkit.http"
+local kv = require "clusterkit.kv"
 
 local M = {}
 
@@ -48,6 +49,7 @@ M.running = {}
 local Node = {}
 Node.__index = Node
 M.Node = Node
+kv.extend(Node) -- ck:kv_*, the custom-data names (clusterkit.kv)
 
 --- clusterkit.new(opts): a node, not started. Raises on misuse.
 function M.new(opts)
@@ -66,6 +68,7 @@ function M.new(opts)
     return r and format("%s t=%d", self.id, r.term) or self.id
   end)
   self._change_cond = sched.cond()
+  self._kv_cond = sched.cond() -- Signalled when a KV transaction was applied.
   if o.placement then
     local ok, mod = pcall(require, o.placement)
     local fn = ok and (type(mod) == "table" and mod.place or mod)
@@ -80,6 +83,7 @@ function M.new(opts)
   require("clusterkit.membership").install(self)
   require("clusterkit.backup").install(self)
   require("clusterkit.ui").install(self)
+  kv.install(self)
   return self
 end
 
@@ -494,6 +498,10 @@ function Node:_check_leader()
 end
 
 function Node:_on_event(ev)
+  if ev == "kv" then
+    -- Only the store changed: no view rebuild, no hooks, no reconcile.
+    return kv.on_applied(self)
+  end
   if ev == "applied" then
     self._cached = nil
     local v = self:_view()

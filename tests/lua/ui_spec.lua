@@ -3,6 +3,7 @@
 -- token accepts (a fake request and response stand in for HTTP).
 local core = require "clusterkit.core"
 local membership = require "clusterkit.membership"
+local base64 = require "clusterkit.base64"
 
 describe("embedded dashboard files", function()
   it("carries the page, its script and its style with their types", function()
@@ -19,8 +20,8 @@ describe("embedded dashboard files", function()
   end)
 end)
 
-describe("unbase64", function()
-  local d = membership.unbase64
+describe("base64", function()
+  local d = base64.decode
   it("decodes RFC 4648's test vectors, padded or not", function()
     local vectors = {[""] = "", Zg = "f", Zm8 = "fo", Zm9v = "foo", Zm9vYg = "foob", Zm9vYmE = "fooba",
                      Zm9vYmFy = "foobar"}
@@ -29,6 +30,18 @@ describe("unbase64", function()
       assert.are.equal(dec, d(enc .. string.rep("=", (4 - #enc % 4) % 4)), enc)
     end
     assert.are.equal("\0\255\128", d("AP+A"))
+  end)
+  it("encodes what it decodes, every length and byte", function()
+    for n = 0, 40 do
+      local s = {}
+      for i = 1, n do s[i] = string.char((i * 37 + n) % 256) end
+      s = table.concat(s)
+      local e = base64.encode(s)
+      assert.are.equal(0, #e % 4)
+      assert.are.equal(s, d(e))
+    end
+    assert.are.equal("Zm9vYmFy", base64.encode("foobar"))
+    assert.are.equal("Zm9vYg==", base64.encode("foob"))
   end)
   it("refuses what is not base64", function()
     for _, bad in ipairs({"Z", "Zm9v!", "Zm 9v", "Zm9vY"}) do

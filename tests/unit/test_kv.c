@@ -484,6 +484,9 @@ static void test_events_for_watches(void **state)
     assert_int_equal(n, 0);
     assert_int_equal(ck_kv_events(&kv, 0, 1, ev, &n), 0); /* max */
     assert_int_equal(n, 1);
+    /* ...but never half a transaction: index 2 has two events. */
+    assert_int_equal(ck_kv_events(&kv, 1, 1, ev, &n), 0);
+    assert_int_equal(n, 2);
     /* A failed transaction leaves no event. */
     tx_init(&x);
     tx_cmp(&x, S("b"), CK_KV_MOD, CK_KV_EQ, 1);
