@@ -25,6 +25,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 {
     struct ck_fsm *f = fsm->data;
     uint64_t index = f->raft->last_applied + 1;
+    uint64_t kv_index = f->state.kv.index;
     int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
     if (rv == CK_ENOMEM) {
         f->on_fatal(f, rv, index);
@@ -40,8 +41,14 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         if (f->on_kv_change != NULL) {
             f->on_kv_change(f);
         }
-    } else if (f->on_change != NULL) {
-        f->on_change(f);
+    } else {
+        if (f->on_change != NULL) {
+            f->on_change(f);
+        }
+        /* A node marked down or removed ends its sessions and their keys. */
+        if (f->state.kv.index != kv_index && f->on_kv_change != NULL) {
+            f->on_kv_change(f);
+        }
     }
     return 0;
 }

@@ -202,9 +202,18 @@ static void entries_free(struct ck_kv_entry **entries, uint32_t n)
     free(entries);
 }
 
+static void sessions_free(struct ck_kv_session *sessions, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(sessions[i].owner);
+    }
+    free(sessions);
+}
+
 void ck_kv_free(struct ck_kv *kv)
 {
     entries_free(kv->entries, kv->n);
+    sessions_free(kv->sessions, kv->n_sessions);
     ring_clear(kv);
     free(kv->ev);
     memset(kv, 0, sizeof(*kv));
@@ -277,6 +286,9 @@ void ck_kv_encode_txn(struct ck_wbuf *w, const struct ck_kv_txn *t)
         ck_w_str(w, o->key.p, o->key.len);
         if (o->type == CK_KV_PUT) {
             ck_w_str(w, o->value.p, o->value.len);
+            ck_w_u64(w, o->number);
+        } else if (o->type >= CK_KV_SESSION_CREATE) {
+            ck_w_u64(w, o->number);
         }
     }
 }
@@ -328,16 +340,36 @@ int ck_kv_decode_txn(struct ck_rbuf *r, struct ck_kv_txn *t)
         ck_kv_txn_free(t);
         return CK_ENOMEM;
     }
+    uint32_t n_session_ops = 0, n_creates = 0;
     for (uint32_t i = 0; r->err == 0 && i < t->n_ops; i++) {
         struct ck_kv_op *o = &t->ops[i];
         o->type = ck_r_u8(r);
         o->key = ck_r_str(r, CK_KV_MAX_KEY);
         if (o->type == CK_KV_PUT) {
             o->value = ck_r_str(r, CK_KV_MAX_VALUE);
+            o->number = ck_r_u64(r);
+        } else if (o->type >= CK_KV_SESSION_CREATE && o->type <= CK_KV_SESSION_DESTROY) {
+            o->number = ck_r_u64(r);
+            n_session_ops++;
+            n_creates += o->type == CK_KV_SESSION_CREATE;
         }
-        /* Only a prefix may be empty (it then means every key). */
-        if (o->type < CK_KV_PUT || o->type > CK_KV_DELETE_PREFIX ||
-            (o->key.len == 0 && o->type != CK_KV_DELETE_PREFIX)) {
+        /* Only a prefix may be empty (it then means every key); a create's
+         * key is its owner, and renewals and destroys name no key. */
+        bool key_ok = o->type == CK_KV_DELETE_PREFIX || o->type == CK_KV_SESSION_CREATE
+                          ? true
+                          : o->type >= CK_KV_SESSION_RENEW ? o->key.len == 0 && o->number != 0 : o->key.len > 0;
+        if (o->type < CK_KV_PUT || o->type > CK_KV_SESSION_DESTROY || !key_ok) {
+            r->err = CK_ECORRUPT;
+        }
+    }
+    /* Session operations stand alone: one create, or renewals and destroys
+     * of one kind (see ck_kv.h). */
+    if (r->err == 0 && n_session_ops > 0) {
+        bool alone = n_session_ops == t->n_ops && (n_creates == 0 ? true : t->n_ops == 1);
+        for (uint32_t i = 1; alone && i < t->n_ops; i++) {
+            alone = t->ops[i].type == t->ops[0].type;
+        }
+        if (!alone) {
             r->err = CK_ECORRUPT;
         }
     }
@@ -346,6 +378,66 @@ int ck_kv_decode_txn(struct ck_rbuf *r, struct ck_kv_txn *t)
         return r->err;
     }
     return 0;
+}
+
+/* ---- Sessions ---- */
+
+static bool session_find(const struct ck_kv *kv, uint64_t id, uint32_t *pos)
+{
+    uint32_t lo = 0, hi = kv->n_sessions;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (kv->sessions[mid].id == id) {
+            *pos = mid;
+            return true;
+        }
+        if (kv->sessions[mid].id < id) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    *pos = lo;
+    return false;
+}
+
+const struct ck_kv_session *ck_kv_session(const struct ck_kv *kv, uint64_t id)
+{
+    uint32_t pos;
+    return session_find(kv, id, &pos) ? &kv->sessions[pos] : NULL;
+}
+
+/* Inserts a session (ids only grow, so this is an append but for restores
+ * of hand-made data); takes @owner. */
+static int session_insert(struct ck_kv *kv, uint64_t id, uint64_t ttl_ms, uint64_t renewed, char *owner,
+                          uint32_t owner_len)
+{
+    uint32_t pos;
+    if (session_find(kv, id, &pos)) {
+        free(owner);
+        return CK_EINVAL;
+    }
+    if (kv->n_sessions == kv->cap_sessions) {
+        uint32_t cap = kv->cap_sessions ? kv->cap_sessions * 2 : 8;
+        void *p = realloc(kv->sessions, (size_t)cap * sizeof(*kv->sessions));
+        if (p == NULL) {
+            free(owner);
+            return CK_ENOMEM;
+        }
+        kv->sessions = p;
+        kv->cap_sessions = cap;
+    }
+    memmove(kv->sessions + pos + 1, kv->sessions + pos, (size_t)(kv->n_sessions - pos) * sizeof(*kv->sessions));
+    kv->sessions[pos] = (struct ck_kv_session){id, ttl_ms, renewed, owner, owner_len};
+    kv->n_sessions++;
+    return 0;
+}
+
+static void session_remove_at(struct ck_kv *kv, uint32_t pos)
+{
+    free(kv->sessions[pos].owner);
+    memmove(kv->sessions + pos, kv->sessions + pos + 1, (size_t)(kv->n_sessions - pos - 1) * sizeof(*kv->sessions));
+    kv->n_sessions--;
 }
 
 /* ---- Apply ---- */
@@ -437,6 +529,7 @@ static int step_put(struct ck_kv *kv, struct txn_run *run, const struct ck_kv_op
         return rv;
     }
     e->mod_index = index;
+    e->session = o->number;
     if (found) {
         struct ck_kv_entry *old = kv_remove_at(kv, pos);
         e->create_index = old->create_index;
@@ -468,6 +561,23 @@ static int step_delete(struct ck_kv *kv, struct txn_run *run, const struct ck_kv
     return 0;
 }
 
+/* Deletes every key attached to session @id (recorded for undo). */
+static int step_drop_session_keys(struct ck_kv *kv, struct txn_run *run, uint64_t id)
+{
+    for (uint32_t i = 0; i < kv->n;) {
+        if (kv->entries[i]->session != id) {
+            i++;
+            continue;
+        }
+        int rv = run_note(run, NULL, kv->entries[i]);
+        if (rv != 0) {
+            return rv;
+        }
+        kv_remove_at(kv, i);
+    }
+    return 0;
+}
+
 /* The events of a committed transaction, in the order of its steps (a
  * delete-prefix's keys in key order). */
 static void emit_events(struct ck_kv *kv, const struct txn_run *run, uint64_t index)
@@ -491,6 +601,104 @@ static void emit_events(struct ck_kv *kv, const struct txn_run *run, uint64_t in
     }
 }
 
+/* Commits what a transaction's steps did: the events, the freed entries. */
+static void run_commit(struct ck_kv *kv, struct txn_run *run, uint64_t index)
+{
+    if (run->n_undo > 0) {
+        kv->index = index;
+        emit_events(kv, run, index);
+        for (uint32_t i = 0; i < run->n_undo; i++) {
+            entry_free(run->undo[i].old);
+        }
+    }
+    free(run->undo);
+}
+
+/* A transaction of session operations (they stand alone, see ck_kv.h). */
+static int apply_sessions(struct ck_kv *kv, const struct ck_kv_txn *t, uint64_t index)
+{
+    uint8_t type = t->ops[0].type;
+    uint32_t pos;
+    if (type == CK_KV_SESSION_CREATE) {
+        const struct ck_kv_op *o = &t->ops[0];
+        char *owner = malloc((size_t)o->key.len + 1);
+        if (owner == NULL) {
+            return CK_ENOMEM;
+        }
+        memcpy(owner, o->key.p, o->key.len);
+        owner[o->key.len] = '\0';
+        int rv = session_insert(kv, index, o->number, index, owner, o->key.len);
+        if (rv == 0) {
+            kv->index = index;
+        }
+        return rv;
+    }
+    if (type == CK_KV_SESSION_RENEW) {
+        for (uint32_t i = 0; i < t->n_ops; i++) {
+            if (!session_find(kv, t->ops[i].number, &pos)) {
+                return CK_ENOTFOUND;
+            }
+        }
+        for (uint32_t i = 0; i < t->n_ops; i++) {
+            session_find(kv, t->ops[i].number, &pos);
+            kv->sessions[pos].renewed = index;
+        }
+        kv->index = index;
+        return 0;
+    }
+    /* Destroys: idempotent (the leader may expire a session its owner just
+     * closed). Keys first, undoable; then the sessions, which cannot fail. */
+    struct txn_run run = {0};
+    int rv = 0;
+    for (uint32_t i = 0; rv == 0 && i < t->n_ops; i++) {
+        if (session_find(kv, t->ops[i].number, &pos)) {
+            rv = step_drop_session_keys(kv, &run, t->ops[i].number);
+        }
+    }
+    if (rv != 0) {
+        run_rollback(kv, &run);
+        free(run.undo);
+        return rv;
+    }
+    bool any = run.n_undo > 0;
+    for (uint32_t i = 0; i < t->n_ops; i++) {
+        if (session_find(kv, t->ops[i].number, &pos)) {
+            session_remove_at(kv, pos);
+            any = true;
+        }
+    }
+    run_commit(kv, &run, index);
+    if (any) {
+        kv->index = index;
+    }
+    return 0;
+}
+
+int ck_kv_drop_owner(struct ck_kv *kv, const char *owner, size_t len, uint64_t index)
+{
+    struct ck_kv_op ops[CK_KV_MAX_TXN_ITEMS];
+    uint32_t n = 0;
+    /* A node has one session per process start at most: a handful. Past
+     * CK_KV_MAX_TXN_ITEMS, a second pass takes the rest. */
+    for (;;) {
+        n = 0;
+        for (uint32_t i = 0; i < kv->n_sessions && n < CK_KV_MAX_TXN_ITEMS; i++) {
+            const struct ck_kv_session *ss = &kv->sessions[i];
+            if (ss->owner_len == len && len > 0 && memcmp(ss->owner, owner, len) == 0) {
+                ops[n++] = (struct ck_kv_op){.type = CK_KV_SESSION_DESTROY, .number = ss->id};
+            }
+        }
+        if (n == 0) {
+            return 0;
+        }
+        struct ck_kv_txn t = {.n_ops = n, .ops = ops};
+        int rv = apply_sessions(kv, &t, index);
+        if (rv != 0) {
+            return rv;
+        }
+    }
+}
+
 int ck_kv_apply(struct ck_kv *kv, const struct ck_kv_txn *t, uint64_t index)
 {
     for (uint32_t i = 0; i < t->n_cmp; i++) {
@@ -498,9 +706,17 @@ int ck_kv_apply(struct ck_kv *kv, const struct ck_kv_txn *t, uint64_t index)
             return CK_ECONFLICT;
         }
     }
+    if (t->n_ops > 0 && t->ops[0].type >= CK_KV_SESSION_CREATE) {
+        return apply_sessions(kv, t, index);
+    }
+    uint32_t pos;
     for (uint32_t i = 0; i < t->n_ops; i++) {
-        if (t->ops[i].type == CK_KV_PUT && t->ops[i].value.len > t->max_value) {
+        const struct ck_kv_op *o = &t->ops[i];
+        if (o->type == CK_KV_PUT && o->value.len > t->max_value) {
             return CK_ETOOBIG;
+        }
+        if (o->type == CK_KV_PUT && o->number != 0 && !session_find(kv, o->number, &pos)) {
+            return CK_ENOTFOUND;
         }
     }
     struct txn_run run = {0};
@@ -521,14 +737,7 @@ int ck_kv_apply(struct ck_kv *kv, const struct ck_kv_txn *t, uint64_t index)
         free(run.undo);
         return rv;
     }
-    if (run.n_undo > 0) {
-        kv->index = index;
-        emit_events(kv, &run, index);
-        for (uint32_t i = 0; i < run.n_undo; i++) {
-            entry_free(run.undo[i].old);
-        }
-    }
-    free(run.undo);
+    run_commit(kv, &run, index);
     return 0;
 }
 
@@ -545,6 +754,15 @@ void ck_kv_snapshot(const struct ck_kv *kv, struct ck_wbuf *w)
         ck_w_u64(w, e->create_index);
         ck_w_u64(w, e->mod_index);
         ck_w_u64(w, e->version);
+        ck_w_u64(w, e->session);
+    }
+    ck_w_u32(w, kv->n_sessions);
+    for (uint32_t i = 0; i < kv->n_sessions; i++) {
+        const struct ck_kv_session *ss = &kv->sessions[i];
+        ck_w_u64(w, ss->id);
+        ck_w_u64(w, ss->ttl_ms);
+        ck_w_u64(w, ss->renewed);
+        ck_w_str(w, ss->owner, ss->owner_len);
     }
 }
 
@@ -552,9 +770,9 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r)
 {
     uint64_t index = ck_r_u64(r);
     uint32_t n = ck_r_u32(r);
-    /* Every entry takes at least 2 * 4 + 3 * 8 + 1 bytes: a count the
+    /* Every entry takes at least 2 * 4 + 4 * 8 + 1 bytes: a count the
      * buffer cannot hold is corrupt, not a huge allocation. */
-    if (r->err == 0 && n > (r->len - r->pos) / 33) {
+    if (r->err == 0 && n > (r->len - r->pos) / 41) {
         r->err = CK_ECORRUPT;
     }
     if (r->err != 0) {
@@ -566,7 +784,7 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r)
     for (uint32_t i = 0; rv == 0 && i < n; i++) {
         struct ck_str key = ck_r_str(r, CK_KV_MAX_KEY);
         struct ck_str value = ck_r_str(r, CK_KV_MAX_VALUE);
-        uint64_t create = ck_r_u64(r), mod = ck_r_u64(r), version = ck_r_u64(r);
+        uint64_t create = ck_r_u64(r), mod = ck_r_u64(r), version = ck_r_u64(r), session = ck_r_u64(r);
         if (r->err != 0 || key.len == 0 || create == 0 || mod < create || version == 0 || mod > index ||
             (next.n > 0 && key_cmp(next.entries[next.n - 1]->key, next.entries[next.n - 1]->key_len, key.p,
                                    key.len) >= 0)) {
@@ -581,7 +799,37 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r)
         e->create_index = create;
         e->mod_index = mod;
         e->version = version;
+        e->session = session;
         kv_insert_at(&next, next.n, e);
+    }
+    uint32_t n_sessions = rv == 0 ? ck_r_u32(r) : 0;
+    if (rv == 0 && (r->err != 0 || n_sessions > (r->len - r->pos) / 28)) {
+        rv = CK_ECORRUPT;
+    }
+    for (uint32_t i = 0; rv == 0 && i < n_sessions; i++) {
+        uint64_t id = ck_r_u64(r), ttl = ck_r_u64(r), renewed = ck_r_u64(r);
+        struct ck_str owner = ck_r_str(r, CK_KV_MAX_KEY);
+        /* In id order, renewed at or after creation, never after the store. */
+        if (r->err != 0 || id == 0 || renewed < id || renewed > index ||
+            (next.n_sessions > 0 && next.sessions[next.n_sessions - 1].id >= id)) {
+            rv = CK_ECORRUPT;
+            break;
+        }
+        char *o = malloc((size_t)owner.len + 1);
+        if (o == NULL) {
+            rv = CK_ENOMEM;
+            break;
+        }
+        memcpy(o, owner.p, owner.len);
+        o[owner.len] = '\0';
+        rv = session_insert(&next, id, ttl, renewed, o, owner.len);
+    }
+    /* Every key's session exists. */
+    for (uint32_t i = 0; rv == 0 && i < next.n; i++) {
+        uint32_t pos;
+        if (next.entries[i]->session != 0 && !session_find(&next, next.entries[i]->session, &pos)) {
+            rv = CK_ECORRUPT;
+        }
     }
     if (rv != 0) {
         ck_kv_free(&next);
@@ -591,9 +839,13 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r)
         return rv;
     }
     entries_free(kv->entries, kv->n);
+    sessions_free(kv->sessions, kv->n_sessions);
     kv->entries = next.entries;
     kv->n = next.n;
     kv->cap = next.cap;
+    kv->sessions = next.sessions;
+    kv->n_sessions = next.n_sessions;
+    kv->cap_sessions = next.cap_sessions;
     kv->bytes = next.bytes;
     kv->index = index;
     ring_clear(kv);

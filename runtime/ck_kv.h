@@ -20,16 +20,31 @@
  * store would exceed them. The total counts each entry's key and value plus
  * CK_KV_ENTRY_OVERHEAD, so that many tiny entries are bounded too.
  *
+ * Sessions: a session (id = the raft index that created it) is either a
+ * node's own (it ends when the FSM marks that node down, stopped or left:
+ * ck_kv_drop_owner) or one with a TTL, renewed by keep-alives (committed
+ * CK_KV_SESSION_RENEW operations) and ended by the leader, which commits
+ * CK_KV_SESSION_DESTROY when no renewal came within the TTL (the timing is
+ * the leader's, in Lua; the store only records the raft index of the last
+ * renewal). A put may attach its key to a session; the key is deleted with
+ * the session. Session operations stand alone in their transaction (one
+ * create; or renewals; or destroys), so that undoing a failed transaction
+ * only ever concerns keys.
+ *
  * Transaction encoding (the payload of a CK_CMD_KV_TXN command; integers
  * little-endian, str = u32 length + bytes, any bytes):
  *
  *   u32 max_value | u64 max_bytes
  *   | u32 n_cmp | n_cmp * (str key, u8 target, u8 op, u64 number, or str
  *                          value when target is CK_KV_VALUE)
- *   | u32 n_ops | n_ops * (u8 type, str key, str value when type is CK_KV_PUT)
+ *   | u32 n_ops | n_ops * (u8 type, str key, then for PUT: str value,
+ *                          u64 session (0 = none); for SESSION_*: u64 number
+ *                          (the TTL in ms for CREATE, whose key is the owner
+ *                          node id or empty; the session id otherwise))
  *
  * Snapshot section: u64 index | u32 n | n * (str key, str value,
- * u64 create_index, u64 mod_index, u64 version).
+ * u64 create_index, u64 mod_index, u64 version, u64 session) | u32 n_sessions
+ * | n * (u64 id, u64 ttl_ms, u64 renewed, str owner).
  *
  * History: every change is also kept as an event in a bounded ring (count
  * and bytes), for watches. The ring is this node's own: it is not in the
@@ -72,6 +87,17 @@ enum ck_kv_op_type {
     CK_KV_PUT = 1,
     CK_KV_DELETE = 2,
     CK_KV_DELETE_PREFIX = 3,
+    CK_KV_SESSION_CREATE = 4,
+    CK_KV_SESSION_RENEW = 5,
+    CK_KV_SESSION_DESTROY = 6,
+};
+
+struct ck_kv_session {
+    uint64_t id;      /* Raft index of the transaction that created it. */
+    uint64_t ttl_ms;  /* 0: a node's own session, without a TTL. */
+    uint64_t renewed; /* Raft index of the last renewal (the creation at first). */
+    char *owner;      /* The node whose session it is ("" for a TTL session). */
+    uint32_t owner_len;
 };
 
 struct ck_kv_entry {
@@ -82,6 +108,7 @@ struct ck_kv_entry {
     uint64_t create_index;
     uint64_t mod_index;
     uint64_t version;
+    uint64_t session; /* The session the key goes with (0: none). */
 };
 
 /* A change, as watches see it. For a delete, value is empty and the
@@ -98,6 +125,9 @@ struct ck_kv {
     uint32_t cap;
     uint64_t bytes;  /* Keys + values + CK_KV_ENTRY_OVERHEAD per entry. */
     uint64_t index;  /* Raft index of the last change (0: never changed). */
+    struct ck_kv_session *sessions; /* Sorted by id. */
+    uint32_t n_sessions;
+    uint32_t cap_sessions;
     /* The event ring: ev[(ev_head + i) % ev_cap] for i < ev_n, oldest first. */
     struct ck_kv_event *ev;
     uint32_t ev_cap;
@@ -120,8 +150,10 @@ struct ck_kv_cmp {
 
 struct ck_kv_op {
     uint8_t type;
-    struct ck_str key;
+    struct ck_str key;   /* The owner for SESSION_CREATE. */
     struct ck_str value;
+    uint64_t number;     /* PUT: the session (0: none); SESSION_CREATE: the TTL
+                          * in ms; RENEW, DESTROY: the session id. */
 };
 
 struct ck_kv_txn {
@@ -152,9 +184,18 @@ void ck_kv_txn_free(struct ck_kv_txn *t);
 
 /* Apply @t committed at raft @index: 0 when every compare held and the
  * operations were applied (also when they changed nothing), CK_ECONFLICT when
- * a compare failed, CK_ETOOBIG over a limit, CK_ENOMEM; on any error the
+ * a compare failed, CK_ETOOBIG over a limit, CK_ENOTFOUND for a put or a
+ * renewal naming a session that does not exist, CK_ENOMEM; on any error the
  * store is unchanged. */
 int ck_kv_apply(struct ck_kv *kv, const struct ck_kv_txn *t, uint64_t index);
+
+/* The session @id, or NULL. */
+const struct ck_kv_session *ck_kv_session(const struct ck_kv *kv, uint64_t id);
+
+/* Ends every session owned by node @owner and deletes their keys, at raft
+ * @index (called by the state when it marks the node down, stopped or
+ * left). Returns 0 or CK_ENOMEM (then nothing changed). */
+int ck_kv_drop_owner(struct ck_kv *kv, const char *owner, size_t len, uint64_t index);
 
 void ck_kv_snapshot(const struct ck_kv *kv, struct ck_wbuf *w);
 /* Replace @kv's entries with the snapshot section read from @r; on error

@@ -479,11 +479,25 @@ static int apply_node(struct ck_state *s, const struct ck_cmd_node *c, uint64_t 
     return 0;
 }
 
-static int apply_status(struct ck_state *s, const struct ck_cmd_status *c)
+/* A node that no longer serves ends its sessions (ck_kv.h): locks and
+ * elections it held go to the next in line. Suspect is not enough. */
+static bool status_ends_sessions(uint8_t status)
+{
+    return status == CK_NODE_DOWN || status == CK_NODE_LEFT;
+}
+
+static int apply_status(struct ck_state *s, const struct ck_cmd_status *c, uint64_t index)
 {
     int at = ck_state_find_node(s, c->id.p, c->id.len);
     if (at < 0) {
         return CK_ENOTFOUND;
+    }
+    if (status_ends_sessions(c->status)) {
+        /* First: ENOMEM there must leave the state untouched. */
+        int rv = ck_kv_drop_owner(&s->kv, c->id.p, c->id.len, index);
+        if (rv != 0) {
+            return rv;
+        }
     }
     if (s->nodes[at].status != c->status) {
         s->nodes[at].status = c->status;
@@ -497,6 +511,10 @@ static int apply_remove(struct ck_state *s, struct ck_str id, uint64_t index)
     int at = ck_state_find_node(s, id.p, id.len);
     if (at < 0) {
         return CK_ENOTFOUND;
+    }
+    int rv = ck_kv_drop_owner(&s->kv, id.p, id.len, index);
+    if (rv != 0) {
+        return rv;
     }
     /* Drop the node from every row (keeping the others' order) and renumber
      * the nodes after it; a row that loses an owner gets a new epoch. */
@@ -638,7 +656,7 @@ int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t ind
             rv = apply_node(s, &c.node, index);
             break;
         case CK_CMD_NODE_STATUS:
-            rv = apply_status(s, &c.status);
+            rv = apply_status(s, &c.status, index);
             break;
         case CK_CMD_NODE_REMOVE:
             rv = apply_remove(s, c.remove_id, index);

@@ -726,6 +726,9 @@ static void push_kv_entry(lua_State *L, const struct ck_kv_entry *e, bool keys_o
     set_num(L, "create_index", (lua_Number)e->create_index);
     set_num(L, "mod_index", (lua_Number)e->mod_index);
     set_num(L, "version", (lua_Number)e->version);
+    if (e->session != 0) {
+        set_num(L, "session", (lua_Number)e->session);
+    }
 }
 
 /* node:kv_get(key) -> value, create_index, mod_index, version | nil */
@@ -785,16 +788,35 @@ static int lnode_kv_list(lua_State *L)
     return 2;
 }
 
-/* node:kv_info() -> {index =, compacted =, keys =, bytes =, events =} */
+/* node:kv_sessions() -> {{id =, ttl_ms =, renewed =, owner =}, ...} in id order */
+static int lnode_kv_sessions(lua_State *L)
+{
+    const struct ck_kv *kv = lnode_kv(L, "node:kv_sessions");
+    lua_createtable(L, (int)kv->n_sessions, 0);
+    for (uint32_t i = 0; i < kv->n_sessions; i++) {
+        const struct ck_kv_session *ss = &kv->sessions[i];
+        lua_createtable(L, 0, 4);
+        set_num(L, "id", (lua_Number)ss->id);
+        set_num(L, "ttl_ms", (lua_Number)ss->ttl_ms);
+        set_num(L, "renewed", (lua_Number)ss->renewed);
+        lua_pushlstring(L, ss->owner, ss->owner_len);
+        lua_setfield(L, -2, "owner");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
+/* node:kv_info() -> {index =, compacted =, keys =, bytes =, events =, sessions =} */
 static int lnode_kv_info(lua_State *L)
 {
     const struct ck_kv *kv = lnode_kv(L, "node:kv_info");
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     set_num(L, "index", (lua_Number)kv->index);
     set_num(L, "compacted", (lua_Number)kv->compacted);
     set_num(L, "keys", (lua_Number)kv->n);
     set_num(L, "bytes", (lua_Number)kv->bytes);
     set_num(L, "events", (lua_Number)kv->ev_n);
+    set_num(L, "sessions", (lua_Number)kv->n_sessions);
     return 1;
 }
 
@@ -847,7 +869,8 @@ static int l_encode_kv_txn(lua_State *L)
 {
     static const char *const targets[] = {"", "mod", "create", "version", "value", NULL};
     static const char *const ops[] = {"", "==", "!=", "<", ">", NULL};
-    static const char *const types[] = {"", "put", "delete", "delete_prefix", NULL};
+    static const char *const types[] = {"", "put", "delete", "delete_prefix", "session_create", "session_renew",
+                                        "session_destroy", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     struct ck_kv_cmp cmp[CK_KV_MAX_TXN_ITEMS];
     struct ck_kv_op op[CK_KV_MAX_TXN_ITEMS];
@@ -891,10 +914,13 @@ static int l_encode_kv_txn(lua_State *L)
         lua_getfield(L, e, "type");
         o->type = (uint8_t)luaL_checkoption(L, -1, NULL, types);
         lua_pop(L, 1);
-        o->key = kv_field_str(L, e, "key", true);
+        o->key = kv_field_str(L, e, "key", o->type < CK_KV_SESSION_CREATE);
         if (o->type == CK_KV_PUT) {
             o->value = kv_field_str(L, e, "value", true);
         }
+        /* PUT: the session (0: none); SESSION_CREATE: the TTL in ms; the
+         * others: the session id. */
+        o->number = (uint64_t)opt_number(L, e, "number", 0);
     }
     struct ck_wbuf w;
     ck_wbuf_init(&w);
@@ -997,6 +1023,7 @@ static const luaL_Reg lnode_methods[] = {
     {"kv_list", lnode_kv_list},
     {"kv_info", lnode_kv_info},
     {"kv_events", lnode_kv_events},
+    {"kv_sessions", lnode_kv_sessions},
     {"__gc", lnode_close},
     {NULL, NULL},
 };

@@ -510,6 +510,108 @@ static void test_events_for_watches(void **state)
     ck_kv_free(&kv);
 }
 
+static int session_op(struct ck_kv *kv, uint8_t type, const char *owner, uint64_t number, uint64_t index)
+{
+    struct tx x;
+    tx_init(&x);
+    tx_op(&x, type, S(owner), S(""));
+    x.ops[0].number = number;
+    return apply(kv, &x, index);
+}
+
+static int put_in(struct ck_kv *kv, const char *k, uint64_t session, uint64_t index)
+{
+    struct tx x;
+    tx_init(&x);
+    tx_cmp(&x, S(k), CK_KV_CREATE, CK_KV_EQ, 0);
+    tx_op(&x, CK_KV_PUT, S(k), S("held"));
+    x.ops[0].number = session;
+    return apply(kv, &x, index);
+}
+
+static void test_sessions_own_keys(void **state)
+{
+    struct ck_kv kv;
+    ck_kv_init(&kv);
+    /* A TTL session and a node's own. */
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_CREATE, "", 10000, 5), 0);
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_CREATE, "node-2", 0, 6), 0);
+    const struct ck_kv_session *ss = ck_kv_session(&kv, 5);
+    assert_non_null(ss);
+    assert_int_equal(ss->ttl_ms, 10000);
+    assert_int_equal(ss->renewed, 5);
+    assert_int_equal(put_in(&kv, "lock/a", 5, 7), 0);
+    assert_int_equal(put_in(&kv, "lock/b", 6, 8), 0);
+    assert_int_equal(put(&kv, "free", "x", 9), 0);
+    /* A put or a renewal naming no session is refused whole. */
+    assert_int_equal(put_in(&kv, "lock/c", 99, 10), CK_ENOTFOUND);
+    assert_null(ck_kv_get(&kv, "lock/c", 6));
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_RENEW, "", 99, 10), CK_ENOTFOUND);
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_RENEW, "", 5, 11), 0);
+    assert_int_equal(ck_kv_session(&kv, 5)->renewed, 11);
+    /* Destroying deletes its keys (with events), and is idempotent. */
+    uint32_t events = kv.ev_n;
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_DESTROY, "", 5, 12), 0);
+    assert_null(ck_kv_session(&kv, 5));
+    assert_null(ck_kv_get(&kv, "lock/a", 6));
+    assert_non_null(ck_kv_get(&kv, "free", 4));
+    assert_int_equal(kv.ev_n, events + 1);
+    assert_int_equal(kv.index, 12);
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_DESTROY, "", 5, 13), 0);
+    assert_int_equal(kv.index, 12);
+    /* A node's sessions end with the node. */
+    assert_int_equal(ck_kv_drop_owner(&kv, "node-3", 6, 14), 0);
+    assert_non_null(ck_kv_session(&kv, 6));
+    assert_int_equal(ck_kv_drop_owner(&kv, "node-2", 6, 15), 0);
+    assert_null(ck_kv_session(&kv, 6));
+    assert_null(ck_kv_get(&kv, "lock/b", 6));
+    assert_int_equal(kv.index, 15);
+    check_invariants(&kv);
+
+    /* Session operations stand alone in their transaction. */
+    struct tx x;
+    tx_init(&x);
+    tx_op(&x, CK_KV_SESSION_CREATE, S(""), S(""));
+    tx_op(&x, CK_KV_PUT, S("k"), S("v"));
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_kv_encode_txn(&w, &x.t);
+    struct ck_rbuf r;
+    struct ck_kv_txn t;
+    ck_rbuf_init(&r, w.p, w.len);
+    assert_int_equal(ck_kv_decode_txn(&r, &t), CK_ECORRUPT);
+    ck_wbuf_free(&w);
+    tx_init(&x);
+    tx_op(&x, CK_KV_SESSION_RENEW, S(""), S(""));
+    x.ops[0].number = 0; /* No session 0. */
+    ck_wbuf_init(&w);
+    ck_kv_encode_txn(&w, &x.t);
+    ck_rbuf_init(&r, w.p, w.len);
+    assert_int_equal(ck_kv_decode_txn(&r, &t), CK_ECORRUPT);
+    ck_wbuf_free(&w);
+
+    /* Sessions and the keys' sessions travel in the snapshot. */
+    assert_int_equal(session_op(&kv, CK_KV_SESSION_CREATE, "node-1", 0, 20), 0);
+    assert_int_equal(put_in(&kv, "lock/z", 20, 21), 0);
+    size_t len;
+    uint8_t *snap = snapshot(&kv, &len);
+    struct ck_kv back;
+    ck_kv_init(&back);
+    ck_rbuf_init(&r, snap, len);
+    assert_int_equal(ck_kv_restore(&back, &r), 0);
+    assert_non_null(ck_kv_session(&back, 20));
+    assert_int_equal(ck_kv_get(&back, "lock/z", 6)->session, 20);
+    assert_int_equal(ck_kv_drop_owner(&back, "node-1", 6, 22), 0);
+    assert_null(ck_kv_get(&back, "lock/z", 6));
+    /* A key whose session is missing is corrupt: drop the session table. */
+    snap[len - (8 + 8 + 8 + 4 + 6) - 4] = 0; /* n_sessions = 0 ... */
+    ck_rbuf_init(&r, snap, len - (8 + 8 + 8 + 4 + 6));
+    assert_int_equal(ck_kv_restore(&back, &r), CK_ECORRUPT);
+    free(snap);
+    ck_kv_free(&back);
+    ck_kv_free(&kv);
+}
+
 /* A reference model: at most 16 keys "k0".."k15" with values, and a random
  * run of transactions checked against it after every step. */
 struct model {
@@ -596,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_encoding_refuses_malformed_input),
         cmocka_unit_test(test_snapshot_round_trip_and_corruption),
         cmocka_unit_test(test_events_for_watches),
+        cmocka_unit_test(test_sessions_own_keys),
         cmocka_unit_test(test_random_against_a_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1349,7 +1349,7 @@ static void test_kv_commands_and_snapshots(void **state)
     ck_state_init(&c);
     assert_int_equal(apply(&c, enc_node_svc("a", 1, 2), 3), 0);
     struct blob s1 = snap(&c);
-    s1.len -= 12; /* An empty store: u64 index, u32 count. */
+    s1.len -= 16; /* An empty store: u64 index, u32 keys, u32 sessions. */
     s1.p[3] = '1';
     assert_int_equal(ck_state_restore(&b, s1.p, s1.len), 0);
     assert_int_equal(b.kv.n, 0);
@@ -1372,7 +1372,7 @@ static void test_snapshot_roundtrip_uninitialized(void **state)
     ck_state_init(&a);
     ck_state_init(&b);
     struct blob s0 = snap(&a);
-    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4 + 8 + 4); /* ... n_nodes, flags, kv index, kv n */
+    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4 + 8 + 4 + 4); /* ... n_nodes, flags, kv index, keys, sessions */
     assert_int_equal(ck_state_restore(&b, s0.p, s0.len), 0);
     assert_snap_equal(&b, s0);
     assert_int_equal(apply(&a, enc_node_svc("a", 1, 2), 3), 0);
@@ -1517,7 +1517,7 @@ static void test_restore_rejects_owner_out_of_range(void **state)
     assert_int_equal(apply(&t, enc_remove("node-b"), 600), 0);
     struct blob s = snap(&a);
     uint32_t P = a.table.partitions, W = a.table.width;
-    uint8_t *owners = s.p + s.len - 12 /* empty kv */ - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
+    uint8_t *owners = s.p + s.len - 16 /* empty kv */ - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
     /* Partition 5 is empty: setting its primary keeps rows well-formed. */
     uint8_t *slot = owners + (size_t)5 * W * 2;
     assert_int_equal(slot[0] | (slot[1] << 8), CK_NO_NODE);
