@@ -13,6 +13,7 @@ local http = require "clusterkit.http"
 local json = require "clusterkit.json"
 local membership = require "clusterkit.membership"
 local core = require "clusterkit.core"
+local metrics = require "clusterkit.metrics"
 local procstat = require "clusterkit.procstat"
 
 local M = {}
@@ -379,21 +380,9 @@ function M.metrics(node)
     end
   end
   add("clusterkit_http_requests_total", "HTTP requests by route and status.", "counter", samples)
-  out[#out + 1] = "# HELP clusterkit_http_request_duration_seconds HTTP request latency by route, from dispatch "
-    .. "to the answer (blocking queries include their wait)."
-  out[#out + 1] = "# TYPE clusterkit_http_request_duration_seconds histogram"
-  local bounds = http.LATENCY_BUCKETS
-  for route, h in pairs(node.http.latency) do
-    local label, total = '{route="' .. route .. '",le="', 0
-    for i, le in ipairs(bounds) do
-      total = total + h[i]
-      out[#out + 1] = format("clusterkit_http_request_duration_seconds_bucket%s%s\"} %d", label, format("%g", le),
-        total)
-    end
-    out[#out + 1] = format("clusterkit_http_request_duration_seconds_bucket%s+Inf\"} %d", label, h.n)
-    out[#out + 1] = format('clusterkit_http_request_duration_seconds_sum{route="%s"} %.9f', route, h.sum)
-    out[#out + 1] = format('clusterkit_http_request_duration_seconds_count{route="%s"} %d', route, h.n)
-  end
+  metrics.histogram(out, "clusterkit_http_request_duration_seconds",
+    "HTTP request latency by route, from dispatch to the answer (blocking queries include their wait).",
+    node.http.latency)
   add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
   local det = node._detector
   add("clusterkit_detector_stalls_total",
