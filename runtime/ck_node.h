@@ -58,6 +58,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "ck_hist.h"
 #include "ck_state.h"
 
 struct ck_node;
@@ -122,6 +123,17 @@ int ck_node_start(struct ck_node *n);
 const struct ck_state *ck_node_state(const struct ck_node *n);
 
 void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out);
+
+/* Counters for /metrics since ck_node_new. The histograms stay valid until
+ * the node is closed. */
+struct ck_node_counters {
+    const struct ck_hist *commit; /* Leader: from raft_apply to raft's callback, for each command committed. */
+    const struct ck_hist *apply;  /* Time in the FSM's apply, per command (on every node). */
+    uint64_t elections;           /* Times this node became a candidate (a single voter too). */
+    uint64_t elections_won;       /* Times it became the leader. */
+};
+
+void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out);
 
 /* The raft configuration as raft currently has it (committed or not). */
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n);

@@ -383,6 +383,21 @@ function M.metrics(node)
   metrics.histogram(out, "clusterkit_http_request_duration_seconds",
     "HTTP request latency by route, from dispatch to the answer (blocking queries include their wait).",
     node.http.latency)
+  -- raft's figures are kept in C (ck_node_counters): no Lua runs in raft's callbacks.
+  local c = node._core
+  local rc = c and not c:closed() and c:counters()
+  if not rc then
+    local none = core.histogram():read()
+    rc = {commit = none, apply = none, elections = 0, elections_won = 0}
+  end
+  metrics.histogram(out, "clusterkit_raft_commit_duration_seconds",
+    "Leader: time from proposing a command to raft reporting it committed and applied.", rc.commit)
+  metrics.histogram(out, "clusterkit_raft_apply_duration_seconds",
+    "Time the replicated state machine spent applying one committed command.", rc.apply)
+  add("clusterkit_raft_elections_total", "Times this node became a raft candidate (a single voter too).",
+    "counter", {{nil, rc.elections}})
+  add("clusterkit_raft_elections_won_total", "Times this node became the raft leader.", "counter",
+    {{nil, rc.elections_won}})
   add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
   local det = node._detector
   add("clusterkit_detector_stalls_total",

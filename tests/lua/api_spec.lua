@@ -20,6 +20,20 @@ local function new_node(extra)
   return clusterkit.new(opts), opts
 end
 
+-- Waits (running the loop) until pred() holds, at most `bound` seconds.
+local function wait_for(pred, bound)
+  local deadline = core.hrtime() + bound * 1e9
+  while not pred() and core.hrtime() < deadline do clusterkit.sleep(0.01) end
+  return pred()
+end
+
+-- The value of sample `name` (labels included) in ck's /metrics text, or nil.
+local function sample(ck, name)
+  for line in require("clusterkit.api").metrics(ck):gmatch("[^\n]+") do
+    if line:sub(1, #name + 1) == name .. " " then return tonumber(line:sub(#name + 2)) end
+  end
+end
+
 describe("clusterkit.new", function()
   it("raises with the function's name on misuse", function()
     assert.has_error(function() clusterkit.new("x") end, "clusterkit.new: options must be a table")
@@ -92,6 +106,22 @@ describe("a started single node", function()
     assert.is_true(s.commit_index >= 4) -- bootstrap config, init, node, table
     assert.are.equal(s.commit_index, s.applied_index)
     assert.are.equal(1, s.voters)
+  end)
+
+  it("counts its own election and times the commands it commits and applies (/metrics)", function()
+    -- The only voter elects itself once, at start.
+    assert.are.equal(1, sample(ck, "clusterkit_raft_elections_total"))
+    assert.are.equal(1, sample(ck, "clusterkit_raft_elections_won_total"))
+    local commits = sample(ck, "clusterkit_raft_commit_duration_seconds_count")
+    local applies = sample(ck, "clusterkit_raft_apply_duration_seconds_count")
+    assert.is_true(commits >= 3) -- init, this node, the table: proposed by this leader
+    assert.is_true(applies >= commits) -- each applied here (the bootstrap configuration is no command)
+    assert.are.equal(commits, sample(ck, 'clusterkit_raft_commit_duration_seconds_bucket{le="+Inf"}'))
+    assert(ck:pause_rebalance())
+    assert(ck:resume_rebalance())
+    assert.is_true(sample(ck, "clusterkit_raft_commit_duration_seconds_count") >= commits + 2)
+    assert.is_true(sample(ck, "clusterkit_raft_apply_duration_seconds_count") >= applies + 2)
+    assert.is_true(sample(ck, "clusterkit_raft_apply_duration_seconds_sum") > 0)
   end)
 
   it("maps keys the way partition_of does, with hash tags", function()
@@ -314,13 +344,6 @@ describe("lifecycle", function()
 end)
 
 describe("Lua placement policies", function()
-  -- Waits (running the loop) until pred() holds, at most `bound` seconds.
-  local function wait_for(pred, bound)
-    local deadline = core.hrtime() + bound * 1e9
-    while not pred() and core.hrtime() < deadline do clusterkit.sleep(0.01) end
-    return pred()
-  end
-
   it("remove their time limit afterwards: other code may run longer than it", function()
     local ck, opts = new_node({partition_count = 8, policy_timeout = 0.05})
     assert(ck:start())
