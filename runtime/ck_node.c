@@ -56,7 +56,7 @@ struct ck_node {
     unsigned pending_closes;
     bool transport_inited, io_inited, raft_inited, started, closing, dirty;
     int seen_state;
-    uint64_t seen_term, seen_leader;
+    uint64_t seen_term, seen_leader, seen_conf_index;
     char errmsg[512];
 };
 
@@ -302,10 +302,12 @@ static void node_on_watch(uv_timer_t *t)
     }
     node_check_writes(n);
     node_count_elections(n); /* A leader may step down elsewhere (a failed write's callback). */
-    if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader) {
+    if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader ||
+        n->raft.configuration_index != n->seen_conf_index) {
         n->seen_state = state;
         n->seen_term = n->raft.current_term;
         n->seen_leader = leader;
+        n->seen_conf_index = n->raft.configuration_index;
         n->cb(n, CK_NODE_EV_RAFT);
     }
 }

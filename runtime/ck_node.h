@@ -6,7 +6,7 @@
  * inside the FSM apply: applies mark the node dirty and a zero-delay timer
  * reports CK_NODE_EV_APPLIED on the next loop turn (coalescing bursts); a
  * periodic watch timer reports CK_NODE_EV_RAFT when raft's role, term or
- * leader changed. So owner code (Lua) can never run inside the apply path.
+ * leader changed, or a configuration change was committed. So owner code (Lua) can never run inside the apply path.
  *
  * Callbacks (the rule the first fault campaign taught us): no owner code
  * runs inside a raft callback. raft calls back from the middle of its own
@@ -65,7 +65,7 @@ struct ck_node;
 
 enum ck_node_event {
     CK_NODE_EV_APPLIED = 1, /* The state changed (state.index moved). */
-    CK_NODE_EV_RAFT,        /* Role, term or leader changed. */
+    CK_NODE_EV_RAFT,        /* Role, term or leader changed, or a configuration change was committed. */
     CK_NODE_EV_CLOSED,      /* ck_node_close finished; the node is freed after the callback. */
     CK_NODE_EV_FAILED,      /* raft's storage failed or raft stopped by itself: close the node
                              * (ck_node_errmsg says why). It cannot recover in this process. */

@@ -336,6 +336,17 @@ end
 
 local raft_states = {unavailable = 0, follower = 1, candidate = 2, leader = 3}
 
+-- Samples {labels, value} of a counter kept as {[label value] = n}, sorted.
+local function labelled(label, counts)
+  local keys, samples = {}, {}
+  for k in pairs(counts) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for i, k in ipairs(keys) do
+    samples[i] = {"{" .. label .. '="' .. metrics.escape(k) .. '"}', counts[k]}
+  end
+  return samples
+end
+
 --- Prometheus text format.
 function M.metrics(node)
   local s = node:consensus_stats()
@@ -398,6 +409,9 @@ function M.metrics(node)
     "counter", {{nil, rc.elections}})
   add("clusterkit_raft_elections_won_total", "Times this node became the raft leader.", "counter",
     {{nil, rc.elections_won}})
+  add("clusterkit_membership_changes_total", "Committed membership changes this node applied: members that "
+    .. "joined, left (status left), were removed, changed status, or changed raft role (voter, standby).",
+    "counter", labelled("kind", node.membership_changes))
   add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
   local det = node._detector
   add("clusterkit_detector_stalls_total",

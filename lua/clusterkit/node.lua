@@ -60,6 +60,9 @@ function M.new(opts)
     _cond = sched.cond(),
     _last_leader = false,
     raft_id = core.raft_id(o.node_id),
+    -- For /metrics (clusterkit.api): committed membership changes as this
+    -- node applied them.
+    membership_changes = {join = 0, leave = 0, remove = 0, status = 0, role = 0},
   }, Node)
   self.log = logm.new(o.log_level, function()
     local r = self._core and not self._core:closed() and self._core:raft()
@@ -492,6 +495,24 @@ function Node:_check_leader()
   end
 end
 
+-- Counts raft role changes (clusterkit_membership_changes_total{kind="role"}):
+-- a member promoted to voter or demoted to standby. The core reports "raft"
+-- when a configuration change commits. A joiner's first role (raft adds it
+-- as a spare) belongs to its join and is not counted.
+function Node:_count_role_changes()
+  local c = self._core
+  if not c or c:closed() then return end
+  local roles, old = {}, self._roles
+  for _, s in ipairs(c:configuration()) do
+    roles[s.id] = s.role
+    local was = old and old[s.id]
+    if was and was ~= "spare" and was ~= s.role then
+      self.membership_changes.role = self.membership_changes.role + 1
+    end
+  end
+  self._roles = roles
+end
+
 function Node:_on_event(ev)
   if ev == "applied" then
     self._cached = nil
@@ -501,6 +522,9 @@ function Node:_on_event(ev)
     self._prev_view = v
     self:_fire("state_change", {index = v.index})
     self:_check_self(v)
+  end
+  if ev == "raft" then
+    self:_count_role_changes()
   end
   if ev == "raft" or ev == "applied" then
     self:_check_leader()
@@ -670,11 +694,15 @@ function Node:_diff(old, new)
     return
   end
   local me = self.id
+  local changes = self.membership_changes -- clusterkit_membership_changes_total
   for _, n in ipairs(new.nodes) do
     local o = old.by_id[n.id]
     if not o then
+      changes.join = changes.join + 1
       self:_fire("node_join", {node = n})
     elseif o.status ~= n.status then
+      local kind = n.status == "left" and "leave" or "status"
+      changes[kind] = changes[kind] + 1
       if n.status == "down" or n.status == "left" then
         self:_fire("node_leave", {node = n, reason = n.status})
       elseif n.status == "active" and o.status == "down" then
@@ -685,6 +713,7 @@ function Node:_diff(old, new)
   end
   for _, o in ipairs(old.nodes) do
     if not new.by_id[o.id] then
+      changes.remove = changes.remove + 1
       self:_fire("node_leave", {node = o, reason = "removed"})
     end
   end

@@ -459,6 +459,8 @@ describe("two nodes in one process", function()
                             join_addr = a.advertise_http})
     local joined = {}
     a:on("node_join", function(ev) joined[#joined + 1] = ev.node.id end)
+    local function changes(kind) return sample(a, 'clusterkit_membership_changes_total{kind="' .. kind .. '"}') end
+    local before = {join = changes("join"), leave = changes("leave"), remove = changes("remove")}
     assert(b:start())
     assert.are.equal(2, #b:cluster().nodes)
     local ok = a:wait_for_change(0, 5) -- let a apply b's registration
@@ -469,6 +471,7 @@ describe("two nodes in one process", function()
     end
     assert.are.equal(2, #a:nodes_for_key("k")) -- RF 2 over two nodes
     assert.are.same({"lb"}, joined)
+    assert.are.equal(before.join + 1, changes("join"))
     local left = {}
     a:on("node_leave", function(ev) left[#left + 1] = ev.reason end)
     assert(b:leave(10))
@@ -481,6 +484,9 @@ describe("two nodes in one process", function()
     assert.are.equal("la", a:primary_for_key("k").id)
     assert.are.equal(1, a:consensus_stats().voters)
     assert.is_true(#left >= 1)
+    -- lb's status "left", then its removal: two changes a applied.
+    assert.are.equal(before.leave + 1, changes("leave"))
+    assert.are.equal(before.remove + 1, changes("remove"))
     a:stop()
     os.execute("rm -rf '" .. oa.data_dir .. "' '" .. ob.data_dir .. "'")
   end)
