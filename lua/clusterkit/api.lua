@@ -412,7 +412,15 @@ function M.metrics(node)
   add("clusterkit_membership_changes_total", "Committed membership changes this node applied: members that "
     .. "joined, left (status left), were removed, changed status, or changed raft role (voter, standby).",
     "counter", labelled("kind", node.membership_changes))
-  add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
+  metrics.histogram(out, "clusterkit_hook_duration_seconds", "Hook handler runs by event, start to end "
+    .. "(waits included).", node.hook_time)
+  add("clusterkit_hook_errors_total", "Hook handlers that raised, by event.", "counter",
+    labelled("hook", node.hook_errors))
+  metrics.histogram(out, "clusterkit_placement_policy_duration_seconds", "Runs of the Lua placement policy.",
+    node.policy_time:read())
+  add("clusterkit_placement_policy_errors_total", "Lua placement policy runs that failed (error, timeout, "
+    .. "yielded, invalid answer); each one fell back to the built-in policy.", "counter",
+    labelled("reason", node.policy_errors))
   local det = node._detector
   add("clusterkit_detector_stalls_total",
     "Leader ticks that found the loop had stalled (every grace period restarted).", "counter",

@@ -18,6 +18,7 @@ local logm = require "clusterkit.log"
 local placement = require "clusterkit.placement"
 local json = require "clusterkit.json"
 local http = require "clusterkit.http"
+local metrics = require "clusterkit.metrics"
 
 local M = {}
 
@@ -60,8 +61,10 @@ function M.new(opts)
     _cond = sched.cond(),
     _last_leader = false,
     raft_id = core.raft_id(o.node_id),
-    -- For /metrics (clusterkit.api): committed membership changes as this
-    -- node applied them.
+    -- For /metrics (clusterkit.api): hook runs by event, placement policy
+    -- runs, and committed membership changes as this node applied them.
+    hook_time = metrics.family("hook"), hook_errors = {},
+    policy_time = core.histogram(), policy_errors = {error = 0, timeout = 0, yielded = 0, invalid = 0},
     membership_changes = {join = 0, leave = 0, remove = 0, status = 0, role = 0},
   }, Node)
   self.log = logm.new(o.log_level, function()
@@ -442,6 +445,9 @@ function Node:on(event, fn)
   local list = self._hooks[event] or {}
   list[#list + 1] = fn
   self._hooks[event] = list
+  -- Series from the start: a hook that never failed shows 0, not nothing.
+  self.hook_time:get(event)
+  self.hook_errors[event] = self.hook_errors[event] or 0
   return self
 end
 
@@ -450,9 +456,12 @@ function Node:_fire(event, info)
   if not list then return end
   for _, fn in ipairs(list) do
     sched.spawn(function()
+      local t0 = hrtime()
       local ok, err = xpcall(fn, debug.traceback, info, self)
+      -- Start to end, waits included: a hook that copies data is slow here.
+      self.hook_time:since(event, t0)
       if not ok then
-        self.hook_errors = (self.hook_errors or 0) + 1
+        self.hook_errors[event] = self.hook_errors[event] + 1
         self.log:error("hook %s failed: %s", event, tostring(err))
       end
     end)
@@ -885,10 +894,13 @@ function Node:_placement(raw, force)
       nodes[i] = {id = n.id, zone = n.zone, weight = n.weight, status = n.status,
                   services = n.services, can_lead = h.lead}
     end
-    local ok, out = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
+    local t0 = hrtime()
+    local ok, out, kind = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
+    self.policy_time:observe((hrtime() - t0) / 1e9)
     local why
     if ok then
       ok, why = placement.validate(out, nodes, cfg)
+      if not ok then kind = "invalid" end
     else
       why = out
     end
@@ -898,6 +910,7 @@ function Node:_placement(raw, force)
       -- A policy that fails must never stop failover (a down node's
       -- primaries would stay on it): use the built-in policy this time.
       self.policy_fallbacks = (self.policy_fallbacks or 0) + 1
+      self.policy_errors[kind] = self.policy_errors[kind] + 1
       self.log:warn("placement policy failed, using the built-in policy: %s", tostring(why))
     end
   end

@@ -327,6 +327,21 @@ describe("lifecycle", function()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
   end)
 
+  it("times hook runs and counts the ones that raise, by hook (/metrics)", function()
+    local ck, opts = new_node()
+    ck:on("state_change", function() error("boom") end)
+    ck:on("leader_change", function() end)
+    assert(ck:start())
+    local function errors(hook) return sample(ck, 'clusterkit_hook_errors_total{hook="' .. hook .. '"}') end
+    local function runs(hook) return sample(ck, 'clusterkit_hook_duration_seconds_count{hook="' .. hook .. '"}') end
+    assert.is_true(wait_for(function() return (errors("state_change") or 0) >= 1 end, 5))
+    assert.is_true(runs("state_change") >= errors("state_change"))
+    assert.are.equal(0, errors("leader_change"))
+    assert.is_true(runs("leader_change") >= 1)
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
   it("uses a Lua placement policy and refuses an invalid one", function()
     local ck, opts = new_node({partition_count = 8})
     assert(ck:start())
@@ -383,6 +398,10 @@ describe("Lua placement policies", function()
     assert.are.equal("t1", ck:partition(0).primary_node)
     assert.is_true(ck.policy_fallbacks >= 1)
     assert.matches("clusterkit_placement_fallbacks_total [1-9]", require("clusterkit.api").metrics(ck))
+    local function failed(reason)
+      return sample(ck, 'clusterkit_placement_policy_errors_total{reason="' .. reason .. '"}')
+    end
+    assert.is_true(failed("error") >= 1)
     local before = ck.policy_fallbacks
     ck:set_placement(function()
       local t0 = core.hrtime()
@@ -390,9 +409,17 @@ describe("Lua placement policies", function()
       return {}
     end)
     assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(failed("timeout") >= 1)
     before = ck.policy_fallbacks
     ck:set_placement(function() return {{"nobody"}} end)
     assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(failed("invalid") >= 1)
+    before = ck.policy_fallbacks
+    ck:set_placement(function() coroutine.yield() end)
+    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(failed("yielded") >= 1)
+    -- Every run is timed, the failed ones included.
+    assert.is_true(sample(ck, "clusterkit_placement_policy_duration_seconds_count") >= ck.policy_fallbacks)
     assert.are.equal("t1", ck:partition(0).primary_node)
     ck:stop()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
