@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "ck_common.h"
 
@@ -26,7 +27,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     struct ck_fsm *f = fsm->data;
     uint64_t index = f->raft->last_applied + 1;
     uint64_t kv_index = f->state.kv.index;
+    uint64_t t0 = uv_hrtime();
     int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
+    ck_hist_observe(&f->apply_time, uv_hrtime() - t0);
     if (rv == CK_ENOMEM) {
         f->on_fatal(f, rv, index);
         return RAFT_NOMEM; /* Only a test's on_fatal returns. */
@@ -98,6 +101,7 @@ void ck_fsm_init(struct raft_fsm *fsm, struct ck_fsm *f)
     f->applied = 0;
     f->rejected = 0;
     f->on_kv_change = NULL;
+    memset(&f->apply_time, 0, sizeof f->apply_time);
     f->on_fatal = fsm_default_fatal;
     memset(fsm, 0, sizeof *fsm);
     fsm->version = 1;

@@ -12,6 +12,7 @@
 
 #include <raft.h>
 
+#include "ck_hist.h"
 #include "ck_state.h"
 
 struct ck_fsm {
@@ -31,6 +32,7 @@ struct ck_fsm {
     void (*on_fatal)(struct ck_fsm *f, int code, uint64_t index);
     uint64_t applied;                    /* Commands applied (accepted or not). */
     uint64_t rejected;                   /* Commands the state refused. */
+    struct ck_hist apply_time;           /* Time spent in ck_state_apply, per command. */
 };
 
 /* Set up @fsm (version 1) over @f; @f->raft must be set before raft starts. */

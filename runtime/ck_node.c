@@ -42,13 +42,21 @@ struct ck_node {
         raft_io_append_cb cb;
         uint64_t since; /* Loop time the write was submitted. */
     } appends[64];
+    /* raft_uv's start, interposed so that raft's tick and receive callbacks
+     * pass through node_io_tick/node_io_recv (see node_count_elections). */
+    int (*io_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
+    raft_io_tick_cb raft_tick;
+    raft_io_recv_cb raft_recv;
+    struct ck_hist commit_time;    /* Leader: raft_apply to raft's apply callback (ck_node_counters). */
+    uint64_t elections, elections_won;
+    int counted_state;             /* raft's state when node_count_elections last looked. */
     bool failed, failed_reported;
     uint64_t last_watch; /* Loop time of the last watch tick (stall detection). */
     struct ck_node *next; /* In node_list. */
     unsigned pending_closes;
     bool transport_inited, io_inited, raft_inited, started, closing, dirty, kv_dirty;
     int seen_state;
-    uint64_t seen_term, seen_leader;
+    uint64_t seen_term, seen_leader, seen_conf_index;
     char errmsg[512];
 };
 
@@ -69,6 +77,7 @@ struct node_req {
     void *data;
     int status;
     uint64_t index;
+    uint64_t t0; /* Proposals: uv_hrtime() when handed to raft_apply. */
 };
 
 /* Translate raft's positive error codes at the boundary. */
@@ -197,10 +206,15 @@ static void node_on_io_appended(struct raft_io_append *req, int status)
     }
 }
 
+static struct ck_node *node_of_io(struct raft_io *io)
+{
+    return (struct ck_node *)((char *)io - offsetof(struct ck_node, io));
+}
+
 static int node_io_append(struct raft_io *io, struct raft_io_append *req, const struct raft_entry entries[],
                           unsigned n_entries, raft_io_append_cb cb)
 {
-    struct ck_node *n = (struct ck_node *)((char *)io - offsetof(struct ck_node, io));
+    struct ck_node *n = node_of_io(io);
     for (size_t i = 0; i < sizeof n->appends / sizeof n->appends[0]; i++) {
         if (n->appends[i].req == NULL) {
             n->appends[i].req = req;
@@ -214,6 +228,51 @@ static int node_io_append(struct raft_io *io, struct raft_io_append *req, const 
         }
     }
     return n->io_append(io, req, entries, n_entries, cb); /* Table full: not watched. */
+}
+
+/* raft 0.15 has no state-change callback, and polling from the watch timer
+ * would miss most of them: a candidate wins or loses within a round trip.
+ * raft changes state only from inside raft_start and its tick and receive
+ * callbacks (convertToCandidate: start.c, tick.c, recv_timeout_now.c;
+ * convertToLeader: convert.c, recv_request_vote_result.c), so looking after
+ * each of those sees every candidacy and every win. This only reads raft's
+ * state once raft has returned: no owner code runs here. A single voter
+ * goes from follower to leader inside one call; that was a candidacy too. */
+static void node_count_elections(struct ck_node *n)
+{
+    int state = n->raft.state;
+    if (state == n->counted_state) {
+        return;
+    }
+    if (state == RAFT_CANDIDATE || (state == RAFT_LEADER && n->counted_state != RAFT_CANDIDATE)) {
+        n->elections++;
+    }
+    if (state == RAFT_LEADER) {
+        n->elections_won++;
+    }
+    n->counted_state = state;
+}
+
+static void node_io_tick(struct raft_io *io)
+{
+    struct ck_node *n = node_of_io(io);
+    n->raft_tick(io);
+    node_count_elections(n);
+}
+
+static void node_io_recv(struct raft_io *io, struct raft_message *msg)
+{
+    struct ck_node *n = node_of_io(io);
+    n->raft_recv(io, msg);
+    node_count_elections(n);
+}
+
+static int node_io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv)
+{
+    struct ck_node *n = node_of_io(io);
+    n->raft_tick = tick;
+    n->raft_recv = recv;
+    return n->io_start(io, msecs, node_io_tick, node_io_recv);
 }
 
 /* A log write that does not complete: raft 0.15 stops preparing new open
@@ -258,10 +317,13 @@ static void node_on_watch(uv_timer_t *t)
         node_fail(n, "raft stopped after an error");
     }
     node_check_writes(n);
-    if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader) {
+    node_count_elections(n); /* A leader may step down elsewhere (a failed write's callback). */
+    if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader ||
+        n->raft.configuration_index != n->seen_conf_index) {
         n->seen_state = state;
         n->seen_term = n->raft.current_term;
         n->seen_leader = leader;
+        n->seen_conf_index = n->raft.configuration_index;
         n->cb(n, CK_NODE_EV_RAFT);
     }
 }
@@ -286,6 +348,7 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->cb = cb;
     n->data = data;
     n->seen_state = -1;
+    n->counted_state = RAFT_UNAVAILABLE;
     if (n->opts.election_timeout_ms == 0) n->opts.election_timeout_ms = 300;
     if (n->opts.heartbeat_timeout_ms == 0) n->opts.heartbeat_timeout_ms = 50;
     if (n->opts.watch_interval_ms == 0) n->opts.watch_interval_ms = 20;
@@ -440,6 +503,8 @@ int ck_node_start(struct ck_node *n)
     raft_uv_set_connect_retry_delay(&n->io, 100);
     n->io_append = n->io.append;
     n->io.append = node_io_append;
+    n->io_start = n->io.start;
+    n->io.start = node_io_start;
 
     if ((rv = raft_init(&n->raft, &n->io, &n->fsm, n->opts.raft_id, n->raft_addr)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "raft init: %s", raft_errmsg(&n->raft));
@@ -484,11 +549,20 @@ int ck_node_start(struct ck_node *n)
         return node_err(rv);
     }
     n->started = true;
+    node_count_elections(n); /* The only voter elects itself inside raft_start. */
     uv_timer_start(&n->watch_timer, node_on_watch, 0, n->opts.watch_interval_ms);
     if (n->f.state.index > 0) {
         node_mark_dirty(n); /* State was loaded from disk. */
     }
     return 0;
+}
+
+void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out)
+{
+    out->commit = &n->commit_time;
+    out->apply = &n->f.apply_time;
+    out->elections = n->elections;
+    out->elections_won = n->elections_won;
 }
 
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n)
@@ -596,6 +670,9 @@ static struct node_req *req_new(struct ck_node *n, ck_node_apply_cb acb, ck_node
 static void node_on_applied(struct raft_apply *req, int status, void *result)
 {
     struct node_req *r = req->data;
+    if (status == 0) { /* Committed and applied: what a proposer waits for. */
+        ck_hist_observe(&r->node->commit_time, uv_hrtime() - r->t0);
+    }
     node_queue_done(r, status != 0 ? node_err(status) : (int)(intptr_t)result, req->index);
 }
 
@@ -627,6 +704,7 @@ int ck_node_propose(struct ck_node *n, const void *buf, size_t len, ck_node_appl
     memcpy(b.base, buf, len);
     memset((char *)b.base + len, 0, padded - len);
     r->apply.data = r;
+    r->t0 = uv_hrtime();
     if ((rv = raft_apply(&n->raft, &r->apply, &b, 1, node_on_applied)) != 0) {
         raft_free(b.base);
         free(r);

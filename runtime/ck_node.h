@@ -6,7 +6,7 @@
  * inside the FSM apply: applies mark the node dirty and a zero-delay timer
  * reports CK_NODE_EV_APPLIED on the next loop turn (coalescing bursts); a
  * periodic watch timer reports CK_NODE_EV_RAFT when raft's role, term or
- * leader changed. So owner code (Lua) can never run inside the apply path.
+ * leader changed, or a configuration change was committed. So owner code (Lua) can never run inside the apply path.
  *
  * Callbacks (the rule the first fault campaign taught us): no owner code
  * runs inside a raft callback. raft calls back from the middle of its own
@@ -58,13 +58,14 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "ck_hist.h"
 #include "ck_state.h"
 
 struct ck_node;
 
 enum ck_node_event {
     CK_NODE_EV_APPLIED = 1, /* The state changed (state.index moved). */
-    CK_NODE_EV_RAFT,        /* Role, term or leader changed. */
+    CK_NODE_EV_RAFT,        /* Role, term or leader changed, or a configuration change was committed. */
     CK_NODE_EV_CLOSED,      /* ck_node_close finished; the node is freed after the callback. */
     CK_NODE_EV_FAILED,      /* raft's storage failed or raft stopped by itself: close the node
                              * (ck_node_errmsg says why). It cannot recover in this process. */
@@ -124,6 +125,17 @@ int ck_node_start(struct ck_node *n);
 const struct ck_state *ck_node_state(const struct ck_node *n);
 
 void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out);
+
+/* Counters for /metrics since ck_node_new. The histograms stay valid until
+ * the node is closed. */
+struct ck_node_counters {
+    const struct ck_hist *commit; /* Leader: from raft_apply to raft's callback, for each command committed. */
+    const struct ck_hist *apply;  /* Time in the FSM's apply, per command (on every node). */
+    uint64_t elections;           /* Times this node became a candidate (a single voter too). */
+    uint64_t elections_won;       /* Times it became the leader. */
+};
+
+void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out);
 
 /* The raft configuration as raft currently has it (committed or not). */
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n);

@@ -55,6 +55,11 @@ void lck_open_node(lua_State *L);  /* Adds node_new, encode_* to the module tabl
 void lck_open_http(lua_State *L);  /* Adds http_server to the module table on top. */
 void lck_open_tcp(lua_State *L);   /* Adds tcp_connect to the module table on top. */
 void lck_open_place(lua_State *L); /* Adds place to the module table on top. */
+void lck_open_hist(lua_State *L);  /* Adds histogram, histogram_bounds to the module table on top. */
+
+/* Push a histogram's reading: {counts = {...}, count =, sum = seconds} (lck_hist.c). */
+struct ck_hist;
+void lck_push_hist(lua_State *L, const struct ck_hist *h);
 
 int ck_lua_open_core(lua_State *L);
 

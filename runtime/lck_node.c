@@ -321,6 +321,23 @@ static int lnode_raft(lua_State *L)
     return 1;
 }
 
+/* node:counters() -> {commit = reading, apply = reading, elections =, elections_won =}: copies, so
+ * nothing Lua keeps points into the node (readings: see lck_push_hist). */
+static int lnode_counters(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:counters");
+    struct ck_node_counters c;
+    ck_node_counters(b->node, &c);
+    lua_createtable(L, 0, 4);
+    lck_push_hist(L, c.commit);
+    lua_setfield(L, -2, "commit");
+    lck_push_hist(L, c.apply);
+    lua_setfield(L, -2, "apply");
+    set_num(L, "elections", (lua_Number)c.elections);
+    set_num(L, "elections_won", (lua_Number)c.elections_won);
+    return 1;
+}
+
 /* node:configuration() -> {{id = hex, address =, role = "voter"|..., recent = bool (leader only)}, ...} */
 static int lnode_configuration(lua_State *L)
 {
@@ -1015,6 +1032,7 @@ static const luaL_Reg lnode_methods[] = {
     {"remove", lnode_remove},
     {"transfer", lnode_transfer},
     {"raft", lnode_raft},
+    {"counters", lnode_counters},
     {"configuration", lnode_configuration},
     {"index", lnode_index},
     {"hasher", lnode_hasher},

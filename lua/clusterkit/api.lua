@@ -13,6 +13,7 @@ local http = require "clusterkit.http"
 local json = require "clusterkit.json"
 local membership = require "clusterkit.membership"
 local core = require "clusterkit.core"
+local metrics = require "clusterkit.metrics"
 local procstat = require "clusterkit.procstat"
 
 local M = {}
@@ -356,6 +357,17 @@ end
 
 local raft_states = {unavailable = 0, follower = 1, candidate = 2, leader = 3}
 
+-- Samples {labels, value} of a counter kept as {[label value] = n}, sorted.
+local function labelled(label, counts)
+  local keys, samples = {}, {}
+  for k in pairs(counts) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for i, k in ipairs(keys) do
+    samples[i] = {"{" .. label .. '="' .. metrics.escape(k) .. '"}', counts[k]}
+  end
+  return samples
+end
+
 --- Prometheus text format.
 function M.metrics(node)
   local s = node:consensus_stats()
@@ -400,22 +412,36 @@ function M.metrics(node)
     end
   end
   add("clusterkit_http_requests_total", "HTTP requests by route and status.", "counter", samples)
-  out[#out + 1] = "# HELP clusterkit_http_request_duration_seconds HTTP request latency by route, from dispatch "
-    .. "to the answer (blocking queries include their wait)."
-  out[#out + 1] = "# TYPE clusterkit_http_request_duration_seconds histogram"
-  local bounds = http.LATENCY_BUCKETS
-  for route, h in pairs(node.http.latency) do
-    local label, total = '{route="' .. route .. '",le="', 0
-    for i, le in ipairs(bounds) do
-      total = total + h[i]
-      out[#out + 1] = format("clusterkit_http_request_duration_seconds_bucket%s%s\"} %d", label, format("%g", le),
-        total)
-    end
-    out[#out + 1] = format("clusterkit_http_request_duration_seconds_bucket%s+Inf\"} %d", label, h.n)
-    out[#out + 1] = format('clusterkit_http_request_duration_seconds_sum{route="%s"} %.9f', route, h.sum)
-    out[#out + 1] = format('clusterkit_http_request_duration_seconds_count{route="%s"} %d', route, h.n)
+  metrics.histogram(out, "clusterkit_http_request_duration_seconds",
+    "HTTP request latency by route, from dispatch to the answer (blocking queries include their wait).",
+    node.http.latency)
+  -- raft's figures are kept in C (ck_node_counters): no Lua runs in raft's callbacks.
+  local c = node._core
+  local rc = c and not c:closed() and c:counters()
+  if not rc then
+    local none = core.histogram():read()
+    rc = {commit = none, apply = none, elections = 0, elections_won = 0}
   end
-  add("clusterkit_hook_errors_total", "Hook handlers that raised.", "counter", {{nil, node.hook_errors or 0}})
+  metrics.histogram(out, "clusterkit_raft_commit_duration_seconds",
+    "Leader: time from proposing a command to raft reporting it committed and applied.", rc.commit)
+  metrics.histogram(out, "clusterkit_raft_apply_duration_seconds",
+    "Time the replicated state machine spent applying one committed command.", rc.apply)
+  add("clusterkit_raft_elections_total", "Times this node became a raft candidate (a single voter too).",
+    "counter", {{nil, rc.elections}})
+  add("clusterkit_raft_elections_won_total", "Times this node became the raft leader.", "counter",
+    {{nil, rc.elections_won}})
+  add("clusterkit_membership_changes_total", "Committed membership changes this node applied: members that "
+    .. "joined, left (status left), were removed, changed status, or changed raft role (voter, standby).",
+    "counter", labelled("kind", node.membership_changes))
+  metrics.histogram(out, "clusterkit_hook_duration_seconds", "Hook handler runs by event, start to end "
+    .. "(waits included).", node.hook_time)
+  add("clusterkit_hook_errors_total", "Hook handlers that raised, by event.", "counter",
+    labelled("hook", node.hook_errors))
+  metrics.histogram(out, "clusterkit_placement_policy_duration_seconds", "Runs of the Lua placement policy.",
+    node.policy_time:read())
+  add("clusterkit_placement_policy_errors_total", "Lua placement policy runs that failed (error, timeout, "
+    .. "yielded, invalid answer); each one fell back to the built-in policy.", "counter",
+    labelled("reason", node.policy_errors))
   local det = node._detector
   add("clusterkit_detector_stalls_total",
     "Leader ticks that found the loop had stalled (every grace period restarted).", "counter",

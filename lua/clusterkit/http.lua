@@ -5,6 +5,7 @@
 -- line with the traceback; nothing a handler does can crash the node.
 local core = require "clusterkit.core"
 local json = require "clusterkit.json"
+local metrics = require "clusterkit.metrics"
 
 local M = {}
 
@@ -248,7 +249,8 @@ Server.__index = Server
 
 --- A router bound to `node` (whose opts give the limits). Not listening yet.
 function M.server(node)
-  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}, latency = {}}, Server)
+  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}, latency = metrics.family("route")},
+                      Server)
 end
 
 local METHODS = {GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, HEAD = true, OPTIONS = true}
@@ -366,12 +368,6 @@ function Server:_find(method, path)
   return nil, other
 end
 
--- Upper bounds (seconds) of the request latency histogram's buckets
--- (clusterkit_http_request_duration_seconds in /metrics).
-local LATENCY_BUCKETS = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                         5, 10, 30}
-M.LATENCY_BUCKETS = LATENCY_BUCKETS
-
 function Server:_count(res)
   local route = res._route
   local by_status = self.counts[route]
@@ -380,19 +376,9 @@ function Server:_count(res)
     self.counts[route] = by_status
   end
   by_status[res._status] = (by_status[res._status] or 0) + 1
-  -- Time from dispatch to the answer (a blocking query's wait included).
-  if not res._t0 then return end
-  local h = self.latency[route]
-  if not h then
-    h = {sum = 0, n = 0}
-    for i = 1, #LATENCY_BUCKETS + 1 do h[i] = 0 end -- The last one: above every bound.
-    self.latency[route] = h
-  end
-  local d = (core.hrtime() - res._t0) / 1e9
-  local i = 1
-  while i <= #LATENCY_BUCKETS and d > LATENCY_BUCKETS[i] do i = i + 1 end
-  h[i] = h[i] + 1
-  h.sum, h.n = h.sum + d, h.n + 1
+  -- Time from dispatch to the answer (a blocking query's wait included):
+  -- clusterkit_http_request_duration_seconds.
+  if res._t0 then self.latency:since(route, res._t0) end
 end
 
 local function run(server, fn, req, res)

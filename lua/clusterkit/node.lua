@@ -19,6 +19,7 @@ local placement = require "clusterkit.placement"
 local json = require "clusterkit.json"
 local http = require "clusterkit.http"
 local kv = require "clusterkit.kv"
+local metrics = require "clusterkit.metrics"
 
 local M = {}
 
@@ -62,6 +63,11 @@ function M.new(opts)
     _cond = sched.cond(),
     _last_leader = false,
     raft_id = core.raft_id(o.node_id),
+    -- For /metrics (clusterkit.api): hook runs by event, placement policy
+    -- runs, and committed membership changes as this node applied them.
+    hook_time = metrics.family("hook"), hook_errors = {},
+    policy_time = core.histogram(), policy_errors = {error = 0, timeout = 0, yielded = 0, invalid = 0},
+    membership_changes = {join = 0, leave = 0, remove = 0, status = 0, role = 0},
   }, Node)
   self.log = logm.new(o.log_level, function()
     local r = self._core and not self._core:closed() and self._core:raft()
@@ -444,6 +450,9 @@ function Node:on(event, fn)
   local list = self._hooks[event] or {}
   list[#list + 1] = fn
   self._hooks[event] = list
+  -- Series from the start: a hook that never failed shows 0, not nothing.
+  self.hook_time:get(event)
+  self.hook_errors[event] = self.hook_errors[event] or 0
   return self
 end
 
@@ -452,9 +461,12 @@ function Node:_fire(event, info)
   if not list then return end
   for _, fn in ipairs(list) do
     sched.spawn(function()
+      local t0 = hrtime()
       local ok, err = xpcall(fn, debug.traceback, info, self)
+      -- Start to end, waits included: a hook that copies data is slow here.
+      self.hook_time:since(event, t0)
       if not ok then
-        self.hook_errors = (self.hook_errors or 0) + 1
+        self.hook_errors[event] = self.hook_errors[event] + 1
         self.log:error("hook %s failed: %s", event, tostring(err))
       end
     end)
@@ -497,6 +509,24 @@ function Node:_check_leader()
   end
 end
 
+-- Counts raft role changes (clusterkit_membership_changes_total{kind="role"}):
+-- a member promoted to voter or demoted to standby. The core reports "raft"
+-- when a configuration change commits. A joiner's first role (raft adds it
+-- as a spare) belongs to its join and is not counted.
+function Node:_count_role_changes()
+  local c = self._core
+  if not c or c:closed() then return end
+  local roles, old = {}, self._roles
+  for _, s in ipairs(c:configuration()) do
+    roles[s.id] = s.role
+    local was = old and old[s.id]
+    if was and was ~= "spare" and was ~= s.role then
+      self.membership_changes.role = self.membership_changes.role + 1
+    end
+  end
+  self._roles = roles
+end
+
 function Node:_on_event(ev)
   if ev == "kv" then
     -- Only the store changed: no view rebuild, no hooks, no reconcile.
@@ -510,6 +540,9 @@ function Node:_on_event(ev)
     self._prev_view = v
     self:_fire("state_change", {index = v.index})
     self:_check_self(v)
+  end
+  if ev == "raft" then
+    self:_count_role_changes()
   end
   if ev == "raft" or ev == "applied" then
     self:_check_leader()
@@ -679,11 +712,15 @@ function Node:_diff(old, new)
     return
   end
   local me = self.id
+  local changes = self.membership_changes -- clusterkit_membership_changes_total
   for _, n in ipairs(new.nodes) do
     local o = old.by_id[n.id]
     if not o then
+      changes.join = changes.join + 1
       self:_fire("node_join", {node = n})
     elseif o.status ~= n.status then
+      local kind = n.status == "left" and "leave" or "status"
+      changes[kind] = changes[kind] + 1
       if n.status == "down" or n.status == "left" then
         self:_fire("node_leave", {node = n, reason = n.status})
       elseif n.status == "active" and o.status == "down" then
@@ -694,6 +731,7 @@ function Node:_diff(old, new)
   end
   for _, o in ipairs(old.nodes) do
     if not new.by_id[o.id] then
+      changes.remove = changes.remove + 1
       self:_fire("node_leave", {node = o, reason = "removed"})
     end
   end
@@ -865,10 +903,13 @@ function Node:_placement(raw, force)
       nodes[i] = {id = n.id, zone = n.zone, weight = n.weight, status = n.status,
                   services = n.services, can_lead = h.lead}
     end
-    local ok, out = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
+    local t0 = hrtime()
+    local ok, out, kind = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
+    self.policy_time:observe((hrtime() - t0) / 1e9)
     local why
     if ok then
       ok, why = placement.validate(out, nodes, cfg)
+      if not ok then kind = "invalid" end
     else
       why = out
     end
@@ -878,6 +919,7 @@ function Node:_placement(raw, force)
       -- A policy that fails must never stop failover (a down node's
       -- primaries would stay on it): use the built-in policy this time.
       self.policy_fallbacks = (self.policy_fallbacks or 0) + 1
+      self.policy_errors[kind] = self.policy_errors[kind] + 1
       self.log:warn("placement policy failed, using the built-in policy: %s", tostring(why))
     end
   end

@@ -55,9 +55,11 @@ function M.default(nodes, current, cfg)
 end
 
 --- Runs a Lua policy with a time limit (seconds). Returns true, rows or
--- false, reason. The limit is checked by a count hook, which the JIT does not
--- run inside compiled loops: it bounds interpreted policies, and
--- jit.off() is applied to the policy function for that reason.
+-- false, reason, kind ("error", "timeout" or "yielded": the reason label of
+-- clusterkit_placement_policy_errors_total). The limit is checked by a count
+-- hook, which the JIT does not run inside compiled loops: it bounds
+-- interpreted policies, and jit.off() is applied to the policy function for
+-- that reason.
 --
 -- LuaJIT note: debug.sethook(co, ...) ignores the coroutine argument, hooks
 -- are global to the VM. A hook left behind fired in every coroutine that ran
@@ -73,8 +75,10 @@ function M.run_policy(fn, nodes, current, cfg, limit)
   local co = coroutine.create(fn)
   local running = coroutine.running
   local prev_fn, prev_mask, prev_count = debug.gethook()
+  local timed_out = false
   debug.sethook(co, function()
     if running() == co and core.hrtime() > deadline then
+      timed_out = true
       error("placement policy ran longer than " .. limit .. "s", 2)
     end
   end, "", 10000)
@@ -85,10 +89,10 @@ function M.run_policy(fn, nodes, current, cfg, limit)
     debug.sethook()
   end
   if not ok then
-    return false, "policy error: " .. tostring(rows)
+    return false, "policy error: " .. tostring(rows), timed_out and "timeout" or "error"
   end
   if coroutine.status(co) ~= "dead" then
-    return false, "policy yielded"
+    return false, "policy yielded", "yielded"
   end
   return true, rows
 end

@@ -192,6 +192,30 @@ def parse_raw_response(raw):
 
 
 # ---------------------------------------------------------------------------
+# /metrics text
+# ---------------------------------------------------------------------------
+
+def metric(text, name):
+    """The value of sample `name` (labels included, as /metrics writes them)
+    in Prometheus text, or None."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def promtool_check(text):
+    """Asserts that `promtool check metrics` accepts `text`, when promtool is
+    installed; returns whether it ran."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        return False
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return True
+
+
+# ---------------------------------------------------------------------------
 # Log files
 # ---------------------------------------------------------------------------
 

@@ -20,6 +20,20 @@ local function new_node(extra)
   return clusterkit.new(opts), opts
 end
 
+-- Waits (running the loop) until pred() holds, at most `bound` seconds.
+local function wait_for(pred, bound)
+  local deadline = core.hrtime() + bound * 1e9
+  while not pred() and core.hrtime() < deadline do clusterkit.sleep(0.01) end
+  return pred()
+end
+
+-- The value of sample `name` (labels included) in ck's /metrics text, or nil.
+local function sample(ck, name)
+  for line in require("clusterkit.api").metrics(ck):gmatch("[^\n]+") do
+    if line:sub(1, #name + 1) == name .. " " then return tonumber(line:sub(#name + 2)) end
+  end
+end
+
 describe("clusterkit.new", function()
   it("raises with the function's name on misuse", function()
     assert.has_error(function() clusterkit.new("x") end, "clusterkit.new: options must be a table")
@@ -92,6 +106,22 @@ describe("a started single node", function()
     assert.is_true(s.commit_index >= 4) -- bootstrap config, init, node, table
     assert.are.equal(s.commit_index, s.applied_index)
     assert.are.equal(1, s.voters)
+  end)
+
+  it("counts its own election and times the commands it commits and applies (/metrics)", function()
+    -- The only voter elects itself once, at start.
+    assert.are.equal(1, sample(ck, "clusterkit_raft_elections_total"))
+    assert.are.equal(1, sample(ck, "clusterkit_raft_elections_won_total"))
+    local commits = sample(ck, "clusterkit_raft_commit_duration_seconds_count")
+    local applies = sample(ck, "clusterkit_raft_apply_duration_seconds_count")
+    assert.is_true(commits >= 3) -- init, this node, the table: proposed by this leader
+    assert.is_true(applies >= commits) -- each applied here (the bootstrap configuration is no command)
+    assert.are.equal(commits, sample(ck, 'clusterkit_raft_commit_duration_seconds_bucket{le="+Inf"}'))
+    assert(ck:pause_rebalance())
+    assert(ck:resume_rebalance())
+    assert.is_true(sample(ck, "clusterkit_raft_commit_duration_seconds_count") >= commits + 2)
+    assert.is_true(sample(ck, "clusterkit_raft_apply_duration_seconds_count") >= applies + 2)
+    assert.is_true(sample(ck, "clusterkit_raft_apply_duration_seconds_sum") > 0)
   end)
 
   it("maps keys the way partition_of does, with hash tags", function()
@@ -297,6 +327,21 @@ describe("lifecycle", function()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
   end)
 
+  it("times hook runs and counts the ones that raise, by hook (/metrics)", function()
+    local ck, opts = new_node()
+    ck:on("state_change", function() error("boom") end)
+    ck:on("leader_change", function() end)
+    assert(ck:start())
+    local function errors(hook) return sample(ck, 'clusterkit_hook_errors_total{hook="' .. hook .. '"}') end
+    local function runs(hook) return sample(ck, 'clusterkit_hook_duration_seconds_count{hook="' .. hook .. '"}') end
+    assert.is_true(wait_for(function() return (errors("state_change") or 0) >= 1 end, 5))
+    assert.is_true(runs("state_change") >= errors("state_change"))
+    assert.are.equal(0, errors("leader_change"))
+    assert.is_true(runs("leader_change") >= 1)
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
   it("uses a Lua placement policy and refuses an invalid one", function()
     local ck, opts = new_node({partition_count = 8})
     assert(ck:start())
@@ -317,13 +362,6 @@ describe("lifecycle", function()
 end)
 
 describe("Lua placement policies", function()
-  -- Waits (running the loop) until pred() holds, at most `bound` seconds.
-  local function wait_for(pred, bound)
-    local deadline = core.hrtime() + bound * 1e9
-    while not pred() and core.hrtime() < deadline do clusterkit.sleep(0.01) end
-    return pred()
-  end
-
   it("remove their time limit afterwards: other code may run longer than it", function()
     local ck, opts = new_node({partition_count = 8, policy_timeout = 0.05})
     assert(ck:start())
@@ -363,6 +401,10 @@ describe("Lua placement policies", function()
     assert.are.equal("t1", ck:partition(0).primary_node)
     assert.is_true(ck.policy_fallbacks >= 1)
     assert.matches("clusterkit_placement_fallbacks_total [1-9]", require("clusterkit.api").metrics(ck))
+    local function failed(reason)
+      return sample(ck, 'clusterkit_placement_policy_errors_total{reason="' .. reason .. '"}')
+    end
+    assert.is_true(failed("error") >= 1)
     local before = ck.policy_fallbacks
     ck:set_placement(function()
       local t0 = core.hrtime()
@@ -370,9 +412,17 @@ describe("Lua placement policies", function()
       return {}
     end)
     assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(failed("timeout") >= 1)
     before = ck.policy_fallbacks
     ck:set_placement(function() return {{"nobody"}} end)
     assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(failed("invalid") >= 1)
+    before = ck.policy_fallbacks
+    ck:set_placement(function() coroutine.yield() end)
+    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(failed("yielded") >= 1)
+    -- Every run is timed, the failed ones included.
+    assert.is_true(sample(ck, "clusterkit_placement_policy_duration_seconds_count") >= ck.policy_fallbacks)
     assert.are.equal("t1", ck:partition(0).primary_node)
     ck:stop()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
@@ -439,6 +489,8 @@ describe("two nodes in one process", function()
                             join_addr = a.advertise_http})
     local joined = {}
     a:on("node_join", function(ev) joined[#joined + 1] = ev.node.id end)
+    local function changes(kind) return sample(a, 'clusterkit_membership_changes_total{kind="' .. kind .. '"}') end
+    local before = {join = changes("join"), leave = changes("leave"), remove = changes("remove")}
     assert(b:start())
     assert.are.equal(2, #b:cluster().nodes)
     local ok = a:wait_for_change(0, 5) -- let a apply b's registration
@@ -449,6 +501,7 @@ describe("two nodes in one process", function()
     end
     assert.are.equal(2, #a:nodes_for_key("k")) -- RF 2 over two nodes
     assert.are.same({"lb"}, joined)
+    assert.are.equal(before.join + 1, changes("join"))
     local left = {}
     a:on("node_leave", function(ev) left[#left + 1] = ev.reason end)
     assert(b:leave(10))
@@ -461,6 +514,9 @@ describe("two nodes in one process", function()
     assert.are.equal("la", a:primary_for_key("k").id)
     assert.are.equal(1, a:consensus_stats().voters)
     assert.is_true(#left >= 1)
+    -- lb's status "left", then its removal: two changes a applied.
+    assert.are.equal(before.leave + 1, changes("leave"))
+    assert.are.equal(before.remove + 1, changes("remove"))
     a:stop()
     os.execute("rm -rf '" .. oa.data_dir .. "' '" .. ob.data_dir .. "'")
   end)

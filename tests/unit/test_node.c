@@ -9,7 +9,8 @@
  * the callback ran inside raft). Also: callbacks never run inside the call
  * that started the request, a proposal's callback comes after the APPLIED
  * event that shows its effect, and close delivers what raft cancelled
- * before CLOSED.
+ * before CLOSED. And the counters behind /metrics: elections, commit and
+ * apply times.
  *
  * Every wait is bounded (WAIT_MS of loop time) and waits on a condition.
  */
@@ -269,6 +270,39 @@ static void test_callback_after_applied_event(void **state)
     assert_true(F->events_at_done > before);
 }
 
+static struct ck_node_counters counters(int i)
+{
+    struct ck_node_counters c;
+    ck_node_counters(F->p[i].node, &c);
+    return c;
+}
+
+static bool p0_stood_again(void)
+{
+    return counters(0).elections > 1;
+}
+
+/* The bootstrap node elected itself once; the joiner never led. A commit is
+ * timed on the leader only, its apply on both nodes. */
+static void test_counters(void **state)
+{
+    (void)state;
+    struct ck_node_counters a = counters(0), b = counters(1);
+    assert_int_equal(a.elections, 1);
+    assert_int_equal(a.elections_won, 1);
+    assert_int_equal(b.elections_won, 0); /* (A slow loop may let it stand, never win: node-a leads.) */
+    assert_int_equal(a.commit->count, 0); /* Membership changes are not proposals. */
+    uint64_t applied_a = a.apply->count, applied_b = b.apply->count;
+    propose_flags();
+    assert_true(run_until(all_done));
+    assert_int_equal(F->last_status, 0);
+    assert_true(run_until(p1_caught_up));
+    assert_int_equal(a.commit->count, 1); /* The pointers stay valid: live figures. */
+    assert_int_equal(b.commit->count, 0);
+    assert_int_equal(a.apply->count, applied_a + 1);
+    assert_int_equal(b.apply->count, applied_b + 1);
+}
+
 /* A leader that loses its quorum with proposals pending fails them with
  * CK_ENOTLEADER; proposing again from those callbacks is refused cleanly
  * (raft has stepped down by then) instead of re-entering raft. */
@@ -289,6 +323,11 @@ static void test_stepdown_with_pending_proposals(void **state)
     /* Every proposal made from a failure callback was refused: the node no
      * longer led when the callback ran. */
     assert_int_equal(F->repropose_notleader, F->reproposed);
+    /* None committed, so none was timed. Alone, node-a stands for election
+     * again (and cannot win): each candidacy counts. */
+    assert_int_equal(counters(0).commit->count, 0);
+    assert_true(run_until(p0_stood_again));
+    assert_int_equal(counters(0).elections_won, 1);
 }
 
 /* Closing a leader right after proposing (its log writes still in flight,
@@ -311,6 +350,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN); /* As ckrun does: raft writes to peers that went away. */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_callback_after_applied_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stepdown_with_pending_proposals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_cancels_pending, setup, teardown),
     };
