@@ -39,7 +39,13 @@ local hrtime = core.hrtime
 
 local TARGETS = {mod = true, create = true, version = true, value = true}
 local CMP_OPS = {["=="] = true, ["!="] = true, ["<"] = true, [">"] = true}
-local OP_TYPES = {put = true, delete = true, delete_prefix = true}
+local OP_TYPES = {put = true, delete = true, delete_prefix = true,
+                  -- Sessions (clusterkit.coord makes these; they stand alone).
+                  session_create = true, session_renew = true, session_destroy = true}
+
+local function id_number(v)
+  return type(v) == "number" and v >= 0 and v == math.floor(v) and v <= 2 ^ 53
+end
 
 local function invalid(msg)
   return nil, errors.new("INVALID", msg)
@@ -99,7 +105,11 @@ local function normalize(self, txn)
     if type(o) ~= "table" then return invalid("operation " .. i .. " must be a table") end
     local t = o.type or "put"
     if not OP_TYPES[t] then return invalid(format("operation %d: type must be put, delete or delete_prefix", i)) end
-    if t == "delete_prefix" then
+    if t:find("^session_") then
+      if not id_number(o.number) or (o.key ~= nil and type(o.key) ~= "string") then
+        return invalid(format("operation %d: a session operation needs a number (and a string key)", i))
+      end
+    elseif t == "delete_prefix" then
       if type(o.key) ~= "string" or #o.key > MAX_KEY then
         return invalid(format("operation %d: key (the prefix) must be a string of at most %d bytes", i, MAX_KEY))
       end
@@ -114,7 +124,10 @@ local function normalize(self, txn)
           "operation %d: value of %d bytes is over the limit of %d (kv_max_value)", i, #o.value, max_value))
       end
     end
-    out.ops[i] = {type = t, key = o.key, value = o.value}
+    if o.session ~= nil and not id_number(o.session) then
+      return invalid(format("operation %d: session must be a session id", i))
+    end
+    out.ops[i] = {type = t, key = o.key or "", value = o.value, number = o.session or o.number or 0}
   end
   return out
 end
@@ -122,6 +135,7 @@ end
 local RESULT = {
   CONFLICT = "a compare did not hold (the key changed, or exists, or does not)",
   TOO_BIG = "the store would exceed its size limit (kv_max_bytes)",
+  NOT_FOUND = "no such session (it has ended)",
 }
 
 local function commit_error(msg, code)
@@ -226,8 +240,10 @@ local Methods = {}
 
 --- Commits a transaction {compares = {{key, target = "mod"|"create"|
 -- "version"|"value", op = "=="|"!="|"<"|">", value}}, ops = {{type =
--- "put"|"delete"|"delete_prefix", key, value}}}: all compares hold and every
--- operation applies, or nothing does. Returns the raft index, or nil, err
+-- "put"|"delete"|"delete_prefix", key, value, session}}}: all compares hold
+-- and every operation applies, or nothing does. A put with a session (an
+-- id from ck:session()) attaches its key to it: the key goes when the
+-- session ends (NOT_FOUND when it already has). Returns the raft index, or nil, err
 -- (CONFLICT when a compare failed, TOO_BIG, INVALID, NO_LEADER, TIMEOUT).
 function Methods:kv_txn(txn, opts)
   local t, err = normalize(self, txn)

@@ -19,6 +19,7 @@ local placement = require "clusterkit.placement"
 local json = require "clusterkit.json"
 local http = require "clusterkit.http"
 local kv = require "clusterkit.kv"
+local coord = require "clusterkit.coord"
 local metrics = require "clusterkit.metrics"
 
 local M = {}
@@ -51,6 +52,7 @@ local Node = {}
 Node.__index = Node
 M.Node = Node
 kv.extend(Node) -- ck:kv_*, the custom-data names (clusterkit.kv)
+coord.extend(Node) -- ck:session, ck:lock, ck:elect, ck:leader_of (clusterkit.coord)
 
 --- clusterkit.new(opts): a node, not started. Raises on misuse.
 function M.new(opts)
@@ -90,6 +92,7 @@ function M.new(opts)
   require("clusterkit.backup").install(self)
   require("clusterkit.ui").install(self)
   kv.install(self)
+  coord.install(self)
   return self
 end
 
@@ -530,6 +533,7 @@ end
 function Node:_on_event(ev)
   if ev == "kv" then
     -- Only the store changed: no view rebuild, no hooks, no reconcile.
+    coord.on_applied(self)
     return kv.on_applied(self)
   end
   if ev == "applied" then
@@ -1407,6 +1411,7 @@ function Node:start()
     return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs%s", o.start_timeout,
       self._join_cause and " (last join attempt: " .. self._join_cause .. ")" or ""))
   end
+  sched.spawn(coord.clean_own, self)
   return true
 end
 
@@ -1436,6 +1441,7 @@ function Node:_start_ticker()
       else
         self._leaderless_since = self._leaderless_since or hrtime()
       end
+      coord.tick(self, r)
       if r.state == "leader" then
         membership.leader_tick(self)
       else
