@@ -473,7 +473,7 @@ end
 function M.install(node)
   local srv = node.http
 
-  srv:route("POST", "/sessions", function(req, res)
+  srv:route("POST", "/v1/sessions", function(req, res)
     if not membership.authorized(node, req, res) then return end
     local body = req:body() ~= "" and req:json() or {}
     if type(body) ~= "table" then return res:error(400, "BAD_REQUEST", "body must be a JSON object") end
@@ -487,7 +487,7 @@ function M.install(node)
     return res:json({id = id, ttl_ms = math.floor(ttl * 1000)})
   end)
 
-  srv:route("GET", "/sessions", function(req, res)
+  srv:route("GET", "/v1/sessions", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local c = node._core
     local out = c and not c:closed() and c:kv_sessions() or {}
@@ -495,8 +495,8 @@ function M.install(node)
     return res:json({sessions = json.array(out)})
   end)
 
-  -- PUT /sessions/<id>: a keep-alive (committed before the answer).
-  srv:route("PUT", "/sessions/:id", function(req, res)
+  -- PUT /v1/sessions/<id>: a keep-alive (committed before the answer).
+  srv:route("PUT", "/v1/sessions/:id", function(req, res)
     if not membership.authorized(node, req, res) then return end
     local id = tonumber(req.params.id)
     if not id then return res:error(400, "BAD_REQUEST", "session id must be a number") end
@@ -505,7 +505,7 @@ function M.install(node)
     return res:json({index = index})
   end)
 
-  srv:route("DELETE", "/sessions/:id", function(req, res)
+  srv:route("DELETE", "/v1/sessions/:id", function(req, res)
     if not membership.authorized(node, req, res) then return end
     local id = tonumber(req.params.id)
     if not id or id < 1 then return res:error(400, "BAD_REQUEST", "session id must be a number") end
@@ -516,9 +516,9 @@ function M.install(node)
 
   for _, kind in ipairs({"locks", "elections"}) do
     local prefix = kind == "locks" and LOCK_PREFIX or ELECT_PREFIX
-    -- POST /locks/<name> {"session": id, "timeout": "5s", "value": "..."}:
+    -- POST /v1/locks/<name> {"session": id, "timeout": "5s", "value": "..."}:
     -- waits until held, then {"token", "key"}.
-    srv:route("POST", "/" .. kind .. "/:name", function(req, res)
+    srv:route("POST", "/v1/" .. kind .. "/:name", function(req, res)
       if not membership.authorized(node, req, res) then return end
       local ok, err = check_name(req.params.name)
       if not ok then return fail(res, err) end
@@ -537,7 +537,7 @@ function M.install(node)
       return res:json({token = held.token, key = held.key, session = s.id})
     end)
 
-    srv:route("GET", "/" .. kind .. "/:name", function(req, res)
+    srv:route("GET", "/v1/" .. kind .. "/:name", function(req, res)
       if not membership.read_authorized(node, req, res) then return end
       local ok, err = check_name(req.params.name)
       if not ok then return fail(res, err) end
@@ -547,9 +547,9 @@ function M.install(node)
                        session = all[1].session, waiters = #all - 1})
     end)
 
-    -- DELETE /locks/<name>?session=id: release (resign); only that
+    -- DELETE /v1/locks/<name>?session=id: release (resign); only that
     -- session's own key goes.
-    srv:route("DELETE", "/" .. kind .. "/:name", function(req, res)
+    srv:route("DELETE", "/v1/" .. kind .. "/:name", function(req, res)
       if not membership.authorized(node, req, res) then return end
       local ok, err = check_name(req.params.name)
       if not ok then return fail(res, err) end

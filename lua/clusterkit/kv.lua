@@ -5,7 +5,7 @@
 -- transaction committed through raft; reads are local copies. Three paths:
 --
 --   write    the leader encodes and proposes; a follower sends the encoded
---            transaction to the leader (POST /internal/kv, token-protected),
+--            transaction to the leader (POST /v1/internal/kv, token-protected),
 --            which re-imposes its own limits and proposes it.
 --   read     local and possibly stale by default, with the store index it
 --            reflects. With consistent = true, a read barrier first: an empty
@@ -188,7 +188,7 @@ local function commit(self, bytes, timeout)
       local headers = membership.auth_headers(self)
       headers["Content-Type"] = "application/octet-stream"
       local left = math.max(0.1, (deadline - hrtime()) / 1e9)
-      local res, herr = httpc.request {method = "POST", url = "http://" .. addr .. "/internal/kv",
+      local res, herr = httpc.request {method = "POST", url = "http://" .. addr .. "/v1/internal/kv",
                                        headers = headers, body = bytes, timeout = left}
       local body = res and json.decode(res.body)
       if res and res.status == 200 and type(body) == "table" and type(body.index) == "number" then
@@ -475,7 +475,7 @@ function M.install(node)
 
   -- The leader's end of a follower's write: the encoded transaction, checked
   -- and given this node's limits before it is proposed.
-  srv:route("POST", "/internal/kv", function(req, res)
+  srv:route("POST", "/v1/internal/kv", function(req, res)
     if not membership.authorized(node, req, res) then return end
     if not node:is_leader() then return membership.not_leader(node, res) end
     local bytes, msg, code = core.kv_txn_limit(req:body(), node.opts.kv_max_value, node.opts.kv_max_bytes)
@@ -490,7 +490,7 @@ function M.install(node)
     return k
   end
 
-  srv:route("GET", "/kv/*", function(req, res)
+  srv:route("GET", "/v1/kv/*", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local key, q = key_of(req), req.query
     local since = query_index(q, "index")
@@ -531,7 +531,7 @@ function M.install(node)
     return res:json(out)
   end)
 
-  srv:route("PUT", "/kv/*", function(req, res)
+  srv:route("PUT", "/v1/kv/*", function(req, res)
     if not membership.authorized(node, req, res) then return end
     local prev = query_index(req.query, "cas")
     if prev == false then return res:error(400, "BAD_REQUEST", "cas must be a non-negative integer") end
@@ -540,7 +540,7 @@ function M.install(node)
     return res:json({index = index})
   end)
 
-  srv:route("DELETE", "/kv/*", function(req, res)
+  srv:route("DELETE", "/v1/kv/*", function(req, res)
     if not membership.authorized(node, req, res) then return end
     local q = req.query
     local prev = query_index(q, "cas")
@@ -550,8 +550,8 @@ function M.install(node)
     return res:json({index = index})
   end)
 
-  -- GET /kv?prefix=&limit=&after=&keys=1&consistent=1: a sorted listing.
-  srv:route("GET", "/kv", function(req, res)
+  -- GET /v1/kv?prefix=&limit=&after=&keys=1&consistent=1: a sorted listing.
+  srv:route("GET", "/v1/kv", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local q = req.query
     local limit = q.limit and tonumber(q.limit) or 1000
@@ -564,9 +564,9 @@ function M.install(node)
     return res:json({entries = json.array(out), index = info.index, more = info.more})
   end)
 
-  -- POST /kv: a transaction in JSON, {"compares": [{"key", "target", "op",
+  -- POST /v1/kv: a transaction in JSON, {"compares": [{"key", "target", "op",
   -- "value"}], "ops": [{"type", "key", "value" | "value_base64"}]}.
-  srv:route("POST", "/kv", function(req, res)
+  srv:route("POST", "/v1/kv", function(req, res)
     if not membership.authorized(node, req, res) then return end
     local body, jerr = req:json()
     if type(body) ~= "table" then return res:error(400, "BAD_REQUEST", jerr or "body must be a JSON object") end
@@ -590,9 +590,9 @@ function M.install(node)
     return res:json({succeeded = true, index = index})
   end)
 
-  -- GET /watch?prefix=&index=&wait=30s: the changes under prefix after
+  -- GET /v1/watch?prefix=&index=&wait=30s: the changes under prefix after
   -- index, in order, as soon as there are any (or none when the wait ends).
-  srv:route("GET", "/watch", function(req, res)
+  srv:route("GET", "/v1/watch", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
     local q = req.query
     local since = query_index(q, "index")

@@ -30,7 +30,7 @@ def cluster(ck, count=3, env=None):
 
 def kv_url(node, key, **query):
     q = ("?" + urllib.parse.urlencode(query)) if query else ""
-    return node.url + "/kv/" + urllib.parse.quote(key, safe="/") + q
+    return node.url + "/v1/kv/" + urllib.parse.quote(key, safe="/") + q
 
 
 def put(node, key, value, timeout=10, **query):
@@ -59,7 +59,7 @@ def test_writes_through_any_node_are_read_everywhere(ck):
     for n in c.nodes:
         for i in range(3):
             assert value_of(n, "cfg/%d" % i) == "v%d" % i, n.name
-    listing = f2.get_json("/kv?prefix=cfg/&consistent=1")
+    listing = f2.get_json("/v1/kv?prefix=cfg/&consistent=1")
     assert [e["key"] for e in listing["entries"]] == ["cfg/0", "cfg/1", "cfg/2"]
     assert listing["more"] is False
     # KV writes leave the cluster's state (and its ETag) alone.
@@ -94,7 +94,7 @@ def test_a_watch_and_a_blocking_read_see_a_write_on_another_node(ck):
     seen = {}
 
     def watch():
-        seen["watch"] = http_request("GET", watcher.url + "/watch?prefix=jobs/&index=%d&wait=20s" % start,
+        seen["watch"] = http_request("GET", watcher.url + "/v1/watch?prefix=jobs/&index=%d&wait=20s" % start,
                                      timeout=30)
 
     def block():
@@ -136,13 +136,13 @@ def test_no_acknowledged_write_is_lost_when_the_leader_dies(ck):
         wait_for(attempt, what="a write after the failover")
         acked[key] = value
     for n in survivors:
-        listing = n.get_json("/kv?prefix=acked/&consistent=1")
+        listing = n.get_json("/v1/kv?prefix=acked/&consistent=1")
         got = {e["key"]: e["value"] for e in listing["entries"]}
         assert got == acked, n.name
     # The killed node comes back with its data dir and catches up.
     leader.start()
     wait_for(lambda: value_of(leader, "acked/39", consistent=False) == "v39", what="the restarted node to catch up")
-    listing = leader.get_json("/kv?prefix=acked/")
+    listing = leader.get_json("/v1/kv?prefix=acked/")
     assert {e["key"]: e["value"] for e in listing["entries"]} == acked
 
 
@@ -161,27 +161,27 @@ def test_errors_and_binary_values(ck):
     assert put(n, "k", "w", cas="abc").status == 400
     r = put(n, "k", "w", cas=1)
     assert r.status == 409 and r.json()["error"]["code"] == "CONFLICT", r
-    assert http_request("GET", n.url + "/kv/").status == 400
-    assert http_request("GET", n.url + "/watch?prefix=a").status == 400  # no index
-    assert http_request("POST", n.url + "/kv", body=b"{nope", headers=AUTH).status == 400
-    r = http_request("POST", n.url + "/kv", headers=AUTH, body=json.dumps(
+    assert http_request("GET", n.url + "/v1/kv/").status == 400
+    assert http_request("GET", n.url + "/v1/watch?prefix=a").status == 400  # no index
+    assert http_request("POST", n.url + "/v1/kv", body=b"{nope", headers=AUTH).status == 400
+    r = http_request("POST", n.url + "/v1/kv", headers=AUTH, body=json.dumps(
         {"ops": [{"type": "upsert", "key": "k", "value": "v"}]}).encode())
     assert r.status == 400 and r.json()["error"]["code"] == "INVALID", r
     # The internal write path is token-protected too, and refuses garbage.
-    assert http_request("POST", n.url + "/internal/kv", body=b"\x01\x07").status == 401
-    assert http_request("POST", n.url + "/internal/kv", body=b"\x01\x07", headers=AUTH).status == 400
+    assert http_request("POST", n.url + "/v1/internal/kv", body=b"\x01\x07").status == 401
+    assert http_request("POST", n.url + "/v1/internal/kv", body=b"\x01\x07", headers=AUTH).status == 400
     # Binary: raw bytes in and out, value_base64 in JSON.
     blob = bytes(range(156, 256))  # not UTF-8
     assert put(n, "bin", blob).status == 200
     assert get(n, "bin", raw="1").body == blob
     assert base64.b64decode(get(n, "bin").json()["value_base64"]) == blob
-    r = http_request("POST", n.url + "/kv", headers=AUTH, body=json.dumps({
+    r = http_request("POST", n.url + "/v1/kv", headers=AUTH, body=json.dumps({
         "compares": [{"key": "bin", "target": "version", "op": "==", "value": 1}],
         "ops": [{"type": "put", "key": "bin2", "value_base64": base64.b64encode(b"\xff\x00").decode()}],
     }).encode())
     assert r.status == 200 and r.json()["succeeded"] is True, r
     assert get(n, "bin2", raw="1").body == b"\xff\x00"
-    r = http_request("POST", n.url + "/kv", headers=AUTH, body=json.dumps({
+    r = http_request("POST", n.url + "/v1/kv", headers=AUTH, body=json.dumps({
         "compares": [{"key": "bin", "target": "version", "op": "==", "value": 7}], "ops": []}).encode())
     assert r.status == 409 and r.json()["succeeded"] is False, r
     # Restarted, the node has its store (snapshot or log replay).
