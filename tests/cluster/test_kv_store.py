@@ -187,3 +187,109 @@ def test_errors_and_binary_values(ck):
     # Restarted, the node has its store (snapshot or log replay).
     n.restart()
     assert get(n, "bin", raw="1").body == blob
+
+
+# ---------------------------------------------------------------------------
+# Sessions, locks and elections
+# ---------------------------------------------------------------------------
+
+def post_json(node, path, body, timeout=30):
+    return http_request("POST", node.url + path, body=json.dumps(body).encode(), headers=AUTH, timeout=timeout)
+
+
+class KeepAlive(threading.Thread):
+    """Keeps an HTTP session alive (PUT /v1/sessions/<id>) until stopped."""
+
+    def __init__(self, node, sid, period):
+        super().__init__(daemon=True)
+        self.node, self.sid, self.period = node, sid, period
+        self.stop = threading.Event()
+
+    def run(self):
+        for _ in range(10000):
+            if self.stop.wait(self.period):
+                return
+            try:
+                http_request("PUT", self.node.url + "/v1/sessions/%d" % self.sid, body=b"", headers=AUTH, timeout=5)
+            except OSError:
+                pass
+
+
+def test_a_lock_passes_to_the_next_waiter_when_its_holders_keepalives_stop(ck):
+    c = cluster(ck)
+    a, b, observer = c.nodes
+    s1 = post_json(a, "/v1/sessions", {"ttl": "2s"}).json()["id"]
+    s2 = post_json(b, "/v1/sessions", {"ttl": "30s"}).json()["id"]
+    ka = KeepAlive(a, s1, 0.4)
+    ka.start()
+    t1 = post_json(a, "/v1/locks/res", {"session": s1, "value": "a"}).json()["token"]
+    got = {}
+
+    def wait_lock():
+        got["r"] = post_json(b, "/v1/locks/res", {"session": s2, "value": "b", "timeout": "60s"}, timeout=90)
+
+    w = threading.Thread(target=wait_lock)
+    w.start()
+    def waiters():
+        r = http_request("GET", observer.url + "/v1/locks/res")
+        return r.status == 200 and r.json()["waiters"]
+    wait_for(lambda: waiters() == 1, what="the waiter to queue")
+    held = observer.get_json("/v1/locks/res")
+    assert (held["value"], held["token"], held["session"]) == ("a", t1, s1)
+    # Kept alive well past its TTL, the holder keeps the lock. (A fixed time
+    # on purpose: what is tested is that nothing changes during it.)
+    ka.stop.wait(3.0)
+    assert "r" not in got and observer.get_json("/v1/locks/res")["session"] == s1
+    # The holder's keep-alives stop (a paused or dead client): its session
+    # expires, and the waiter gets the lock with a newer fencing token.
+    ka.stop.set()
+    w.join(60)
+    r = got["r"]
+    assert r.status == 200, r
+    assert r.json()["token"] > t1
+    assert observer.get_json("/v1/locks/res")["session"] == s2
+    gone = http_request("PUT", a.url + "/v1/sessions/%d" % s1, body=b"", headers=AUTH)
+    assert gone.status == 404, gone
+    # Release, then nobody holds it.
+    assert http_request("DELETE", b.url + "/v1/locks/res?session=%d" % s2, headers=AUTH).status == 200
+    assert http_request("GET", observer.url + "/v1/locks/res").status == 404
+
+
+APP = """
+local clusterkit = require "clusterkit"
+local ck = clusterkit.new()
+assert(ck:start())
+local state = {}
+ck:route("GET", "/state", function(_, res) return res:json(state) end)
+clusterkit.spawn(function()
+  -- This node's own session: it ends when the cluster marks the node down.
+  local l = assert(ck:lock("job"))
+  state.token = l.token
+  local lead = assert(ck:elect("scheduler"))
+  state.leader_token = lead.token
+end)
+"""
+
+
+def test_a_dead_nodes_lock_and_leadership_go_to_the_next_node(ck, tmp_path):
+    app = tmp_path / "locker.lua"
+    app.write_text(APP)
+    c = Cluster(ck, env={"CLUSTER_TOKEN": TOKEN, "PARTITION_COUNT": "8"}, args=[str(app)])
+    c.start(3)
+    c.wait_converged(members=True)
+    states = lambda: {n.node_id: n.get_json("/state") for n in c.live()}  # noqa: E731
+    first = wait_for(lambda: [i for i, s in states().items() if "leader_token" in s], what="a holder")
+    holder = c.by_id(first[0])
+    token = holder.get_json("/state")["token"]
+    leader_token = holder.get_json("/state")["leader_token"]
+    assert c.nodes[0].get_json("/v1/elections/scheduler")["token"] == leader_token
+    holder.kill9()
+    # Marked down, its session ends: the next contender takes both.
+    nxt = wait_for(lambda: [(i, s) for i, s in states().items() if "token" in s], what="the next holder")
+    (nid, s), = nxt
+    assert nid != holder.node_id
+    assert s["token"] > token
+    wait_for(lambda: "leader_token" in c.by_id(nid).get_json("/state"), what="the next leader")
+    assert c.by_id(nid).get_json("/state")["leader_token"] > leader_token
+    view = c.by_id(nid).get_json("/v1/elections/scheduler")
+    assert view["token"] == c.by_id(nid).get_json("/state")["leader_token"]
