@@ -9,16 +9,16 @@
  * Names
  * ------------------------------------------------------------------------ */
 
-static const char *const status_names[] = {NULL, "active", "suspect", "down", "left"};
+static const char *const status_names[] = {NULL, "active", "suspect", "down", "left", "stopped"};
 
 const char *ck_node_status_name(int status)
 {
-    return status >= CK_NODE_ACTIVE && status <= CK_NODE_LEFT ? status_names[status] : NULL;
+    return status >= CK_NODE_ACTIVE && status <= CK_NODE_STATUS_MAX ? status_names[status] : NULL;
 }
 
 int ck_node_status_from_name(const char *name)
 {
-    for (int i = CK_NODE_ACTIVE; i <= CK_NODE_LEFT; i++) {
+    for (int i = CK_NODE_ACTIVE; i <= CK_NODE_STATUS_MAX; i++) {
         if (strcmp(name, status_names[i]) == 0) {
             return i;
         }
