@@ -90,7 +90,11 @@ function Detector:step(now, term, nodes, voters)
   self.last_step = now
   if last and now - last > self.stall_after then
     self.stalls = self.stalls + 1
-    for id in pairs(since) do since[id] = now end
+    -- A down node keeps its clock: restarting it would read as a fresh
+    -- heartbeat and flap the node back to active.
+    for _, n in ipairs(nodes) do
+      if since[n.id] and n.status ~= "down" then since[n.id] = now end
+    end
     return {}, "stalled"
   end
   self.heard_at[self.self_id], since[self.self_id] = now, now

@@ -77,6 +77,18 @@ describe("the failure detector", function()
     assert.are.equal("down", st.c or "active")
   end)
 
+  it("keeps a node that was down before its loop stalled down", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    _, t = run(d, st, t, t + 2, function() return {"b"} end)
+    assert.are.equal("down", st.c)
+    t = t + 7
+    assert.are.same({}, (d:step(t, 1, nodes(st), VOTERS)))
+    local changes = run(d, st, t + TICK, t + 3, function() return {"b"} end)
+    assert.are.same({}, changes)
+    assert.are.equal("down", st.c)
+  end)
+
   it("holds liveness changes while it has not heard from a quorum of voters", function()
     local d, st = new(), {}
     local _, t = run(d, st, 0, 1, everyone)
