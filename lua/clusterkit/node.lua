@@ -18,6 +18,7 @@ local logm = require "clusterkit.log"
 local placement = require "clusterkit.placement"
 local json = require "clusterkit.json"
 local http = require "clusterkit.http"
+local is_down = require("clusterkit.detector").is_down
 
 local M = {}
 
@@ -655,7 +656,7 @@ local function health_of(v)
     local row = v.pnodes[p]
     if #row == 0 then return "unavailable" end
     for k = 1, #row do
-      if row[k].status == "down" then ok = false end
+      if is_down(row[k].status) then ok = false end
     end
     if #row < want then ok = false end
   end
@@ -675,10 +676,10 @@ function Node:_diff(old, new)
     if not o then
       self:_fire("node_join", {node = n})
     elseif o.status ~= n.status then
-      if n.status == "down" or n.status == "left" then
+      if is_down(n.status) or n.status == "left" then
         self:_fire("node_leave", {node = n, reason = n.status})
-      elseif n.status == "active" and o.status == "down" then
-        self:_fire("node_rejoin", {node = n,
+      elseif n.status == "active" and is_down(o.status) then
+        self:_fire("node_rejoin", {node = n, previous = o.status,
           offline_ms = math.max(0, (n.status_since or 0) - (o.status_since or 0))})
       end
     end
@@ -824,8 +825,9 @@ end
 
 -- The placement for a committed view: returns {rows, ids, owners, stats,
 -- deadline} or nil, reason. `force` ignores maintenance mode. Holders are
--- active/suspect nodes, and down nodes within their grace period, which
--- keep their replica slots but may not lead.
+-- active/suspect nodes, and down or stopped nodes within their grace
+-- period, which keep their replica slots but may not lead (a quick restart
+-- moves nothing, whether after a crash or a planned stop).
 function Node:_placement(raw, force)
   local cfg = {partitions = raw.partitions, replication = raw.replication}
   local now_ms = core.time_ms()
@@ -835,7 +837,7 @@ function Node:_placement(raw, force)
     if n.weight > 0 then
       if n.status == "active" or n.status == "suspect" then
         holders[#holders + 1] = {node = n, lead = true}
-      elseif n.status == "down" and now_ms < n.status_since + grace_ms then
+      elseif is_down(n.status) and now_ms < n.status_since + grace_ms then
         holders[#holders + 1] = {node = n, lead = false}
         local d = n.status_since + grace_ms
         deadline = deadline and math.min(deadline, d) or d
@@ -1417,9 +1419,9 @@ function Node:_handover()
   end
   -- raft_transfer(0) may pick a voter that is down or stopping (it only
   -- looks at the log): choose an active one ourselves.
-  local status, stopping = {}, self._stopping or {}
+  local status, det = {}, self._detector
   for _, n in ipairs(self:_view().nodes) do
-    status[n.raft_id] = not stopping[n.id] and n.status or "stopping"
+    status[n.raft_id] = not det:is_stopping(n.id) and n.status or "stopping"
   end
   -- Prefer a voter raft heard from recently (a stopped node may still
   -- look active in the state for a moment).
@@ -1530,8 +1532,8 @@ function Node:stop()
   if leading and not self._removed then
     self:_handover()
   end
-  -- Tell the leader we are going (best effort, bounded): it marks us down
-  -- at once and never hands leadership to a node that is stopping.
+  -- Tell the leader we are going (best effort, bounded): it commits us
+  -- stopped at once and never hands leadership to a node that is stopping.
   if self._core and not self._core:closed() and not self._removed then
     pcall(require("clusterkit.membership").heartbeat, self, true)
   end
