@@ -1376,7 +1376,6 @@ function Node:_start_ticker()
   local membership = require "clusterkit.membership"
   local t = core.timer()
   self._ticker = t
-  local busy = false
   local ms = self.opts.heartbeat_interval * 1000
   local function tick()
     local c = self._core
@@ -1396,13 +1395,14 @@ function Node:_start_ticker()
     end
   end
   t:start(ms, ms, function()
-    if busy or self.status ~= "running" then return end
-    busy = true
+    if self._tick_busy or self.status ~= "running" then return end
+    self._tick_busy = true
     sched.spawn(function()
       -- Whatever a tick raises, the next one runs: a ticker left busy
       -- would stop failure detection for good.
       local ok, err = xpcall(tick, debug.traceback)
-      busy = false
+      self._tick_busy = false
+      self._cond:signal("ticked")
       if not ok then
         self.log:error("tick: %s", tostring(err))
       end
@@ -1517,6 +1517,24 @@ function Node:_shutdown()
   end, 10)
 end
 
+-- Tells the leader (after a handover: the new one) that this node is
+-- stopping, so that it commits it `stopped` at once instead of suspect and
+-- down, and never hands leadership to it. Best effort and bounded: one
+-- retry when the answer is not the leader's OK (leadership moving).
+function Node:_announce_stop()
+  local membership = require "clusterkit.membership"
+  for _ = 1, 2 do
+    local ok, res, err = pcall(membership.heartbeat, self, true)
+    if not ok then
+      return self.log:warn("announcing the stop failed: %s", tostring(res))
+    end
+    if (res == nil and err == nil) or (res and res.status == 200) then
+      return -- Told, or no other node leads.
+    end
+    sched.sleep(self.opts.heartbeat_interval / 2)
+  end
+end
+
 --- Stops the node gracefully: HTTP server and raft closed, handles freed.
 -- The node keeps its cluster membership (see leave). Returns true.
 function Node:stop()
@@ -1529,13 +1547,15 @@ function Node:stop()
   local leading = self._core and not self._core:closed() and self._core:raft().state == "leader"
   self.status = "stopping"
   self.log:info("stopping")
-  if leading and not self._removed then
-    self:_handover()
-  end
-  -- Tell the leader we are going (best effort, bounded): it commits us
-  -- stopped at once and never hands leadership to a node that is stopping.
-  if self._core and not self._core:closed() and not self._removed then
-    pcall(require("clusterkit.membership").heartbeat, self, true)
+  if not self._removed and self._core and not self._core:closed() then
+    -- A heartbeat still in flight could reach the leader after the stop
+    -- announcement and read as an aborted stop: let the tick end first (a
+    -- heartbeat times out after four intervals).
+    self:_wait_until(function() return not self._tick_busy end, self.opts.heartbeat_interval * 5)
+    if leading then
+      self:_handover()
+    end
+    self:_announce_stop()
   end
   self:_shutdown()
   -- Let the last cluster-state.json write land before we report stopped.
