@@ -17,11 +17,13 @@
 -- * A stalled loop judges nobody. When a step comes much later than the
 --   ticker's interval (the process was stopped, the VM froze, the CPU was
 --   starved), the heartbeats that peers sent meanwhile were never read, so
---   every silence clock restarts and this step changes nothing.
+--   the silence clock of every node in service restarts and this step
+--   changes nothing.
 -- * A leader that has not heard from a quorum of voters recently (within
 --   suspect_after) commits no liveness change that takes a node out of
---   service: it may be the one that is cut off. Recoveries (a node that
---   heartbeats again) are always committed.
+--   service on the strength of silence: it may be the one that is cut off.
+--   Recoveries (a node that heartbeats again) and announced stops are
+--   always committed.
 local M = {}
 
 --- Every committed node status, in the order /metrics lists them.
