@@ -9,16 +9,16 @@
  * Names
  * ------------------------------------------------------------------------ */
 
-static const char *const status_names[] = {NULL, "active", "suspect", "down", "left"};
+static const char *const status_names[] = {NULL, "active", "suspect", "down", "left", "stopped"};
 
 const char *ck_node_status_name(int status)
 {
-    return status >= CK_NODE_ACTIVE && status <= CK_NODE_LEFT ? status_names[status] : NULL;
+    return status >= CK_NODE_ACTIVE && status <= CK_NODE_STATUS_MAX ? status_names[status] : NULL;
 }
 
 int ck_node_status_from_name(const char *name)
 {
-    for (int i = CK_NODE_ACTIVE; i <= CK_NODE_LEFT; i++) {
+    for (int i = CK_NODE_ACTIVE; i <= CK_NODE_STATUS_MAX; i++) {
         if (strcmp(name, status_names[i]) == 0) {
             return i;
         }
@@ -479,11 +479,12 @@ static int apply_node(struct ck_state *s, const struct ck_cmd_node *c, uint64_t 
     return 0;
 }
 
-/* A node that no longer serves ends its sessions (ck_kv.h): locks and
- * elections it held go to the next in line. Suspect is not enough. */
+/* A node that no longer serves (down, stopped on purpose, left) ends its
+ * sessions (ck_kv.h): locks and elections it held go to the next in line.
+ * Suspect is not enough. */
 static bool status_ends_sessions(uint8_t status)
 {
-    return status == CK_NODE_DOWN || status == CK_NODE_LEFT;
+    return status == CK_NODE_DOWN || status == CK_NODE_STOPPED || status == CK_NODE_LEFT;
 }
 
 static int apply_status(struct ck_state *s, const struct ck_cmd_status *c, uint64_t index)

@@ -69,14 +69,19 @@ enum {
 };
 #define CK_FLAGS_KNOWN 1u
 
+/* A node's status (the u8 status of NODE_UPSERT, NODE_STATUS and snapshots).
+ * Values are never renumbered, only appended, so every older encoding stays
+ * readable. (A binary older than a value rejects commands that carry it.) */
 enum ck_node_status {
     CK_NODE_ACTIVE = 1,
     CK_NODE_SUSPECT = 2,
     CK_NODE_DOWN = 3,
     CK_NODE_LEFT = 4,
+    CK_NODE_STOPPED = 5, /* Announced a graceful stop; still a member, serves nothing. */
 };
+#define CK_NODE_STATUS_MAX CK_NODE_STOPPED
 
-/* "active", "suspect", "down", "left", or NULL. */
+/* "active", "suspect", "down", "left", "stopped", or NULL. */
 const char *ck_node_status_name(int status);
 int ck_node_status_from_name(const char *name); /* 0 if unknown. */
 

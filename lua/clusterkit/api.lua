@@ -12,6 +12,7 @@
 local http = require "clusterkit.http"
 local json = require "clusterkit.json"
 local membership = require "clusterkit.membership"
+local detector = require "clusterkit.detector"
 local core = require "clusterkit.core"
 local metrics = require "clusterkit.metrics"
 local procstat = require "clusterkit.procstat"
@@ -392,7 +393,7 @@ function M.metrics(node)
     by[n.status] = (by[n.status] or 0) + 1
   end
   local samples = {}
-  for _, st in ipairs({"active", "suspect", "down", "left"}) do
+  for _, st in ipairs(detector.STATUSES) do
     samples[#samples + 1] = {'{status="' .. st .. '"}', by[st] or 0}
   end
   add("clusterkit_nodes", "Nodes by status.", "gauge", samples)

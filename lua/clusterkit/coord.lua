@@ -3,7 +3,7 @@
 -- A session is a row of the store (runtime/ck_kv.c), created through raft:
 --
 --   * a node's own session (ck:session()) has no TTL: it ends when the
---     cluster marks this node down or left, or removes it (the FSM ends it
+--     cluster marks this node down, stopped or left, or removes it (the FSM ends it
 --     on every node in the same step). A node that starts again first ends
 --     the sessions its earlier process left behind.
 --   * a TTL session (ck:session{ttl = 10}) lives while keep-alives reach a

@@ -6,19 +6,37 @@
 -- fake clock through stalls, partitions and leader changes.
 --
 --   active -> suspect (silent for suspect_after)
---          -> down    (silent for down_after)  -> active on the next heartbeat
+--          -> down    (silent for down_after)     -> active on the next heartbeat
+--   any    -> stopped (it announced a graceful stop) -> active on the next heartbeat
+--
+-- Down and stopped are both out of service (see M.is_down); only the cause
+-- differs, which operators need to tell a crash from a planned stop.
 --
 -- Two rules the first fault campaign taught us:
 --
 -- * A stalled loop judges nobody. When a step comes much later than the
 --   ticker's interval (the process was stopped, the VM froze, the CPU was
 --   starved), the heartbeats that peers sent meanwhile were never read, so
---   every silence clock restarts and this step changes nothing.
+--   the silence clock of every node in service restarts and this step
+--   changes nothing.
 -- * A leader that has not heard from a quorum of voters recently (within
 --   suspect_after) commits no liveness change that takes a node out of
---   service: it may be the one that is cut off. Recoveries (a node that
---   heartbeats again) are always committed.
+--   service on the strength of silence: it may be the one that is cut off.
+--   Recoveries (a node that heartbeats again) and announced stops are
+--   always committed.
 local M = {}
+
+--- Every committed node status, in the order /metrics lists them.
+M.STATUSES = {"active", "suspect", "down", "stopped", "left"}
+
+local OUT = {down = true, stopped = true}
+
+--- True for a member that serves nothing until it heartbeats again (down
+-- or stopped): every rule about dead nodes (failover, voter repair, a
+-- taken id or address) treats both alike.
+function M.is_down(status)
+  return OUT[status] == true
+end
 
 local Detector = {}
 Detector.__index = Detector
@@ -34,6 +52,7 @@ function M.new(o)
     stall_after = o.stall_after or o.suspect_after / 2,
     heard_at = {},  -- id -> time of the last heartbeat actually received
     since = {},     -- id -> start of the current silence (heartbeat or grace)
+    stops = {},     -- id -> raft term in which it announced a graceful stop
     term = nil,
     last_step = nil,
     stalls = 0,     -- steps that found the loop had stalled
@@ -41,16 +60,25 @@ function M.new(o)
   }, Detector)
 end
 
---- A heartbeat from `id` arrived at `now`.
+--- A heartbeat from `id` arrived at `now`. It also cancels a stop that
+-- `id` announced: a node that still heartbeats has not stopped.
 function Detector:heard(id, now)
   self.heard_at[id] = now
   self.since[id] = now
+  self.stops[id] = nil
 end
 
---- `id` said it is stopping: it is down at the next step.
-function Detector:stopping(id, now)
-  self.heard_at[id] = nil
-  self.since[id] = now - self.down_after
+--- `id` announced a graceful stop to this leader, in raft term `term`: it
+-- is stopped at the next step (no silence to wait for).
+function Detector:stopping(id, term)
+  if id == self.self_id then return end -- A leader never announces to itself.
+  self.heard_at[id], self.since[id] = nil, nil
+  self.stops[id] = term
+end
+
+--- True while `id`'s announced stop is not committed yet.
+function Detector:is_stopping(id)
+  return self.stops[id] ~= nil
 end
 
 --- Seconds since `id` was last heard from, or nil if never (by this leader).
@@ -72,51 +100,77 @@ function Detector:has_quorum(now, voters)
 end
 
 --- One step. nodes: list of {id, status}; voters: node ids of raft voters;
--- term: the leader's raft term. Returns a list of {id = , status = } to
--- commit, and a second value: "stalled", "no_quorum" or nil.
+-- term: the leader's raft term. Returns a list of {id = , status = , why = }
+-- to commit (why: for the log), and a second value: "stalled", "no_quorum"
+-- or nil.
 function Detector:step(now, term, nodes, voters)
-  local since = self.since
+  local since, stops = self.since, self.stops
   if term ~= self.term then
     -- A new leader starts with a clean slate: every node that is not
-    -- already down gets a grace period; a down node stays down until it
-    -- heartbeats (no flapping back to active on a leader change).
+    -- already out of service gets a grace period; a down or stopped node
+    -- stays so until it heartbeats (no flapping back to active on a leader
+    -- change). Stops announced to this leader in this term are kept (a
+    -- leader that hands over announces its stop to its successor, maybe
+    -- before the successor's first step); older ones are stale: that node
+    -- may have come back meanwhile, heartbeating to another leader.
     since, self.heard_at = {}, {}
     self.since, self.term = since, term
     for _, n in ipairs(nodes) do
-      if n.status ~= "down" then since[n.id] = now end
+      if not OUT[n.status] then since[n.id] = now end
+    end
+    for id, t in pairs(stops) do
+      if t ~= term then stops[id] = nil end
     end
   end
   local last = self.last_step
   self.last_step = now
   if last and now - last > self.stall_after then
     self.stalls = self.stalls + 1
-    for id in pairs(since) do since[id] = now end
+    -- A down node keeps its clock: restarting it would read as a fresh
+    -- heartbeat and flap the node back to active.
+    for _, n in ipairs(nodes) do
+      if since[n.id] and not OUT[n.status] then since[n.id] = now end
+    end
     return {}, "stalled"
   end
   self.heard_at[self.self_id], since[self.self_id] = now, now
   local quorum = self:has_quorum(now, voters)
   local changes, held = {}, false
   for _, n in ipairs(nodes) do
-    local start = since[n.id]
-    if start == nil and n.status ~= "down" then
-      since[n.id], start = now, now -- Newly seen in the state: grace period.
-    end
-    if n.status ~= "left" and start ~= nil then
-      local age = now - start
-      local want
-      if age >= self.down_after then
-        want = "down"
-      elseif age >= self.suspect_after then
-        want = n.status == "down" and "down" or "suspect"
+    local id, st = n.id, n.status
+    local want, why
+    if stops[id] then
+      if st == "stopped" or st == "left" then
+        -- Committed (or gone): the status remembers it now. No silence
+        -- clock either (a grace period may have started one), or it would
+        -- read as a heartbeat: it stays stopped until it really heartbeats.
+        stops[id], since[id] = nil, nil
       else
-        want = "active"
+        want, why = "stopped", "graceful stop"
       end
-      if want ~= n.status then
-        if want == "active" or quorum then
-          changes[#changes + 1] = {id = n.id, status = want}
+    elseif st ~= "left" then
+      local start = since[id]
+      if start == nil and not OUT[st] then
+        since[id], start = now, now -- Newly seen in the state: grace period.
+      end
+      if start ~= nil then
+        local age = now - start
+        if age < self.suspect_after then
+          want, why = "active", "heartbeat"
         else
-          held = true
+          -- Silence never turns stopped into down: the node said why.
+          want = OUT[st] and st or (age >= self.down_after and "down" or "suspect")
+          why = string.format("silent for %.1fs", age)
         end
+      end
+    end
+    if want and want ~= st then
+      -- A recovery, or a stop the node announced itself, is a fact, not a
+      -- guess from silence: it needs no quorum of voters heard from.
+      if want == "active" or want == "stopped" or quorum then
+        changes[#changes + 1] = {id = id, status = want, why = why}
+      else
+        held = true
       end
     end
   end

@@ -6,12 +6,13 @@
 --
 --   active -> suspect (no heartbeat for suspect_after)
 --          -> down    (none for down_after)      -> active on the next heartbeat
+--   any    -> stopped (it announced a graceful stop) -> active on the next heartbeat
 --
 -- The cluster never removes a node on its own: only ck:leave() (or an
 -- operator) does. Raft roles: up to `voters` voters; the others are
--- standbys that receive the log. When a voter is down and a healthy
--- standby exists, the leader promotes the standby and demotes the dead voter,
--- one raft configuration change at a time.
+-- standbys that receive the log. When a voter is down (or stopped) and a
+-- healthy standby exists, the leader promotes the standby and demotes the
+-- dead voter, one raft configuration change at a time.
 local core = require "clusterkit.core"
 local sched = require "clusterkit.sched"
 local errors = require "clusterkit.errors"
@@ -26,6 +27,7 @@ local M = {}
 
 local hrtime = core.hrtime
 local format = string.format
+local is_down = detector.is_down
 local function now() return hrtime() / 1e9 end
 
 -- ---------------------------------------------------------------------------
@@ -160,9 +162,10 @@ function M.admit(node, info)
     local raft_id = core.raft_id(info.id)
     if cur and cur.raft_addr ~= info.raft_addr then
       -- The same id at a new address replaces the old entry only when the
-      -- old one is down, gone silent past down_after, or has not answered
-      -- raft at its old address for down_after (a node restarted with its
-      -- data at a new address still heartbeats over HTTP under the same id).
+      -- old one is down or stopped, gone silent past down_after, or has not
+      -- answered raft at its old address for down_after (a node restarted
+      -- with its data at a new address still heartbeats over HTTP under the
+      -- same id).
       -- raft's own recent flag is no proof of silence: the leader clears
       -- it every election timeout, so a live node looks silent for up to a
       -- heartbeat, and a duplicate id joining in that moment took over a
@@ -176,14 +179,14 @@ function M.admit(node, info)
       local old = config_entry(node, raft_id)
       local raft_silent = old ~= nil and old.address == cur.raft_addr and old.recent == false
         and M.raft_silence(node, raft_id) > node.opts.down_after
-      if cur.status ~= "down" and cur.status ~= "left" and not silent and not raft_silent then
+      if not is_down(cur.status) and cur.status ~= "left" and not silent and not raft_silent then
         return nil, errors.new("CONFLICT", "node id " .. info.id .. " is taken by a live node at "
           .. cur.raft_addr, {status = 409})
       end
     end
     -- Another id already using this raft address would make raft refuse.
     for _, n in ipairs(v.nodes) do
-      if n.id ~= info.id and n.raft_addr == info.raft_addr and n.status ~= "down" and n.status ~= "left" then
+      if n.id ~= info.id and n.raft_addr == info.raft_addr and not is_down(n.status) and n.status ~= "left" then
         return nil, errors.new("CONFLICT", "raft address " .. info.raft_addr .. " belongs to live node "
           .. n.id, {status = 409})
       end
@@ -296,19 +299,19 @@ end
 -- Leader side: failure detection and role repair (runs every tick)
 -- ---------------------------------------------------------------------------
 
-local function set_status(node, id, status)
+local function set_status(node, id, status, why)
   local ok, msg = node:_propose(core.encode_status(id, status, core.time_ms()))
   if not ok then
     node.log:warn("status %s -> %s not committed: %s", id, status, tostring(msg))
   else
-    node.log:info("node %s is %s", id, status)
+    node.log:info("marked %s %s (%s)", id, status, why)
   end
 end
 
 -- Keeps `voters` live voters: while fewer voters than that are alive
 -- (active or suspect), promote a healthy standby; once enough are alive,
--- demote a voter that is down (it comes back as a standby). A suspect voter
--- is never touched. One raft configuration change per tick.
+-- demote a voter that is down or stopped (it comes back as a standby). A
+-- suspect voter is never touched. One raft configuration change per tick.
 local function repair_roles(node, v)
   local status = {}
   for _, n in ipairs(v.nodes) do
@@ -319,7 +322,7 @@ local function repair_roles(node, v)
     local st = status[s.id]
     if s.role == "voter" then
       total = total + 1
-      if st == "down" or st == "left" then
+      if is_down(st) or st == "left" then
         dead = dead or s
       else
         live = live + 1
@@ -333,7 +336,7 @@ local function repair_roles(node, v)
     node.log:info("promoting standby %s to voter (%d of %d voters alive)", standby.address, live, want)
     with_lock(node, function() return raft_call(node, "assign", standby.id, "voter") end)
   elseif dead and total > want then
-    node.log:info("demoting down voter %s to standby", dead.address)
+    node.log:info("demoting %s voter %s to standby", status[dead.id] or "unknown", dead.address)
     with_lock(node, function() return raft_call(node, "assign", dead.id, "standby") end)
   end
 end
@@ -386,7 +389,7 @@ function M.leader_tick(node)
     end
     node._quorum_warned = why == "no_quorum"
     for _, c in ipairs(changes) do
-      if node:is_leader() then set_status(node, c.id, c.status) end
+      if node:is_leader() then set_status(node, c.id, c.status, c.why) end
     end
     if node:is_leader() then
       repair_roles(node, node:_view())
@@ -406,6 +409,9 @@ end
 -- Every node: heartbeats to the leader, and joining
 -- ---------------------------------------------------------------------------
 
+--- Heartbeats the leader (stopping: announces a graceful stop instead).
+-- Returns httpc's answer (res or nil, err), or nothing when there is no
+-- other node known to lead.
 function M.heartbeat(node, stopping)
   local r = node._core:raft()
   if r.state == "leader" or not r.leader_id then return end
@@ -414,7 +420,7 @@ function M.heartbeat(node, stopping)
     if n.raft_id == r.leader_id then leader = n end
   end
   if not leader then return end
-  httpc.request {
+  return httpc.request {
     method = "POST", url = "http://" .. leader.http_addr .. "/heartbeat",
     headers = auth_headers(node),
     body = '{"id":' .. json.encode(node.id) .. (stopping and ',"stopping":true}' or "}"),
@@ -690,16 +696,13 @@ function M.install(node)
     if not node:_view().by_id[body.id] then
       return res:error(404, "NOT_FOUND", "unknown node " .. body.id)
     end
-    node._stopping = node._stopping or {}
     if body.stopping == true then
       -- A graceful stop: the node is going away now, so take it out of
-      -- handover choices and mark it down without waiting for silence.
-      node._stopping[body.id] = true
-      node._detector:stopping(body.id, now())
+      -- handover choices and commit it stopped without waiting for silence.
+      node._detector:stopping(body.id, node._core:raft().term)
       sched.spawn(M.leader_tick, node)
       return res:json({status = "ok", state_index = node:state_index()})
     end
-    node._stopping[body.id] = nil
     node._detector:heard(body.id, now())
     local n = node:_view().by_id[body.id]
     if n.status ~= "active" and n.status ~= "left" then

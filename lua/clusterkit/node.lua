@@ -21,6 +21,7 @@ local http = require "clusterkit.http"
 local kv = require "clusterkit.kv"
 local coord = require "clusterkit.coord"
 local metrics = require "clusterkit.metrics"
+local is_down = require("clusterkit.detector").is_down
 
 local M = {}
 
@@ -701,7 +702,7 @@ local function health_of(v)
     local row = v.pnodes[p]
     if #row == 0 then return "unavailable" end
     for k = 1, #row do
-      if row[k].status == "down" then ok = false end
+      if is_down(row[k].status) then ok = false end
     end
     if #row < want then ok = false end
   end
@@ -725,10 +726,10 @@ function Node:_diff(old, new)
     elseif o.status ~= n.status then
       local kind = n.status == "left" and "leave" or "status"
       changes[kind] = changes[kind] + 1
-      if n.status == "down" or n.status == "left" then
+      if is_down(n.status) or n.status == "left" then
         self:_fire("node_leave", {node = n, reason = n.status})
-      elseif n.status == "active" and o.status == "down" then
-        self:_fire("node_rejoin", {node = n,
+      elseif n.status == "active" and is_down(o.status) then
+        self:_fire("node_rejoin", {node = n, previous = o.status,
           offline_ms = math.max(0, (n.status_since or 0) - (o.status_since or 0))})
       end
     end
@@ -875,8 +876,9 @@ end
 
 -- The placement for a committed view: returns {rows, ids, owners, stats,
 -- deadline} or nil, reason. `force` ignores maintenance mode. Holders are
--- active/suspect nodes, and down nodes within their grace period, which
--- keep their replica slots but may not lead.
+-- active/suspect nodes, and down or stopped nodes within their grace
+-- period, which keep their replica slots but may not lead (a quick restart
+-- moves nothing, whether after a crash or a planned stop).
 function Node:_placement(raw, force)
   local cfg = {partitions = raw.partitions, replication = raw.replication}
   local now_ms = core.time_ms()
@@ -886,7 +888,7 @@ function Node:_placement(raw, force)
     if n.weight > 0 then
       if n.status == "active" or n.status == "suspect" then
         holders[#holders + 1] = {node = n, lead = true}
-      elseif n.status == "down" and now_ms < n.status_since + grace_ms then
+      elseif is_down(n.status) and now_ms < n.status_since + grace_ms then
         holders[#holders + 1] = {node = n, lead = false}
         local d = n.status_since + grace_ms
         deadline = deadline and math.min(deadline, d) or d
@@ -1430,7 +1432,6 @@ function Node:_start_ticker()
   local membership = require "clusterkit.membership"
   local t = core.timer()
   self._ticker = t
-  local busy = false
   local ms = self.opts.heartbeat_interval * 1000
   local function tick()
     local c = self._core
@@ -1451,13 +1452,14 @@ function Node:_start_ticker()
     end
   end
   t:start(ms, ms, function()
-    if busy or self.status ~= "running" then return end
-    busy = true
+    if self._tick_busy or self.status ~= "running" then return end
+    self._tick_busy = true
     sched.spawn(function()
       -- Whatever a tick raises, the next one runs: a ticker left busy
       -- would stop failure detection for good.
       local ok, err = xpcall(tick, debug.traceback)
-      busy = false
+      self._tick_busy = false
+      self._cond:signal("ticked")
       if not ok then
         self.log:error("tick: %s", tostring(err))
       end
@@ -1474,9 +1476,9 @@ function Node:_handover()
   end
   -- raft_transfer(0) may pick a voter that is down or stopping (it only
   -- looks at the log): choose an active one ourselves.
-  local status, stopping = {}, self._stopping or {}
+  local status, det = {}, self._detector
   for _, n in ipairs(self:_view().nodes) do
-    status[n.raft_id] = not stopping[n.id] and n.status or "stopping"
+    status[n.raft_id] = not det:is_stopping(n.id) and n.status or "stopping"
   end
   -- Prefer a voter raft heard from recently (a stopped node may still
   -- look active in the state for a moment).
@@ -1572,6 +1574,24 @@ function Node:_shutdown()
   end, 10)
 end
 
+-- Tells the leader (after a handover: the new one) that this node is
+-- stopping, so that it commits it `stopped` at once instead of suspect and
+-- down, and never hands leadership to it. Best effort and bounded: one
+-- retry when the answer is not the leader's OK (leadership moving).
+function Node:_announce_stop()
+  local membership = require "clusterkit.membership"
+  for _ = 1, 2 do
+    local ok, res, err = pcall(membership.heartbeat, self, true)
+    if not ok then
+      return self.log:warn("announcing the stop failed: %s", tostring(res))
+    end
+    if (res == nil and err == nil) or (res and res.status == 200) then
+      return -- Told, or no other node leads.
+    end
+    sched.sleep(self.opts.heartbeat_interval / 2)
+  end
+end
+
 --- Stops the node gracefully: HTTP server and raft closed, handles freed.
 -- The node keeps its cluster membership (see leave). Returns true.
 function Node:stop()
@@ -1584,13 +1604,15 @@ function Node:stop()
   local leading = self._core and not self._core:closed() and self._core:raft().state == "leader"
   self.status = "stopping"
   self.log:info("stopping")
-  if leading and not self._removed then
-    self:_handover()
-  end
-  -- Tell the leader we are going (best effort, bounded): it marks us down
-  -- at once and never hands leadership to a node that is stopping.
-  if self._core and not self._core:closed() and not self._removed then
-    pcall(require("clusterkit.membership").heartbeat, self, true)
+  if not self._removed and self._core and not self._core:closed() then
+    -- A heartbeat still in flight could reach the leader after the stop
+    -- announcement and read as an aborted stop: let the tick end first (a
+    -- heartbeat times out after four intervals).
+    self:_wait_until(function() return not self._tick_busy end, self.opts.heartbeat_interval * 5)
+    if leading then
+      self:_handover()
+    end
+    self:_announce_stop()
   end
   self:_shutdown()
   -- Let the last cluster-state.json write land before we report stopped.

@@ -128,7 +128,7 @@ def test_plain_luajit_sighup_handler_runs_and_node_keeps_serving(ck):
 
 @needs_luajit
 def test_plain_luajit_leader_hands_over_on_sigterm(ck):
-    """SIGTERM to a plain luajit leader of three nodes hands leadership over before it stops: the others keep a leader and mark it down."""
+    """SIGTERM to a plain luajit leader of three nodes hands leadership over before it stops: the others keep a leader and mark it stopped."""
     env = dict(FAST_ENV, BOOTSTRAP="true")
     lead = luajit_node(ck, "plain", SERVE, env=env)
     others = [ck.node("n%d" % i, env=dict(FAST_ENV, JOIN_ADDR=lead.http_addr)) for i in (2, 3)]
@@ -145,8 +145,8 @@ def test_plain_luajit_leader_hands_over_on_sigterm(ck):
     new = wait_for(lambda: leader_of(others[0]) in ("n2", "n3") and leader_of(others[0]) == leader_of(others[1])
                    and leader_of(others[0]), what="a new leader both survivors agree on")
     assert new in ("n2", "n3")
-    wait_for(lambda: all((node_statuses(o) or {}).get("plain") == "down" for o in others),
-             what="the stopped node marked down")
+    wait_for(lambda: all((node_statuses(o) or {}).get("plain") == "stopped" for o in others),
+             what="the stopped node marked stopped")
 
 
 @needs_luajit

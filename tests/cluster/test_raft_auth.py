@@ -42,7 +42,8 @@ def test_wrong_token_member_never_votes_or_leads(ck):
     """A member restarted with the same data dir and a different token stays
     cut off from raft: it never leads, never learns a leader, never gets a
     vote (its term never moves), even across an election; the healthy nodes
-    keep a leader among themselves, stay active, and mark it down."""
+    keep a leader among themselves, stay active, and keep it out of service
+    (stopped: its graceful stop was the last they heard from it)."""
     c = Cluster(ck, env={"CLUSTER_TOKEN": TOKEN})
     c.start(3)
     c.wait_converged(members=True)
@@ -58,13 +59,13 @@ def test_wrong_token_member_never_votes_or_leads(ck):
     first = wait_for(w.look, what="the restarted member to answer HTTP")
     term0 = first["term"]
 
-    def campaigned_and_down():
+    def campaigned_and_out():
         w.look()
         if w.leaders:
             return True  # Raft let it in: the assertions below say so.
         return (logged(victim, r"raft handshake with \S+ refused: the peer does not know the cluster token")
-                and all(node_statuses(n).get(victim.node_id) == "down" for n in healthy))
-    wait_for(campaigned_and_down, what="the wrong-token member to campaign (refused) and be marked down")
+                and all(node_statuses(n).get(victim.node_id) == "stopped" for n in healthy))
+    wait_for(campaigned_and_out, what="the wrong-token member to campaign (refused) and stay stopped")
 
     # An election: the old leader stops and comes back. With raft open to it,
     # the wrong-token member could vote, or win, while the leader is away.
@@ -84,7 +85,7 @@ def test_wrong_token_member_never_votes_or_leads(ck):
             return None
         if any(s.get(n.node_id) != "active" for s in st for n in healthy):
             return None
-        if any(s.get(victim.node_id) != "down" for s in st):
+        if any(s.get(victim.node_id) != "stopped" for s in st):
             return None
         return a
     agreed = wait_for(healthy_again, what="the healthy nodes to agree on a leader, all active")

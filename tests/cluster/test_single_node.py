@@ -252,6 +252,7 @@ def test_metrics(ck):
     assert "clusterkit_raft_term %d" % term in lines
     assert 'clusterkit_nodes{status="active"} 1' in lines
     assert 'clusterkit_nodes{status="down"} 0' in lines
+    assert 'clusterkit_nodes{status="stopped"} 0' in lines
     assert 'clusterkit_partitions{node="node-1",role="primary"} %d' % DEFAULT_PARTITIONS in lines
     sample = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"'
                         r'(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})? -?[0-9.e+]+')

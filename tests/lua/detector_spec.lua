@@ -25,7 +25,7 @@ local function run(d, st, t, t_end, beats)
     for _, id in ipairs(beats(t)) do d:heard(id, t) end
     for _, c in ipairs((d:step(t, 1, nodes(st), VOTERS))) do
       st[c.id] = c.status
-      seen[#seen + 1] = {t = t, id = c.id, status = c.status}
+      seen[#seen + 1] = {t = t, id = c.id, status = c.status, why = c.why}
     end
     t = t + TICK
   end
@@ -77,6 +77,18 @@ describe("the failure detector", function()
     assert.are.equal("down", st.c or "active")
   end)
 
+  it("keeps a node that was down before its loop stalled down", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    _, t = run(d, st, t, t + 2, function() return {"b"} end)
+    assert.are.equal("down", st.c)
+    t = t + 7
+    assert.are.same({}, (d:step(t, 1, nodes(st), VOTERS)))
+    local changes = run(d, st, t + TICK, t + 3, function() return {"b"} end)
+    assert.are.same({}, changes)
+    assert.are.equal("down", st.c)
+  end)
+
   it("holds liveness changes while it has not heard from a quorum of voters", function()
     local d, st = new(), {}
     local _, t = run(d, st, 0, 1, everyone)
@@ -97,7 +109,7 @@ describe("the failure detector", function()
     d:step(0, 1, nodes(st), VOTERS)
     d:heard("b", 0.1)
     local changes = d:step(0.2, 1, nodes(st), {"a", "b", "c", "d", "e"})
-    assert.are.same({{id = "b", status = "active"}}, changes)
+    assert.are.same({{id = "b", status = "active", why = "heartbeat"}}, changes)
   end)
 
   it("gives every node a grace period in a new term, but keeps down nodes down", function()
@@ -113,11 +125,96 @@ describe("the failure detector", function()
     assert.is_nil(d:silence("c", 11.2))
   end)
 
-  it("marks a node that says it is stopping down at once", function()
+  it("marks a node that announced a graceful stop stopped at once, never down while it is away", function()
     local d, st = new(), {}
     local _, t = run(d, st, 0, 1, everyone)
-    d:stopping("c", t)
+    d:stopping("c", 1)
+    assert.is_true(d:is_stopping("c"))
     local changes = d:step(t, 1, nodes(st), VOTERS)
-    assert.are.same({{id = "c", status = "down"}}, changes)
+    assert.are.same({{id = "c", status = "stopped", why = "graceful stop"}}, changes)
+    st.c = "stopped"
+    -- Silent for long after, through a stall and a new term: still stopped.
+    changes, t = run(d, st, t + TICK, t + 5, function() return {"b"} end)
+    assert.are.same({}, changes)
+    assert.is_false(d:is_stopping("c"))
+    t = t + 7
+    d:step(t, 1, nodes(st), VOTERS)
+    changes, t = run(d, st, t + TICK, t + 3, function() return {"b"} end)
+    assert.are.same({}, changes)
+    assert.are.same({}, (d:step(t, 2, nodes(st), VOTERS)))
+    changes, t = run(d, st, t + TICK, t + 3, function() return {"b"} end)
+    assert.are.same({}, changes)
+    -- Started again: its first heartbeat makes it active.
+    d:heard("c", t)
+    assert.are.same({{id = "c", status = "active", why = "heartbeat"}}, (d:step(t, 1, nodes(st), VOTERS)))
+  end)
+
+  it("commits an announced stop without a quorum of voters heard from", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    _, t = run(d, st, t, t + 1.2, function() return {} end)
+    assert.is_true(d.held > 0)
+    d:stopping("b", 1)
+    local changes = d:step(t, 1, nodes(st), VOTERS)
+    assert.are.same({{id = "b", status = "stopped", why = "graceful stop"}}, changes)
+  end)
+
+  it("does not keep a node stopped that still heartbeats after announcing its stop", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    -- Before the stop was committed: it is never marked stopped.
+    d:stopping("c", 1)
+    d:heard("c", t)
+    local changes = run(d, st, t, t + 2, everyone)
+    assert.are.same({}, changes)
+    -- After: the next heartbeat makes it active again.
+    d:stopping("c", 1)
+    changes, t = run(d, st, t + 2, t + 2, function() return {"b"} end)
+    assert.are.same("stopped", changes[1].status)
+    d:heard("c", t)
+    assert.are.same({{id = "c", status = "active", why = "heartbeat"}}, (d:step(t, 1, nodes(st), VOTERS)))
+  end)
+
+  it("keeps a stop announced to a new leader before its first step, and drops one from an older term", function()
+    -- The old leader hands over, then announces its stop to the successor
+    -- (term 5), whose detector has not stepped in term 5 yet.
+    local d, st = new(), {}
+    d:stopping("c", 5)
+    assert.are.same({{id = "c", status = "stopped", why = "graceful stop"}}, (d:step(10, 5, nodes(st), VOTERS)))
+    st.c = "stopped"
+    for t = 10.2, 13, TICK do
+      d:heard("b", t)
+      assert.are.same({}, (d:step(t, 5, nodes(st), VOTERS)))
+    end
+    -- A stop announced while leading in term 5, not committed, then leading
+    -- again in term 9: the node may have come back meanwhile, heartbeating
+    -- to another leader, so it gets a grace period and is judged by silence.
+    d, st = new(), {}
+    d:step(10, 5, nodes(st), VOTERS)
+    d:stopping("c", 5)
+    local seen = {}
+    for t = 20, 22, TICK do
+      d:heard("b", t)
+      for _, c in ipairs((d:step(t, 9, nodes(st), VOTERS))) do
+        st[c.id] = c.status
+        seen[#seen + 1] = c.status
+      end
+    end
+    assert.are.same({"suspect", "down"}, seen)
+  end)
+
+  it("ignores a stop announced in its own name", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    d:stopping("a", 1)
+    assert.are.same({}, (d:step(t, 1, nodes(st), VOTERS)))
+  end)
+
+  it("says why it marks a node down", function()
+    local d, st = new(), {}
+    local _, t = run(d, st, 0, 1, everyone)
+    local changes = run(d, st, t, t + 2, function() return {"b"} end)
+    assert.are.equal("down", changes[2].status)
+    assert.truthy(changes[2].why:match("^silent for %d+%.%ds$"), changes[2].why)
   end)
 end)

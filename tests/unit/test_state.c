@@ -664,13 +664,13 @@ static void test_decode_rejects_init_ranges(void **state)
     }
 }
 
-/* NODE_UPSERT and NODE_STATUS accept only the four known statuses, and a node
+/* NODE_UPSERT and NODE_STATUS accept only the five known statuses, and a node
  * has at most CK_MAX_SERVICES services. */
 static void test_decode_rejects_unknown_status(void **state)
 {
     (void)state;
     for (int st = 0; st < 256; st++) {
-        int want = st >= CK_NODE_ACTIVE && st <= CK_NODE_LEFT ? 0 : CK_EINVAL;
+        int want = st >= CK_NODE_ACTIVE && st <= CK_NODE_STOPPED ? 0 : CK_EINVAL;
         assert_int_equal(decode_free(enc_node("n", 1, (uint8_t)st, 1)), want);
         assert_int_equal(decode_free(enc_status("n", (uint8_t)st, 1)), want);
     }
@@ -899,6 +899,30 @@ static void test_apply_node_raft_id_conflict(void **state)
     ck_state_free(&s);
 }
 
+/* A status's byte in a command never changes: NODE_STATUS entries written
+ * before "stopped" existed (bytes 1..4) still decode to the same statuses,
+ * and "stopped" is the new byte 5. */
+static void test_status_bytes_are_stable(void **state)
+{
+    static const char *const names[] = {NULL, "active", "suspect", "down", "left", "stopped"};
+    /* version 1, NODE_STATUS, id "n" (u32 length 1), status, time_ms 7. */
+    uint8_t bytes[] = {1, 3, 1, 0, 0, 0, 'n', 0, 7, 0, 0, 0, 0, 0, 0, 0};
+    struct ck_cmd c;
+
+    (void)state;
+    for (uint8_t st = 1; st <= 5; st++) {
+        bytes[7] = st;
+        assert_int_equal(ck_cmd_decode(&c, bytes, sizeof bytes), 0);
+        assert_int_equal(c.status.status, st);
+        assert_string_equal(ck_node_status_name(st), names[st]);
+        assert_int_equal(ck_node_status_from_name(names[st]), st);
+        ck_cmd_free(&c);
+    }
+    assert_int_equal(CK_NODE_STOPPED, 5);
+    assert_null(ck_node_status_name(6));
+    assert_int_equal(ck_node_status_from_name("stopping"), 0);
+}
+
 /* NODE_STATUS on an unknown node is CK_ENOTFOUND and changes nothing; on a
  * known one it sets the status and moves status_since only on a change. */
 static void test_apply_node_status(void **state)
@@ -923,6 +947,9 @@ static void test_apply_node_status(void **state)
     assert_int_equal(apply(&s, enc_status("a", CK_NODE_DOWN, 500), 5), 0);
     assert_int_equal(s.nodes[0].status_since_ms, 400);
     assert_int_equal(s.index, 5);
+    assert_int_equal(apply(&s, enc_status("a", CK_NODE_STOPPED, 600), 6), 0);
+    assert_int_equal(s.nodes[0].status, CK_NODE_STOPPED);
+    assert_int_equal(s.nodes[0].status_since_ms, 600);
     ck_state_free(&s);
 }
 
@@ -1243,6 +1270,7 @@ static void build_rich(struct ck_state *s)
     assert_int_equal(apply(s, enc_node_svc("node-d", 104, 3), i++), 0);
     assert_int_equal(apply(s, enc_node_svc("node-x", 0, 0), i++), 0);
     assert_int_equal(apply(s, enc_status("node-b", CK_NODE_SUSPECT, 5555), i++), 0);
+    assert_int_equal(apply(s, enc_status("node-c", CK_NODE_STOPPED, 6666), i++), 0);
     uint16_t t1[] = {1, 2, 3, 2, 3, 0, 3, 0, 1, 0, 1, 2, 1, E, E, E, E, E};
     assert_int_equal(apply(s, enc_table(6, 3, ids, 4, t1), i++), 0);
     uint16_t t2[] = {1, 3, 2, 2, 3, 1, 3, 0, 1, 0, 2, E, 1, E, E, E, E, E};
@@ -1787,6 +1815,7 @@ int main(void)
         cmocka_unit_test(test_apply_second_init_rejected),
         cmocka_unit_test(test_apply_node_upsert),
         cmocka_unit_test(test_apply_node_raft_id_conflict),
+        cmocka_unit_test(test_status_bytes_are_stable),
         cmocka_unit_test(test_apply_node_status),
         cmocka_unit_test(test_apply_table_rejected),
         cmocka_unit_test(test_apply_table_duplicate_ids_rejected),
