@@ -43,7 +43,9 @@ local spec = {
   access_log         = {"ACCESS_LOG", "boolean", false},
   kv_max_value       = {"KV_MAX_VALUE", "integer", 1048576, 0, 16777216},
   kv_max_bytes       = {"KV_MAX_BYTES", "integer", 67108864, 0, 1099511627776},
-  max_body_size      = {"MAX_BODY_SIZE", "integer", 1048576, 0, 1073741824},
+  -- 1 MiB + 64 KiB: room for a KV write of kv_max_value (1 MiB) forwarded
+  -- from a follower with its framing.
+  max_body_size      = {"MAX_BODY_SIZE", "integer", 1114112, 0, 1073741824},
   max_header_size    = {"MAX_HEADER_SIZE", "integer", 16384, 256, 1048576},
   max_connections    = {"MAX_CONNECTIONS", "integer", 1024, 1, 1000000},
   header_timeout     = {"HEADER_TIMEOUT", "duration", 10},

@@ -453,10 +453,7 @@ end
 function Server:listen(host, port)
   local o = self.node.opts
   self.c = core.http_server({
-    -- A KV write carries a value of up to kv_max_value (and a forwarded
-    -- transaction a little more): the body limit makes room for it.
-    max_header_size = o.max_header_size,
-    max_body_size = math.max(o.max_body_size, (o.kv_max_value or 0) + 65536),
+    max_header_size = o.max_header_size, max_body_size = o.max_body_size,
     max_connections = o.max_connections,
     header_timeout_ms = o.header_timeout * 1000, body_timeout_ms = o.body_timeout * 1000,
     idle_timeout_ms = o.idle_timeout * 1000,

@@ -252,7 +252,9 @@ def test_a_lock_passes_to_the_next_waiter_when_its_holders_keepalives_stop(ck):
     assert gone.status == 404, gone
     # Release, then nobody holds it.
     assert http_request("DELETE", b.url + "/v1/locks/res?session=%d" % s2, headers=AUTH).status == 200
-    assert http_request("GET", observer.url + "/v1/locks/res").status == 404
+    assert http_request("GET", b.url + "/v1/locks/res").status == 404  # read your writes there
+    wait_for(lambda: http_request("GET", observer.url + "/v1/locks/res").status == 404,
+             what="the observer to apply the release")
 
 
 APP = """
