@@ -23,7 +23,7 @@ PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev n
             clang libclang-rt-14-dev iptables iproute2 chromium chromium-driver
 
 # The peers the benchmarks run beside clusterkit in the same run (make bench).
-BENCH_PACKAGES := wrk nginx-light
+BENCH_PACKAGES := wrk nginx-light etcd-server
 
 .PHONY: all deps bench-deps build demo test test-faults test-asan test-openresty bench lint clean
 
