@@ -303,6 +303,46 @@ static void test_counters(void **state)
     assert_int_equal(b.apply->count, applied_b + 1);
 }
 
+static uint64_t flush_index; /* The proposal's raft index, for the predicates below. */
+
+static bool leader_appended_barrier(void)
+{
+    struct ck_raft_info i;
+    ck_node_raft_info(F->p[0].node, &i);
+    return i.last_index > flush_index;
+}
+
+static bool barrier_committed(void)
+{
+    struct ck_raft_info a, b;
+    ck_node_raft_info(F->p[0].node, &a);
+    ck_node_raft_info(F->p[1].node, &b);
+    return a.commit_index > flush_index && b.last_applied >= flush_index;
+}
+
+/* After the leader applies entries it appends one barrier, whose
+ * replication tells the follower the new commit index at once (raft 0.15
+ * would wait for its next heartbeat); the barrier applies nothing, so it
+ * asks for no other one. */
+static void test_commit_is_flushed_to_followers(void **state)
+{
+    (void)state;
+    propose_flags();
+    assert_true(run_until(all_done));
+    assert_int_equal(F->last_status, 0);
+    struct ck_raft_info i;
+    ck_node_raft_info(F->p[0].node, &i);
+    flush_index = i.last_applied; /* The proposal was the last entry applied. */
+    assert_true(run_until(leader_appended_barrier));
+    assert_true(run_until(barrier_committed));
+    /* Once the barrier is committed and applied, nothing follows it. */
+    for (int k = 0; k < 50; k++) {
+        uv_run(&F->loop, UV_RUN_NOWAIT);
+    }
+    ck_node_raft_info(F->p[0].node, &i);
+    assert_int_equal(i.last_index, flush_index + 1);
+}
+
 /* A leader that loses its quorum with proposals pending fails them with
  * CK_ENOTLEADER; proposing again from those callbacks is refused cleanly
  * (raft has stepped down by then) instead of re-entering raft. */
@@ -351,6 +391,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_callback_after_applied_event, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_is_flushed_to_followers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stepdown_with_pending_proposals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_cancels_pending, setup, teardown),
     };
