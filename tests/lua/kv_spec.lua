@@ -148,6 +148,25 @@ describe("kv", function()
     assert.are.equal(1, #items)
   end)
 
+  it("serves concurrent consistent reads with shared barriers, not one each", function()
+    assert(node:kv_put("shared", "v"))
+    local before = node._core:raft().last_index
+    local done = 0
+    for _ = 1, 50 do
+      sched.spawn(function()
+        local e = assert(node:kv_get("shared", {consistent = true}))
+        assert(e.value == "v")
+        done = done + 1
+      end)
+    end
+    local deadline = os.time() + 10
+    while done < 50 and os.time() < deadline do clusterkit.sleep(0.01) end
+    assert.are.equal(50, done)
+    -- Two rounds (the first read's, then one for the 49 that came during
+    -- it), each an empty transaction and the leader's commit flush.
+    assert.is_true(node._core:raft().last_index - before <= 6)
+  end)
+
   it("watches a prefix: every change after an index, in order", function()
     local start = node:kv_info().index
     local got
