@@ -36,6 +36,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     }
     *result = (void *)(intptr_t)rv;
     f->applied++;
+    f->log_bytes += buf->len;
     if (rv != 0) {
         f->rejected++;
     } else if (buf->len > 1 && ((const uint8_t *)buf->base)[1] == CK_CMD_KV_TXN) {
@@ -72,6 +73,8 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
     memcpy(base, w.p, w.len);
     b->base = base;
     b->len = w.len;
+    f->snapshot_bytes = w.len;
+    f->log_bytes = 0;
     ck_wbuf_free(&w);
     *bufs = b;
     *n_bufs = 1;
@@ -85,6 +88,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
     if (rv != 0) {
         return rv == CK_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT; /* raft frees buf. */
     }
+    f->snapshot_bytes = buf->len;
+    f->log_bytes = 0;
     raft_free(buf->base); /* Ours on success. */
     if (f->on_change != NULL) {
         f->on_change(f);

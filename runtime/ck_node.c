@@ -59,6 +59,7 @@ struct ck_node {
      * flush, and the barrier in flight. */
     bool applied_since_flush, flush_inflight;
     struct raft_barrier flush_req;
+    unsigned snapshot_threshold_set; /* What raft was last told (node_tune_snapshots). */
     int seen_state;
     uint64_t seen_term, seen_leader, seen_conf_index;
     char errmsg[512];
@@ -151,6 +152,31 @@ static void node_on_flush(struct raft_barrier *req, int status)
     n->flush_inflight = false;
 }
 
+/* When to snapshot: raft counts entries only. A snapshot writes the whole
+ * state (the KV store included), so taking one every 1024 entries, as this
+ * node once did, stalled writes for 30-45 ms twice every 0.4 s under a
+ * steady load of small puts (p99 35 ms at one client). Now every
+ * snapshot_threshold entries (8192), or sooner when the entries applied
+ * since the last snapshot add up to more than twice its size (at least
+ * 8 MiB): that bounds the log raft keeps in memory and replays at start,
+ * and writing a snapshot of S bytes costs at most half the log it
+ * replaces. */
+static void node_tune_snapshots(struct ck_node *n)
+{
+    if (!n->raft_inited || n->closing) {
+        return;
+    }
+    uint64_t limit = 2 * n->f.snapshot_bytes;
+    if (limit < 8u << 20) {
+        limit = 8u << 20;
+    }
+    unsigned want = n->f.log_bytes >= limit ? 1 : n->opts.snapshot_threshold;
+    if (want != n->snapshot_threshold_set) {
+        raft_set_snapshot_threshold(&n->raft, want);
+        n->snapshot_threshold_set = want;
+    }
+}
+
 /* raft 0.15 tells followers the new commit index only in its next
  * AppendEntries, and the leader sends one for a commit only at its next
  * heartbeat: measured, a follower applied a committed write 80-100 ms late
@@ -194,6 +220,7 @@ static void node_on_notify(uv_timer_t *t)
         n->cb(n, CK_NODE_EV_KV);
     }
     node_flush_commit(n);
+    node_tune_snapshots(n);
     node_deliver(n);
     if (n->failed && !n->failed_reported && !n->closing) {
         n->failed_reported = true;
@@ -390,8 +417,8 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     if (n->opts.election_timeout_ms == 0) n->opts.election_timeout_ms = 300;
     if (n->opts.heartbeat_timeout_ms == 0) n->opts.heartbeat_timeout_ms = 50;
     if (n->opts.watch_interval_ms == 0) n->opts.watch_interval_ms = 20;
-    if (n->opts.segment_size == 0) n->opts.segment_size = 256 * 1024;
-    if (n->opts.snapshot_threshold == 0) n->opts.snapshot_threshold = 1024;
+    if (n->opts.segment_size == 0) n->opts.segment_size = 1024 * 1024;
+    if (n->opts.snapshot_threshold == 0) n->opts.snapshot_threshold = 8192;
     if (n->opts.snapshot_trailing == 0) n->opts.snapshot_trailing = 128;
     size_t dlen = strlen(o->data_dir ? o->data_dir : ".") + sizeof "/raft";
     n->dir = malloc(dlen);
@@ -554,6 +581,7 @@ int ck_node_start(struct ck_node *n)
     raft_set_heartbeat_timeout(&n->raft, n->opts.heartbeat_timeout_ms);
     raft_set_pre_vote(&n->raft, true);
     raft_set_snapshot_threshold(&n->raft, n->opts.snapshot_threshold);
+    n->snapshot_threshold_set = n->opts.snapshot_threshold;
     raft_set_snapshot_trailing(&n->raft, n->opts.snapshot_trailing);
 
     if (n->opts.bootstrap) {

@@ -92,8 +92,9 @@ struct ck_node_options {
     unsigned election_timeout_ms;    /* Default 300. */
     unsigned heartbeat_timeout_ms;   /* Default 50. */
     unsigned watch_interval_ms;      /* Raft role/leader polling. Default 20. */
-    size_t segment_size;             /* Preallocated segment bytes. Default 256 KiB. */
-    unsigned snapshot_threshold;     /* Default 1024. */
+    size_t segment_size;             /* Preallocated segment bytes. Default 1 MiB (each rollover costs a pause of tens of ms; raft keeps 3 prepared). */
+    unsigned snapshot_threshold;     /* Entries between snapshots, default 8192; sooner by
+                                      * bytes, see node_tune_snapshots in ck_node.c. */
     unsigned snapshot_trailing;      /* Default 128. */
 };
 
