@@ -692,6 +692,57 @@ def bench_watch(cluster, node, prefix):
     return xs, missed
 
 
+LOCK_ROUNDS = int(os.environ.get("LOCK_ROUNDS", "50"))
+
+
+def bench_locks(cluster):
+    """clusterkit only: uncontended acquire+release on the leader, and the
+    handoff to a waiter on another node (release sent -> the waiter's grant
+    received). Returns (acquire+release seconds, handoff seconds)."""
+    def call(node, method, path, body=None, timeout=HTTP_TIMEOUT):
+        st, data = request(node.http_port, method, path, body=json.dumps(body).encode() if body else None,
+                           timeout=timeout)
+        return st, data if isinstance(data, dict) else {}
+
+    st, s1 = call(cluster.leader, "POST", CK_API + "/sessions", {"ttl": "60s"})
+    st2, s2 = call(cluster.follower, "POST", CK_API + "/sessions", {"ttl": "60s"})
+    if st != 200 or st2 != 200:
+        raise BenchError("sessions: %d %d" % (st, st2))
+    s1, s2 = s1["id"], s2["id"]
+    solo = []
+    for _ in range(LOCK_ROUNDS * 2):
+        t0 = time.perf_counter()
+        st, _ = call(cluster.leader, "POST", CK_API + "/locks/solo", {"session": s1})
+        st2, _ = call(cluster.leader, "DELETE", CK_API + "/locks/solo?session=%d" % s1)
+        if st != 200 or st2 != 200:
+            raise BenchError("lock/unlock answered %d/%d" % (st, st2))
+        solo.append(time.perf_counter() - t0)
+    handoff = []
+    for r in range(LOCK_ROUNDS):
+        st, _ = call(cluster.leader, "POST", CK_API + "/locks/hand", {"session": s1})
+        if st != 200:
+            raise BenchError("lock answered %d" % st)
+        got = {}
+
+        def wait():
+            got["st"], got["body"] = call(cluster.follower, "POST", CK_API + "/locks/hand",
+                                          {"session": s2, "timeout": "10s"}, timeout=15)
+            got["t"] = time.perf_counter()
+        w = threading.Thread(target=wait)
+        w.start()
+        wait_until(lambda: call(cluster.leader, "GET", CK_API + "/locks/hand")[1].get("waiters") == 1,
+                   "the waiter to queue")
+        t0 = time.perf_counter()
+        call(cluster.leader, "DELETE", CK_API + "/locks/hand?session=%d" % s1)
+        w.join(15)
+        if got.get("st") != 200:
+            raise BenchError("handoff round %d: the waiter got %s" % (r, got.get("st")))
+        handoff.append(got["t"] - t0)
+        call(cluster.follower, "DELETE", CK_API + "/locks/hand?session=%d" % s2)
+        wait_until(lambda: call(cluster.leader, "GET", CK_API + "/locks/hand")[0] == 404, "the release")
+    return solo, handoff
+
+
 # ---------------------------------------------------------------------------
 # The runs and the table
 # ---------------------------------------------------------------------------
@@ -751,6 +802,15 @@ def bench_system(cluster, results):
         print_row(cluster.system, label, clients, r)
         for n in cluster.nodes:
             n.check_alive()
+    if cluster.system == "clusterkit":
+        solo, handoff = bench_locks(cluster)
+        results[("clusterkit", "handoff")] = handoff
+        for label, xs in (("lock+unlock", solo), ("lock handoff", handoff)):
+            xs_ms = sorted(x * 1000 for x in xs)
+            print("%-11s %-18s %7s %10s %8.2f %8.2f %8.1f  %d rounds%s" % (
+                "clusterkit", label, "1", "-", statistics.median(xs_ms), pct(xs_ms, 99), xs_ms[-1], len(xs),
+                ", holder on the leader, waiter on a follower" if label == "lock handoff" else
+                ", on the leader"), flush=True)
     # The watch the targets are about (a watcher on another node than the
     # writes' leader), then the same with the watcher on the leader itself.
     for key, node, label, prefix in (("watch", cluster.follower, "watch notify", "w1/"),
@@ -791,6 +851,10 @@ def compare(results):
         if wb and wb[0]:
             line += ", etcd %.2f ms" % pct(sorted(x * 1000 for x in wb[0]), 99)
         print(line)
+    ho = results.get(("clusterkit", "handoff"))
+    if ho:
+        print("#   lock handoff to a waiting node: median %.2f ms (target <= 10 ms)" %
+              statistics.median(x * 1000 for x in ho))
 
 
 def fs_type(path):
