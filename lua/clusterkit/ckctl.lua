@@ -36,7 +36,7 @@ commands:
   snapshot save FILE [--stale]
                           back up the replicated state (the leader's; --stale:
                           the node's own, e.g. without quorum)
-  snapshot restore FILE   commit a backup's partition table and flags (into
+  snapshot restore FILE   commit a backup's partition table, flags and KV keys (into
                           this or a new cluster with the same partition count,
                           replication factor and hash)
   recover --data-dir DIR --node-id ID [--voters ID,ID...] --yes
@@ -426,8 +426,9 @@ function commands.snapshot(c, args)
     local ok, err = c.write_file(file, raw)
     if not ok then fail(format("writing %s: %s", file, tostring(err))) end
     return c:show(raw, snap, function(x)
-      return format("saved the state at index %s (%d partitions, %d nodes) to %s\n", shown(x.state_index),
-        #(x.partitions or {}), #(x.nodes or {}), file)
+      local keys = type(x.kv) == "table" and type(x.kv.entries) == "table" and #x.kv.entries or 0
+      return format("saved the state at index %s (%d partitions, %d nodes, %d keys) to %s\n",
+        shown(x.state_index), #(x.partitions or {}), #(x.nodes or {}), keys, file)
     end)
   end
   if args[3] then fail("unknown argument " .. args[3]) end
@@ -440,8 +441,8 @@ function commands.snapshot(c, args)
   local _, out, raw = c:post("/snapshot/restore", text)
   c:show(raw, out, function(x)
     local missing = x.missing or {}
-    return format("restored %s: %s partitions committed at state index %s\n", file, shown(x.partitions),
-      shown(x.state_index)) .. (#missing > 0 and format("not members here, left out: %s (placement fills "
+    return format("restored %s: %s partitions committed at state index %s, %s keys\n", file, shown(x.partitions),
+      shown(x.state_index), shown(x.keys or 0)) .. (#missing > 0 and format("not members here, left out: %s (placement fills "
       .. "their slots unless rebalancing is paused)\n", concat(missing, ", ")) or "")
   end)
 end

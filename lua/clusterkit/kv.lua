@@ -448,6 +448,74 @@ function Methods:list_custom_data_keys()
   end
 end
 
+-- ---------------------------------------------------------------------------
+-- Backups (clusterkit.backup through Node:snapshot / restore_snapshot)
+-- ---------------------------------------------------------------------------
+
+local function text_or_b64(out, name, s)
+  if json.utf8_safe(s) == s then out[name] = s else out[name .. "_base64"] = base64.encode(s) end
+end
+
+--- The store's durable keys for a backup: {index, entries = {{key | key_base64,
+-- value | value_base64}, ...}}. Keys attached to a session are left out:
+-- they live and die with a session, which a restored cluster does not have.
+function M.backup(node)
+  local c = node._core
+  local out, after = {}, nil
+  while true do
+    local items, more = c:kv_list("", 10000, after, false)
+    for _, e in ipairs(items) do
+      if not e.session then
+        local x = {}
+        text_or_b64(x, "key", e.key)
+        text_or_b64(x, "value", e.value)
+        out[#out + 1] = x
+      end
+    end
+    if not more or #items == 0 then break end
+    after = items[#items].key
+  end
+  return {index = c:kv_info().index, entries = json.array(out)}
+end
+
+local function field(x, name)
+  if x[name .. "_base64"] ~= nil then
+    return type(x[name .. "_base64"]) == "string" and base64.decode(x[name .. "_base64"]) or nil
+  end
+  return type(x[name]) == "string" and x[name] or nil
+end
+
+--- Writes a backup's keys (over those of the same name; others stay), in
+-- transactions of up to 128 puts. Returns the number of keys, or nil, err.
+function M.restore(node, snap)
+  if snap == nil then return 0 end
+  if type(snap) ~= "table" or type(snap.entries) ~= "table" then
+    return nil, errors.new("BAD_SNAPSHOT", "kv must be {\"entries\": [...]}")
+  end
+  local ops, n = {}, 0
+  local function flush()
+    if #ops == 0 then return true end
+    local index, err = node:kv_txn({ops = ops})
+    ops = {}
+    return index, err
+  end
+  for i, x in ipairs(snap.entries) do
+    local key, value = type(x) == "table" and field(x, "key"), type(x) == "table" and field(x, "value")
+    if not key or not value then
+      return nil, errors.new("BAD_SNAPSHOT", "kv entry " .. i .. " needs a key and a value")
+    end
+    ops[#ops + 1] = {type = "put", key = key, value = value}
+    n = n + 1
+    if #ops == MAX_ITEMS then
+      local ok, err = flush()
+      if not ok then return nil, err end
+    end
+  end
+  local ok, err = flush()
+  if not ok then return nil, err end
+  return n
+end
+
 --- Adds the methods to the Node class (called by clusterkit.node).
 function M.extend(Node)
   for k, f in pairs(Methods) do Node[k] = f end

@@ -1111,6 +1111,7 @@ function Node:snapshot()
     cluster_id = v.cluster_id, config = {cluster_name = v.name, partition_count = v.partitions,
       replication_factor = v.replication, hash_algorithm = v.hash_algo, hash_tags = v.hash_tags},
     flags = {rebalance_paused = self:rebalance_paused()}, nodes = nodes, partitions = parts,
+    kv = kv.backup(self),
   }
 end
 
@@ -1191,9 +1192,11 @@ function Node:restore_snapshot(snap)
     if not fi then return nil, errors.new("RAFT", tostring(fmsg)) end
     index = fi
   end
-  self.log:info("restored a snapshot taken at state index %s: %d partitions%s", tostring(snap.state_index),
-    #rows, #missing > 0 and (", without " .. table.concat(missing, ", ") .. " (not members)") or "")
-  return {state_index = index, partitions = #rows, missing = missing}
+  local keys, kerr = kv.restore(self, snap.kv)
+  if not keys then return nil, kerr end
+  self.log:info("restored a snapshot taken at state index %s: %d partitions, %d keys%s", tostring(snap.state_index),
+    #rows, keys, #missing > 0 and (", without " .. table.concat(missing, ", ") .. " (not members)") or "")
+  return {state_index = index, partitions = #rows, missing = missing, keys = keys}
 end
 
 local function set_paused(self, fn, paused)

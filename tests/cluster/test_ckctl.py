@@ -200,9 +200,19 @@ def test_snapshot_save_and_restore_into_a_fresh_cluster(ck, tmp_path):
     a.start(3)
     a.wait_converged(members=True)
     ok(ckctl(a.followers()[0], "pause", env=AUTH))
+    # KV keys: durable ones (text and binary) are backed up; one attached to
+    # a session lives and dies with it and is left out.
+    f = a.followers()[1]
+    bearer = {"Authorization": "Bearer " + TOKEN}
+    for key, value in (("cfg/a", b"1"), ("cfg/bin", b"\xff\x00")):
+        assert f.request("PUT", "/v1/kv/" + key, body=value, headers=bearer).status == 200
+    sid = f.post("/v1/sessions", body=b'{"ttl": "60s"}', headers=bearer).json()["id"]
+    r = f.post("/v1/kv", headers=bearer, body=json.dumps(
+        {"ops": [{"type": "put", "key": "eph/x", "value": "1", "session": sid}]}).encode())
+    assert r.status == 200, r
     backup = str(tmp_path / "backup.json")
     out = ok(ckctl(a.followers()[0], "snapshot", "save", backup, env=AUTH))
-    assert "16 partitions, 3 nodes" in out, out
+    assert "16 partitions, 3 nodes, 2 keys" in out, out
     snap = json.load(open(backup))
     assert snap["format"] == "clusterkit-snapshot" and snap["flags"]["rebalance_paused"] is True, snap
     original = table_of(a.nodes[0])
@@ -216,7 +226,10 @@ def test_snapshot_save_and_restore_into_a_fresh_cluster(ck, tmp_path):
     fresh = table_of(b.nodes[0])
     assert fresh != original, "the fresh cluster placed partitions like the original: the test shows nothing"
     out = ok(ckctl(b.followers()[0], "snapshot", "restore", backup, env=AUTH))
-    assert "16 partitions committed" in out, out
+    assert "16 partitions committed" in out and "2 keys" in out, out
+    for n in b.nodes:
+        assert n.get("/v1/kv/cfg/bin?raw=1&consistent=1").body == b"\xff\x00"
+        assert n.get("/v1/kv/eph/x?consistent=1").status == 404
 
     def restored():
         return all(table_of(n) == original for n in b.nodes)
