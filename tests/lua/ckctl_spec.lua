@@ -281,7 +281,7 @@ describe("ckctl", function()
       w.ctx.write_file = function(path, text) written[path] = text; return true end
       assert.equal(0, w.run("snapshot", "save", "/b.json"))
       assert.equal(SNAP, written["/b.json"])
-      assert.matches("saved the state at index 5 %(1 partitions, 0 nodes%) to /b.json", w.stdout())
+      assert.matches("saved the state at index 5 %(1 partitions, 0 nodes, 0 keys%) to /b.json", w.stdout())
       local before = #w.calls
       assert.equal(0, w.run("snapshot", "save", "/c.json", "--stale"))
       assert.equal("http://127.0.0.1:2/snapshot?stale=1", w.calls[before + 1].url)
