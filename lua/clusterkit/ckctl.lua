@@ -441,9 +441,10 @@ function commands.snapshot(c, args)
   local _, out, raw = c:post("/snapshot/restore", text)
   c:show(raw, out, function(x)
     local missing = x.missing or {}
+    local left_out = #missing > 0 and format("not members here, left out: %s (placement fills "
+      .. "their slots unless rebalancing is paused)\n", concat(missing, ", ")) or ""
     return format("restored %s: %s partitions committed at state index %s, %s keys\n", file,
-      shown(x.partitions), shown(x.state_index), shown(x.keys or 0)) .. (#missing > 0 and format("not members here, left out: %s (placement fills "
-      .. "their slots unless rebalancing is paused)\n", concat(missing, ", ")) or "")
+      shown(x.partitions), shown(x.state_index), shown(x.keys or 0)) .. left_out
   end)
 end
 
