@@ -156,18 +156,152 @@ def unauthorized(h):
     """Every client request carries the cluster token: a 401 means a node
     dropped it on the way (e.g. when forwarding to the primary)."""
     bad = [o for o in h.ops if o["status"] == 401]
-    if not bad:
-        return []
-    kinds = collections.Counter(("PUT" if o["kind"] == "w" else "GET") for o in bad)
-    return [("unauthorized", "%d of %d KV requests that carried the cluster token were answered 401 (%s), e.g. %s via %s: %s" % (
-        len(bad), len(h.ops), dict(kinds), bad[0]["key"], bad[0]["node"], (bad[0].get("error") or "")[:100]))]
+    out = []
+    if bad:
+        kinds = collections.Counter(({"w": "PUT", "r": "GET"}.get(o["kind"], o["kind"])) for o in bad)
+        out.append(("unauthorized", "%d of %d KV requests that carried the cluster token were answered 401 (%s), e.g. %s via %s: %s" % (
+            len(bad), len(h.ops), dict(kinds), bad[0]["key"], bad[0]["node"], (bad[0].get("error") or "")[:100])))
+    coord = h.keepalives + h.lockops
+    bad = [o for o in coord if o["status"] == 401]
+    if bad:
+        kinds = collections.Counter(o["kind"] for o in bad)
+        out.append(("unauthorized", "%d of %d session and lock requests that carried the cluster token were answered 401 (%s), e.g. via %s: %s" % (
+            len(bad), len(coord), dict(kinds), bad[0]["node"], (bad[0].get("error") or "")[:100])))
+    return out
+
+
+def _rel(h, t):
+    return "%.3f" % (t - getattr(h, "t0", 0.0))
+
+
+def lease_safety(h):
+    """Per TTL session: a keep-alive that found it ended (404) completed at
+    least one TTL after the invocation of the last successful keep-alive (or
+    its creation) invoked before that completion: the leader counts the TTL
+    from when it applied that renewal, which is after it was invoked, so an
+    earlier end is a premature expiry. And nothing renews it after that."""
+    by = collections.defaultdict(list)
+    for k in h.keepalives:
+        if k["session"] is not None:
+            by[k["session"]].append(k)
+    out = []
+    for sid, recs in sorted(by.items()):
+        ends = [k for k in recs if k.get("ended")]
+        if not ends:
+            continue
+        first = min(ends, key=lambda k: k["complete"])
+        c = first["complete"]
+        ok = [k for k in recs if k["status"] == 200 and k["complete"] is not None and k["invoke"] < c]
+        if ok:
+            last = max(ok, key=lambda k: k["invoke"])
+            if c < last["invoke"] + last["ttl"]:
+                out.append(("premature-expiry", "session %d (ttl %gs, client %d): %s via %s invoked at %s "
+                            "succeeded (answered %s), but a keep-alive via %s [%s, %s] found the session ended "
+                            "%.3fs after that invocation" % (
+                                sid, last["ttl"], last["client"], "created" if last["kind"] == "create" else
+                                "a keep-alive", last["node"], _rel(h, last["invoke"]), _rel(h, last["complete"]),
+                                first["node"], _rel(h, first["invoke"]), _rel(h, c), c - last["invoke"])))
+        later = [k for k in recs if k["status"] == 200 and k["kind"] == "renew" and k["invoke"] > c]
+        if later:
+            k = later[0]
+            out.append(("session-resurrected", "session %d: found ended via %s at %s, then a keep-alive via %s "
+                        "invoked at %s succeeded" % (sid, first["node"], _rel(h, c), k["node"],
+                                                    _rel(h, k["invoke"]))))
+    return out[:20]
+
+
+def lock_safety(h):
+    """The lock grants and the fenced resource (workloads.py):
+
+    * lock-token-dup: no two grants carry one token;
+    * lock-token-order: a grant that completed before another was invoked
+      has the smaller token (tokens strictly increase in real-time grant
+      order);
+    * lock-overlap: a grant (token t2, answered at c2) while an earlier
+      holder (t1 < t2) still held the lock by its lease: it had not asked to
+      release by c2, and a keep-alive of its session invoked at i succeeded
+      with i + ttl > c2 (its session cannot have ended yet, see
+      lease_safety), so its key was still there;
+    * fence-order: the resource never accepted an older token after a newer
+      one (it is built so; this checks the record);
+    * fence-refused-holder: a refused use had a newer grant before it (no
+      holder that still held the lock was refused).
+    """
+    out = []
+    grants = h.grants
+    seen = {}
+    for g in grants:
+        if g["token"] in seen:
+            o = seen[g["token"]]
+            out.append(("lock-token-dup", "token %d granted twice: to client %d (session %d) via %s at %s and "
+                        "to client %d (session %d) via %s at %s" % (
+                            g["token"], o["client"], o["session"], o["node"], _rel(h, o["complete"]),
+                            g["client"], g["session"], g["node"], _rel(h, g["complete"]))))
+        else:
+            seen[g["token"]] = g
+    by_complete = sorted(grants, key=lambda g: g["complete"])
+    for g2 in grants:
+        before = [g for g in by_complete if g["complete"] < g2["invoke"]]
+        if before:
+            g1 = max(before, key=lambda g: g["token"])
+            if g1["token"] >= g2["token"]:
+                out.append(("lock-token-order", "client %d got token %d via %s [%s, %s] after client %d had got "
+                            "token %d via %s (answered %s)" % (
+                                g2["client"], g2["token"], g2["node"], _rel(h, g2["invoke"]), _rel(h, g2["complete"]),
+                                g1["client"], g1["token"], g1["node"], _rel(h, g1["complete"]))))
+    # Per session: its successful keep-alives' invocations, its releases.
+    renew = collections.defaultdict(list)
+    for k in h.keepalives:
+        if k["session"] is not None and k["status"] == 200:
+            renew[k["session"]].append(k["invoke"])
+    rel = collections.defaultdict(list)
+    for o in h.lockops:
+        if o["kind"] in ("release", "cleanup"):
+            rel[o["session"]].append(o)
+    for g2 in grants:
+        c2 = g2["complete"]
+        for g1 in grants:
+            if g1["token"] >= g2["token"] or g1["session"] == g2["session"]:
+                continue
+            # A release of that session asked before c2 that may have acted
+            # on g1's key (not one answered before g1 was even asked for).
+            if any(o["invoke"] < c2 and (o["complete"] is None or o["complete"] > g1["invoke"])
+                   for o in rel[g1["session"]]):
+                continue
+            alive = [i for i in renew[g1["session"]] if i < c2 < i + g1["ttl"]]
+            if alive:
+                out.append(("lock-overlap", "client %d got token %d via %s at %s while client %d (token %d via %s, "
+                            "granted at %s, session %d) still held the lock: no release asked, and its session "
+                            "had a keep-alive invoked at %s that succeeded (ttl %gs)" % (
+                                g2["client"], g2["token"], g2["node"], _rel(h, c2), g1["client"], g1["token"],
+                                g1["node"], _rel(h, g1["complete"]), g1["session"], _rel(h, max(alive)), g1["ttl"])))
+                break
+    newest = 0
+    for u in h.uses:
+        if u["accepted"]:
+            if u["token"] < newest:
+                out.append(("fence-order", "the resource accepted token %d after %d" % (u["token"], newest)))
+            newest = max(newest, u["token"])
+        else:
+            newer = [g for g in grants if g["token"] > u["token"] and g["complete"] <= u["t"]]
+            if not newer:
+                out.append(("fence-refused-holder", "client %d's use with token %d (%s) at %s was refused, but no "
+                            "grant of a newer token came before it" % (
+                                u["client"], u["token"], u["what"], _rel(h, u["t"]))))
+    return out[:20]
 
 
 def linearizable(h, budget=2000000):
     by_key = collections.defaultdict(list)
     for o in h.ops:
-        by_key[o["key"]].append(op(o["kind"], o["value"], o["invoke"], o["complete"],
-                                   meta="via %s@%s client %d status %s" % (o["node"], o.get("slot"), o["client"], o["status"])))
+        meta = "via %s@%s client %d status %s" % (o["node"], o.get("slot"), o["client"], o["status"])
+        kind = o["kind"]
+        if kind == "cas":
+            meta += " (%s)" % ("?cas=%s" % o.get("mod") if o.get("variant") == "mod" else "txn")
+            if o.get("refused"):
+                kind = "casfail"
+        by_key[o["key"]].append(op(kind, o["value"], o["invoke"], o["complete"], meta=meta,
+                                   expected=o.get("expected")))
     out, notes = [], []
     for r in check_history(by_key, budget=budget):
         if r.unknown:
@@ -193,4 +327,6 @@ def judge(harness, stopped):
         lv, notes = linearizable(h)
         v += lv
         h.notes += notes
+    v += lease_safety(h)
+    v += lock_safety(h)
     return v

@@ -17,6 +17,7 @@ import urllib.parse
 
 from netns import sh
 from nodes import AUTH, FaultNode, get_json, request, wait_for
+from workloads import Coord
 
 # Failure detection and raft timings (the runtime's defaults, spelled out so
 # that a changed default does not change the suite), and a short rebalance
@@ -50,6 +51,13 @@ class History:
         self.disturbed = []    # [node_id, t0, t1 or None, reason]
         self.violations = []   # (kind, text) found while running
         self.notes = []
+        # The /v1 workloads (workloads.py): session creations and keep-alives,
+        # lock requests and releases, lock grants, uses of the fenced resource.
+        self.keepalives = []
+        self.lockops = []
+        self.grants = []
+        self.uses = []
+        self.t0 = time.monotonic()
 
     def add(self, lst, item):
         with self.lock:
@@ -87,6 +95,8 @@ class Harness:
         self.pcount = int(self.env["PARTITION_COUNT"])
         self.broken = False
         self.data_dir_for = {}   # slot -> data dir (e.g. on a tmpfs)
+        self.coord = Coord(self, ())
+        self.h.t0 = self.t0
 
     # -- log ---------------------------------------------------------------
 
@@ -405,6 +415,12 @@ class Harness:
         self.h.add(self.h.ops, rec)
         return rec
 
+    def start_coord(self, kinds, pinned=False):
+        """The /v1 workloads named in kinds (workloads.ALL); pinned: also the
+        lock client that talks to one node (pause-lock-holder)."""
+        self.coord = Coord(self, kinds)
+        self.coord.start(pinned=pinned)
+
     def final_reads(self):
         """After convergence: one read of every key through a member, so that
         a lost acknowledged write shows up in the history."""
@@ -413,6 +429,7 @@ class Harness:
             return
         for i, key in enumerate(self.keys):
             self.kv_op(99, live[i % len(live)], key, "r", i)
+        self.coord.final_reads()
 
     # -- teardown ------------------------------------------------------------
 

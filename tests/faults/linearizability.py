@@ -1,22 +1,31 @@
 """A linearizability checker for a history of register operations per key
 (Wing & Gong's search with Lowe's memoisation, as in Porcupine).
 
-An operation is Op(kind, value, invoke, complete):
+An operation is Op(kind, value, invoke, complete, meta, expected):
 
 * kind "w": a write of `value`; kind "r": a read that returned `value`
   (None = the key was absent; the register starts absent);
+* kind "cas": a compare-and-set that succeeded: the register held
+  `expected` (None = absent) and now holds `value`; kind "casfail": one that
+  was refused (409): the register did not hold `expected`, nothing changed;
 * complete is None for an operation whose outcome is unknown (an error or a
-  timeout): a write then may take effect at any point after its invocation
-  (its completion is +infinity); a read without an answer tells nothing and is
-  dropped.
+  timeout): a write or a compare-and-set then may take effect at any point
+  after its invocation, or never (its completion is +infinity; a
+  compare-and-set can only take effect where the register holds `expected`);
+  a read without an answer tells nothing and is dropped. A "casfail" always
+  has an answer (409).
 
 Keys are independent (linearizability is compositional), so each key is
 checked on its own. Write values are expected to be unique per key (the
 clients make them so); a read of a value that no write wrote is a violation.
 
 Two safe reductions keep the search small: unanswered reads are dropped, and
-so are unanswered writes that no read observed (such a write can always be
-placed after everything else, where it changes no read). The search itself
+so are unanswered writes (and compare-and-sets) whose value nothing observed
+(no read returned it, no compare-and-set expected it), when the key has no
+refused compare-and-set: such a write can be left out, as if it never took
+effect, without changing what any operation saw. A refused compare-and-set
+may be explained by such a write having taken effect (the value changed under
+it), so with one on the key they are all kept. The search itself
 is bounded by a step budget; running out of it is reported as "unknown",
 never as a pass or a violation.
 """
@@ -25,11 +34,15 @@ import collections
 
 INF = float("inf")
 
-Op = collections.namedtuple("Op", "kind value invoke complete meta")
+Op = collections.namedtuple("Op", "kind value invoke complete meta expected")
+
+WRITES = ("w", "cas")          # kinds that may set the register
 
 
-def op(kind, value, invoke, complete, meta=None):
-    return Op(kind, value, invoke, complete, meta)
+def op(kind, value, invoke, complete, meta=None, expected=None):
+    if kind == "casfail" and complete is None:
+        raise ValueError("a refused compare-and-set has an answer (complete)")
+    return Op(kind, value, invoke, complete, meta, expected)
 
 
 class Result:
@@ -47,14 +60,36 @@ class Result:
 
 def _reduce(ops):
     reads = [o for o in ops if o.kind == "r" and o.complete is not None]
+    fails = [o for o in ops if o.kind == "casfail"]
+    writes = [o for o in ops if o.kind in WRITES]
+    if fails:
+        return writes + reads + fails
+    # Values something must have seen: read, or expected by a compare-and-set
+    # that succeeded or that is kept (a fixed point: an unknown one that is
+    # kept makes the value it expects observed too).
     seen = {o.value for o in reads}
-    writes = [o for o in ops if o.kind == "w" and (o.complete is not None or o.value in seen)]
-    return writes + reads
+    seen |= {o.expected for o in writes if o.kind == "cas" and o.complete is not None}
+    keep = [o for o in writes if o.complete is not None]
+    pending = [o for o in writes if o.complete is None]
+    for _ in range(len(pending) + 1):
+        more = [o for o in pending if o.value in seen]
+        if not more:
+            break
+        keep += more
+        pending = [o for o in pending if o.value not in seen]
+        seen |= {o.expected for o in more if o.kind == "cas"}
+    return keep + reads
 
 
 def _describe(o):
     c = "inf" if o.complete is None else "%.3f" % o.complete
-    what = ("write %r" if o.kind == "w" else "read -> %r") % (o.value,)
+    if o.kind == "w":
+        what = "write %r" % (o.value,)
+    elif o.kind == "r":
+        what = "read -> %r" % (o.value,)
+    else:
+        what = "cas %r -> %r %s" % (o.expected, o.value, "refused" if o.kind == "casfail" else
+                                    "succeeded" if o.complete is not None else "(outcome unknown)")
     m = (" %s" % (o.meta,)) if o.meta else ""
     return "%s [%.3f, %s]%s" % (what, o.invoke, c, m)
 
@@ -66,9 +101,9 @@ def stale_read(ops):
     value nobody wrote, or an absent key after a completed write)."""
     writers = {}
     for o in ops:
-        if o.kind == "w":
+        if o.kind in WRITES:
             writers[o.value] = o
-    done = sorted((o for o in ops if o.kind == "w" and o.complete is not None), key=lambda o: o.complete)
+    done = sorted((o for o in ops if o.kind in WRITES and o.complete is not None), key=lambda o: o.complete)
     for r in ops:
         if r.kind != "r" or r.complete is None:
             continue
@@ -93,10 +128,18 @@ def check_key(ops, budget=2000000, key=None):
     n = len(ops)
     if n == 0:
         return Result(True, key, ops=0)
-    writers = {o.value for o in ops if o.kind == "w"}
+    writers = {o.value for o in ops if o.kind in WRITES}
+    refused = {o.value: o for o in ops if o.kind == "casfail"}
     for o in ops:
-        if o.kind == "r" and o.value is not None and o.value not in writers:
-            return Result(False, key, "read %r, a value that no write wrote: %s" % (o.value, _describe(o)),
+        seen = o.value if o.kind == "r" else o.expected if o.kind == "cas" and o.complete is not None else None
+        if seen is not None and seen not in writers:
+            how = "read %r" % (seen,) if o.kind == "r" else "a compare-and-set succeeded expecting %r" % (seen,)
+            if seen in refused:
+                return Result(False, key, "%s, a value written only by a compare-and-set answered 409 "
+                              "(refused), so it did take effect: %s; %s" % (
+                                  how, _describe(o), _describe(refused[seen])),
+                              ops=n, detail=[_describe(o), _describe(refused[seen])])
+            return Result(False, key, "%s, a value that no write wrote: %s" % (how, _describe(o)),
                           ops=n, detail=[_describe(o)])
     ops = sorted(ops, key=lambda o: o.invoke)
     inv = [o.invoke for o in ops]
@@ -144,8 +187,16 @@ def check_key(ops, budget=2000000, key=None):
             if o.value != state:
                 continue
             nstate = state
-        else:
+        elif o.kind == "w":
             nstate = o.value
+        elif o.kind == "cas":
+            if o.expected != state:
+                continue
+            nstate = o.value
+        else:  # casfail
+            if o.expected == state:
+                continue
+            nstate = state
         nmask = mask | (1 << i)
         if nmask & finite == finite:
             return Result(True, key, ops=n)

@@ -42,7 +42,7 @@ sys.path.insert(0, HERE)
 import checks  # noqa: E402
 import netns  # noqa: E402
 from harness import Harness, SetupError  # noqa: E402
-from scenarios import SCENARIOS  # noqa: E402
+from scenarios import SCENARIOS, WORKLOADS  # noqa: E402
 
 SOURCE_DIR = os.path.abspath(os.path.join(HERE, "..", ".."))
 SLOTS = 8
@@ -92,6 +92,7 @@ def run_one(run, name, seed, seconds, max_rounds):
         h.start_cluster()
         h.start_recording()
         h.start_clients()
+        h.start_coord(WORKLOADS.get(name, ()), pinned=(name == "pause-lock-holder"))
         fn(h, max_rounds, seconds)
         h.heal_all()
         h.settle("final heal")
@@ -115,7 +116,9 @@ def run_one(run, name, seed, seconds, max_rounds):
     try:
         with open(os.path.join(h.dir, "history.json"), "w") as f:
             json.dump({"scenario": name, "seed": seed, "events": h.h.events, "samples": h.h.samples,
-                       "ops": h.h.ops, "disturbed": h.h.disturbed, "violations": violations}, f, default=str)
+                       "ops": h.h.ops, "disturbed": h.h.disturbed, "keepalives": h.h.keepalives,
+                       "lockops": h.h.lockops, "grants": h.h.grants, "uses": h.h.uses,
+                       "violations": violations}, f, default=str)
     except (OSError, TypeError, ValueError) as e:
         print("  (could not write history.json: %s)" % e)
     ops = len(h.h.ops)
@@ -125,6 +128,8 @@ def run_one(run, name, seed, seconds, max_rounds):
         print("  VIOLATION %s: %s" % (kind, text))
     for note in h.h.notes:
         print("  note: %s" % note)
+    if WORKLOADS.get(name):
+        print("  " + v1_summary(h.h))
     print("  %s: %d rounds, %d ops (%d answered), %d violations, %.1fs" % (
         name, h.rounds, ops, acked, len(violations), dt), flush=True)
     if violations:
@@ -133,6 +138,20 @@ def run_one(run, name, seed, seconds, max_rounds):
                 print("  ---- log tail of %s (%s)\n%s" % (n.node_id, n.log_path, _indent(n.log_tail(15))))
     return {"scenario": name, "seed": seed, "rounds": h.rounds, "ops": ops, "acked": acked,
             "violations": violations, "seconds": dt, "dir": h.dir}
+
+
+def v1_summary(hh):
+    cas = [o for o in hh.ops if o.get("api") == "v1" and o["kind"] == "cas"]
+    ok = sum(1 for o in cas if o["complete"] is not None and not o.get("refused"))
+    refused = sum(1 for o in cas if o.get("refused"))
+    reads = sum(1 for o in hh.ops if o.get("api") == "v1" and o["kind"] == "r")
+    stale = sum(1 for u in hh.uses if not u["accepted"])
+    ended = len({k["session"] for k in hh.keepalives if k.get("ended")})
+    sessions = len({k["session"] for k in hh.keepalives if k["session"] is not None})
+    return ("v1: %d reads, %d cas (%d ok, %d refused, %d unknown); %d lock grants, %d uses (%d refused); "
+            "%d sessions (%d found ended), %d keep-alives" % (
+                reads, len(cas), ok, refused, len(cas) - ok - refused, len(hh.grants), len(hh.uses), stale,
+                sessions, ended, sum(1 for k in hh.keepalives if k["kind"] == "renew")))
 
 
 def _indent(s):

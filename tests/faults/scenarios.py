@@ -11,6 +11,7 @@ import os
 import threading
 import time
 
+import workloads
 from nodes import wait_for
 
 
@@ -432,6 +433,46 @@ def pause_plus_split(h, max_rounds, seconds):
         h.settle("pause + split round %d" % r)
 
 
+# ---------------------------------------------------------------------------
+# the coordination API
+# ---------------------------------------------------------------------------
+
+def pause_lock_holder(h, max_rounds, seconds):
+    """The pinned lock client (workloads.py) sends its session and lock
+    traffic through one node; once it holds the lock, that node is
+    SIGSTOPped past the session TTL. Its keep-alives hang, its session ends,
+    another client gets the lock and uses the resource; then the node
+    resumes and the pinned client uses the resource with its old token (the
+    resource must refuse it). The paused node is a follower or the leader."""
+    co = h.coord
+    for r in rounds(h, max_rounds, seconds):
+        victim = h.rng.choice(h.members())
+        co.pin_node = victim
+        co.pin_release.clear()
+        co.pin_holding.clear()
+        co.pin_want.set()
+        h.event("pin", victim.node_id)
+        if not wait_for(co.pin_holding.is_set, 20, poll=0.05):
+            co.pin_want.clear()
+            h.violation("no-lock", "round %d: the client pinned to %s did not get lock %s within 20s" % (
+                r, victim.node_id, workloads.LOCK_NAME))
+            return
+        co.pin_want.clear()
+        token = co.pin_token
+        d = h.disturb([victim.node_id], "paused")
+        victim.pause()
+        hold(h, workloads.LOCK_TTL + 0.5, workloads.LOCK_TTL + 2.0)
+        # Until another holder has used the resource (its session ended, the
+        # lock went to a waiter), bounded.
+        if not wait_for(lambda: co.resource.newest > token, 15, poll=0.05):
+            h.violation("no-lock-failover", "round %d: %s paused, but in 15s nobody used the resource with a "
+                        "token newer than its client's %d" % (r, victim.node_id, token))
+        victim.resume()
+        h.undisturb(d)
+        co.pin_release.set()
+        h.settle("SIGSTOP of the lock holder's node round %d" % r)
+
+
 # Splits are judged by node counts: every node is a voter there, so that
 # the bigger side is the raft majority (with the default VOTERS=3 a 2-node
 # side can hold two of the three voters).
@@ -455,4 +496,16 @@ SCENARIOS = {
     "join-storm": (join_storm, 3, None, None),
     "partition-plus-kill": (partition_plus_kill, 5, None, ALL_VOTE),
     "pause-plus-split": (pause_plus_split, 3, None, None),
+    "pause-lock-holder": (pause_lock_holder, 3, None, None),
+}
+
+# The /v1 workloads (workloads.py) each scenario runs beside the KV clients.
+WORKLOADS = {
+    "leader-isolation": workloads.ALL,
+    "leader-minority-split": workloads.ALL,
+    "kill-leader": workloads.ALL,
+    "pause-leader": workloads.ALL,
+    "partition-plus-kill": workloads.ALL,
+    "pause-plus-split": workloads.ALL,
+    "pause-lock-holder": ("locks", "leases"),
 }

@@ -22,6 +22,16 @@ def R(v, a, b):
     return op("r", v, a, b)
 
 
+def CAS(exp, v, a, b):
+    """A compare-and-set exp -> v that succeeded (b None: outcome unknown)."""
+    return op("cas", v, a, b, expected=exp)
+
+
+def FAIL(exp, v, a, b):
+    """A compare-and-set exp -> v refused with 409."""
+    return op("casfail", v, a, b, expected=exp)
+
+
 class Linearizable(unittest.TestCase):
     def ok(self, ops):
         r = check_key(ops)
@@ -69,6 +79,111 @@ class Linearizable(unittest.TestCase):
                 else:
                     ops.append(R(state, a, b))
             self.ok(ops)
+
+
+class CasLinearizable(unittest.TestCase):
+    def ok(self, ops):
+        r = check_key(ops)
+        self.assertTrue(r.ok and not r.unknown, r)
+
+    def test_sequential_chain(self):
+        self.ok([CAS(None, "a", 0, 1), R("a", 2, 3), CAS("a", "b", 4, 5), FAIL("a", "c", 6, 7),
+                 R("b", 8, 9)])
+
+    def test_refused_on_absent(self):
+        self.ok([FAIL("a", "x", 0, 1), CAS(None, "a", 2, 3), FAIL(None, "y", 4, 5)])
+
+    def test_concurrent_cas_one_wins(self):
+        # Two clients read "a" and race: one succeeds, the other is refused.
+        self.ok([CAS(None, "a", 0, 1), CAS("a", "b", 2, 6), FAIL("a", "c", 3, 5), R("b", 7, 8)])
+
+    def test_refusal_before_a_concurrent_success(self):
+        # A refusal may also be ordered after a concurrent success.
+        self.ok([CAS(None, "a", 0, 1), FAIL("a", "c", 2, 4), CAS("a", "b", 3, 6), R("b", 7, 8)])
+
+    def test_unknown_cas_explains_a_refusal(self):
+        # A timed-out a -> b took effect unseen: the later refusal of a -> c
+        # holds only if it did.
+        self.ok([CAS(None, "a", 0, 1), CAS("a", "b", 2, None), FAIL("a", "c", 5, 6)])
+
+    def test_unknown_cas_observed_later(self):
+        self.ok([CAS(None, "a", 0, 1), CAS("a", "b", 2, None), R("a", 3, 4), R("b", 10, 11),
+                 CAS("b", "c", 12, 13)])
+
+    def test_unknown_cas_never_took_effect(self):
+        self.ok([CAS(None, "a", 0, 1), CAS("a", "b", 2, None), CAS("a", "c", 5, 6), R("c", 7, 8)])
+
+    def test_mixed_with_writes(self):
+        self.ok([W("a", 0, 1), CAS("a", "b", 2, 3), W("c", 4, 5), FAIL("b", "d", 6, 7), R("c", 8, 9)])
+
+    def test_random_sequential_spec(self):
+        # A real register with CAS, random overlaps and unknown outcomes
+        # (taken or not) is always linearizable.
+        rnd = random.Random(5)
+        for _ in range(30):
+            ops, state, t, n = [], None, 0.0, 0
+            for i in range(50):
+                t += rnd.random()
+                a, b = t - rnd.random() * 2, t + rnd.random() * 2
+                x = rnd.random()
+                if x < 0.4:
+                    ops.append(R(state, a, b))
+                    continue
+                exp = state if rnd.random() < 0.7 else "v%d" % rnd.randrange(max(1, n))
+                new = "v%d" % n
+                n += 1
+                if exp == state:
+                    state = new
+                    ops.append(CAS(exp, new, a, None if rnd.random() < 0.15 else b))
+                elif rnd.random() < 0.15:
+                    ops.append(CAS(exp, new, a, None))    # timed out, did nothing
+                else:
+                    ops.append(FAIL(exp, new, a, b))
+            self.ok(ops)
+
+
+class CasNotLinearizable(unittest.TestCase):
+    def bad(self, ops, word=None):
+        r = check_key(ops, key="k")
+        self.assertFalse(r.ok, r)
+        self.assertFalse(r.unknown, r)
+        if word:
+            self.assertIn(word, r.reason)
+        return r
+
+    def test_two_successes_from_one_value(self):
+        # Both a -> b and a -> c succeeded: one of them compared against the
+        # other's result, which is not "a".
+        self.bad([CAS(None, "a", 0, 1), CAS("a", "b", 2, 5), CAS("a", "c", 3, 6)])
+
+    def test_refused_although_it_held(self):
+        self.bad([CAS(None, "a", 0, 1), R("a", 2, 3), FAIL("a", "b", 4, 5), R("a", 6, 7)])
+
+    def test_refused_on_absent_key(self):
+        self.bad([FAIL(None, "a", 0, 1), R(None, 2, 3)])
+
+    def test_success_against_a_value_overwritten(self):
+        self.bad([CAS(None, "a", 0, 1), CAS("a", "b", 2, 3), CAS("a", "c", 4, 5)])
+
+    def test_refused_but_took_effect(self):
+        # A 409 whose value shows up: the refused write did happen.
+        self.bad([CAS(None, "a", 0, 1), FAIL("a", "b", 2, 3), R("b", 4, 5)], "answered 409")
+
+    def test_success_expecting_unwritten_value(self):
+        self.bad([CAS(None, "a", 0, 1), CAS("zz", "b", 2, 3)], "no write wrote")
+
+    def test_stale_read_after_cas(self):
+        self.bad([CAS(None, "a", 0, 1), CAS("a", "b", 2, 3), R("a", 4, 5)], "stale read")
+
+    def test_unknown_cas_cannot_act_twice(self):
+        # An unknown a -> b may explain one change, not a return to b after c.
+        self.bad([CAS(None, "a", 0, 1), CAS("a", "b", 2, None), R("b", 3, 4), CAS("b", "c", 5, 6),
+                  R("b", 7, 8)])
+
+    def test_unknown_cas_needs_its_expected_value(self):
+        # The unknown x -> b can never have taken effect (x never held), so b
+        # cannot be read.
+        self.bad([CAS(None, "a", 0, 1), W("x", 10, 11), CAS("x", "b", 2, None), R("b", 3, 4)])
 
 
 class NotLinearizable(unittest.TestCase):
