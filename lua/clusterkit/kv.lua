@@ -169,11 +169,40 @@ local function wait_applied(self, index, deadline)
   return true
 end
 
--- Commits an encoded transaction: index, or nil, err.
-local function commit(self, bytes, timeout)
+-- Proposes on this node (the leader): index, or nil, msg, code, and
+-- whether raft refused at once (then nothing was appended: safe to retry).
+local function propose(self, bytes)
+  local refused = false
+  local index, msg, code = sched.wait(function(resume)
+    local ok, m, k = self._core:propose(bytes, resume)
+    if not ok then
+      refused = true
+      resume(nil, m, k)
+    end
+  end)
+  return index, msg, code, refused
+end
+
+local function unknown_outcome(what)
+  return errors.new("UNKNOWN_OUTCOME", what .. ": the write may or may not have been applied (read it to "
+    .. "find out); it was not retried, since applying it twice would be wrong")
+end
+
+-- Commits an encoded transaction: index, or nil, err. Retries on another
+-- leader only when the first attempt certainly did not append it (raft
+-- refused at once, the forward could not connect, or the node reached was
+-- not the leader), or when `idempotent` (a read barrier, a renewal, a
+-- destroy): a proposal whose leader lost leadership may still be committed
+-- by the next one, and retrying a compare-and-set then answers CONFLICT for
+-- a write that happened (the fault suite's CAS checker caught it), or
+-- applies a plain put twice. Such an outcome is UNKNOWN_OUTCOME.
+local function commit(self, bytes, timeout, idempotent)
   local c, err = running(self)
   if not c then return nil, err end
   local deadline = hrtime() + (timeout or DEFAULT_TIMEOUT) * 1e9
+  -- One forward waits at most a few election timeouts: a paused or cut-off
+  -- leader must not hold the caller for the whole deadline.
+  local hop = math.max(1, 4 * self.opts.election_timeout)
   local last
   for _ = 1, FORWARD_ATTEMPTS do
     local addr = leader_addr(self, deadline)
@@ -181,14 +210,15 @@ local function commit(self, bytes, timeout)
       return nil, last or errors.new("NO_LEADER", "no leader is known; retry")
     end
     if addr == "me" then
-      local index, msg, code = self:_propose(bytes)
+      local index, msg, code, refused = propose(self, bytes)
       if index then return index end
       if code ~= "NOT_LEADER" then return nil, commit_error(msg, code) end
+      if not refused and not idempotent then return nil, unknown_outcome("leadership was lost while committing") end
       last = errors.new("NOT_LEADER", "lost leadership while committing")
     else
       local headers = membership.auth_headers(self)
       headers["Content-Type"] = "application/octet-stream"
-      local left = math.max(0.1, (deadline - hrtime()) / 1e9)
+      local left = math.max(0.1, math.min(hop, (deadline - hrtime()) / 1e9))
       local res, herr = httpc.request {method = "POST", url = "http://" .. addr .. "/v1/internal/kv",
                                        headers = headers, body = bytes, timeout = left}
       local body = res and json.decode(res.body)
@@ -200,10 +230,19 @@ local function commit(self, bytes, timeout)
       end
       local e = type(body) == "table" and type(body.error) == "table" and body.error
       if res and e and e.code ~= "NOT_LEADER" and e.code ~= "NO_LEADER" then
-        return nil, errors.new(e.code, tostring(e.message))
+        -- The leader's own answer (CONFLICT, TOO_BIG, UNKNOWN_OUTCOME...).
+        if e.code == "UNKNOWN_OUTCOME" and idempotent then
+          last = errors.new(e.code, tostring(e.message))
+        else
+          return nil, errors.new(e.code, tostring(e.message))
+        end
+      elseif not res and herr.code ~= "CONNECT" and not idempotent then
+        -- Sent, but no answer: the leader may have committed it.
+        return nil, unknown_outcome(format("no answer from the leader %s (%s)", addr, tostring(herr)))
+      else
+        last = errors.new(e and e.code or "UNAVAILABLE",
+          e and tostring(e.message) or format("leader %s: %s", addr, tostring(herr or (res and res.status))))
       end
-      last = errors.new(e and e.code or "UNAVAILABLE",
-        e and tostring(e.message) or format("leader %s: %s", addr, tostring(herr or (res and res.status))))
       -- The leader moved or is unreachable: wait for news, then retry.
       self._cond:wait(math.min(0.2, math.max(0, (deadline - hrtime()) / 1e9)))
     end
@@ -226,7 +265,7 @@ local function run_round(self, rounds)
   rounds.next, rounds.inflight = nil, round
   sched.spawn(function()
     local deadline = hrtime() + DEFAULT_TIMEOUT * 1e9
-    local index, err = commit(self, EMPTY_TXN, DEFAULT_TIMEOUT)
+    local index, err = commit(self, EMPTY_TXN, DEFAULT_TIMEOUT, true)
     if index then
       round.ok, round.err = wait_applied(self, index, deadline)
     else
@@ -289,7 +328,12 @@ local Methods = {}
 function Methods:kv_txn(txn, opts)
   local t, err = normalize(self, txn)
   if not t then return nil, err end
-  return commit(self, core.encode_kv_txn(t), opts and opts.timeout)
+  -- Renewals and destroys (and nothing) may be applied twice harmlessly.
+  local idempotent = true
+  for _, o in ipairs(t.ops) do
+    idempotent = idempotent and (o.type == "session_renew" or o.type == "session_destroy")
+  end
+  return commit(self, core.encode_kv_txn(t), opts and opts.timeout, idempotent)
 end
 
 --- Puts value at key. opts: prev_index (compare-and-swap: the key's modify
@@ -531,7 +575,8 @@ end
 -- ---------------------------------------------------------------------------
 
 local STATUS = {INVALID = 400, BAD_REQUEST = 400, NOT_FOUND = 404, CONFLICT = 409, TOO_BIG = 413,
-                COMPACTED = 410, NO_LEADER = 503, NOT_READY = 503, TIMEOUT = 504, UNAVAILABLE = 503}
+                COMPACTED = 410, NO_LEADER = 503, NOT_READY = 503, TIMEOUT = 504, UNAVAILABLE = 503,
+                UNKNOWN_OUTCOME = 503}
 
 local function fail(res, err)
   return res:error(STATUS[err.code] or 500, err.code, err.message)
