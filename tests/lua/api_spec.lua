@@ -4,20 +4,10 @@
 local clusterkit = require "clusterkit"
 local core = require "clusterkit.core"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  return d .. ".ck"
-end
+local testnode = require "testnode"
 
 local function new_node(extra)
-  local opts = {
-    node_id = "t1", http_addr = "127.0.0.1:0",
-    raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()),
-    data_dir = tmpdir(), log_level = "error",
-  }
-  for k, v in pairs(extra or {}) do opts[k] = v end
-  return clusterkit.new(opts), opts
+  return testnode.new("t1", extra)
 end
 
 -- Waits (running the loop) until pred() holds, at most `bound` seconds.

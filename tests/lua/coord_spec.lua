@@ -7,19 +7,11 @@ local clusterkit = require "clusterkit"
 local sched = require "clusterkit.sched"
 local core = require "clusterkit.core"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  return d .. ".ck"
-end
+local testnode = require "testnode"
 
 local node, opts
 setup(function()
-  opts = {
-    node_id = "co1", http_addr = "127.0.0.1:0", raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()),
-    data_dir = tmpdir(), log_level = "error", heartbeat_interval = 0.05,
-  }
-  node = clusterkit.new(opts)
+  node, opts = testnode.new("co1", {heartbeat_interval = 0.05})
   assert(node:start())
 end)
 

@@ -7,19 +7,11 @@
 local clusterkit = require "clusterkit"
 local sched = require "clusterkit.sched"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  return d .. ".ck"
-end
+local testnode = require "testnode"
 
 local node, opts
 setup(function()
-  opts = {
-    node_id = "kv1", http_addr = "127.0.0.1:0", raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()),
-    data_dir = tmpdir(), log_level = "error", kv_max_value = 64, kv_max_bytes = 4096,
-  }
-  node = clusterkit.new(opts)
+  node, opts = testnode.new("kv1", {kv_max_value = 64, kv_max_bytes = 4096})
   assert(node:start())
 end)
 
