@@ -247,7 +247,9 @@ def test_a_lock_passes_to_the_next_waiter_when_its_holders_keepalives_stop(ck):
     r = got["r"]
     assert r.status == 200, r
     assert r.json()["token"] > t1
-    assert observer.get_json("/v1/locks/res")["session"] == s2
+    # The observer's read is local: wait (bounded) until it has applied the grant.
+    wait_for(lambda: http_request("GET", observer.url + "/v1/locks/res").json().get("session") == s2,
+             what="the observer to show the new holder")
     gone = http_request("PUT", a.url + "/v1/sessions/%d" % s1, body=b"", headers=AUTH)
     assert gone.status == 404, gone
     # Release, then nobody holds it.
