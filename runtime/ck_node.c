@@ -475,6 +475,11 @@ const struct ck_state *ck_node_state(const struct ck_node *n)
     return &n->f.state;
 }
 
+void ck_node_take_changes(struct ck_node *n, struct ck_changes *out)
+{
+    ck_state_take_changes(&n->f.state, out);
+}
+
 static int mkdir_p(const char *path)
 {
     char buf[PATH_MAX];

@@ -125,6 +125,10 @@ int ck_node_start(struct ck_node *n);
 /* The replicated state; valid until the node is closed. */
 const struct ck_state *ck_node_state(const struct ck_node *n);
 
+/* The table's row changes applied since the last call (ck_state.h, struct
+ * ck_changes); the caller frees out->buf with ck_wbuf_free. */
+void ck_node_take_changes(struct ck_node *n, struct ck_changes *out);
+
 void ck_node_raft_info(struct ck_node *n, struct ck_raft_info *out);
 
 /* Counters for /metrics since ck_node_new. The histograms stay valid until

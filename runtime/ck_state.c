@@ -345,7 +345,48 @@ void ck_state_free(struct ck_state *s)
     free(s->config.name);
     table_free(&s->table);
     ck_kv_free(&s->kv);
+    ck_wbuf_free(&s->changes.buf);
     memset(s, 0, sizeof *s);
+}
+
+void ck_state_take_changes(struct ck_state *s, struct ck_changes *out)
+{
+    *out = s->changes;
+    memset(&s->changes, 0, sizeof s->changes);
+}
+
+static void changes_gap(struct ck_changes *c)
+{
+    ck_wbuf_free(&c->buf);
+    c->count = 0;
+    c->gap = true;
+}
+
+/* Records row @p as it is after a change: @epoch, and @row's node indexes
+ * (into s->nodes; an index >= @shift is one below the node's position, for
+ * apply_remove, which renumbers the row before it drops the node). */
+static void changes_add(struct ck_state *s, uint32_t p, uint64_t epoch, const uint16_t *row, uint32_t width,
+                        uint32_t shift)
+{
+    struct ck_changes *c = &s->changes;
+    if (c->gap) {
+        return;
+    }
+    uint32_t n = 0;
+    while (n < width && row[n] != CK_NO_NODE) {
+        n++;
+    }
+    ck_w_u32(&c->buf, p);
+    ck_w_u64(&c->buf, epoch);
+    ck_w_u32(&c->buf, n);
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t at = row[k] >= shift ? row[k] + 1u : row[k];
+        ck_w_cstr(&c->buf, s->nodes[at].id);
+    }
+    c->count++;
+    if (c->buf.err != 0 || c->buf.len > CK_CHANGES_MAX) {
+        changes_gap(c);
+    }
 }
 
 int ck_state_find_node(const struct ck_state *s, const char *id, size_t len)
@@ -539,6 +580,7 @@ static int apply_remove(struct ck_state *s, struct ck_str id, uint64_t index)
         if (hit) {
             t->epochs[p]++;
             changed = true;
+            changes_add(s, p, t->epochs[p], row, t->width, (uint32_t)at);
         }
     }
     if (changed) {
@@ -631,8 +673,10 @@ static int apply_table(struct ck_state *s, const struct ck_cmd_table *c, uint64_
         if (!row_same(row, t.width, old, s->table.width)) {
             t.epochs[p]++;
             changed = true;
+            changes_add(s, p, t.epochs[p], row, t.width, UINT32_MAX);
         } else if (t.width != s->table.width || memcmp(row, old, t.width * sizeof *row) != 0) {
             changed = true; /* Replica order only: no new epoch. */
+            changes_add(s, p, t.epochs[p], row, t.width, UINT32_MAX);
         }
     }
     free(map);
@@ -816,8 +860,10 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
         rv = CK_ECORRUPT;
         goto err;
     }
+    /* The record cannot say what a restore changed: the owner compares. */
     ck_state_free(s);
     *s = n;
+    changes_gap(&s->changes);
     return 0;
 
 err:

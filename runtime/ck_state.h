@@ -124,6 +124,24 @@ struct ck_table {
     uint64_t *epochs;  /* partitions; 0 = never assigned. */
 };
 
+/* What the table's rows went through since the owner last took the record
+ * (ck_state_take_changes): every command that changes a row appends, per
+ * changed row and in apply order, the partition, its epoch after the change
+ * and its owners' ids, primary first. Several commits can be applied before
+ * the owner looks (the node reports them in one event per loop turn); the
+ * record keeps each intermediate row, so that a row that lost an owner and
+ * got it back, or any change undone before the owner looked, is not missed.
+ * Not part of the snapshot or of the replicated state. A restore, a record
+ * over CK_CHANGES_MAX bytes or an allocation failure drop it and set `gap`:
+ * the owner then knows only the state as it is. Entry encoding: u32
+ * partition | u64 epoch | u32 n | n * str id. */
+#define CK_CHANGES_MAX (16u << 20)
+struct ck_changes {
+    struct ck_wbuf buf;
+    uint32_t count;
+    bool gap;
+};
+
 struct ck_state {
     struct ck_config config;
     struct ck_node_info *nodes;
@@ -132,6 +150,7 @@ struct ck_state {
     uint64_t index;       /* Raft index of the last command that changed anything but the store. */
     uint64_t table_index; /* Raft index of the last table change. */
     struct ck_kv kv;      /* The key-value store (its own index in kv.index). */
+    struct ck_changes changes;
 };
 
 /* ---- Commands (decoded form: views into the encoded buffer). ---- */
@@ -208,6 +227,10 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w);
 
 /* Replace @s with the state in snapshot @buf. On error @s is unchanged. */
 int ck_state_restore(struct ck_state *s, const void *buf, size_t len);
+
+/* Moves the change record into @out (the caller frees out->buf with
+ * ck_wbuf_free) and starts a new, empty one without a gap. */
+void ck_state_take_changes(struct ck_state *s, struct ck_changes *out);
 
 /* Lookups. */
 int ck_state_find_node(const struct ck_state *s, const char *id, size_t len); /* index or -1 */

@@ -363,6 +363,39 @@ static int lnode_configuration(lua_State *L)
     return 1;
 }
 
+/* node:changes() -> list, gap: the table's row changes applied since the
+ * last call, in apply order, each {index = partition (0-based), epoch,
+ * owners = {id, ...} (primary first)}; gap is true when some changes are not
+ * in the list (a snapshot was installed, or the record outgrew its bound):
+ * then compare with the state. The record is copied into Lua and freed. */
+static int lnode_changes(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:changes");
+    struct ck_changes c;
+    ck_node_take_changes(b->node, &c);
+    struct ck_rbuf r;
+    ck_rbuf_init(&r, c.buf.p, c.buf.len);
+    lua_createtable(L, (int)c.count, 0);
+    for (uint32_t i = 0; i < c.count && r.err == 0; i++) {
+        lua_createtable(L, 0, 3);
+        set_num(L, "index", ck_r_u32(&r));
+        set_num(L, "epoch", (lua_Number)ck_r_u64(&r));
+        uint32_t n = ck_r_u32(&r);
+        lua_createtable(L, (int)(n <= CK_MAX_REPLICATION ? n : 0), 0);
+        for (uint32_t k = 0; k < n && r.err == 0; k++) {
+            struct ck_str id = ck_r_str(&r, CK_MAX_STR);
+            lua_pushlstring(L, id.p != NULL ? id.p : "", id.len);
+            lua_rawseti(L, -2, (int)k + 1);
+        }
+        lua_setfield(L, -2, "owners");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    bool gap = c.gap || !ck_r_done(&r);
+    ck_wbuf_free(&c.buf);
+    lua_pushboolean(L, gap);
+    return 2;
+}
+
 /* node:index() -> state index, table index */
 static int lnode_index(lua_State *L)
 {
@@ -1035,6 +1068,7 @@ static const luaL_Reg lnode_methods[] = {
     {"counters", lnode_counters},
     {"configuration", lnode_configuration},
     {"index", lnode_index},
+    {"changes", lnode_changes},
     {"hasher", lnode_hasher},
     {"view", lnode_view},
     {"kv_get", lnode_kv_get},

@@ -696,7 +696,16 @@ function Store:_on_partition_change(ev)
   local old = {ev.old_primary}
   for _, r in ipairs(ev.old_replicas) do old[#old + 1] = r end
   old = without(old)
-  if ev.role == "gain" then
+  if ev.resync and (ev.new_primary == self.id or self:_owns(ev.index)) then
+    -- The row went through changes this node did not see one by one (it
+    -- installed a snapshot): it may have been no owner for a while and
+    -- missed writes. Copy as a starting node does: the union of what every
+    -- member holds, its own copy included (newer stamps win, tombstones
+    -- included, so what it holds that is stale loses to what it missed).
+    local owners = without({ev.new_primary, unpack(ev.new_replicas)}, self.id)
+    self:_sync(ev.index, {why = "resync", epoch = ev.epoch, others = owners,
+      need = overlap(#owners + 1), everyone = true})
+  elseif ev.role == "gain" then
     -- New here: whatever an earlier ownership left behind is replaced by a
     -- copy from the previous owners.
     self:_sync(ev.index, {why = "gain", epoch = ev.epoch, drop_before = ev.epoch,

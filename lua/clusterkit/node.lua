@@ -540,8 +540,12 @@ function Node:_on_event(ev)
   if ev == "applied" then
     self._cached = nil
     local v = self:_view()
+    -- The record of the rows up to this view: taken in the same step as the
+    -- view (no yield in between, and the core applies only on this loop).
+    local changes, gap
+    if self._core and not self._core:closed() then changes, gap = self._core:changes() end
     self:_persist()
-    self:_diff(self._prev_view, v)
+    self:_diff(self._prev_view, v, changes, gap)
     self._prev_view = v
     self:_fire("state_change", {index = v.index})
     self:_check_self(v)
@@ -709,23 +713,102 @@ local function health_of(v)
   return ok and "healthy" or "degraded"
 end
 
--- Fires membership and partition hooks for what changed between two views.
+-- This node's part in a row change: gain, lose, promote, demote or none.
+local function role_in(me, was_ids, is_ids)
+  local was, is = "", ""
+  for k = 1, #was_ids do if was_ids[k] == me then was = k == 1 and "primary" or "replica" end end
+  for k = 1, #is_ids do if is_ids[k] == me then is = k == 1 and "primary" or "replica" end end
+  if was == "" and is ~= "" then return "gain"
+  elseif was ~= "" and is == "" then return "lose"
+  elseif was == "replica" and is == "primary" then return "promote"
+  elseif was == "primary" and is == "replica" then return "demote"
+  end
+  return "none"
+end
+
+local function row_ids(row)
+  local t = {}
+  for k = 1, #row do t[k] = row[k].id end
+  return t
+end
+
+local function same_ids(a, b)
+  if #a ~= #b then return false end
+  for k = 1, #a do
+    if a[k] ~= b[k] then return false end
+  end
+  return true
+end
+
+function Node:_fire_row(p, was, is, epoch, old_epoch, resync)
+  local old_replicas, new_replicas = {}, {}
+  for k = 2, #was do old_replicas[k - 1] = was[k] end
+  for k = 2, #is do new_replicas[k - 1] = is[k] end
+  self:_fire("partition_change", {
+    partition = "partition-" .. (p - 1), index = p - 1, epoch = epoch, old_epoch = old_epoch,
+    old_primary = was[1] or "", new_primary = is[1] or "",
+    old_replicas = old_replicas, new_replicas = new_replicas, role = role_in(self.id, was, is),
+    resync = resync or nil,
+  })
+end
+
+-- One partition_change per row change, in apply order, from the core's
+-- record of the rows (node:changes()). Several commits are often applied
+-- before this node looks (a follower catching up after a pause, a batch of
+-- entries in one append): comparing only the view before and after would miss
+-- a row that lost this node and got it back (no event at all, yet the node
+-- was no owner for an epoch and missed that epoch's writes: the fault suite's
+-- pause-lock-holder caught a stale read through it) or see a lose and a
+-- gain as one promote.
+function Node:_replay_rows(old, new, changes)
+  local rows, epochs = {}, {}
+  for _, ch in ipairs(changes) do
+    local p = ch.index + 1
+    if p <= new.partitions then
+      local was = rows[p] or row_ids(old.pnodes[p])
+      local old_epoch = epochs[p] or old.parts[p].epoch
+      if not same_ids(was, ch.owners) then
+        self:_fire_row(p, was, ch.owners, ch.epoch, old_epoch)
+      end
+      rows[p], epochs[p] = ch.owners, ch.epoch
+    end
+  end
+end
+
+-- Without the record (a snapshot was installed, or the record outgrew its
+-- bound): one event per row that differs between the two views. A row whose
+-- epoch moved further than the owners' difference explains (more than one
+-- epoch, or a new epoch with the same owners) went through changes that are
+-- not known here: its event says resync = true (treat what this node holds
+-- of it as possibly stale, as after a gain).
+function Node:_compare_rows(old, new)
+  for p = 1, new.partitions do
+    local was, is = row_ids(old.pnodes[p]), row_ids(new.pnodes[p])
+    local e0, e1 = old.parts[p].epoch, new.parts[p].epoch
+    local same = same_ids(was, is)
+    if not same or e0 ~= e1 then
+      self:_fire_row(p, was, is, e1, e0, e1 > e0 + 1 or (same and e1 ~= e0))
+    end
+  end
+end
+
+-- Fires membership and partition hooks for what changed between two views;
+-- changes and gap: the core's record of the rows (node:changes()).
 -- Runs on every node, after the state changed (never inside the apply).
-function Node:_diff(old, new)
+function Node:_diff(old, new, changes, gap)
   if not old then
     self._health = health_of(new)
     return
   end
-  local me = self.id
-  local changes = self.membership_changes -- clusterkit_membership_changes_total
+  local counts = self.membership_changes -- clusterkit_membership_changes_total
   for _, n in ipairs(new.nodes) do
     local o = old.by_id[n.id]
     if not o then
-      changes.join = changes.join + 1
+      counts.join = counts.join + 1
       self:_fire("node_join", {node = n})
     elseif o.status ~= n.status then
       local kind = n.status == "left" and "leave" or "status"
-      changes[kind] = changes[kind] + 1
+      counts[kind] = counts[kind] + 1
       if is_down(n.status) or n.status == "left" then
         self:_fire("node_leave", {node = n, reason = n.status})
       elseif n.status == "active" and is_down(o.status) then
@@ -736,34 +819,15 @@ function Node:_diff(old, new)
   end
   for _, o in ipairs(old.nodes) do
     if not new.by_id[o.id] then
-      changes.remove = changes.remove + 1
+      counts.remove = counts.remove + 1
       self:_fire("node_leave", {node = o, reason = "removed"})
     end
   end
   if new.ready and old.ready and new.partitions == old.partitions and self._hooks.partition_change then
-    for p = 1, new.partitions do
-      local a, b = old.pnodes[p], new.pnodes[p]
-      local same = #a == #b
-      for k = 1, #a do
-        if not same then break end
-        same = a[k].id == b[k].id
-      end
-      if not same then
-        local was, is = "", ""
-        for k = 1, #a do if a[k].id == me then was = k == 1 and "primary" or "replica" end end
-        for k = 1, #b do if b[k].id == me then is = k == 1 and "primary" or "replica" end end
-        local part = "none"
-        if was == "" and is ~= "" then part = "gain"
-        elseif was ~= "" and is == "" then part = "lose"
-        elseif was == "replica" and is == "primary" then part = "promote"
-        elseif was == "primary" and is == "replica" then part = "demote"
-        end
-        self:_fire("partition_change", {
-          partition = new.parts[p].id, index = p - 1, epoch = new.parts[p].epoch,
-          old_primary = a[1] and a[1].id or "", new_primary = b[1] and b[1].id or "",
-          old_replicas = ids_of(a), new_replicas = ids_of(b), role = part,
-        })
-      end
+    if changes and not gap then
+      self:_replay_rows(old, new, changes)
+    else
+      self:_compare_rows(old, new)
     end
   end
   local h = health_of(new)

@@ -1185,6 +1185,119 @@ static void test_apply_remove_middle(void **state)
     ck_state_free(&s);
 }
 
+/* Reads the next entry of a change record: partition, epoch and owners
+ * (a comma-separated string). */
+static void next_change(struct ck_rbuf *r, uint32_t *p, uint64_t *epoch, char *owners, size_t cap)
+{
+    *p = ck_r_u32(r);
+    *epoch = ck_r_u64(r);
+    uint32_t n = ck_r_u32(r);
+    size_t at = 0;
+    owners[0] = '\0';
+    for (uint32_t k = 0; k < n; k++) {
+        struct ck_str id = ck_r_str(r, CK_MAX_STR);
+        assert_true(at + id.len + 2 < cap);
+        if (k > 0) {
+            owners[at++] = ',';
+        }
+        memcpy(owners + at, id.p, id.len);
+        at += id.len;
+        owners[at] = '\0';
+    }
+    assert_int_equal(r->err, 0);
+}
+
+static void assert_change(struct ck_rbuf *r, uint32_t p, uint64_t epoch, const char *owners)
+{
+    uint32_t gp;
+    uint64_t ge;
+    char buf[256];
+    next_change(r, &gp, &ge, buf, sizeof buf);
+    assert_int_equal(gp, p);
+    assert_int_equal(ge, epoch);
+    assert_string_equal(buf, owners);
+}
+
+/* The change record keeps every intermediate row, in apply order, across
+ * several commands: a row that loses a node and gets it back shows both
+ * changes although the table ends as it began; a replica reorder is a change
+ * without a new epoch; removing a node records the rows it left, with the
+ * ids as they were; a restore drops the record and says so (gap). */
+static void test_change_record(void **state)
+{
+    static const char *const ids[] = {"a", "b", "c"};
+    const uint16_t E = CK_NO_NODE, A = 0, B = 1, C = 2;
+    struct ck_state s;
+    struct ck_changes c;
+    struct ck_rbuf r;
+
+    (void)state;
+    ck_state_init(&s);
+    assert_int_equal(apply(&s, enc_init(3, 3), 1), 0);
+    assert_int_equal(apply(&s, enc_node("a", 1, CK_NODE_ACTIVE, 1), 2), 0);
+    assert_int_equal(apply(&s, enc_node("b", 2, CK_NODE_ACTIVE, 1), 3), 0);
+    assert_int_equal(apply(&s, enc_node("c", 3, CK_NODE_ACTIVE, 1), 4), 0);
+    uint16_t t1[] = {A, B, C, B, C, A, C, A, B};
+    assert_int_equal(apply(&s, enc_table(3, 3, ids, 3, t1), 5), 0);
+    ck_state_take_changes(&s, &c);
+    assert_false(c.gap);
+    assert_int_equal(c.count, 3);
+    ck_wbuf_free(&c.buf);
+
+    /* a leaves row 0 (b takes over) and comes back as its primary: two
+     * changes, the table as it began; row 1 only reorders its replicas. */
+    uint16_t t2[] = {B, C, E, B, A, C, C, A, B};
+    assert_int_equal(apply(&s, enc_table(3, 3, ids, 3, t2), 6), 0);
+    assert_int_equal(apply(&s, enc_table(3, 3, ids, 3, t1), 7), 0);
+    ck_state_take_changes(&s, &c);
+    assert_false(c.gap);
+    assert_int_equal(c.count, 4);
+    ck_rbuf_init(&r, c.buf.p, c.buf.len);
+    assert_change(&r, 0, 2, "b,c");
+    assert_change(&r, 1, 1, "b,a,c");
+    assert_change(&r, 0, 3, "a,b,c");
+    assert_change(&r, 1, 1, "b,c,a");
+    assert_true(ck_r_done(&r));
+    ck_wbuf_free(&c.buf);
+    uint64_t e[] = {3, 1, 1};
+    assert_memory_equal(s.table.epochs, e, sizeof e);
+
+    /* Taking leaves an empty record; a command that changes no row adds
+     * nothing; a rejected one neither. */
+    assert_int_equal(apply(&s, enc_status("a", CK_NODE_DOWN, 2), 8), 0);
+    assert_int_equal(apply(&s, enc_remove("x"), 9), CK_ENOTFOUND);
+    ck_state_take_changes(&s, &c);
+    assert_int_equal(c.count, 0);
+    assert_int_equal(c.buf.len, 0);
+    assert_false(c.gap);
+    ck_wbuf_free(&c.buf);
+
+    /* Removing b: every row lost it; the ids are right although the
+     * remaining nodes are renumbered. */
+    assert_int_equal(apply(&s, enc_remove("b"), 10), 0);
+    ck_state_take_changes(&s, &c);
+    assert_int_equal(c.count, 3);
+    ck_rbuf_init(&r, c.buf.p, c.buf.len);
+    assert_change(&r, 0, 4, "a,c");
+    assert_change(&r, 1, 2, "c,a");
+    assert_change(&r, 2, 2, "c,a");
+    assert_true(ck_r_done(&r));
+    ck_wbuf_free(&c.buf);
+
+    /* A restore cannot say what changed. */
+    struct blob b = snap(&s);
+    assert_int_equal(ck_state_restore(&s, b.p, b.len), 0);
+    blob_free(&b);
+    ck_state_take_changes(&s, &c);
+    assert_true(c.gap);
+    assert_int_equal(c.count, 0);
+    ck_wbuf_free(&c.buf);
+    ck_state_take_changes(&s, &c);
+    assert_false(c.gap);
+    ck_wbuf_free(&c.buf);
+    ck_state_free(&s);
+}
+
 /* s->index moves to the command's index on every accepted command and never
  * on a rejected or undecodable one. */
 static void test_index_moves_only_on_success(void **state)
@@ -1822,6 +1935,7 @@ int main(void)
         cmocka_unit_test(test_apply_table_epochs),
         cmocka_unit_test(test_apply_table_width_change),
         cmocka_unit_test(test_apply_remove_middle),
+        cmocka_unit_test(test_change_record),
         cmocka_unit_test(test_index_moves_only_on_success),
         cmocka_unit_test(test_table_index_moves_only_on_table_change),
         cmocka_unit_test(test_snapshot_roundtrip),
