@@ -543,6 +543,19 @@ int ck_node_start(struct ck_node *n)
     if (n->started || n->closing) {
         return CK_EINVAL;
     }
+    /* A raft port that another process holds fails here, before the data dir
+     * is created or bootstrapped: raft_start would fail the same way, but only
+     * after raft_bootstrap had written a first segment with this address, and
+     * a fixed retry (a new RAFT_ADDR) would then start from that leftover.
+     * The probe binds and closes at once (libuv sets SO_REUSEADDR, so a port
+     * in TIME_WAIT passes); a port taken between the probe and raft_start
+     * still fails in raft_start below. Hostnames are not probed. */
+    const char *listen_addr = n->raft_bind ? n->raft_bind : n->raft_addr;
+    if ((rv = node_probe_listen(listen_addr)) != 0) {
+        snprintf(n->errmsg, sizeof n->errmsg, "raft start on %s: listen on %s: %s", n->raft_addr,
+                 listen_addr, uv_strerror(rv));
+        return CK_ERAFT; /* The same error raft_start gives, earlier. */
+    }
     if ((rv = mkdir_p(n->dir)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "create %s: %s", n->dir, ck_strerror(rv));
         return rv;

@@ -237,6 +237,28 @@ def test_bad_raft_addr_fails_clearly_and_writes_nothing(ck, host):
     assert not os.path.exists(os.path.join(n.data_dir, "raft")), os.listdir(n.data_dir)
 
 
+def test_raft_port_in_use_fails_clearly_and_writes_nothing(ck):
+    """A RAFT_ADDR whose port another process listens on fails the start
+    naming the address, and bootstraps nothing: a retry at another port must
+    not start from a first segment written with the taken address."""
+    import socket
+    holder = socket.socket()
+    holder.bind((HOST, 0))
+    holder.listen(1)
+    try:
+        addr = "%s:%d" % (HOST, holder.getsockname()[1])
+        n = ck.node("r2", env={"RAFT_ADDR": addr}, start=False)
+        n.check_exit = False
+        n.start(wait=False)
+        exits_nonzero(n)
+        assert re.search(r"^ckrun: .*%s.*address already in use" % re.escape(addr), n.log_text(), re.M), \
+            n.log_tail()
+        raft_dir = os.path.join(n.data_dir, "raft")
+        assert not os.path.exists(raft_dir) or not os.listdir(raft_dir), os.listdir(raft_dir)
+    finally:
+        holder.close()
+
+
 # ---------------------------------------------------------------------------
 # 5. Node ids are safe path components
 # ---------------------------------------------------------------------------
