@@ -22,7 +22,7 @@ for b in tests/bench/http_bench.sh; do
   echo "== $b"
   "$b" "$BUILD"
 done
-for b in tests/bench/cluster_*.py tests/bench/kv_bench.py; do
+for b in tests/bench/cluster_*.py tests/bench/kv_bench.py tests/bench/client_bench.py; do
   [ -e "$b" ] || continue
   echo "== $b"
   CK_BUILD_DIR="$BUILD" python3 "$b"
