@@ -35,9 +35,12 @@
 -- reorder it after a newer one.
 --
 -- Every side effect comes through ctx (request, now, sleep, spawn, cond,
--- hash), so tests/lua/client_spec.lua drives it with a fake cluster and no
--- clock; M.new without ctx uses clusterkit's loop (clusterkit.httpc, sched).
-local json = require "clusterkit.json"
+-- hash, and optionally env and exiting), so tests/lua/client_spec.lua drives it with a fake cluster and no
+-- clock; M.new without ctx uses clusterkit's loop (clusterkit.httpc, sched),
+-- and resty.clusterkit gives it nginx's cosockets, timers and semaphores.
+-- Only lua-cjson and errors (pure Lua): resty.clusterkit runs this file
+-- inside nginx, where clusterkit.core (and so clusterkit.json) is absent.
+local decode = require("cjson.safe").decode
 local errors = require "clusterkit.errors"
 
 local M = {}
@@ -237,13 +240,16 @@ function Client:_fetch(addr, index)
                                      headers = self:_headers(true), timeout = timeout})
   if not res then return nil, err end
   if res.status ~= 200 then
-    local ok, e = pcall(json.decode, res.body or "")
-    local code = ok and type(e) == "table" and e.code or "HTTP_" .. res.status
+    local e = decode(res.body or "")
+    local ok = type(e) == "table"
+    local code = ok and e.code or "HTTP_" .. res.status
     return nil, errors.new(code, format("%s answered %d: %s", addr, res.status,
-      ok and type(e) == "table" and tostring(e.message or e.error) or tostring(res.body):sub(1, 200)))
+      ok and tostring(e.message or e.error) or tostring(res.body):sub(1, 200)))
   end
-  local ok, body = pcall(json.decode, res.body or "")
-  if not ok then return nil, errors.new("PROTOCOL", addr .. " sent a /cluster body that is not JSON") end
+  local body = decode(res.body or "")
+  if type(body) ~= "table" then
+    return nil, errors.new("PROTOCOL", addr .. " sent a /cluster body that is not a JSON object")
+  end
   return M.parse_cluster(body)
 end
 
@@ -284,7 +290,8 @@ end
 -- The watch loop: a blocking query at a time on the current address.
 function Client:_watch()
   local backoff, failed_in_row = BACKOFF_MIN, 0
-  while not self.closed do
+  local exiting = self.ctx.exiting -- nginx: the worker is shutting down
+  while not self.closed and not (exiting and exiting()) do
     local t, err = self:_fetch(self.addrs[self.cur], self.tbl.index)
     if self.closed then break end
     if t and t.index >= self.tbl.index then
@@ -376,8 +383,8 @@ local IDEMPOTENT = {GET = true, HEAD = true}
 local NOT_SENT = {CONNECT = true, INVALID = false}
 
 local function error_code(res)
-  local ok, e = pcall(json.decode, res.body or "")
-  if ok and type(e) == "table" then return e.code, e end
+  local e = decode(res.body or "")
+  if type(e) == "table" then return e.code, e end
 end
 
 --- Sends an application request to key's primary. opts: key (required),
