@@ -7,3 +7,6 @@ files["tests/lua/**/*_spec.lua"] = {std = "+busted"}
 -- wrk scripts talk to wrk through globals (request, response, setup, ...).
 files["tests/bench/wrk_*.lua"] = {ignore = {"1"}}
 exclude_files = {"build/**", "build-*/**"}
+-- Code that runs inside nginx (resty.clusterkit, examples/openresty).
+files["lua/resty/**"] = {std = "+ngx_lua"}
+files["examples/openresty/**"] = {std = "+ngx_lua"}

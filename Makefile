@@ -85,7 +85,9 @@ test-asan: deps
 	  ctest --output-on-failure -j$(JOBS) -L 'unit|lua|cluster'
 
 # The suite built against OpenResty's LuaJIT (unpacked next to the installed
-# upstream one; the two Debian -dev packages conflict).
+# upstream one; the two Debian -dev packages conflict), then resty.clusterkit
+# and examples/openresty in Debian's nginx with libnginx-mod-http-lua
+# (unpacked the same way: it needs OpenResty's LuaJIT).
 test-openresty: deps
 	tests/flavours/openresty.sh .
 

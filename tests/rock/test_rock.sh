@@ -16,6 +16,8 @@ luarocks --lua-version=5.1 --tree="$WORK/tree" make rocks/clusterkit-scm-1.rocks
 test -x "$WORK/tree/bin/ckrun"
 "$WORK/tree/bin/ckrun" --version
 test -x "$WORK/tree/bin/ckctl"
+test -f "$WORK/tree/share/lua/5.1/resty/clusterkit.lua"
+test -f "$WORK/tree/share/lua/5.1/clusterkit/client.lua"
 "$WORK/tree/bin/ckctl" --help > /dev/null
 cd "$WORK"
 export LUA_PATH="$WORK/tree/share/lua/5.1/?.lua;$WORK/tree/share/lua/5.1/?/init.lua;;"

@@ -1,0 +1,57 @@
+--- An nginx front for an examples/kv cluster: every /kv/<key> request is
+-- proxied straight to the key's primary, chosen in balancer_by_lua from the
+-- table that resty.clusterkit keeps current by push (no hop through a node
+-- that is not the primary, no per-request lookup over the network).
+--
+-- nginx.conf calls: init_worker -> M.init(addrs); access -> M.access()
+-- (routes once per request, answers 503 JSON before the first table);
+-- balancer -> M.balance() (the primary first; when nginx retries after a
+-- connection error, the next owner, which forwards to the primary itself).
+local rck = require "resty.clusterkit"
+local balancer = require "ngx.balancer"
+local cjson = require "cjson.safe"
+
+local M = {}
+
+function M.init(addrs)
+  M.client = rck.follow {addrs = addrs, wait = 30}
+end
+
+local function fail(status, code, message)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode({code = code, message = message}))
+  return ngx.exit(status)
+end
+
+function M.access()
+  local key = ngx.unescape_uri(ngx.var.kv_key)
+  local r, err = M.client:route(key)
+  if not r then return fail(503, err.code, err.message) end
+  if not r.primary then return fail(503, "NO_OWNER", r.partition .. " has no owner") end
+  local peers, nodes = {}, M.client:table().nodes
+  for _, id in ipairs(r.owners) do
+    local n = nodes[id]
+    local host, port
+    if n and type(n.ip) == "string" then host, port = n.ip:match("^(.+):(%d+)$") end
+    if host then peers[#peers + 1] = {id = id, host = host, port = tonumber(port)} end
+  end
+  if #peers == 0 then return fail(503, "NO_OWNER", r.partition .. " has no reachable owner") end
+  ngx.ctx.ck = {peers = peers, tries = 0}
+  ngx.req.set_header("X-CK-Partition", r.partition)
+  ngx.req.set_header("X-CK-Epoch", tostring(r.epoch))
+end
+
+function M.balance()
+  local s = ngx.ctx.ck
+  if s.tries == 0 and #s.peers > 1 then balancer.set_more_tries(#s.peers - 1) end
+  s.tries = s.tries + 1
+  local p = s.peers[s.tries] or s.peers[#s.peers]
+  local ok, err = balancer.set_current_peer(p.host, p.port)
+  if not ok then
+    ngx.log(ngx.ERR, "clusterkit front: set_current_peer ", p.host, ":", p.port, ": ", err)
+    return ngx.exit(502)
+  end
+end
+
+return M
