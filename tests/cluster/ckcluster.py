@@ -9,6 +9,7 @@ Nothing here asserts timings: a bound is only where a wait gives up.
 
 import json
 import time
+import urllib.parse
 
 from ckharness import HarnessError, http_request
 
@@ -91,6 +92,25 @@ def leader_of(node, timeout=PROBE_TIMEOUT):
     if not j or not j.get("leader_id"):
         return None
     return j["leader_id"]
+
+
+def key_routes(node, keys):
+    """(state index, {key: owners, primary first}) from node's
+    /partitions/key answers, all at one state index; None when the node does
+    not answer or its table moved while it was asked."""
+    before = probe(node, "/cluster")
+    if not before:
+        return None
+    routes = {}
+    for k in keys:
+        j = probe(node, "/partitions/key?key=" + urllib.parse.quote(k))
+        if not j:
+            return None
+        routes[k] = [j["primary"]] + j["replicas"]
+    after = probe(node, "/cluster")
+    if not after or after["state_index"] != before["state_index"]:
+        return None
+    return before["state_index"], routes
 
 
 def partitions_of(node):

@@ -21,11 +21,12 @@ import urllib.parse
 import pytest
 
 from ckharness import CKRUN, SOURCE_DIR, ck  # noqa: F401  (ck: the fixture)
-from ckcluster import Cluster, probe, wait_for
+from ckcluster import Cluster, key_routes, probe, wait_for
 
 PROBE = os.path.join(SOURCE_DIR, "tests", "cluster", "client_probe.lua")
 KV_APP = os.path.join(SOURCE_DIR, "examples", "kv", "app.lua")
 NKEYS = 32
+KEYS = ["key-%d" % i for i in range(1, NKEYS + 1)]  # the probe routes the same keys
 WAIT = 30.0  # bound for anything the test waits on
 
 
@@ -95,31 +96,14 @@ def probes(tmp_path):
         p.stop()
 
 
-def node_routes(node):
-    """{key: owners} as node answers /partitions/key, with its state index."""
-    before = probe(node, "/cluster")
-    if not before:
-        return None, None
-    routes = {}
-    for i in range(1, NKEYS + 1):
-        k = "key-%d" % i
-        j = probe(node, "/partitions/key?key=" + urllib.parse.quote(k))
-        if not j:
-            return None, None
-        routes[k] = [j["primary"]] + j["replicas"]
-    after = probe(node, "/cluster")
-    if not after or after["state_index"] != before["state_index"]:
-        return None, None  # the table moved while we asked
-    return routes, before["state_index"]
-
-
 def client_agrees_with(p, node):
     """True once the client's newest table is node's table, key by key."""
     assert p.proc.poll() is None, "the client exited:\n" + p.stderr_text()
-    routes, index = node_routes(node)
+    got = key_routes(node, KEYS)
     t = p.last_table()
-    if routes is None or t is None or t["index"] != index:
+    if got is None or t is None or t["index"] != got[0]:
         return False
+    routes = got[1]
     return t["routes"] == routes
 
 

@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "cluster"))
 
 from ckharness import HOST, SOURCE_DIR, ck, free_port, http_request  # noqa: E402,F401,F811  (ck: the fixture)
-from ckcluster import Cluster, probe, wait_for  # noqa: E402
+from ckcluster import Cluster, key_routes, wait_for  # noqa: E402
 
 NGINX = os.environ.get("NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
 MODULES = os.environ.get("NGINX_MODULES", "/usr/lib/nginx/modules")
@@ -96,23 +96,6 @@ def front(tmp_path):
         f.stop()
 
 
-def node_table(node):
-    """{key: owners} from node's /partitions/key and its state index, or None."""
-    before = probe(node, "/cluster")
-    if not before:
-        return None
-    routes = {}
-    for k in KEYS:
-        j = probe(node, "/partitions/key?key=" + urllib.parse.quote(k))
-        if not j:
-            return None
-        routes[k] = [j["primary"]] + j["replicas"]
-    after = probe(node, "/cluster")
-    if not after or after["state_index"] != before["state_index"]:
-        return None
-    return before["state_index"], routes
-
-
 LAST = [None]  # why the last comparison failed, for the failure message
 
 
@@ -128,7 +111,7 @@ class Why:
 
 def front_agrees(f, node):
     f.alive()
-    t = node_table(node)
+    t = key_routes(node, KEYS)
     if not t:
         return False
     index, routes = t

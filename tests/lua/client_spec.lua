@@ -79,26 +79,24 @@ local function World()
     for addr, n in pairs(w.nodes) do
       if n.up and not (lagging and lagging[addr]) then n.index = w.index end
     end
-    local still = {}
-    for _, b in ipairs(w.blocked) do
-      local n = w.nodes[b.addr]
-      if n.up and n.index > b.index then
-        b.resume(cluster_answer(n))
-      elseif not n.up then
-        b.resume(nil, {code = "CLOSED", message = "connection closed"})
-      else
-        still[#still + 1] = b
-      end
-    end
-    w.blocked = still
+    w.settle()
   end
 
   function w.kill(addr)
     w.nodes[addr].up = false
+    w.settle()
+  end
+
+  -- Answers every held query whose node moved past its index, and fails
+  -- those whose node is down; keeps the rest held.
+  function w.settle()
     local still = {}
     for _, b in ipairs(w.blocked) do
-      if b.addr == addr then
+      local n = w.nodes[b.addr]
+      if not n.up then
         b.resume(nil, {code = "CLOSED", message = "connection closed"})
+      elseif n.index > b.index then
+        b.resume(cluster_answer(n))
       else
         still[#still + 1] = b
       end

@@ -3,22 +3,10 @@
 -- takes the digest from a function (ngx.md5_bin in nginx); the md5 vectors
 -- run in the real nginx (tests/flavours/test_resty.py).
 local hash = require "clusterkit.hash"
-local json = require "clusterkit.json"
+local vectors = require "hashvectors"
 local core = require "clusterkit.core"
 
-local function cases()
-  local f = assert(io.open("tests/vectors/hash.json", "rb"))
-  local v = json.decode(f:read("*a"))
-  f:close()
-  return v.cases
-end
-
-local function bytes(case)
-  if case.key_hex then
-    return (case.key_hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
-  end
-  return case.key
-end
+local cases, bytes = vectors.cases, vectors.bytes
 
 describe("clusterkit.hash", function()
   it("answers every fnv1a64 vector", function()

@@ -4,24 +4,12 @@
 -- fails, either the hasher or the spec changed: clients in other languages
 -- would route differently.
 local core = require "clusterkit.core"
-local json = require "clusterkit.json"
+local vectors = require "hashvectors"
 
-local function load()
-  local f = assert(io.open("tests/vectors/hash.json", "rb"))
-  local v = json.decode(f:read("*a"))
-  f:close()
-  return v.cases
-end
-
-local function bytes(case)
-  if case.key_hex then
-    return (case.key_hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
-  end
-  return case.key
-end
+local bytes = vectors.bytes
 
 describe("key -> partition vectors", function()
-  local cases = load()
+  local cases = vectors.cases()
 
   it("cover both algorithms, both tag settings and edge keys", function()
     local seen = {}
