@@ -96,6 +96,10 @@ local function cached(node, name, build)
       cache[name] = hit
     end
     if not fresh_etag(node, req, res) then return end
+    -- Like Consul's X-Consul-KnownLeader: a node that knows no leader (the
+    -- minority side of a split) may hold a table the cluster has moved past;
+    -- clusterkit.client moves to another node when it reads "false".
+    res:header("X-CK-Known-Leader", node:leader() and "true" or "false")
     res:header("ETag", etag):header("Content-Type", "application/json")
     return res:send(hit.body)
   end

@@ -19,7 +19,11 @@
 -- was given plus every member's HTTP address from the table, so losing the
 -- node it watches, or every seed, does not lose the cluster. Tables only move
 -- forward: an answer whose state index is below the one held is dropped
--- (a lagging or partitioned node), so routing never goes back in time.
+-- (a lagging or partitioned node), so routing never goes back in time. A
+-- node that answers X-CK-Known-Leader: false (it knows no leader: the
+-- minority side of a split, or a cluster without quorum) is left for the
+-- next one too, after its newer table, if any, is taken: a node cut off
+-- from the majority is left within one `wait`.
 --
 -- Requests. request() resolves the key's partition, sends to its primary
 -- with X-CK-Partition and X-CK-Epoch (the epoch it routed with: a server can
@@ -229,9 +233,9 @@ end
 
 -- One GET /cluster on addr (blocking when index is given). Returns the
 -- parsed table, or nil, err.
-function Client:_fetch(addr, index)
+function Client:_fetch(addr, index, timeout)
   local target = "/cluster"
-  local timeout = self.timeout
+  timeout = timeout or self.timeout
   if index then
     target = format("/cluster?index=%d&wait=%dms", index, math.ceil(self.wait * 1000))
     timeout = self.wait + self.timeout
@@ -250,7 +254,12 @@ function Client:_fetch(addr, index)
   if type(body) ~= "table" then
     return nil, errors.new("PROTOCOL", addr .. " sent a /cluster body that is not a JSON object")
   end
-  return M.parse_cluster(body)
+  local t, perr = M.parse_cluster(body)
+  if t then
+    -- The node knows no leader: its table may be behind the cluster's.
+    t.no_leader = res.headers ~= nil and res.headers["x-ck-known-leader"] == "false"
+  end
+  return t, perr
 end
 
 function Client:_next_addr()
@@ -269,9 +278,14 @@ function Client:start()
   local backoff = BACKOFF_MIN
   while true do
     for _ = 1, #self.addrs do
-      local t, err = self:_fetch(self.addrs[self.cur])
+      local left = deadline - self.ctx.now()
+      if left <= 0 then break end
+      local t, err = self:_fetch(self.addrs[self.cur], nil, math.min(self.timeout, left))
       if t then
         self:_install(t)
+        -- A table from a node that knows no leader is better than none, but
+        -- the watch starts on another node.
+        if t.no_leader then self:_next_addr() end
         self.running = true
         self.ctx.spawn(function() self:_watch() end)
         return true
@@ -294,15 +308,17 @@ function Client:_watch()
   while not self.closed and not (exiting and exiting()) do
     local t, err = self:_fetch(self.addrs[self.cur], self.tbl.index)
     if self.closed then break end
-    if t and t.index >= self.tbl.index then
+    if t and t.index >= self.tbl.index and not t.no_leader then
       self:_install(t) -- an equal index is the wait ending with no change
       backoff, failed_in_row = BACKOFF_MIN, 0
     else
+      if t and t.no_leader and t.index > self.tbl.index then self:_install(t) end
       -- A failed node, or one behind what we hold (lagging, or on the
       -- minority side of a split): watch another one.
       self.stats.watch_errors = self.stats.watch_errors + 1
-      self.last_error = t and errors.new("STALE", format("%s is at state index %d, behind %d",
-        self.addrs[self.cur], t.index, self.tbl.index)) or err
+      self.last_error = t and (t.no_leader and errors.new("NO_LEADER", self.addrs[self.cur] .. " knows no leader")
+        or errors.new("STALE", format("%s is at state index %d, behind %d", self.addrs[self.cur], t.index,
+          self.tbl.index))) or err
       self:_next_addr()
       failed_in_row = failed_in_row + 1
       if failed_in_row >= #self.addrs then

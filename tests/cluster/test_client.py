@@ -111,6 +111,8 @@ def test_client_routes_as_the_nodes_do_and_follows_a_join_and_the_loss_of_its_no
     c = Cluster(ck, env={"PARTITION_COUNT": "16", "REPLICATION_FACTOR": "2", "REBALANCE_DELAY": "1"})
     n1, n2, n3 = c.start(3)
     c.wait_converged()
+    # What the client reads to leave a node cut off from the majority.
+    assert n1.get("/cluster").headers["X-CK-Known-Leader"] == "true"
     p = probes([n1.http_addr])  # one seed: it learns the others from the table
     wait_for(lambda: client_agrees_with(p, n1), WAIT, what="the client's first table to match n1's")
 

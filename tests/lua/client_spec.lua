@@ -68,7 +68,8 @@ local function World()
   end
 
   local function cluster_answer(n)
-    return {status = 200, headers = {}, body = json.encode(w.body_at(n.index))}
+    return {status = 200, headers = {["x-ck-known-leader"] = n.leaderless and "false" or "true"},
+            body = json.encode(w.body_at(n.index))}
   end
 
   -- Commits a new table (cluster body) and lets every up node apply it.
@@ -279,6 +280,31 @@ describe("clusterkit.client", function()
     end)
     assert.are.equal(2, c:state_index())
     assert.are.equal("b", c:route("k0").primary)
+    c:close()
+  end)
+
+  it("leaves a node that knows no leader (a minority) for one that follows the cluster", function()
+    local w, c = setup({addrs = {NODES.a}})
+    w.run(function()
+      assert(c:start())
+      -- a is cut off from the majority: it stops applying and, after an
+      -- election timeout, knows no leader. b and c go on.
+      w.nodes[NODES.a].leaderless = true
+      w.commit(body(NODES, {[0] = {"b", "c"}}, {[0] = 2}, 4), {[NODES.a] = true})
+      assert(c:wait_for_change(1, 15)) -- a's held query ends within wait (10 s)
+    end)
+    assert.are.equal(2, c:state_index())
+    assert.are.equal("b", c:route("k0").primary)
+    assert.are_not.equal(NODES.a, c.addrs[c.cur])
+    c:close()
+  end)
+
+  it("takes a first table from a node without a leader, then watches another one", function()
+    local w, c = setup({addrs = {NODES.a, NODES.b}})
+    w.nodes[NODES.a].leaderless = true
+    w.run(function() assert(c:start()) end)
+    assert.are.equal(1, c:state_index())
+    assert.are.equal(NODES.b, c.addrs[c.cur])
     c:close()
   end)
 
