@@ -14,6 +14,9 @@ set -euo pipefail
 SRC=$(realpath "${1:-.}")
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# nginx's workers run as nobody when the master is root: they must be able to
+# read the Lua files copied here (mktemp makes the directory 0700).
+chmod 755 "$WORK"
 cd "$WORK"
 PKGS="libluajit2-5.1-dev libluajit2-5.1-2 libluajit2-5.1-common luajit2
       nginx libnginx-mod-http-ndk libnginx-mod-http-lua lua-resty-core lua-resty-lrucache libpcre3"

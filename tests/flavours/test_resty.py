@@ -90,6 +90,7 @@ def front(tmp_path):
     def make(addr):
         f = Front(tmp_path, addr)
         made.append(f)
+        FRONTS.append(f)
         return f
     yield make
     for f in made:
@@ -97,6 +98,7 @@ def front(tmp_path):
 
 
 LAST = [None]  # why the last comparison failed, for the failure message
+FRONTS = []    # the fronts started, for the failure message
 
 
 class Why:
@@ -106,7 +108,8 @@ class Why:
         self.what = what
 
     def __str__(self):
-        return "%s (last mismatch: %r)" % (self.what, LAST[0])
+        log = FRONTS[-1].error_log() if FRONTS else ""
+        return "%s (last mismatch: %r)\nnginx error.log:\n%s" % (self.what, LAST[0], log)
 
 
 def front_agrees(f, node):
