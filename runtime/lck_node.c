@@ -18,6 +18,12 @@ struct lnode {
     struct ck_node *node; /* NULL once close started. */
     int event_ref;
     int self_ref;
+    /* The change record node:changes() is copying into Lua. It lives here,
+     * not on the C stack, so that a Lua allocation error while copying
+     * (which longjmps out) neither leaks it nor loses it silently: the next
+     * call frees it and reports a gap; close frees it too. */
+    struct ck_changes taken;
+    bool taken_open;
 };
 
 /* Per-request context for proposals and membership changes. */
@@ -118,6 +124,8 @@ static int lnode_new(lua_State *L)
     struct lnode *b = lua_newuserdata(L, sizeof *b);
     b->event_ref = LUA_NOREF;
     b->self_ref = LUA_NOREF;
+    memset(&b->taken, 0, sizeof b->taken);
+    b->taken_open = false;
     b->node = ck_node_new(lck_loop(), &o, lnode_on_event, b);
     if (b->node == NULL) {
         return luaL_error(L, "node_new: out of memory");
@@ -145,6 +153,10 @@ static int lnode_start(lua_State *L)
 static int lnode_close(lua_State *L)
 {
     struct lnode *b = luaL_checkudata(L, 1, NODE_MT);
+    if (b->taken_open) {
+        ck_wbuf_free(&b->taken.buf);
+        b->taken_open = false;
+    }
     if (b->node != NULL) {
         struct ck_node *n = b->node;
         b->node = NULL;
@@ -371,8 +383,13 @@ static int lnode_configuration(lua_State *L)
 static int lnode_changes(lua_State *L)
 {
     struct lnode *b = lnode_check(L, "node:changes");
-    struct ck_changes c;
-    ck_node_take_changes(b->node, &c);
+    bool lost = b->taken_open; /* The last copy raised: its changes are lost. */
+    if (lost) {
+        ck_wbuf_free(&b->taken.buf);
+    }
+    ck_node_take_changes(b->node, &b->taken);
+    b->taken_open = true;
+    const struct ck_changes c = b->taken;
     struct ck_rbuf r;
     ck_rbuf_init(&r, c.buf.p, c.buf.len);
     lua_createtable(L, (int)c.count, 0);
@@ -390,8 +407,9 @@ static int lnode_changes(lua_State *L)
         lua_setfield(L, -2, "owners");
         lua_rawseti(L, -2, (int)i + 1);
     }
-    bool gap = c.gap || !ck_r_done(&r);
-    ck_wbuf_free(&c.buf);
+    bool gap = c.gap || lost || !ck_r_done(&r);
+    ck_wbuf_free(&b->taken.buf);
+    b->taken_open = false;
     lua_pushboolean(L, gap);
     return 2;
 }

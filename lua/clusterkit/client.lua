@@ -32,7 +32,8 @@
 --   - 421 (NOT_PRIMARY / NOT_OWNER) and 409 STALE_EPOCH: the server refused
 --     without acting; the client waits (bounded) for a newer table, then
 --     routes again;
---   - 503 and connection failures before anything was sent: the next owner.
+--   - a connection refused (nothing was sent), and a 503 that says nothing
+--     was done (NOT_READY, SYNCING, NO_LEADER, NO_OWNER): the next owner;
 -- A request whose outcome is unknown (the connection broke after it was
 -- sent, or timed out) is retried only when it is idempotent (GET, HEAD, or
 -- `idempotent = true`): a blind retry of a write can apply it twice or
@@ -184,6 +185,17 @@ function M.parse_cluster(body)
   }
 end
 
+--- The error code and object of a JSON error answer: clusterkit's
+-- {"error": {"code", "message", ...}} (a bare {"code", ...} is accepted
+-- too), or nil.
+function M.error_of(res)
+  local e = decode(res.body or "")
+  if type(e) ~= "table" then return nil end
+  if type(e.error) == "table" then e = e.error end
+  if type(e.code) ~= "string" then return nil end
+  return e.code, e
+end
+
 -- Seeds first, then every member's HTTP address that is not a seed.
 function Client:_candidates()
   local list, seen = {}, {}
@@ -244,11 +256,9 @@ function Client:_fetch(addr, index, timeout)
                                      headers = self:_headers(true), timeout = timeout})
   if not res then return nil, err end
   if res.status ~= 200 then
-    local e = decode(res.body or "")
-    local ok = type(e) == "table"
-    local code = ok and e.code or "HTTP_" .. res.status
-    return nil, errors.new(code, format("%s answered %d: %s", addr, res.status,
-      ok and tostring(e.message or e.error) or tostring(res.body):sub(1, 200)))
+    local code, e = M.error_of(res)
+    return nil, errors.new(code or "HTTP_" .. res.status, format("%s answered %d: %s", addr, res.status,
+      e and tostring(e.message) or tostring(res.body):sub(1, 200)))
   end
   local body = decode(res.body or "")
   if type(body) ~= "table" then
@@ -398,10 +408,11 @@ local IDEMPOTENT = {GET = true, HEAD = true}
 -- Errors that mean the request was never sent, so any method may go again.
 local NOT_SENT = {CONNECT = true, INVALID = false}
 
-local function error_code(res)
-  local e = decode(res.body or "")
-  if type(e) == "table" then return e.code, e end
-end
+-- A 503 that says nothing was done: any method may go to the next owner.
+-- Other 503s (examples/kv's QUORUM after some replicas stored the write,
+-- the KV store's UNKNOWN_OUTCOME) go back to the caller unless the request
+-- is idempotent.
+local NOTHING_DONE = {NOT_READY = true, SYNCING = true, NO_LEADER = true, NO_OWNER = true}
 
 --- Sends an application request to key's primary. opts: key (required),
 -- method (GET), path (required, e.g. "/kv/user:42"), body, headers,
@@ -415,11 +426,12 @@ function Client:request(opts)
     return nil, errors.new("INVALID", "client:request needs key and a path that starts with /")
   end
   local method = opts.method or "GET"
-  local idempotent = opts.idempotent or IDEMPOTENT[method]
+  local idempotent = (opts.idempotent or IDEMPOTENT[method]) and true or false
   local deadline = self.ctx.now() + (opts.timeout or self.timeout)
   local last
   local skip = {} -- owners that failed before the request was sent, this table
   for attempt = 1, self.retries + 1 do
+    local seen = self:state_index() -- the table this try routes by
     local r, err = self:route(opts.key)
     if not r then return nil, err end
     local id
@@ -430,7 +442,7 @@ function Client:request(opts)
       -- Every owner failed: wait for the table to change, then start over.
       last = last or errors.new("NO_OWNER", r.partition .. " has no owner that answers")
       local left = deadline - self.ctx.now()
-      if left <= 0 or not self:wait_for_change(self:state_index(), left) then break end
+      if left <= 0 or not self:wait_for_change(seen, left) then break end
       skip = {}
     else
       local n = self.tbl.nodes[id]
@@ -441,23 +453,26 @@ function Client:request(opts)
       if left <= 0 then break end
       local url = "http://" .. (n and n.ip or "") .. opts.path
       local res, rerr = self.ctx.request({method = method, url = url, headers = headers, body = opts.body,
-                                          timeout = left})
+                                          timeout = left, idempotent = idempotent})
       if res and res.status == 307 and res.headers and res.headers.location then
         res, rerr = self.ctx.request({method = method, url = res.headers.location, headers = headers,
-                                      body = opts.body, timeout = math.max(0.001, deadline - self.ctx.now())})
+                                      body = opts.body, timeout = math.max(0.001, deadline - self.ctx.now()),
+                                      idempotent = idempotent})
       end
+      local last_try = attempt > self.retries
       if res then
-        local code = (res.status == 421 or res.status == 409 or res.status == 503) and error_code(res)
-        if res.status == 421 or (res.status == 409 and code == "STALE_EPOCH") then
+        local code = (res.status == 421 or res.status == 409 or res.status == 503) and M.error_of(res)
+        if not last_try and (res.status == 421 or (res.status == 409 and code == "STALE_EPOCH")) then
           -- Refused without acting: our table is behind. Wait for a newer
-          -- one (the watch brings it), then route again.
+          -- one than this try routed by (the watch brings it; it may have
+          -- come while the request was out), then route again.
           last = errors.new(code or "MISROUTED", format("%s answered %d for %s at epoch %d", id, res.status,
             r.partition, r.epoch or 0))
           local left2 = deadline - self.ctx.now()
           if left2 <= 0 then break end
-          self:wait_for_change(self:state_index(), math.min(left2, 1))
+          self:wait_for_change(seen, math.min(left2, 1))
           skip = {}
-        elseif res.status == 503 and attempt <= self.retries then
+        elseif not last_try and res.status == 503 and (idempotent or NOTHING_DONE[code]) then
           last = errors.new(code or "UNAVAILABLE", format("%s answered 503", id))
           skip[id] = true
         else

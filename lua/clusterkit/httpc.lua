@@ -248,7 +248,8 @@ end
 local IDEMPOTENT = {GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true}
 
 --- Performs one request. opts: method (GET), url, headers (table), body
--- (string), timeout (seconds, default 10). Returns res or nil, err.
+-- (string), timeout (seconds, default 10), idempotent (default: by method).
+-- Returns res or nil, err.
 function M.request(opts)
   if type(opts) ~= "table" then
     error("clusterkit.http.request: argument must be a table", 2)
@@ -266,6 +267,12 @@ function M.request(opts)
     error("clusterkit.http.request: body must be a string", 2)
   end
   local timeout = opts.timeout or 10
+  -- A reused connection that the server had closed is retried once on a
+  -- fresh one when the request is idempotent: by method, unless the caller
+  -- says otherwise (clusterkit.client passes false for a write whose
+  -- repetition could land after a newer one).
+  local idempotent = opts.idempotent
+  if idempotent == nil then idempotent = IDEMPOTENT[method] end
   local deadline = core.hrtime() / 1e9 + timeout
   local lines = {method, " ", target, " HTTP/1.1\r\nHost: ", host, ":", tostring(port), "\r\n"}
   local has_len = false
@@ -301,7 +308,7 @@ function M.request(opts)
         return res
       end
       c:close()
-      if not (reused and retryable and IDEMPOTENT[method]) then
+      if not (reused and retryable and idempotent) then
         return nil, err
       end
     else

@@ -104,10 +104,11 @@ local function exchange(sock, wire, head_only)
 end
 
 --- An HTTP/1.1 request on a cosocket, in clusterkit.httpc's shape:
--- opts {method, url, headers, body, timeout (s)} -> res {status, headers
--- (lower-case names), body} or nil, err {code = CONNECT | TIMEOUT | CLOSED |
--- INVALID | PROTOCOL}. Keep-alive through nginx's connection pool; a pooled
--- connection the server had closed is retried once on a fresh one.
+-- opts {method, url, headers, body, timeout (s), idempotent} -> res
+-- {status, headers (lower-case names), body} or nil, err {code = CONNECT |
+-- TIMEOUT | CLOSED | INVALID | PROTOCOL}. Keep-alive through nginx's
+-- connection pool; a pooled connection the server had closed is retried
+-- once on a fresh one when the request is idempotent (default: GET, HEAD).
 function M.request(opts)
   local method = opts.method or "GET"
   local host, port, target = parse_url(opts.url)
@@ -125,6 +126,8 @@ function M.request(opts)
   if opts.body then lines[#lines + 1] = opts.body end
   local wire = concat(lines)
   local ms = math.max(1, math.floor((opts.timeout or 10) * 1000))
+  local idempotent = opts.idempotent
+  if idempotent == nil then idempotent = method == "GET" or method == "HEAD" end
   for _ = 1, 2 do
     local sock = ngx.socket.tcp()
     sock:settimeouts(ms, ms, ms)
@@ -140,7 +143,9 @@ function M.request(opts)
       return res
     end
     sock:close()
-    if not (reused and stale) then
+    -- A pooled connection the server had closed: the request may have been
+    -- received before the close, so only an idempotent one goes again.
+    if not (reused and stale and idempotent) then
       return nil, errors.new(xerr == "timeout" and "TIMEOUT" or "CLOSED",
         format("%s %s:%d: %s", method, host, port, tostring(xerr)))
     end

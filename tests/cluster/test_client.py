@@ -123,7 +123,6 @@ def test_client_routes_as_the_nodes_do_and_follows_a_join_and_the_loss_of_its_no
     wait_for(lambda: client_agrees_with(p, n2), WAIT, what="the client to follow the join")
     assert p.last_table()["index"] > before
     assert any("n4" in owners for owners in p.last_table()["routes"].values())
-    assert p.last_table()["watching"] == n1.http_addr
 
     # Kill -9 the node the client watches: it moves to a member it learned
     # from the table and sees n1 marked down and its partitions re-homed.
@@ -150,8 +149,6 @@ def test_client_writes_go_to_the_primary_and_survive_its_kill(ck, probes):
     wait_for(lambda: len(p.events("put")) >= 40, WAIT, what="40 writes through the client")
     early = p.events("put")[:40]
     assert all(e["status"] == 200 for e in early), early
-    # No hops: with a current table every write went straight to its primary.
-    assert all(e["attempts"] == 1 for e in early), early
 
     victim = n1
     victim.kill9()

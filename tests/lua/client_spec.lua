@@ -116,7 +116,8 @@ local function World()
     local path, query = target:match("^([^?]*)%??(.*)$")
     if path == "/cluster" then
       if not w.body_at(n.index) then
-        return {status = 503, headers = {}, body = json.encode({code = "NOT_READY", message = "no table"})}
+        return {status = 503, headers = {},
+                body = json.encode({error = {code = "NOT_READY", message = "no table"}})}
       end
       local index = tonumber(query:match("index=(%d+)"))
       if index and n.index <= index then
@@ -347,7 +348,7 @@ describe("clusterkit.client", function()
       local served = {}
       w.app = function(addr)
         if addr == NODES.a then
-          return {status = refusal[1], headers = {}, body = json.encode({code = refusal[2]})}
+          return {status = refusal[1], headers = {}, body = json.encode({error = {code = refusal[2]}})}
         end
         served[#served + 1] = addr
         return {status = 200, headers = {}, body = "ok"}
@@ -410,9 +411,64 @@ describe("clusterkit.client", function()
     c:close()
   end)
 
+  it("sends a write on after a 503 that did nothing, and hands back one whose outcome is unknown", function()
+    local w, c = setup()
+    local calls = {}
+    local answer = "SYNCING"
+    w.app = function(addr)
+      calls[#calls + 1] = addr
+      if addr == NODES.a then
+        return {status = 503, headers = {}, body = json.encode({error = {code = answer, message = "x"}})}
+      end
+      return {status = 200, headers = {}, body = "from " .. addr}
+    end
+    local res = w.run(function()
+      assert(c:start())
+      return c:request({key = "k0", method = "PUT", path = "/kv/k0", body = "v"})
+    end)
+    assert.are.equal("from " .. NODES.b, res.body)
+    assert.are.same({NODES.a, NODES.b}, calls)
+    -- QUORUM: some replicas may hold the write; sending it again elsewhere
+    -- could land it after a newer one.
+    answer, calls = "QUORUM", {}
+    res = w.run(function() return c:request({key = "k0", method = "PUT", path = "/kv/k0", body = "v"}) end)
+    assert.are.equal(503, res.status)
+    assert.are.same({NODES.a}, calls)
+    -- A read may go on.
+    calls = {}
+    res = w.run(function() return c:request({key = "k0", path = "/kv/k0"}) end)
+    assert.are.equal(200, res.status)
+    assert.are.same({NODES.a, NODES.b}, calls)
+    c:close()
+  end)
+
+  it("reads the code of clusterkit's JSON errors", function()
+    assert.are.equal("STALE_EPOCH", (client.error_of({body = '{"error":{"code":"STALE_EPOCH","epoch":3}}'})))
+    assert.are.equal("X", (client.error_of({body = '{"code":"X"}'})))
+    assert.is_nil(client.error_of({body = "<html>"}))
+    assert.is_nil(client.error_of({body = '{"error":"text"}'}))
+  end)
+
+  it("tells httpc a write is not idempotent, so a stale pooled connection does not replay it", function()
+    local w, c = setup()
+    local seen = {}
+    w.app = function(_, opts)
+      seen[#seen + 1] = opts.idempotent
+      return {status = 200, headers = {}, body = ""}
+    end
+    w.run(function()
+      assert(c:start())
+      c:request({key = "k0", method = "PUT", path = "/kv/k0", body = "v"})
+      c:request({key = "k0", path = "/kv/k0"})
+      c:request({key = "k0", method = "PUT", path = "/kv/k0", body = "v", idempotent = true})
+    end)
+    assert.are.same({false, true, true}, seen)
+    c:close()
+  end)
+
   it("gives up within its timeout when no owner answers", function()
     local w, c = setup({timeout = 2})
-    w.app = function() return {status = 503, headers = {}, body = json.encode({code = "SYNCING"})} end
+    w.app = function() return {status = 503, headers = {}, body = json.encode({error = {code = "SYNCING"}})} end
     local res, err = w.run(function()
       assert(c:start())
       return c:request({key = "k0", path = "/kv/k0"})
