@@ -99,7 +99,7 @@ local function cached(node, name, build)
     -- Like Consul's X-Consul-KnownLeader: a node that knows no leader (the
     -- minority side of a split) may hold a table the cluster has moved past;
     -- clusterkit.client moves to another node when it reads "false".
-    res:header("X-CK-Known-Leader", node:leader() and "true" or "false")
+    res:header("X-CK-Known-Leader", node:_knows_leader() and "true" or "false")
     res:header("ETag", etag):header("Content-Type", "application/json")
     return res:send(hit.body)
   end

@@ -406,7 +406,7 @@ end
 
 local IDEMPOTENT = {GET = true, HEAD = true}
 -- Errors that mean the request was never sent, so any method may go again.
-local NOT_SENT = {CONNECT = true, INVALID = false}
+local NOT_SENT = {CONNECT = true}
 
 -- A 503 that says nothing was done: any method may go to the next owner.
 -- Other 503s (examples/kv's QUORUM after some replicas stored the write,

@@ -23,23 +23,7 @@ local MAX_IDLE_PER_HOST = 16
 local idle = {} -- "host:port" -> {conn, ...}
 
 --- Splits "http://host:port/path?q" into host, port, target.
-function M.parse_url(url)
-  if type(url) ~= "string" then return nil end
-  local rest = url:match("^http://(.+)$")
-  if not rest then return nil end
-  local authority, target = rest:match("^([^/]+)(/.*)$")
-  if not authority then
-    authority, target = rest, "/"
-  end
-  local host, port = authority:match("^%[([%x:%.]+)%]:?(%d*)$")
-  if not host then
-    host, port = authority:match("^([^:]+):?(%d*)$")
-  end
-  if not host then return nil end
-  port = port ~= "" and tonumber(port) or 80
-  if port < 1 or port > 65535 then return nil end
-  return host, port, target
-end
+M.parse_url = require("clusterkit.url").parse
 
 -- A connection: the TCP handle plus a receive buffer and a waiter.
 local Conn = {}

@@ -1490,7 +1490,12 @@ function Node:_ready()
   if self:_gone() then return false end
   local v = self:_view()
   return v.ready and v.by_id[self.id] ~= nil and v.parts[1].primary_node ~= ""
-    and raft_info(self).leader_id ~= nil
+    and self:_knows_leader()
+end
+
+--- True when raft knows a leader (cheap: no node lookup, for hot paths).
+function Node:_knows_leader()
+  return raft_info(self).leader_id ~= nil
 end
 
 -- Every heartbeat_interval: the leader checks liveness and roles, the

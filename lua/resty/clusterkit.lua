@@ -17,6 +17,7 @@
 local client = require "clusterkit.client"
 local hash = require "clusterkit.hash"
 local errors = require "clusterkit.errors"
+local parse_url = require("clusterkit.url").parse
 local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
@@ -27,15 +28,6 @@ local tonumber, pairs = tonumber, pairs
 
 local MAX_BODY = 64 * 1024 * 1024
 local KEEPALIVE_MS, POOL = 60000, 16
-
-local function parse_url(url)
-  local host, port, target = (url or ""):match("^http://%[?([^/%]]-)%]?:(%d+)(/.*)$")
-  if not host then
-    host, target = (url or ""):match("^http://([^/:]+)(/.*)$")
-    port = host and 80
-  end
-  return host, tonumber(port), target
-end
 
 -- Reads a chunked body; nil, err on a malformed or oversized one.
 local function read_chunked(sock)
