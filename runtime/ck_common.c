@@ -1,5 +1,6 @@
 #include "ck_common.h"
 
+#include <signal.h>
 #include <uv.h>
 
 const char *ck_strerror(int code)
@@ -41,5 +42,13 @@ const char *ck_errname(int code)
     case CK_ECONFLICT: return "CONFLICT";
     case CK_ECOMPACTED: return "COMPACTED";
     default: return code < 0 && code > -20000 ? uv_err_name(code) : "UNKNOWN";
+    }
+}
+
+void ck_ignore_sigpipe(void)
+{
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_DFL) {
+        signal(SIGPIPE, SIG_IGN);
     }
 }

@@ -33,6 +33,12 @@ const char *ck_strerror(int code);
 /* A stable symbolic name for an error code ("EINVAL", "NOT_LEADER", ...). */
 const char *ck_errname(int code);
 
+/* libuv and raft write to sockets with write(2), so a peer that hangs up
+ * raises SIGPIPE, whose default action kills the process. Sets SIGPIPE to
+ * SIG_IGN (writes then fail with EPIPE) unless the application installed a
+ * disposition of its own. Called by everything that writes to sockets. */
+void ck_ignore_sigpipe(void);
+
 #define CK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif /* CK_COMMON_H */

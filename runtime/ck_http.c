@@ -1251,24 +1251,13 @@ static void server_on_connection(uv_stream_t *listener, int status)
 /* Public API                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* libuv writes with write(2), so a client that hangs up before its response
- * is written raises SIGPIPE, whose default action kills the process. Ignore
- * it, unless the application installed a disposition of its own. */
-static void server_ignore_sigpipe(void)
-{
-    struct sigaction old;
-    if (sigaction(SIGPIPE, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-        old.sa_handler == SIG_DFL)
-        signal(SIGPIPE, SIG_IGN);
-}
-
 struct ck_http_server *ck_http_server_new(uv_loop_t *loop, const struct ck_http_limits *limits,
                                           ck_http_request_cb on_request,
                                           ck_http_abort_cb on_abort, void *data)
 {
     if (loop == NULL || on_request == NULL)
         return NULL;
-    server_ignore_sigpipe();
+    ck_ignore_sigpipe();
     struct ck_http_server *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;

@@ -29,6 +29,7 @@ struct ck_node {
     void *data;
     uv_timer_t notify_timer;
     uv_timer_t watch_timer;
+    uv_timer_t lost_timer; /* Ticks raft once a lost leader's election is due (node_on_peer_closed). */
     uv_timer_t reap_timer; /* Close: waits out raft's late close callbacks. */
     uint64_t reap_deadline;
     struct node_req *done_head, *done_tail; /* Completed, not yet delivered. */
@@ -45,10 +46,18 @@ struct ck_node {
     /* raft_uv's start, interposed so that raft's tick and receive callbacks
      * pass through node_io_tick/node_io_recv (see node_count_elections). */
     int (*io_start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
+    /* raft_uv's send, interposed to send a small message again when its
+     * write failed on a connection the peer had closed (node_io_send). */
+    int (*io_send)(struct raft_io *, struct raft_io_send *, const struct raft_message *, raft_io_send_cb);
+    uint64_t resends;
     raft_io_tick_cb raft_tick;
     raft_io_recv_cb raft_recv;
     struct ck_hist commit_time;    /* Leader: raft_apply to raft's apply callback (ck_node_counters). */
     uint64_t elections, elections_won;
+    uint64_t votes_after_lease; /* RequestVotes let through by ck_node_vote_lease_over. */
+    uint64_t leaders_lost;      /* Leaders whose connection closed (node_on_peer_closed). */
+    raft_id lost_leader;        /* That leader, until it is heard from again or the term moves. */
+    raft_term lost_term;
     int counted_state;             /* raft's state when node_count_elections last looked. */
     bool failed, failed_reported;
     uint64_t last_watch; /* Loop time of the last watch tick (stall detection). */
@@ -325,11 +334,199 @@ static void node_io_tick(struct raft_io *io)
     node_count_elections(n);
 }
 
+/* Leader stickiness as the Raft thesis states it (section 4.2.3): a server
+ * that has heard from its leader within the *minimum* election timeout
+ * refuses to vote; after that it votes as usual. raft 0.15 instead refuses
+ * while the follower knows a leader at all (recv_request_vote.c), and a
+ * follower forgets its leader only when its own *randomized* timer, drawn
+ * from [T, 2T], fires and makes it a candidate. So after a leader dies, the
+ * first survivor to time out is refused by the others until each of them
+ * has timed out too: the election completes at the *last* survivor's timer
+ * (the max of the timers, not the min). Measured with
+ * tests/bench/cluster_failover.py --only=failover, 3 nodes at T = 300 ms:
+ * median 539 ms, max 570 ms, beside etcd's 348 ms median at the same T
+ * (etcd's lease is T itself: raft.go, inLease).
+ *
+ * The receiver decides, with its own clock: a RequestVote reaching a
+ * follower whose last contact with the leader (raft's election_timer_start,
+ * reset by each AppendEntries or snapshot from the current leader and by
+ * each vote granted) is at least election_timeout old goes to raft marked
+ * disrupt_leader, the flag raft uses to skip that one check (it has no
+ * other effect on the receiving side). Terms, logs and the one vote per
+ * term decide the election exactly as before, so safety is unchanged; what
+ * changes is only that an idle follower no longer blocks an election the
+ * thesis allows. A follower that still hears from a live leader within T
+ * (say the candidate alone lost its link) refuses as before, and pre-vote
+ * keeps such a candidate from bumping anyone's term. Leaders and candidates
+ * are left alone: raft's own checks apply to them. */
+bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now,
+                             raft_time last_contact, unsigned election_timeout)
+{
+    return state == RAFT_FOLLOWER && leader != 0 &&
+           (leader_closed || (now >= last_contact && now - last_contact >= election_timeout));
+}
+
+/* Whether the leader this follower knows is the one whose connection closed
+ * (node_on_peer_closed), in the same term. */
+static bool node_leader_closed(struct ck_node *n)
+{
+    struct raft *r = &n->raft;
+    return n->lost_leader != 0 && r->state == RAFT_FOLLOWER && r->follower_state.current_leader.id == n->lost_leader &&
+           r->current_term == n->lost_term;
+}
+
 static void node_io_recv(struct raft_io *io, struct raft_message *msg)
 {
     struct ck_node *n = node_of_io(io);
+    if (n->lost_leader != 0 && msg->server_id == n->lost_leader &&
+        (msg->type == RAFT_IO_APPEND_ENTRIES || msg->type == RAFT_IO_INSTALL_SNAPSHOT)) {
+        n->lost_leader = 0; /* It is alive after all (it dialled again). */
+    }
+    if (msg->type == RAFT_IO_REQUEST_VOTE && !msg->request_vote.disrupt_leader) {
+        struct raft *r = &n->raft;
+        raft_id leader = r->state == RAFT_FOLLOWER ? r->follower_state.current_leader.id : 0;
+        if (ck_node_vote_lease_over(r->state, leader, node_leader_closed(n), r->io->time(r->io),
+                                    r->election_timer_start, r->election_timeout)) {
+            msg->request_vote.disrupt_leader = true;
+            n->votes_after_lease++;
+        }
+    }
     n->raft_recv(io, msg);
     node_count_elections(n);
+}
+
+/* The leader closed the connection this follower dialled to it: its process
+ * is gone (a crash or kill closes every socket at once; a graceful stop
+ * hands leadership over first), or, rarely, it dropped just that
+ * connection. Waiting out the election timeout (a randomized 1-2x
+ * ELECTION_TIMEOUT since its last heartbeat) would only confirm what the
+ * socket already said, so the follower's election becomes due after a
+ * short random delay instead, drawn from [0, 2 x heartbeat timeout) so that
+ * the survivors rarely stand at once (a split vote falls back to raft's
+ * usual randomized timeouts), and node_io_recv treats this leader's lease
+ * as over, so the other survivors, which saw their own connections close,
+ * grant the vote at once. This is safe by raft's own rules: the candidate
+ * runs pre-vote first, and a follower still hearing from a live leader
+ * refuses it without bumping any term; a heartbeat from the leader in the
+ * meantime cancels the whole thing (node_io_recv clears lost_leader). The
+ * trade-off: a leader that is alive but closed a connection costs one
+ * refused pre-vote round, never a leader change.
+ *
+ * raft 0.15 has no call to start an election on a follower, so this sets
+ * the follower's randomized_election_timeout, a field of struct raft in
+ * raft.h that raft draws at each heartbeat and reads at each tick
+ * (election.c, electionTimerExpired), and ticks raft when the new deadline
+ * arrives (an extra tick only re-checks raft's timers). */
+static void node_on_lost_timer(uv_timer_t *t)
+{
+    struct ck_node *n = t->data;
+    if (!n->closing && n->started && n->raft_tick != NULL) {
+        node_io_tick(&n->io);
+    }
+}
+
+static void node_on_peer_closed(void *data, raft_id id)
+{
+    struct ck_node *n = data;
+    struct raft *r = &n->raft;
+    if (n->closing || !n->started || id == 0 || r->state != RAFT_FOLLOWER ||
+        r->follower_state.current_leader.id != id) {
+        return;
+    }
+    n->lost_leader = id;
+    n->lost_term = r->current_term;
+    n->leaders_lost++;
+    unsigned spread = 2 * n->opts.heartbeat_timeout_ms;
+    unsigned delay = (unsigned)r->io->random(r->io, 0, (int)(spread ? spread : 1));
+    raft_time now = r->io->time(r->io);
+    raft_time elapsed = now > r->election_timer_start ? now - r->election_timer_start : 0;
+    if (elapsed + delay < r->follower_state.randomized_election_timeout) {
+        r->follower_state.randomized_election_timeout = (unsigned)(elapsed + delay);
+        uv_timer_start(&n->lost_timer, node_on_lost_timer, delay, 0);
+    }
+}
+
+/* A message raft sent, copied so that it can go out once more. */
+struct node_send {
+    struct raft_io_send req; /* Ours, given to raft_uv. */
+    struct raft_io_send *orig;
+    raft_io_send_cb orig_cb;
+    struct ck_node *n;
+    struct raft_message msg;
+    char *address;
+    bool resent;
+};
+
+static void node_on_sent(struct raft_io_send *req, int status)
+{
+    struct node_send *s = req->data;
+    struct ck_node *n = s->n;
+    if (s->orig != NULL) {
+        /* raft only frees its request in these callbacks (election.c,
+         * recv_request_vote.c, recv_append_entries.c): telling it now, even
+         * of a failure that is retried, changes nothing it relies on. */
+        struct raft_io_send *orig = s->orig;
+        s->orig = NULL;
+        if (s->orig_cb != NULL) {
+            s->orig_cb(orig, status);
+        }
+    }
+    if (status == RAFT_IOERR && !s->resent && !n->closing) {
+        /* raft_uv has dropped the broken stream before calling back, so this
+         * waits in its queue for the new connection (uv_send.c). */
+        s->resent = true;
+        if (n->io_send(&n->io, &s->req, &s->msg, node_on_sent) == 0) {
+            n->resends++;
+            return;
+        }
+    }
+    free(s->address);
+    free(s);
+}
+
+/* raft_uv drops a message whose write failed, and raft sends vote requests,
+ * vote answers and append results only once: a lost one costs an election
+ * timeout (votes) or a heartbeat (results). A write fails when the peer had
+ * closed the connection (a crash and restart: see out_watch_read in
+ * ck_transport.c), and then raft_uv dials again; so these small messages,
+ * which carry no buffers that raft frees after the callback, are copied
+ * and sent once more when their write failed. A duplicate is harmless:
+ * votes are counted per voter and results are idempotent. AppendEntries
+ * (entries owned by raft's log) and snapshots are not copied; raft sends
+ * them again itself at the next heartbeat. */
+static int node_io_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *message,
+                        raft_io_send_cb cb)
+{
+    struct ck_node *n = node_of_io(io);
+    switch (message->type) {
+        case RAFT_IO_REQUEST_VOTE:
+        case RAFT_IO_REQUEST_VOTE_RESULT:
+        case RAFT_IO_APPEND_ENTRIES_RESULT:
+        case RAFT_IO_TIMEOUT_NOW:
+            break;
+        default:
+            return n->io_send(io, req, message, cb);
+    }
+    struct node_send *s = calloc(1, sizeof *s);
+    char *address = message->server_address ? strdup(message->server_address) : NULL;
+    if (s == NULL || (message->server_address != NULL && address == NULL)) {
+        free(s);
+        free(address);
+        return n->io_send(io, req, message, cb);
+    }
+    s->req.data = s;
+    s->orig = req;
+    s->orig_cb = cb;
+    s->n = n;
+    s->msg = *message;
+    s->msg.server_address = address;
+    s->address = address;
+    int rv = n->io_send(io, &s->req, &s->msg, node_on_sent);
+    if (rv != 0) {
+        free(address);
+        free(s);
+    }
+    return rv;
 }
 
 static int node_io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv)
@@ -447,6 +644,8 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     uv_timer_init(loop, &n->notify_timer);
     uv_timer_init(loop, &n->watch_timer);
     uv_timer_init(loop, &n->reap_timer);
+    uv_timer_init(loop, &n->lost_timer);
+    n->lost_timer.data = n;
     n->notify_timer.data = n;
     n->watch_timer.data = n;
     n->reap_timer.data = n;
@@ -569,6 +768,8 @@ int ck_node_start(struct ck_node *n)
         .bind_address = n->raft_bind,
         .handshake_timeout_ms = n->opts.handshake_timeout_ms,
         .log_context = log_context,
+        .peer_closed = node_on_peer_closed,
+        .peer_closed_data = n,
     };
     if ((rv = ck_transport_init(&n->transport, n->loop, &topts)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "raft transport: %s", n->transport.errmsg);
@@ -588,6 +789,8 @@ int ck_node_start(struct ck_node *n)
     n->io.append = node_io_append;
     n->io_start = n->io.start;
     n->io.start = node_io_start;
+    n->io_send = n->io.send;
+    n->io.send = node_io_send;
 
     if ((rv = raft_init(&n->raft, &n->io, &n->fsm, n->opts.raft_id, n->raft_addr)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "raft init: %s", raft_errmsg(&n->raft));
@@ -647,6 +850,9 @@ void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out)
     out->apply = &n->f.apply_time;
     out->elections = n->elections;
     out->elections_won = n->elections_won;
+    out->votes_after_lease = n->votes_after_lease;
+    out->leaders_lost = n->leaders_lost;
+    out->resends = n->resends;
 }
 
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n)
@@ -1015,7 +1221,8 @@ void ck_node_close(struct ck_node *n)
 
 static void node_close_now(struct ck_node *n)
 {
-    n->pending_closes = 3; /* Two timers, and the reap timer once raft is done. */
+    n->pending_closes = 4; /* Three timers, and the reap timer once raft is done. */
+    uv_close((uv_handle_t *)&n->lost_timer, node_on_timer_closed);
     uv_close((uv_handle_t *)&n->notify_timer, node_on_timer_closed);
     uv_close((uv_handle_t *)&n->watch_timer, node_on_timer_closed);
     if (n->raft_inited) {

@@ -138,9 +138,19 @@ struct ck_node_counters {
     const struct ck_hist *apply;  /* Time in the FSM's apply, per command (on every node). */
     uint64_t elections;           /* Times this node became a candidate (a single voter too). */
     uint64_t elections_won;       /* Times it became the leader. */
+    uint64_t votes_after_lease;   /* Vote requests answered although a leader was known: its lease was over. */
+    uint64_t leaders_lost;        /* Times the leader closed this follower's connection to it. */
+    uint64_t resends;             /* Small raft messages sent again after a failed write. */
 };
 
 void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out);
+
+/* Whether a follower that knows leader (0: none) and last heard from it at
+ * last_contact (raft time, ms) may answer a vote request at now: the
+ * leader's lease, election_timeout long, is over, or the leader closed its
+ * connection (see node_io_recv). Pure, exposed for tests. */
+bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now,
+                             raft_time last_contact, unsigned election_timeout);
 
 /* The raft configuration as raft currently has it (committed or not). */
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n);

@@ -1,6 +1,10 @@
 #include "ck_transport.h"
 
+#include "ck_common.h"
+
+#include <errno.h>
 #include <netdb.h>
+#include <sys/socket.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -59,6 +63,8 @@ struct tr {
     char *log_context;
     void (*log)(void *data, const char *line);
     void *log_data;
+    void (*peer_closed)(void *data, raft_id id);
+    void *peer_closed_data;
     uv_tcp_t listener;
     bool listener_inited, listener_closed;
     raft_uv_accept_cb accept_cb;
@@ -88,7 +94,8 @@ struct tr_conn {
     uv_connect_t connect;
     uv_write_t w_first, w_last;
     struct raft_uv_connect *req;
-    char *target;   /* Outgoing: the address raft asked for. */
+    raft_id target_id; /* Outgoing: the id raft asked for. */
+    char *target;      /* Outgoing: the address raft asked for. */
     char peer[128]; /* For log lines. */
     char host[256]; /* Rate-limit key: the address dialled, or "from <ip>". */
     enum tr_read rd;
@@ -99,6 +106,18 @@ struct tr_conn {
     unsigned char out_first[TR_CHALLENGE];
     unsigned char out_last[TR_MAC + TR_PREAMBLE + CK_TRANSPORT_ADDRESS_MAX];
     unsigned char in[TR_CHALLENGE + TR_MAC + TR_PREAMBLE + CK_TRANSPORT_ADDRESS_MAX + 1];
+};
+
+/* An outgoing connection's TCP handle, with what the peer-closed watch needs
+ * (see out_watch_read). The handle comes first: raft frees the whole block
+ * with raft_free(handle) once it owns it, and libuv hands our callbacks the
+ * handle, whose data field is raft's. t is safe to use from the watch:
+ * raft_uv closes every stream it dialled (UvSendClose, and uv_close stops
+ * reading at once) before it closes the transport (uv.c, uvClose). */
+struct tr_out_tcp {
+    uv_tcp_t tcp;
+    struct tr *t;
+    raft_id peer_id;
 };
 
 /* ------------------------------------------------------------------------
@@ -432,10 +451,75 @@ static void conn_accept(struct tr_conn *c)
     t->accept_cb(t->iface, c->peer_id, (const char *)c->rd_buf, s);
 }
 
+/* raft 0.15 only ever writes to the connections it dials (uv_send.c never
+ * reads them), so it learns that the peer is gone only when a write fails.
+ * A peer that crashed and restarted has closed the old connection (its
+ * kernel sent FIN), yet the first write after that still succeeds locally
+ * and is lost: the peer answers it with RST. Measured in
+ * tests/bench/cluster_failover.py: the first vote request or vote answer
+ * to a node restarted in an earlier round vanished this way, and the
+ * election then waited a whole extra election timeout (843 ms rounds).
+ *
+ * So the transport keeps reading the connection after raft owns it. EOF or
+ * an error there means the peer closed it: the watch shuts our side down
+ * for writing, so that raft's next write fails at once (EPIPE, reported
+ * through raft's write callback), raft closes the stream and dials again,
+ * and the node re-sends what failed (ck_node.c, node_io_send); the owner
+ * hears of it too (peer_closed: a follower whose leader hung up elects a new
+ * one at once). The watch uses only the handle's block (struct tr_out_tcp),
+ * so raft may close and free it at any time: closing a handle stops its
+ * reads.
+ *
+ * libuv must not do the reading: when its read fails (ECONNRESET, which is
+ * what a peer killed with unread data sends), it marks the stream not
+ * writable, and raft's next uv_write then fails synchronously (UV_EPIPE);
+ * raft_uv reports that to raft as a failed send without dropping the
+ * stream, and a failed send inside raft's receive path stops raft ("raft
+ * stopped after an error", seen in tests/cluster/test_kv.py). So the alloc
+ * callback offers no buffer, which makes libuv only report readiness
+ * (UV_ENOBUFS, per uv_read_start's documentation), and the watch reads the
+ * socket itself: 0 (EOF) or an error means the peer is gone; bytes (none
+ * should come) are dropped. */
+static void out_watch_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    buf->base = NULL;
+    buf->len = 0;
+}
+
+static void out_watch_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    uv_os_fd_t fd;
+    if (nread != UV_ENOBUFS || uv_fileno((uv_handle_t *)s, &fd) != 0) {
+        if (nread < 0 && nread != UV_ENOBUFS) {
+            uv_read_stop(s); /* Not ours to judge: leave the stream to raft. */
+        }
+        return;
+    }
+    char drop[64];
+    ssize_t n = recv(fd, drop, sizeof drop, MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
+        return;
+    }
+    uv_read_stop(s);
+    shutdown(fd, SHUT_WR);
+    struct tr_out_tcp *o = (struct tr_out_tcp *)s;
+    o->t->stats.peer_closed++;
+    if (o->t->peer_closed != NULL && !o->t->closing) {
+        o->t->peer_closed(o->t->peer_closed_data, o->peer_id);
+    }
+}
+
 static void conn_connected(struct tr_conn *c)
 {
     uv_stream_t *s = conn_release_stream(c);
     c->t->stats.connected++;
+    struct tr_out_tcp *o = (struct tr_out_tcp *)s;
+    o->t = c->t;
+    o->peer_id = c->target_id;
+    uv_read_start(s, out_watch_alloc, out_watch_read); /* Best effort: without it, raft works as before. */
     c->req->cb(c->req, s, 0);
 }
 
@@ -693,7 +777,7 @@ static void conn_dial_next(struct tr_conn *c)
     } else {
         snprintf(c->peer, sizeof c->peer, "%s (%s)", c->target, name);
     }
-    c->tcp = raft_malloc(sizeof *c->tcp);
+    c->tcp = raft_malloc(sizeof(struct tr_out_tcp)); /* Its first member (see out_watch_read). */
     if (c->tcp == NULL) {
         conn_fail(c, RAFT_NOMEM, NULL);
         return;
@@ -739,7 +823,6 @@ static int tr_connect(struct raft_uv_transport *iface, struct raft_uv_connect *r
 {
     struct tr *t = iface->impl;
     char host[256], port[16];
-    (void)id;
     if (t->closing) {
         return RAFT_CANCELED;
     }
@@ -758,6 +841,7 @@ static int tr_connect(struct raft_uv_transport *iface, struct raft_uv_connect *r
     }
     req->cb = cb;
     c->req = req;
+    c->target_id = id;
     snprintf(c->host, sizeof c->host, "%s", address); /* One peer: its address is stable. */
     snprintf(c->peer, sizeof c->peer, "%s", address);
     if (tr_numeric(host, port, &c->addrs[0]) == 0) {
@@ -960,6 +1044,9 @@ int ck_transport_init(struct raft_uv_transport *iface, uv_loop_t *loop, const st
     t->max_pending = o->max_pending ? o->max_pending : 64;
     t->log = o->log ? o->log : tr_log_stderr;
     t->log_data = o->log_data;
+    ck_ignore_sigpipe(); /* raft writes to the connections we hand it (ck_common.h). */
+    t->peer_closed = o->peer_closed;
+    t->peer_closed_data = o->peer_closed_data;
     t->log_context = strdup(o->log_context ? o->log_context : "raft");
     t->bind_address = tr_strdup(o->bind_address);
     if (o->token != NULL && o->token[0] != '\0') {

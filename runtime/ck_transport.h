@@ -73,6 +73,12 @@ struct ck_transport_options {
      * format of clusterkit's Lua log. */
     void (*log)(void *data, const char *line);
     void *log_data;
+    /* Optional: called when a peer closes a connection raft dialled to it
+     * (a crashed or stopped peer's kernel closes it at once), with the
+     * peer's raft id. It runs from the loop, outside raft; the transport
+     * keeps reading those connections for this (see out_watch_read). */
+    void (*peer_closed)(void *data, raft_id id);
+    void *peer_closed_data;
 };
 
 struct ck_transport_stats {
@@ -81,6 +87,7 @@ struct ck_transport_stats {
     uint64_t auth_failures; /* Handshakes refused: wrong or missing token, malformed. */
     uint64_t timeouts;      /* Handshakes dropped for taking too long. */
     uint64_t overflows;     /* Connections closed because max_pending were running. */
+    uint64_t peer_closed;   /* Dialled connections the peer closed (see peer_closed). */
 };
 
 /* Set up @t (all of it: raft's data pointer is cleared) with a copy of @o's

@@ -660,13 +660,7 @@ static const luaL_Reg core_funcs[] = {
 
 int ck_lua_open_core(lua_State *L)
 {
-    /* libuv and raft write to sockets with write(2): a peer that hangs up
-     * must give EPIPE, not kill the process. Leave an application's own
-     * handler alone. */
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-        signal(SIGPIPE, SIG_IGN);
-    }
+    ck_ignore_sigpipe(); /* libuv and raft write to sockets (ck_common.h). */
     if (cb_state == NULL) {
         cb_state = lua_newthread(L);
         cb_state_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -333,20 +333,24 @@ static int lnode_raft(lua_State *L)
     return 1;
 }
 
-/* node:counters() -> {commit = reading, apply = reading, elections =, elections_won =}: copies, so
+/* node:counters() -> {commit = reading, apply = reading, elections =, elections_won =,
+ * votes_after_lease =, leaders_lost =, resends =}: copies, so
  * nothing Lua keeps points into the node (readings: see lck_push_hist). */
 static int lnode_counters(lua_State *L)
 {
     struct lnode *b = lnode_check(L, "node:counters");
     struct ck_node_counters c;
     ck_node_counters(b->node, &c);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 7);
     lck_push_hist(L, c.commit);
     lua_setfield(L, -2, "commit");
     lck_push_hist(L, c.apply);
     lua_setfield(L, -2, "apply");
     set_num(L, "elections", (lua_Number)c.elections);
     set_num(L, "elections_won", (lua_Number)c.elections_won);
+    set_num(L, "votes_after_lease", (lua_Number)c.votes_after_lease);
+    set_num(L, "leaders_lost", (lua_Number)c.leaders_lost);
+    set_num(L, "resends", (lua_Number)c.resends);
     return 1;
 }
 

@@ -425,7 +425,8 @@ function M.metrics(node)
   local rc = c and not c:closed() and c:counters()
   if not rc then
     local none = core.histogram():read()
-    rc = {commit = none, apply = none, elections = 0, elections_won = 0}
+    rc = {commit = none, apply = none, elections = 0, elections_won = 0, votes_after_lease = 0,
+      leaders_lost = 0, resends = 0}
   end
   metrics.histogram(out, "clusterkit_raft_commit_duration_seconds",
     "Leader: time from proposing a command to raft reporting it committed and applied.", rc.commit)
@@ -435,6 +436,14 @@ function M.metrics(node)
     "counter", {{nil, rc.elections}})
   add("clusterkit_raft_elections_won_total", "Times this node became the raft leader.", "counter",
     {{nil, rc.elections_won}})
+  add("clusterkit_raft_votes_after_lease_total", "Vote requests this follower answered although it knew a "
+    .. "leader, because it had not heard from that leader for an election timeout (leader presumed lost).",
+    "counter", {{nil, rc.votes_after_lease}})
+  add("clusterkit_raft_leaders_lost_total", "Times the leader closed this follower's raft connection to it "
+    .. "(its process died): the follower then starts an election without waiting the election timeout.",
+    "counter", {{nil, rc.leaders_lost}})
+  add("clusterkit_raft_resends_total", "Small raft messages (votes, append results) sent again because their "
+    .. "write failed on a connection the peer had closed.", "counter", {{nil, rc.resends}})
   add("clusterkit_membership_changes_total", "Committed membership changes this node applied: members that "
     .. "joined, left (status left), were removed, changed status, or changed raft role (voter, standby).",
     "counter", labelled("kind", node.membership_changes))

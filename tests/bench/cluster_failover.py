@@ -5,7 +5,7 @@ Runs real ckrun processes on 127.0.0.1 and prints figures; it asserts nothing
 about speed (figures depend on the machine and on the runtime's timing
 options: ELECTION_TIMEOUT, HEARTBEAT_INTERVAL, DOWN_AFTER, ...).
 
-    CK_BUILD_DIR=build python3 tests/bench/cluster_failover.py [--quick]
+    CK_BUILD_DIR=build python3 tests/bench/cluster_failover.py [--quick] [--only=failover]
 
 (CK_BENCH_KEEP=1 keeps each cluster's logs and data dirs.)
 
@@ -18,6 +18,9 @@ http.client request of short timeout, so measurement overhead stays small):
 * failover after kill -9 (10 rounds, 3 nodes): from SIGKILL of the leader
   until every survivor reports the same new leader; between rounds the killed
   node restarts on its data dir and the bench waits until it is active again;
+* the same failover on etcd (Debian's etcd-server, when installed), 3
+  members at the same 300 ms election timeout and 50 ms heartbeat, in the
+  same run, polled the same way (/v3/maintenance/status);
 * graceful handover (5 rounds): from SIGTERM to the leader until the
   survivors agree on a new leader;
 * crashed follower marked down (5 rounds): from SIGKILL of a follower until
@@ -41,6 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import etcdpeer  # noqa: E402
 
 HOST = "127.0.0.1"
 POLL = 0.01            # seconds between polls while measuring
@@ -290,8 +296,9 @@ def ms(x):
 
 
 def summary(label, xs):
-    print("%s (%d rounds): median %s, max %s" % (label, len(xs), ms(statistics.median(xs)), ms(max(xs))),
-          flush=True)
+    print("%s (%d rounds): median %s, max %s  [%s]" % (
+        label, len(xs), ms(statistics.median(xs)), ms(max(xs)), " ".join("%.0f" % (x * 1000) for x in xs)),
+        flush=True)
 
 
 def bench_formation(size, rounds):
@@ -321,6 +328,96 @@ def bench_failover(rounds):
             old.reap()
             c.restart(old, "%s back after round %d" % (old.name, r + 1))
         summary("failover after kill -9", xs)
+        return xs
+    finally:
+        c.close()
+
+
+class EtcdMember:
+    def __init__(self, base, name):
+        self.name = name
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.data_dir = os.path.join(base, name + "-data")
+        self.log_path = os.path.join(base, name + ".log")
+        self.proc = None
+        self.argv = None
+
+    def spawn(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=etcdpeer.env(), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log, start_new_session=True)
+        _PROCS[self.proc.pid] = self.proc
+
+    alive, check_alive, tail, signal, reap = Node.alive, Node.check_alive, Node.tail, Node.signal, Node.reap
+
+    def status(self):
+        return etcdpeer.status(self.client_port, timeout=HTTP_TIMEOUT)
+
+
+class EtcdCluster:
+    """Three etcd members at clusterkit's default timeouts (etcdpeer.py)."""
+
+    def __init__(self, size=3):
+        self.base = tempfile.mkdtemp(prefix="ck-bench-etcd-")
+        self.nodes = [EtcdMember(self.base, "e%d" % i) for i in range(1, size + 1)]
+        members = [(m.name, m.peer_port) for m in self.nodes]
+        for m in self.nodes:
+            m.argv = etcdpeer.argv(m.name, m.data_dir, m.client_port, m.peer_port, members, "ck-failover")
+
+    def agreed_leader(self, nodes=None):
+        """The member every given member reports as leader, when they agree
+        on one of themselves; else None."""
+        nodes = nodes or [m for m in self.nodes if m.alive()]
+        sts = [m.status() for m in nodes]
+        if not all(sts):
+            return None
+        leaders = {s[1] for s in sts}
+        if len(leaders) != 1:
+            return None
+        by_id = {s[0]: m for s, m in zip(sts, nodes)}
+        return by_id.get(leaders.pop())
+
+    def form(self):
+        for m in self.nodes:
+            m.spawn()
+
+        def ok():
+            for m in self.nodes:
+                m.check_alive()
+            return self.agreed_leader(self.nodes)
+        wait_until(ok, "etcd formation")
+
+    def close(self):
+        for m in self.nodes:
+            if m.alive():
+                m.signal(signal.SIGTERM)
+        for m in self.nodes:
+            if m.proc is not None and m.proc.pid in _PROCS:
+                m.reap(limit=15)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def bench_failover_etcd(rounds):
+    """The same measurement on etcd: from SIGKILL of the leader until both
+    survivors report the same new leader (/v3/maintenance/status); the killed
+    member then restarts on its data dir and the bench waits until all three
+    agree again."""
+    c = EtcdCluster(3)
+    try:
+        c.form()
+        xs = []
+        for r in range(rounds):
+            old, _ = wait_until(lambda: c.agreed_leader(c.nodes), "etcd: all members agree (round %d)" % (r + 1),
+                                poll=0.05)
+            survivors = [m for m in c.nodes if m is not old]
+            t0 = time.monotonic()
+            old.signal(signal.SIGKILL)
+            wait_until(lambda: c.agreed_leader(survivors), "etcd: a new leader (round %d)" % (r + 1))
+            xs.append(time.monotonic() - t0)
+            old.reap()
+            old.spawn()
+        summary("etcd %s: failover after kill -9" % (etcdpeer.version() or "?"), xs)
+        return xs
     finally:
         c.close()
 
@@ -383,8 +480,22 @@ def bench_idle_rss():
         c.close()
 
 
+def bench_failover_beside_etcd(rounds):
+    """clusterkit's failover, then etcd's in the same run (when installed),
+    at the same election timeout and heartbeat (300 ms / 50 ms)."""
+    ck = bench_failover(rounds)
+    if not etcdpeer.ETCD:
+        print("etcd not installed (Debian package etcd-server): no side-by-side failover figure")
+        return
+    et = bench_failover_etcd(rounds)
+    print("# same run, failover after kill -9: clusterkit median %s max %s, etcd median %s max %s "
+          "(issue 13's target: median <= etcd's, max <= 600 ms)" % (
+              ms(statistics.median(ck)), ms(max(ck)), ms(statistics.median(et)), ms(max(et))), flush=True)
+
+
 def main(argv):
     quick = "--quick" in argv
+    only = next((a.split("=", 1)[1] for a in argv if a.startswith("--only=")), None)
     if not os.access(CKRUN, os.X_OK):
         print("ckrun not found at %s (set CK_BUILD_DIR)" % CKRUN, file=sys.stderr)
         return 2
@@ -392,13 +503,20 @@ def main(argv):
     signal.signal(signal.SIGINT, _on_signal)
     print("clusterkit cluster benchmark: %s, poll %d ms, %d CPUs" % (
         CKRUN, POLL * 1000, os.cpu_count() or 0), flush=True)
+    benches = [
+        ("formation", lambda: (bench_formation(3, 1 if quick else 3), bench_formation(10, 1 if quick else 3))),
+        ("failover", lambda: bench_failover_beside_etcd(3 if quick else 10)),
+        ("handover", lambda: bench_handover(2 if quick else 5)),
+        ("markdown", lambda: bench_mark_down(2 if quick else 5)),
+        ("rss", bench_idle_rss),
+    ]
+    if only and only not in dict(benches):
+        print("--only takes one of: %s" % ", ".join(name for name, _ in benches), file=sys.stderr)
+        return 2
     try:
-        bench_formation(3, 1 if quick else 3)
-        bench_formation(10, 1 if quick else 3)
-        bench_failover(3 if quick else 10)
-        bench_handover(2 if quick else 5)
-        bench_mark_down(2 if quick else 5)
-        bench_idle_rss()
+        for name, run in benches:
+            if only in (None, name):
+                run()
     except BenchError as e:
         print("bench failed: %s" % e, file=sys.stderr)
         return 1

@@ -80,9 +80,10 @@ SOURCE_DIR = os.environ.get("CK_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 BUILD_DIR = os.path.abspath(os.environ.get("CK_BUILD_DIR") or os.path.join(SOURCE_DIR, "build"))
 CKRUN = os.path.join(BUILD_DIR, "ckrun")
-ETCD = os.environ.get("ETCD") or shutil.which("etcd")
-if ETCD == "none":
-    ETCD = None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import etcdpeer  # noqa: E402
+
+ETCD = etcdpeer.ETCD
 
 _PROCS = {}    # pid -> Popen, for cleanup
 _DIRS = []     # temp dirs, for cleanup
@@ -309,27 +310,15 @@ class EtcdCluster:
             self.nodes.append(n)
 
     def argv(self, n):
-        initial = ",".join("%s=http://%s:%d" % (m.name, HOST, m.peer_port) for m in self.nodes)
-        client = "http://%s:%d" % (HOST, n.http_port)
-        peer = "http://%s:%d" % (HOST, n.peer_port)
-        return [ETCD, "--name", n.name, "--data-dir", os.path.join(self.base, n.name + "-data"),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "ck-kv-bench",
-                "--election-timeout", "300", "--heartbeat-interval", "50",
-                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
+        return etcdpeer.argv(n.name, os.path.join(self.base, n.name + "-data"), n.http_port, n.peer_port,
+                             [(m.name, m.peer_port) for m in self.nodes], "ck-kv-bench")
 
     def status(self, n):
-        st, j = request(n.http_port, "POST", "/v3/maintenance/status", body="{}", timeout=0.5)
-        if st != 200 or not j:
-            return None
-        return j.get("header", {}).get("member_id"), j.get("leader")
+        return etcdpeer.status(n.http_port)
 
     def start(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
         for n in self.nodes:
-            n.spawn(self.argv(n), env)
+            n.spawn(self.argv(n), etcdpeer.env())
 
         def formed():
             for n in self.nodes:
@@ -874,13 +863,7 @@ def main():
         return 0
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    etcd_version = None
-    if ETCD:
-        try:
-            etcd_version = subprocess.run([ETCD, "--version"], capture_output=True, text=True,
-                                          timeout=10).stdout.split("\n")[0].replace("etcd Version: ", "")
-        except (OSError, subprocess.TimeoutExpired):
-            etcd_version = None
+    etcd_version = etcdpeer.version() if ETCD else None
     print("# clusterkit KV vs etcd: %s, etcd %s, %d CPUs, load average %s, temp dir on %s, "
           "%.0f s per load run, values of %d bytes" % (
               CKRUN, etcd_version or "not installed", os.cpu_count() or 0,

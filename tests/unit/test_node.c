@@ -373,6 +373,31 @@ static void test_stepdown_with_pending_proposals(void **state)
 /* Closing a leader right after proposing (its log writes still in flight,
  * which crashes raft 0.15's close) works, and every proposal's callback is
  * delivered before CLOSED, once. */
+/* The Raft thesis's lease (4.2.3), which node_io_recv applies before raft
+ * 0.15 sees a vote request: a follower that heard from its leader within
+ * the minimum election timeout refuses; after it, or once that leader's
+ * connection closed, it may vote. raft 0.15 alone refused until the
+ * follower's own randomized timer (1-2x the timeout) fired. */
+static void test_vote_lease(void **state)
+{
+    (void)state;
+    /* Within the lease: refuse (raft's own check stays). */
+    assert_false(ck_node_vote_lease_over(RAFT_FOLLOWER, 7, false, 1299, 1000, 300));
+    /* At and after the minimum timeout: the lease is over. */
+    assert_true(ck_node_vote_lease_over(RAFT_FOLLOWER, 7, false, 1300, 1000, 300));
+    assert_true(ck_node_vote_lease_over(RAFT_FOLLOWER, 7, false, 1599, 1000, 300));
+    /* The leader's connection closed: over at once. */
+    assert_true(ck_node_vote_lease_over(RAFT_FOLLOWER, 7, true, 1001, 1000, 300));
+    /* No leader known: raft votes anyway, nothing to change. */
+    assert_false(ck_node_vote_lease_over(RAFT_FOLLOWER, 0, true, 5000, 1000, 300));
+    /* Leaders and candidates keep raft's rules (a leader never hears
+     * AppendEntries, so "not heard from" would depose a live leader). */
+    assert_false(ck_node_vote_lease_over(RAFT_LEADER, 7, false, 5000, 1000, 300));
+    assert_false(ck_node_vote_lease_over(RAFT_CANDIDATE, 7, true, 5000, 1000, 300));
+    /* A clock behind the last contact is not a lease gone by. */
+    assert_false(ck_node_vote_lease_over(RAFT_FOLLOWER, 7, false, 900, 1000, 300));
+}
+
 static void test_close_cancels_pending(void **state)
 {
     (void)state;
@@ -394,6 +419,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_is_flushed_to_followers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stepdown_with_pending_proposals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_cancels_pending, setup, teardown),
+        cmocka_unit_test(test_vote_lease),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,7 +32,9 @@ struct peer {
     struct raft_uv_transport tr;
     struct raft_io io;
     bool raft_tcp; /* raft's own raft_uv_tcp instead of ck_transport. */
-    bool started, closed;
+    bool started, closing, closed;
+    int n_peer_closed;
+    raft_id peer_closed_id;
     char dir[64];
     raft_id id;
     int port;
@@ -71,6 +73,13 @@ static void peer_log(void *data, const char *line)
     size_t len = strlen(p->log);
     snprintf(p->log + len, sizeof p->log - len, "%s\n", line);
     p->n_logs++;
+}
+
+static void peer_on_peer_closed(void *data, raft_id id)
+{
+    struct peer *p = data;
+    p->n_peer_closed++;
+    p->peer_closed_id = id;
 }
 
 static void peer_on_recv(struct raft_io *io, struct raft_message *m)
@@ -112,6 +121,7 @@ static int peer_start(struct tctx *t, struct peer *p, raft_id id, const char *ad
     } else {
         struct ck_transport_options o = {
             .token = token, .handshake_timeout_ms = timeout_ms, .log = peer_log, .log_data = p,
+            .peer_closed = peer_on_peer_closed, .peer_closed_data = p,
         };
         assert_int_equal(ck_transport_init(&p->tr, &t->loop, &o), 0);
     }
@@ -249,7 +259,8 @@ static void tctx_stop(struct tctx *t)
     uv_close((uv_handle_t *)&t->guard, NULL);
     uv_close((uv_handle_t *)&t->poll, NULL);
     for (int i = 0; i < 2; i++) {
-        if (t->peers[i] != NULL && t->peers[i]->started) {
+        if (t->peers[i] != NULL && t->peers[i]->started && !t->peers[i]->closing) {
+            t->peers[i]->closing = true;
             t->peers[i]->io.close(&t->peers[i]->io, peer_on_io_closed);
         }
         if (t->raws[i] != NULL && !t->raws[i]->eof && !uv_is_closing((uv_handle_t *)&t->raws[i]->tcp)) {
@@ -672,6 +683,61 @@ static void test_unresolvable_listen(void **state)
 
 /* Connecting to a name that does not resolve fails that attempt (logged),
  * without crashing or delivering anything. */
+/* raft_uv never reads the connections it dials, so a peer that crashed (its
+ * kernel closed the connection) used to look alive until a write failed,
+ * and the first write after the close still "succeeded" and was lost. The
+ * transport watches those connections: A dials B, B goes away, A's
+ * transport reports B's id as closed, and A's next send to B fails instead
+ * of vanishing (raft_uv then dials again). */
+static unsigned closed_step;
+static char closed_to[64];
+
+static bool cond_peer_closed_steps(struct tctx *t)
+{
+    struct peer *a = t->peers[0], *b = t->peers[1];
+    switch (closed_step) {
+        case 0:
+            if (b->n_recv >= 1) {
+                b->closing = true;
+                b->io.close(&b->io, peer_on_io_closed);
+                closed_step = 1;
+            }
+            return false;
+        case 1:
+            if (b->closed && a->n_peer_closed >= 1) {
+                peer_send_vote(a, 2, closed_to);
+                closed_step = 2;
+            }
+            return false;
+        default:
+            return a->n_sent >= 2;
+    }
+}
+
+static void test_peer_closed_reported(void **state)
+{
+    (void)state;
+    struct tctx t;
+    struct peer a, b;
+    struct ck_transport_stats sa;
+    tctx_init(&t);
+    t.peers[0] = &a;
+    t.peers[1] = &b;
+    closed_step = 0;
+    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", "s3cret", 0, false), 0);
+    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", "s3cret", 0, false), 0);
+    peer_addr(&b, "127.0.0.1", closed_to, sizeof closed_to);
+    peer_send_vote(&a, 2, closed_to);
+    tctx_run(&t, cond_peer_closed_steps);
+    assert_false(t.timed_out);
+    assert_int_equal(a.n_peer_closed, 1);
+    assert_int_equal(a.peer_closed_id, 2);
+    assert_int_not_equal(a.send_status, 0); /* The write after the close failed: not lost silently. */
+    peer_stats(&a, &sa);
+    assert_int_equal(sa.peer_closed, 1);
+    tctx_cleanup(&t);
+}
+
 static void test_unresolvable_connect(void **state)
 {
     struct tctx t;
@@ -691,6 +757,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_token_delivers),
+        cmocka_unit_test(test_peer_closed_reported),
         cmocka_unit_test(test_hostname_connects),
         cmocka_unit_test(test_hostname_listens),
         cmocka_unit_test(test_wrong_token_refused),
