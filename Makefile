@@ -2,6 +2,7 @@
 #
 #   make demo    install what is missing, build, run a local cluster from examples/
 #   make test    install what is missing, build, run the whole suite (CTest)
+#   make test-deploy   examples/deploy's image under podman, a 3-node cluster (root)
 #   make test-faults   the fault-injection suite (root: namespaces, iptables);
 #                FAULT_SCENARIO=a,b FAULT_SEED=N to rerun, FAULT_MINUTES=60 for a long random run
 #
@@ -25,7 +26,11 @@ PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev n
 # The peers the benchmarks run beside clusterkit in the same run (make bench).
 BENCH_PACKAGES := wrk nginx-light etcd-server
 
-.PHONY: all deps bench-deps build demo test test-faults test-asan test-openresty bench lint clean
+# make test-deploy: Debian's container engine (runc: the fallback runtime on
+# cgroup-v1 hosts, see tests/deploy/run.sh) and the base-image builder.
+DEPLOY_PACKAGES := podman runc debootstrap curl
+
+.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy bench lint clean
 
 all: build
 
@@ -52,6 +57,9 @@ deps:
 
 bench-deps:
 	@$(call find_missing,$(BENCH_PACKAGES)); $(install_missing)
+
+deploy-deps:
+	@$(call find_missing,$(DEPLOY_PACKAGES)); $(install_missing)
 
 build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
@@ -90,6 +98,13 @@ test-asan: deps
 # (unpacked the same way: it needs OpenResty's LuaJIT).
 test-openresty: deps
 	tests/flavours/openresty.sh .
+
+# examples/deploy's Dockerfile built and run as a 3-node cluster under
+# rootful podman (host network, loopback ports), from a base image made with
+# debootstrap (tests/deploy/run.sh). Needs root; CI runs it when
+# CK_TEST_DEPLOY=1 is set.
+test-deploy: deploy-deps
+	tests/deploy/run.sh
 
 bench: build bench-deps
 	tests/bench/run.sh $(BUILD)
