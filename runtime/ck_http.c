@@ -77,6 +77,7 @@
 
 #include "ck_common.h"
 #include "ck_http_internal.h"
+#include "ck_tls.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -810,6 +811,12 @@ struct ck_http_conn {
     size_t pend_off, pend_len, pend_cap;
     char *wbuf;        /* Reused response buffer. */
     size_t wbuf_cap;
+    /* HTTPS: the session (NULL for plain HTTP) and the ciphertext of the
+     * response in flight (the handshake, 100-continue and alerts go out in
+     * writes of their own, see conn_tls_flush). */
+    struct ck_tls *tls;
+    char *tbuf;
+    size_t tbuf_cap;
 };
 
 struct ck_http_server {
@@ -838,6 +845,9 @@ struct ck_http_server {
     size_t spare_cap[CK_HTTP_SPARES];
     unsigned n_spare;
     size_t spare_bytes;
+    SSL_CTX *tls;      /* New connections speak TLS with it when set. */
+    char *plain;       /* TLS: decrypted input, CK_HTTP_READ_BUF bytes. */
+    char tls_error[384];
 };
 
 static void conn_close(struct ck_http_conn *c);
@@ -853,6 +863,8 @@ static void server_maybe_finish(struct ck_http_server *s)
     void *data = s->data;
     for (unsigned i = 0; i < s->n_spare; i++)
         free(s->spare[i]);
+    SSL_CTX_free(s->tls);
+    free(s->plain);
     free(s);
     if (cb != NULL)
         cb(data);
@@ -872,6 +884,11 @@ static void conn_free(struct ck_http_conn *c)
     ck_http_parser_free(&c->parser);
     free(c->pend);
     free(c->wbuf);
+    if (c->tls != NULL) {
+        ck_tls_free(c->tls);
+        free(c->tls);
+        free(c->tbuf);
+    }
     free(c);
     server_maybe_finish(s);
 }
@@ -956,9 +973,89 @@ static void conn_on_shutdown(uv_shutdown_t *req, int status)
         conn_close(c); /* No-op when the shutdown was cancelled by a close. */
 }
 
+/* ---- TLS ----
+ *
+ * Ciphertext the session produces outside a response (handshake messages,
+ * session tickets, 100-continue, alerts) goes out in writes of its own, each
+ * with a copy; the response in flight uses c->tbuf and c->write_req, so the
+ * response path keeps its one write per response. */
+
+struct tls_aux_write {
+    uv_write_t req;
+    char data[];
+};
+
+static void conn_on_aux_written(uv_write_t *req, int status)
+{
+    struct ck_http_conn *c = req->data;
+    free(req);
+    if (status < 0 && status != UV_ECANCELED && c->state != CONN_CLOSED)
+        conn_close(c);
+}
+
+/* Write whatever the session holds. Returns 0 or -1 (then close). */
+static int conn_tls_flush(struct ck_http_conn *c)
+{
+    size_t n = ck_tls_pending(c->tls);
+    if (n == 0)
+        return 0;
+    struct tls_aux_write *w = malloc(sizeof(*w) + n);
+    if (w == NULL)
+        return -1;
+    size_t got = ck_tls_take(c->tls, w->data, n);
+    w->req.data = c;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)got);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_aux_written) != 0) {
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
+/* Encrypt @len bytes of @data into c->tbuf; the ciphertext length in *@out. */
+static int conn_tls_seal(struct ck_http_conn *c, const char *data, size_t len, size_t *out)
+{
+    if (ck_tls_write(c->tls, data, len) != 0)
+        return -1;
+    size_t n = ck_tls_pending(c->tls);
+    if (buf_reserve(&c->tbuf, &c->tbuf_cap, n) != 0)
+        return -1;
+    *out = ck_tls_take(c->tls, c->tbuf, n);
+    return 0;
+}
+
+static void conn_on_shutdown(uv_shutdown_t *req, int status);
+
+static void conn_tls_failed(struct ck_http_conn *c)
+{
+    struct ck_http_server *s = c->server;
+    s->stats.tls_failures++;
+    snprintf(s->tls_error, sizeof(s->tls_error), "%s: %s", c->parser.req.remote_addr, c->tls->err);
+    /* Send the alert that says why (the client then reports "unknown ca"
+     * rather than a reset), then close once it is out. */
+    if (c->state == CONN_HANDLING || conn_tls_flush(c) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_LINGER;
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+        conn_close(c);
+        return;
+    }
+    conn_timer_arm(c, TIMER_LINGER, CK_HTTP_LINGER_MS);
+}
+
 /* Server-initiated close: FIN, then drop input until the client closes. */
 static void conn_linger(struct ck_http_conn *c)
 {
+    if (c->tls != NULL) {
+        ck_tls_shutdown(c->tls); /* close_notify, queued before the FIN. */
+        if (conn_tls_flush(c) != 0) {
+            conn_close(c);
+            return;
+        }
+    }
     c->state = CONN_LINGER;
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
@@ -1015,6 +1112,14 @@ static void conn_write(struct ck_http_conn *c, size_t len, bool close_after)
     c->close_after_write = close_after;
     c->write_req.data = c;
     uv_buf_t b = uv_buf_init(c->wbuf, (unsigned)len);
+    if (c->tls != NULL) {
+        size_t n;
+        if (conn_tls_seal(c, c->wbuf, len, &n) != 0) {
+            conn_close(c);
+            return;
+        }
+        b = uv_buf_init(c->tbuf, (unsigned)n);
+    }
     if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write) != 0) {
         conn_close(c);
         return;
@@ -1043,6 +1148,11 @@ static void conn_on_continue_written(uv_write_t *req, int status)
 static void conn_send_continue(struct ck_http_conn *c)
 {
     static const char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (c->tls != NULL) {
+        if (ck_tls_write(c->tls, msg, sizeof(msg) - 1) != 0 || conn_tls_flush(c) != 0)
+            conn_close(c);
+        return;
+    }
     uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
     c->continue_req.data = c;
     if (uv_write(&c->continue_req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_continue_written) != 0)
@@ -1133,6 +1243,8 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->server->rbuf, sizeof(c->server->rbuf));
 }
 
+static void conn_on_plain(struct ck_http_conn *c, uv_stream_t *stream, const char *data, size_t n);
+
 static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct ck_http_conn *c = stream->data;
@@ -1144,15 +1256,52 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         conn_close(c);
         return;
     }
-    size_t n = (size_t)nread;
+    if (c->tls == NULL) {
+        conn_on_plain(c, stream, buf->base, (size_t)nread);
+        return;
+    }
+    if (c->state == CONN_LINGER)
+        return;
+    struct ck_http_server *s = c->server;
+    bool was_handshaken = c->tls->handshaken;
+    if (ck_tls_push(c->tls, buf->base, (size_t)nread) != 0) {
+        conn_tls_failed(c);
+        return;
+    }
+    /* Decrypt record by record into the server's plaintext buffer and treat
+     * each piece as if it had been read in the clear. */
+    while (c->state != CONN_CLOSED && c->state != CONN_LINGER) {
+        ssize_t got = ck_tls_read(c->tls, s->plain, CK_HTTP_READ_BUF);
+        if (!was_handshaken && c->tls->handshaken) {
+            was_handshaken = true;
+            s->stats.tls_handshakes++;
+        }
+        if (got == CK_TLS_AGAIN)
+            break;
+        if (got == CK_TLS_EOF) {
+            conn_close(c);
+            return;
+        }
+        if (got < 0) {
+            conn_tls_failed(c);
+            return;
+        }
+        conn_on_plain(c, stream, s->plain, (size_t)got);
+    }
+    if (c->state != CONN_CLOSED && conn_tls_flush(c) != 0)
+        conn_close(c);
+}
+
+static void conn_on_plain(struct ck_http_conn *c, uv_stream_t *stream, const char *data, size_t n)
+{
     if (c->state == CONN_LINGER || c->close_after_write || c->parser.phase == CK_HTTP_CLOSED ||
         (c->parser.phase == CK_HTTP_DONE && c->parser.must_close))
         return; /* No further request will be read from this connection. */
     if (c->state == CONN_READING && c->pend_len == 0) {
-        conn_feed(c, buf->base, n, false); /* Fast path: straight from the read buffer. */
+        conn_feed(c, data, n, false); /* Fast path: straight from the read buffer. */
         return;
     }
-    if (conn_pend_append(c, buf->base, n) != 0) {
+    if (conn_pend_append(c, data, n) != 0) {
         conn_close(c);
         return;
     }
@@ -1241,6 +1390,15 @@ static void server_on_connection(uv_stream_t *listener, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     conn_set_remote(c);
+    if (s->tls != NULL) {
+        c->tls = malloc(sizeof(*c->tls));
+        if (c->tls == NULL || ck_tls_init(c->tls, s->tls, CK_TLS_SERVER, NULL) != 0) {
+            free(c->tls);
+            c->tls = NULL;
+            conn_close(c);
+            return;
+        }
+    }
     /* The connect starts the first request's header deadline, so a client
      * that connects and says nothing is dropped like a slow one. */
     conn_timer_arm(c, TIMER_HEADER, s->limits.header_timeout_ms);
@@ -1376,6 +1534,25 @@ void ck_http_server_close(struct ck_http_server *s, ck_http_close_cb cb)
      * if an abort callback re-enters the server. */
     for (struct ck_http_conn *c = s->conns; c != NULL; c = c->next)
         conn_close(c);
+}
+
+int ck_http_server_set_tls(struct ck_http_server *s, SSL_CTX *ctx)
+{
+    if (ctx != NULL && s->plain == NULL) {
+        s->plain = malloc(CK_HTTP_READ_BUF);
+        if (s->plain == NULL)
+            return CK_ENOMEM;
+    }
+    if (ctx != NULL)
+        SSL_CTX_up_ref(ctx);
+    SSL_CTX_free(s->tls);
+    s->tls = ctx;
+    return 0;
+}
+
+const char *ck_http_server_tls_error(const struct ck_http_server *s)
+{
+    return s->tls_error;
 }
 
 void ck_http_server_stats(const struct ck_http_server *s, struct ck_http_stats *out)

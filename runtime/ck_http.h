@@ -87,6 +87,8 @@ struct ck_http_stats {
     uint64_t responses;            /* Written, including the server's own errors. */
     uint64_t bad_requests;         /* Rejected by the parser or by a limit. */
     uint64_t timeouts;
+    uint64_t tls_handshakes;       /* TLS connections that completed the handshake. */
+    uint64_t tls_failures;         /* TLS connections refused: handshake or record errors. */
 };
 
 /* Create a server on @loop. @limits may be NULL for the defaults. @data is the
@@ -122,6 +124,16 @@ int ck_http_respond(struct ck_http_request *req,
 void ck_http_server_close(struct ck_http_server *s, ck_http_close_cb cb);
 
 void ck_http_server_stats(const struct ck_http_server *s, struct ck_http_stats *out);
+
+/* Serve HTTPS from now on with @ctx (a CK_TLS_SERVER context of ck_tls.h; the
+ * server takes its own reference), or plain HTTP with NULL. Connections
+ * accepted before keep what they started with, so a certificate reloaded on
+ * SIGHUP applies to new connections. Returns 0 or CK_ENOMEM. */
+struct ssl_ctx_st;
+int ck_http_server_set_tls(struct ck_http_server *s, struct ssl_ctx_st *ctx);
+
+/* The message of the last refused TLS handshake ("" if none), for logs. */
+const char *ck_http_server_tls_error(const struct ck_http_server *s);
 
 /* The standard reason phrase for @status ("OK", "Not Found"), or "Unknown". */
 const char *ck_http_reason(int status);

@@ -325,18 +325,18 @@ size_t ck_tls_take(struct ck_tls *t, char *buf, size_t cap)
  * --------------------------------------------------------------------- */
 
 #define PUMP_HIGH (8u << 20)
+#define PUMP_EARLY_MAX (1u << 20)
 #define PUMP_CHUNK 65536
 
 struct ck_tls_pump {
-    uv_loop_t *loop;
     uv_tcp_t *tcp;
-    void (*free_tcp)(uv_handle_t *);
     uv_pipe_t inner; /* Our end of the socketpair. */
     struct ck_tls tls;
-    ck_tls_pump_error_cb on_error;
-    void *data;
+    struct ck_tls_pump_cbs cbs;
     bool inner_reading, tcp_reading, closing, inner_eof;
     int open_handles;
+    char *early; /* Plaintext from the caller before the handshake completed. */
+    size_t early_len;
     char buf[PUMP_CHUNK];
 };
 
@@ -361,12 +361,17 @@ static void pump_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void pump_handle_closed(uv_handle_t *h)
 {
     struct ck_tls_pump *p = h->data;
-    if (h == (uv_handle_t *)p->tcp && p->free_tcp != NULL) {
-        p->free_tcp(h);
+    if (h == (uv_handle_t *)p->tcp && p->cbs.free_tcp != NULL) {
+        p->cbs.free_tcp(h);
     }
     if (--p->open_handles == 0) {
+        struct ck_tls_pump_cbs cbs = p->cbs;
         ck_tls_free(&p->tls);
+        free(p->early);
         free(p);
+        if (cbs.on_close != NULL) {
+            cbs.on_close(cbs.data);
+        }
     }
 }
 
@@ -382,8 +387,8 @@ static void pump_close(struct ck_tls_pump *p)
 
 static void pump_fail(struct ck_tls_pump *p, const char *msg)
 {
-    if (!p->closing && p->on_error != NULL) {
-        p->on_error(p->data, msg);
+    if (!p->closing && p->cbs.on_error != NULL) {
+        p->cbs.on_error(p->cbs.data, msg);
     }
     pump_close(p);
 }
@@ -397,8 +402,7 @@ static void pump_resume(struct ck_tls_pump *p)
     if (!p->tcp_reading && uv_stream_get_write_queue_size((uv_stream_t *)&p->inner) < PUMP_HIGH / 2) {
         p->tcp_reading = uv_read_start((uv_stream_t *)p->tcp, pump_alloc, pump_tcp_read) == 0;
     }
-    if (p->tls.handshaken && !p->inner_reading && !p->inner_eof &&
-        uv_stream_get_write_queue_size((uv_stream_t *)p->tcp) < PUMP_HIGH / 2) {
+    if (!p->inner_reading && !p->inner_eof && uv_stream_get_write_queue_size((uv_stream_t *)p->tcp) < PUMP_HIGH / 2) {
         p->inner_reading = uv_read_start((uv_stream_t *)&p->inner, pump_alloc, pump_inner_read) == 0;
     }
 }
@@ -459,7 +463,17 @@ static int pump_flush(struct ck_tls_pump *p)
 static void pump_drain(struct ck_tls_pump *p)
 {
     for (;;) {
+        bool was = p->tls.handshaken;
         ssize_t n = ck_tls_read(&p->tls, p->buf, sizeof(p->buf));
+        if (!was && p->tls.handshaken && p->early_len > 0) {
+            if (ck_tls_write(&p->tls, p->early, p->early_len) != 0) {
+                pump_fail(p, p->tls.err);
+                return;
+            }
+            free(p->early);
+            p->early = NULL;
+            p->early_len = 0;
+        }
         if (pump_flush(p) != 0) {
             pump_close(p);
             return;
@@ -484,7 +498,6 @@ static void pump_drain(struct ck_tls_pump *p)
         uv_read_stop((uv_stream_t *)p->tcp);
         p->tcp_reading = false;
     }
-    pump_resume(p); /* Starts reading the caller's end once the handshake is done. */
 }
 
 static void pump_tcp_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -527,6 +540,10 @@ static void pump_inner_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         p->inner_eof = true;
         uv_read_stop(s);
         p->inner_reading = false;
+        if (!p->tls.handshaken) {
+            pump_close(p);
+            return;
+        }
         ck_tls_shutdown(&p->tls);
         uv_shutdown_t *req = malloc(sizeof(*req));
         if (pump_flush(p) != 0 || req == NULL) {
@@ -544,6 +561,20 @@ static void pump_inner_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0) {
         return;
     }
+    if (!p->tls.handshaken) {
+        /* Kept until the handshake completes; reading goes on so that the
+         * caller closing its end is noticed even if the peer never answers. */
+        char *e = p->early_len + (size_t)nread <= PUMP_EARLY_MAX ? realloc(p->early, p->early_len + (size_t)nread)
+                                                                  : NULL;
+        if (e == NULL) {
+            pump_fail(p, "TLS: too much data before the handshake completed");
+            return;
+        }
+        memcpy(e + p->early_len, buf->base, (size_t)nread);
+        p->early = e;
+        p->early_len += (size_t)nread;
+        return;
+    }
     if (ck_tls_write(&p->tls, buf->base, (size_t)nread) != 0) {
         pump_fail(p, p->tls.err);
         return;
@@ -553,51 +584,42 @@ static void pump_inner_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-int ck_tls_pump_start(uv_loop_t *loop, uv_tcp_t *tcp, void (*free_tcp)(uv_handle_t *), SSL_CTX *ctx,
-                      enum ck_tls_role role, const char *peer, ck_tls_pump_error_cb on_error, void *data,
-                      uv_pipe_t **out)
+int ck_tls_pump_start(uv_loop_t *loop, uv_tcp_t *tcp, uv_pipe_t *outer, SSL_CTX *ctx, enum ck_tls_role role,
+                      const char *peer, const struct ck_tls_pump_cbs *cbs)
 {
-    *out = NULL;
     struct ck_tls_pump *p = calloc(1, sizeof(*p));
-    uv_pipe_t *outer = malloc(sizeof(*outer));
-    uv_os_sock_t fds[2] = {-1, -1};
-    if (p == NULL || outer == NULL) {
-        goto nomem;
+    if (p == NULL) {
+        return CK_ENOMEM;
     }
     if (ck_tls_init(&p->tls, ctx, role, peer) != 0) {
-        goto nomem;
+        free(p);
+        return CK_EINVAL;
     }
+    uv_os_sock_t fds[2];
     int rv = uv_socketpair(SOCK_STREAM, 0, fds, UV_NONBLOCK_PIPE, UV_NONBLOCK_PIPE);
     if (rv != 0) {
         ck_tls_free(&p->tls);
         free(p);
-        free(outer);
         return rv;
     }
     uv_pipe_init(loop, &p->inner, 0);
     uv_pipe_init(loop, outer, 0);
     uv_pipe_open(&p->inner, fds[1]);
     uv_pipe_open(outer, fds[0]);
-    p->loop = loop;
     p->tcp = tcp;
-    p->free_tcp = free_tcp;
-    p->on_error = on_error;
-    p->data = data;
+    if (cbs != NULL) {
+        p->cbs = *cbs;
+    }
     p->open_handles = 2;
     tcp->data = p;
     p->inner.data = p;
-    *out = outer;
-    p->tcp_reading = uv_read_start((uv_stream_t *)tcp, pump_alloc, pump_tcp_read) == 0;
-    if (!p->tcp_reading) {
-        pump_close(p);
-        return 0; /* The caller reads EOF on *out. */
+    pump_resume(p); /* Starts reading both sides. */
+    if (!p->tcp_reading || !p->inner_reading) {
+        pump_close(p); /* The caller reads EOF on @outer. */
+        return 0;
     }
     if (role == CK_TLS_CLIENT) {
         pump_drain(p); /* Sends the ClientHello. */
     }
     return 0;
-nomem:
-    free(p);
-    free(outer);
-    return CK_ENOMEM;
 }

@@ -96,22 +96,28 @@ size_t ck_tls_take(struct ck_tls *t, char *buf, size_t cap);
 /*
  * The pump: TLS over a connected TCP socket, plaintext on a socketpair.
  *
- * ck_tls_pump_start() takes the TCP handle over (it is closed by the pump, so
- * it must be heap memory the pump may free with @free_tcp) and returns, in
- * *@out, an initialized uv_pipe_t on the plaintext end for the caller: the
- * caller reads and writes it as if it were the TCP connection, and closes it
- * with uv_close (freeing it itself). The pump forwards in both directions,
- * runs the handshake first (bytes the caller writes before it completes wait
- * in the socketpair), and tears everything down when either side ends: the
- * caller then reads EOF, and closing the pipe closes the TCP connection. A
- * handshake failure is reported once through @on_error (the pump's log line)
- * before the teardown.
+ * ck_tls_pump_start() takes the TCP handle over and initializes @outer (the
+ * caller's memory, not yet initialized) as a uv_pipe_t on the plaintext end
+ * of a socketpair. The caller reads and writes @outer as if it were the TCP
+ * connection and closes it with uv_close (freeing it itself). The pump runs
+ * the handshake, forwards in both directions (plaintext the caller writes
+ * before the handshake completes is held, up to 1 MiB, and sent after it),
+ * and tears everything down when either side ends: the caller then reads EOF
+ * on @outer, and closing @outer closes the TCP connection. A handshake or
+ * record failure is reported once through on_error (with the reason) before
+ * the teardown; on_close says the pump is gone (the TCP handle closed and
+ * given to free_tcp), so that an owner that must outlive its pumps (the
+ * raft transport) can wait for it. Returns 0, or a negative code with
+ * nothing taken over (@tcp is still the caller's, @outer untouched).
  */
-struct ck_tls_pump;
-typedef void (*ck_tls_pump_error_cb)(void *data, const char *msg);
+struct ck_tls_pump_cbs {
+    void (*on_error)(void *data, const char *msg); /* Optional. */
+    void (*on_close)(void *data);                  /* Optional. */
+    void (*free_tcp)(uv_handle_t *tcp);            /* Optional: frees the TCP handle's memory. */
+    void *data;
+};
 
-int ck_tls_pump_start(uv_loop_t *loop, uv_tcp_t *tcp, void (*free_tcp)(uv_handle_t *), SSL_CTX *ctx,
-                      enum ck_tls_role role, const char *peer, ck_tls_pump_error_cb on_error, void *data,
-                      uv_pipe_t **out);
+int ck_tls_pump_start(uv_loop_t *loop, uv_tcp_t *tcp, uv_pipe_t *outer, SSL_CTX *ctx, enum ck_tls_role role,
+                      const char *peer, const struct ck_tls_pump_cbs *cbs);
 
 #endif /* CK_TLS_H */

@@ -56,6 +56,7 @@ void lck_open_http(lua_State *L);  /* Adds http_server to the module table on to
 void lck_open_tcp(lua_State *L);   /* Adds tcp_connect to the module table on top. */
 void lck_open_place(lua_State *L); /* Adds place to the module table on top. */
 void lck_open_hist(lua_State *L);  /* Adds histogram, histogram_bounds to the module table on top. */
+void lck_open_tls(lua_State *L);   /* Adds tls_context to the module table on top. */
 
 /* Push a histogram's reading: {counts = {...}, count =, sum = seconds} (lck_hist.c). */
 struct ck_hist;

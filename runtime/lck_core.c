@@ -681,6 +681,7 @@ int ck_lua_open_core(lua_State *L)
     lck_open_node(L);
     lck_open_http(L);
     lck_open_tcp(L);
+    lck_open_tls(L);
     lck_open_place(L);
     lck_open_hist(L);
     return 1;

@@ -13,6 +13,7 @@
 #include "ck_common.h"
 #include "ck_http.h"
 #include "lck.h"
+#include "lck_tls.h"
 
 #define SERVER_MT "clusterkit.http_server"
 #define REQUEST_MT "clusterkit.http_request"
@@ -185,7 +186,24 @@ static int lserver_stats(lua_State *L)
     STAT(responses)
     STAT(bad_requests)
     STAT(timeouts)
+    STAT(tls_handshakes)
+    STAT(tls_failures)
 #undef STAT
+    lua_pushstring(L, ck_http_server_tls_error(b->s));
+    lua_setfield(L, -2, "tls_last_error");
+    return 1;
+}
+
+/* server:set_tls(ctx | nil): HTTPS for connections accepted from now on. */
+static int lserver_set_tls(lua_State *L)
+{
+    struct lserver *b = lserver_check(L, "server:set_tls");
+    SSL_CTX *ctx = lck_opt_tls(L, 2);
+    int rv = ck_http_server_set_tls(b->s, ctx);
+    if (rv != 0) {
+        return lck_pushfail(L, rv, "out of memory");
+    }
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -314,6 +332,7 @@ static const luaL_Reg lserver_methods[] = {
     {"listen", lserver_listen},
     {"close", lserver_close},
     {"stats", lserver_stats},
+    {"set_tls", lserver_set_tls},
     {"__gc", lserver_close},
     {NULL, NULL},
 };

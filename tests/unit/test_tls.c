@@ -267,6 +267,9 @@ struct pump_test {
     unsigned char *sent;
     bool client_eof, server_eof;
     int errors;
+    int pumps; /* Started and not yet closed. */
+    bool silent_server; /* Accept, then never answer. */
+    uv_tcp_t *silent_tcp;
     char last_error[256];
     uv_write_t client_write;
 };
@@ -281,6 +284,12 @@ static void on_pump_error(void *data, const char *msg)
     struct pump_test *t = data;
     t->errors++;
     snprintf(t->last_error, sizeof(t->last_error), "%s", msg);
+}
+
+static void on_pump_closed(void *data)
+{
+    struct pump_test *t = data;
+    t->pumps--;
 }
 
 static void big_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -344,9 +353,15 @@ static void on_accept(uv_stream_t *listener, int status)
     uv_tcp_t *tcp = malloc(sizeof(*tcp));
     uv_tcp_init(&t->loop, tcp);
     assert_int_equal(uv_accept(listener, (uv_stream_t *)tcp), 0);
-    assert_int_equal(ck_tls_pump_start(&t->loop, tcp, free_handle, t->sctx, CK_TLS_SERVER, NULL, on_pump_error, t,
-                                       &t->server_plain),
-                     0);
+    if (t->silent_server) {
+        t->silent_tcp = tcp;
+        return;
+    }
+    struct ck_tls_pump_cbs cbs = {.on_error = on_pump_error, .on_close = on_pump_closed, .free_tcp = free_handle,
+                                  .data = t};
+    t->server_plain = malloc(sizeof(*t->server_plain));
+    t->pumps++;
+    assert_int_equal(ck_tls_pump_start(&t->loop, tcp, t->server_plain, t->sctx, CK_TLS_SERVER, NULL, &cbs), 0);
     uv_read_start((uv_stream_t *)t->server_plain, big_alloc, server_read);
 }
 
@@ -354,13 +369,22 @@ static void on_connected(uv_connect_t *req, int status)
 {
     struct pump_test *t = req->handle->loop->data;
     assert_int_equal(status, 0);
-    assert_int_equal(ck_tls_pump_start(&t->loop, t->client_tcp, free_handle, t->cctx, CK_TLS_CLIENT, "127.0.0.1",
-                                       on_pump_error, t, &t->client_plain),
-                     0);
+    struct ck_tls_pump_cbs cbs = {.on_error = on_pump_error, .on_close = on_pump_closed, .free_tcp = free_handle,
+                                  .data = t};
+    t->client_plain = malloc(sizeof(*t->client_plain));
+    t->pumps++;
+    assert_int_equal(
+        ck_tls_pump_start(&t->loop, t->client_tcp, t->client_plain, t->cctx, CK_TLS_CLIENT, "127.0.0.1", &cbs), 0);
     /* Written before the handshake completes: waits in the socketpair. */
     if (t->sent != NULL) {
         uv_buf_t b = uv_buf_init((char *)t->sent, BIG);
         assert_int_equal(uv_write(&t->client_write, (uv_stream_t *)t->client_plain, &b, 1, NULL), 0);
+    }
+    if (t->silent_server) {
+        /* Give up before the (never coming) handshake: the pump must notice. */
+        uv_close((uv_handle_t *)t->client_plain, free_handle);
+        t->client_plain = NULL;
+        return;
     }
     uv_read_start((uv_stream_t *)t->client_plain, big_alloc, client_read);
 }
@@ -401,10 +425,14 @@ static void run_pump(struct pump_test *t, bool (*done)(struct pump_test *))
     if (t->server_plain != NULL) {
         uv_close((uv_handle_t *)t->server_plain, free_handle);
     }
+    if (t->silent_tcp != NULL) {
+        uv_close((uv_handle_t *)t->silent_tcp, free_handle);
+    }
     /* The pumps see EOF on their ends and close their TCP handles. */
     for (int i = 0; i < 1000 && uv_run(&t->loop, UV_RUN_NOWAIT) != 0; i++) {
         usleep(1000);
     }
+    assert_int_equal(t->pumps, 0); /* Every pump said it is gone. */
     assert_int_equal(uv_loop_close(&t->loop), 0);
     SSL_CTX_free(t->sctx);
     SSL_CTX_free(t->cctx);
@@ -450,6 +478,24 @@ static void test_pump_refused(void **state)
     assert_has(t.last_error, "TLS");
 }
 
+static bool pumps_gone(struct pump_test *t)
+{
+    return t->silent_tcp != NULL && t->pumps == 0;
+}
+
+static void test_pump_abandoned(void **state)
+{
+    (void)state;
+    /* The peer accepts and never answers; the caller closed its
+     * end during the handshake (before the peer said anything). The pump closes without the peer's help. */
+    struct pump_test t = {0};
+    t.silent_server = true;
+    t.sctx = ctx_of("node.pem", "node.key", NULL, false, CK_TLS_SERVER);
+    t.cctx = ctx_of(NULL, NULL, "ca.pem", false, CK_TLS_CLIENT);
+    run_pump(&t, pumps_gone);
+    assert_int_equal(t.pumps, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -460,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_session_mutual),
         cmocka_unit_test(test_pump_echo),
         cmocka_unit_test(test_pump_refused),
+        cmocka_unit_test(test_pump_abandoned),
     };
     return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }
