@@ -1024,7 +1024,7 @@ static int conn_tls_seal(struct ck_http_conn *c, const char *data, size_t len, s
     return 0;
 }
 
-static void conn_on_shutdown(uv_shutdown_t *req, int status);
+static void conn_linger(struct ck_http_conn *c);
 
 static void conn_tls_failed(struct ck_http_conn *c)
 {
@@ -1033,24 +1033,18 @@ static void conn_tls_failed(struct ck_http_conn *c)
     snprintf(s->tls_error, sizeof(s->tls_error), "%s: %s", c->parser.req.remote_addr, c->tls->err);
     /* Send the alert that says why (the client then reports "unknown ca"
      * rather than a reset), then close once it is out. */
-    if (c->state == CONN_HANDLING || conn_tls_flush(c) != 0) {
+    if (c->state == CONN_HANDLING) {
         conn_close(c);
         return;
     }
-    c->state = CONN_LINGER;
-    c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
-        conn_close(c);
-        return;
-    }
-    conn_timer_arm(c, TIMER_LINGER, CK_HTTP_LINGER_MS);
+    conn_linger(c);
 }
 
 /* Server-initiated close: FIN, then drop input until the client closes. */
 static void conn_linger(struct ck_http_conn *c)
 {
     if (c->tls != NULL) {
-        ck_tls_shutdown(c->tls); /* close_notify, queued before the FIN. */
+        ck_tls_shutdown(c->tls); /* close_notify (none after a failure), queued before the FIN. */
         if (conn_tls_flush(c) != 0) {
             conn_close(c);
             return;
@@ -1380,8 +1374,9 @@ static void server_on_connection(uv_stream_t *listener, int status)
         return;
     }
     if (reject) {
-        /* Answer politely while that stays cheap; past that, just close. */
-        if (s->n_rejecting > s->limits.max_connections + 16) {
+        /* Answer politely while that stays cheap; past that, just close.
+         * (HTTPS: just close; a 503 would cost a handshake.) */
+        if (s->n_rejecting > s->limits.max_connections + 16 || s->tls != NULL) {
             conn_close(c);
             return;
         }

@@ -296,7 +296,7 @@ int ck_tls_write(struct ck_tls *t, const void *data, size_t len)
 
 void ck_tls_shutdown(struct ck_tls *t)
 {
-    if (t->handshaken) {
+    if (t->handshaken && !t->failed) {
         SSL_shutdown(t->ssl);
         ERR_clear_error();
     }
