@@ -17,20 +17,24 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 sh "$SRC/tests/tls/mkcerts.sh" "$TMP/certs"
 
-serve() { # tls_off -> prints the port
+serve() { # tls_off var: starts a server, sets $var to its port
   local out="$TMP/srv$1.out"
   TLS_OFF=$1 TLS_CERT="$TMP/certs/node.pem" TLS_KEY="$TMP/certs/node.key" \
     LUA_PATH="$SRC/lua/?.lua;$SRC/lua/?/init.lua;;" LUA_CPATH="$BUILD/?.so;;" \
     luajit "$SRC/tests/cluster/tls_server.lua" >"$out" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 200); do
-    if grep -q '^port ' "$out" 2>/dev/null; then awk '/^port /{print $2; exit}' "$out"; return; fi
+    if grep -q '^port ' "$out" 2>/dev/null; then
+      printf -v "$2" '%s' "$(awk '/^port /{print $2; exit}' "$out")"
+      return
+    fi
     sleep 0.05
   done
-  echo "https_bench: the server did not start: $(cat "$out")" >&2; exit 1
+  echo "https_bench: the server did not start: $(cat "$out")" >&2
+  exit 1
 }
-PLAIN=$(serve 1)
-TLS=$(serve 0)
+serve 1 PLAIN
+serve 0 TLS
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # label url pid [wrk args...]
   local label=$1 url=$2 pid=$3; shift 3
