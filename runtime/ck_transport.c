@@ -1,6 +1,7 @@
 #include "ck_transport.h"
 
 #include "ck_common.h"
+#include "ck_tls.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -65,6 +66,8 @@ struct tr {
     void *log_data;
     void (*peer_closed)(void *data, raft_id id);
     void *peer_closed_data;
+    SSL_CTX *tls_server, *tls_client; /* Our references; NULL: plain TCP. */
+    unsigned n_pumps;                 /* TLS pumps not yet gone (tr_maybe_closed waits). */
     uv_tcp_t listener;
     bool listener_inited, listener_closed;
     raft_uv_accept_cb accept_cb;
@@ -85,7 +88,11 @@ struct tr_conn {
     int status;    /* RAFT_* for the connect callback on failure. */
     unsigned refs; /* Open handles (timer, tcp) and a pending getaddrinfo. */
     unsigned writes_pending;
-    uv_tcp_t *tcp; /* raft_malloc'd: raft frees it with raft_free once it owns it. */
+    /* The connection's stream: the TCP handle, or with TLS the plaintext end
+     * of its pump (the pump owns the TCP handle then). raft_malloc'd: raft
+     * frees it with raft_free once it owns it. */
+    uv_stream_t *s;
+    struct tr_pump *pump; /* With TLS, until the pump or the connection goes. */
     uv_timer_t timer;
     uv_getaddrinfo_t gai;
     bool gai_pending;
@@ -115,9 +122,21 @@ struct tr_conn {
  * raft_uv closes every stream it dialled (UvSendClose, and uv_close stops
  * reading at once) before it closes the transport (uv.c, uvClose). */
 struct tr_out_tcp {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe; /* With TLS: the plaintext end of the pump. */
+    } h;
     struct tr *t;
     raft_id peer_id;
+};
+
+/* A TLS pump under one connection (ck_tls.h). It lives until the pump has
+ * closed the TCP connection, which can be long after the handshake (it is
+ * the connection raft uses); c is cleared when the connection record goes. */
+struct tr_pump {
+    struct tr *t;
+    struct tr_conn *c;
+    char host[256], peer[128]; /* For the log line of a late TLS failure. */
 };
 
 /* ------------------------------------------------------------------------
@@ -295,7 +314,7 @@ static void tr_warn(struct tr *t, const char *host, const char *fmt, const char 
 
 static void tr_maybe_closed(struct tr *t)
 {
-    if (!t->closing || t->conns != NULL || (t->listener_inited && !t->listener_closed) || t->close_cb == NULL) {
+    if (!t->closing || t->conns != NULL || t->n_pumps > 0 || (t->listener_inited && !t->listener_closed) || t->close_cb == NULL) {
         return;
     }
     raft_uv_transport_close_cb cb = t->close_cb;
@@ -323,6 +342,9 @@ static void conn_maybe_free(struct tr_conn *c)
     struct raft_uv_connect *req = c->req;
     bool call = c->outgoing && !c->done && !c->quiet;
     int status = c->status;
+    if (c->pump != NULL) {
+        c->pump->c = NULL;
+    }
     OPENSSL_cleanse(c->nonce_c, sizeof c->nonce_c);
     OPENSSL_cleanse(c->nonce_s, sizeof c->nonce_s);
     free(c->target);
@@ -376,8 +398,8 @@ static void conn_fail(struct tr_conn *c, int status, const char *why)
     if (c->gai_pending) {
         uv_cancel((uv_req_t *)&c->gai); /* Its callback still comes, with UV_ECANCELED or late. */
     }
-    if (c->tcp != NULL && !uv_is_closing((uv_handle_t *)c->tcp)) {
-        uv_close((uv_handle_t *)c->tcp, conn_on_tcp_closed);
+    if (c->s != NULL && !uv_is_closing((uv_handle_t *)c->s)) {
+        uv_close((uv_handle_t *)c->s, conn_on_tcp_closed);
     }
     conn_close_timer(c);
 }
@@ -433,10 +455,10 @@ static struct tr_conn *conn_new(struct tr *t, bool outgoing)
 /* The stream leaves our hands: raft owns it (and raft_free's it) from now. */
 static uv_stream_t *conn_release_stream(struct tr_conn *c)
 {
-    uv_stream_t *s = (uv_stream_t *)c->tcp;
+    uv_stream_t *s = c->s;
     uv_read_stop(s);
     s->data = NULL;
-    c->tcp = NULL;
+    c->s = NULL;
     c->refs--;
     c->done = true;
     conn_close_timer(c);
@@ -524,6 +546,83 @@ static void conn_connected(struct tr_conn *c)
 }
 
 /* ------------------------------------------------------------------------
+ * TLS under a connection
+ *
+ * With TLS on, each connection gets a pump (ck_tls.h) as soon as the TCP
+ * connection is up: the pump owns the TCP handle and the rest of this file
+ * (the token handshake, raft's preamble, then raft itself) reads and writes
+ * the plaintext end of a socketpair, as it would the TCP handle. The pump
+ * holds what is written before the TLS handshake completes, so nothing here
+ * waits for it; a TLS failure during the transport's own handshake fails
+ * the connection with OpenSSL's reason, and the handshake timer covers the
+ * TLS handshake too. A client checks the server's certificate against the
+ * host part of the raft address it dials (a name or an IP literal); a
+ * server with verify_peers requires a client certificate from its CA.
+ * ------------------------------------------------------------------------ */
+
+static void tr_pump_error(void *data, const char *msg)
+{
+    struct tr_pump *p = data;
+    struct tr *t = p->t;
+    char why[320];
+    t->stats.tls_failures++;
+    snprintf(why, sizeof why, "TLS: %s", msg);
+    if (p->c != NULL && !p->c->failed && !p->c->done) {
+        conn_fail(p->c, RAFT_NOCONNECTION, why);
+        return;
+    }
+    tr_warn(t, p->host, "raft connection with %s dropped: %s", p->peer, why);
+}
+
+static void tr_pump_closed(void *data)
+{
+    struct tr_pump *p = data;
+    struct tr *t = p->t;
+    if (p->c != NULL) {
+        p->c->pump = NULL;
+    }
+    free(p);
+    t->n_pumps--;
+    tr_maybe_closed(t);
+}
+
+static void tr_pump_free_tcp(uv_handle_t *h)
+{
+    raft_free(h);
+}
+
+/* Put a pump under @c's TCP handle; c->s becomes the plaintext pipe.
+ * Returns 0, or a negative code with c->s still the TCP handle. */
+static int conn_start_tls(struct tr_conn *c, SSL_CTX *ctx, enum ck_tls_role role, const char *peer)
+{
+    struct tr *t = c->t;
+    struct tr_out_tcp *o = raft_malloc(sizeof *o);
+    struct tr_pump *p = calloc(1, sizeof *p);
+    if (o == NULL || p == NULL) {
+        raft_free(o);
+        free(p);
+        return CK_ENOMEM;
+    }
+    p->t = t;
+    p->c = c;
+    snprintf(p->host, sizeof p->host, "%s", c->host);
+    snprintf(p->peer, sizeof p->peer, "%s", c->peer);
+    struct ck_tls_pump_cbs cbs = {
+        .on_error = tr_pump_error, .on_close = tr_pump_closed, .free_tcp = tr_pump_free_tcp, .data = p};
+    int rv = ck_tls_pump_start(t->loop, (uv_tcp_t *)c->s, &o->h.pipe, ctx, role, peer, &cbs);
+    if (rv != 0) {
+        raft_free(o);
+        free(p);
+        return rv;
+    }
+    t->n_pumps++;
+    c->pump = p;
+    c->s = (uv_stream_t *)&o->h.pipe; /* The TCP handle's ref on c passes to the pipe. */
+    c->s->data = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
  * Reading and writing handshake messages
  * ------------------------------------------------------------------------ */
 
@@ -548,7 +647,7 @@ static void conn_on_write(uv_write_t *w, int status)
 static int conn_write(struct tr_conn *c, uv_write_t *w, unsigned char *buf, size_t len)
 {
     uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
-    int rv = uv_write(w, (uv_stream_t *)c->tcp, &b, 1, conn_on_write);
+    int rv = uv_write(w, c->s, &b, 1, conn_on_write);
     if (rv == 0) {
         c->writes_pending++;
     }
@@ -669,7 +768,7 @@ static void conn_process_server(struct tr_conn *c)
             conn_auth_fail(c, "malformed raft handshake");
             return;
         }
-        uv_read_stop((uv_stream_t *)c->tcp);
+        uv_read_stop(c->s);
         c->verified = true;
         if (c->writes_pending == 0) {
             conn_accept(c);
@@ -699,7 +798,7 @@ static void conn_process(struct tr_conn *c)
         conn_auth_fail(c, "the peer does not know the cluster token");
         return;
     }
-    uv_read_stop((uv_stream_t *)c->tcp);
+    uv_read_stop(c->s);
     c->rd = RD_NONE;
     conn_send_preamble(c);
 }
@@ -724,8 +823,8 @@ static void conn_on_retry_closed(uv_handle_t *h)
 
 static void conn_retry(struct tr_conn *c)
 {
-    uv_tcp_t *tcp = c->tcp;
-    c->tcp = NULL;
+    uv_stream_t *tcp = c->s;
+    c->s = NULL;
     uv_close((uv_handle_t *)tcp, conn_on_retry_closed);
 }
 
@@ -745,6 +844,14 @@ static void conn_on_connect(uv_connect_t *req, int status)
         return;
     }
     c->established = true;
+    if (t->tls_client != NULL) {
+        char host[256], port[16];
+        if (tr_split(c->target, host, sizeof host, port, sizeof port) != 0 ||
+            conn_start_tls(c, t->tls_client, CK_TLS_CLIENT, host) != 0) {
+            conn_fail(c, RAFT_NOCONNECTION, "cannot start TLS");
+            return;
+        }
+    }
     if (t->token == NULL) {
         conn_send_preamble(c);
         return;
@@ -757,7 +864,7 @@ static void conn_on_connect(uv_connect_t *req, int status)
     memcpy(c->out_first + TR_MAGIC, c->nonce_c, TR_NONCE);
     conn_expect(c, RD_CHALLENGE, c->in, TR_CHALLENGE);
     if (conn_write(c, &c->w_first, c->out_first, TR_HELLO) != 0 ||
-        uv_read_start((uv_stream_t *)c->tcp, conn_alloc, conn_on_read) != 0) {
+        uv_read_start(c->s, conn_alloc, conn_on_read) != 0) {
         conn_fail(c, RAFT_NOCONNECTION, NULL);
     }
 }
@@ -777,15 +884,16 @@ static void conn_dial_next(struct tr_conn *c)
     } else {
         snprintf(c->peer, sizeof c->peer, "%s (%s)", c->target, name);
     }
-    c->tcp = raft_malloc(sizeof(struct tr_out_tcp)); /* Its first member (see out_watch_read). */
-    if (c->tcp == NULL) {
+    struct tr_out_tcp *o = raft_malloc(sizeof *o); /* Its first member (see out_watch_read). */
+    if (o == NULL) {
         conn_fail(c, RAFT_NOMEM, NULL);
         return;
     }
-    uv_tcp_init(t->loop, c->tcp);
-    c->tcp->data = c;
+    uv_tcp_init(t->loop, &o->h.tcp);
+    o->h.tcp.data = c;
+    c->s = (uv_stream_t *)&o->h.tcp;
     c->refs++;
-    if (uv_tcp_connect(&c->connect, c->tcp, sa, conn_on_connect) != 0) {
+    if (uv_tcp_connect(&c->connect, &o->h.tcp, sa, conn_on_connect) != 0) {
         if (c->next_addr < c->n_addrs) {
             conn_retry(c);
         } else {
@@ -908,18 +1016,22 @@ static void tr_on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)tcp, tr_on_overflow_closed);
         return;
     }
-    c->tcp = tcp;
+    c->s = (uv_stream_t *)tcp;
     tcp->data = c;
     c->refs++;
     c->established = true;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     snprintf(c->host, sizeof c->host, "from %s", host); /* The source port changes on every try. */
+    if (t->tls_server != NULL && conn_start_tls(c, t->tls_server, CK_TLS_SERVER, NULL) != 0) {
+        conn_fail(c, RAFT_NOCONNECTION, "cannot start TLS");
+        return;
+    }
     if (t->token != NULL) {
         conn_expect(c, RD_HELLO, c->in, TR_HELLO);
     } else {
         conn_expect(c, RD_PREAMBLE, c->in, TR_PREAMBLE);
     }
-    if (uv_read_start((uv_stream_t *)tcp, conn_alloc, conn_on_read) != 0) {
+    if (uv_read_start(c->s, conn_alloc, conn_on_read) != 0) {
         conn_fail(c, RAFT_NOCONNECTION, NULL);
     }
 }
@@ -1039,6 +1151,7 @@ int ck_transport_init(struct raft_uv_transport *iface, uv_loop_t *loop, const st
         return RAFT_NOMEM;
     }
     t->iface = iface;
+    iface->impl = t;
     t->loop = loop;
     t->timeout_ms = o->handshake_timeout_ms ? o->handshake_timeout_ms : 3000;
     t->max_pending = o->max_pending ? o->max_pending : 64;
@@ -1047,6 +1160,7 @@ int ck_transport_init(struct raft_uv_transport *iface, uv_loop_t *loop, const st
     ck_ignore_sigpipe(); /* raft writes to the connections we hand it (ck_common.h). */
     t->peer_closed = o->peer_closed;
     t->peer_closed_data = o->peer_closed_data;
+    ck_transport_set_tls(iface, o->tls_server, o->tls_client);
     t->log_context = strdup(o->log_context ? o->log_context : "raft");
     t->bind_address = tr_strdup(o->bind_address);
     if (o->token != NULL && o->token[0] != '\0') {
@@ -1056,7 +1170,6 @@ int ck_transport_init(struct raft_uv_transport *iface, uv_loop_t *loop, const st
             memcpy(t->token, o->token, t->token_len);
         }
     }
-    iface->impl = t;
     if (t->log_context == NULL || (o->bind_address && !t->bind_address) || (t->token_len && !t->token)) {
         ck_transport_close(iface);
         snprintf(iface->errmsg, sizeof iface->errmsg, "out of memory");
@@ -1084,11 +1197,28 @@ void ck_transport_close(struct raft_uv_transport *iface)
         OPENSSL_cleanse(t->token, t->token_len);
         free(t->token);
     }
+    SSL_CTX_free(t->tls_server);
+    SSL_CTX_free(t->tls_client);
     free(t->address);
     free(t->bind_address);
     free(t->log_context);
     free(t);
     iface->impl = NULL;
+}
+
+void ck_transport_set_tls(struct raft_uv_transport *iface, SSL_CTX *server, SSL_CTX *client)
+{
+    struct tr *t = iface->impl;
+    if (server != NULL) {
+        SSL_CTX_up_ref(server);
+    }
+    if (client != NULL) {
+        SSL_CTX_up_ref(client);
+    }
+    SSL_CTX_free(t->tls_server);
+    SSL_CTX_free(t->tls_client);
+    t->tls_server = server;
+    t->tls_client = client;
 }
 
 int ck_transport_port(const struct raft_uv_transport *iface)

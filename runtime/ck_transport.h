@@ -56,6 +56,7 @@
 #ifndef CK_TRANSPORT_H
 #define CK_TRANSPORT_H
 
+#include <openssl/ssl.h>
 #include <raft.h>
 #include <raft/uv.h>
 #include <stdint.h>
@@ -79,6 +80,13 @@ struct ck_transport_options {
      * keeps reading those connections for this (see out_watch_read). */
     void (*peer_closed)(void *data, raft_id id);
     void *peer_closed_data;
+    /* Optional TLS (the transport takes its own references): incoming
+     * connections use tls_server, outgoing ones tls_client, which checks the
+     * peer's certificate against the host of the raft address it dials. The
+     * token handshake, if any, then runs inside TLS. Both or neither: a node
+     * with only one would half-talk to its peers. */
+    SSL_CTX *tls_server;
+    SSL_CTX *tls_client;
 };
 
 struct ck_transport_stats {
@@ -88,6 +96,7 @@ struct ck_transport_stats {
     uint64_t timeouts;      /* Handshakes dropped for taking too long. */
     uint64_t overflows;     /* Connections closed because max_pending were running. */
     uint64_t peer_closed;   /* Dialled connections the peer closed (see peer_closed). */
+    uint64_t tls_failures;  /* TLS handshakes or records that failed (reason logged). */
 };
 
 /* Set up @t (all of it: raft's data pointer is cleared) with a copy of @o's
@@ -102,6 +111,10 @@ void ck_transport_close(struct raft_uv_transport *t);
 /* The port the listener is bound to (useful after listening on port 0), or
  * a negative libuv code when it is not listening. */
 int ck_transport_port(const struct raft_uv_transport *t);
+
+/* Replace the TLS contexts (SIGHUP): new connections use them, open ones
+ * keep theirs. NULL turns TLS off for new connections. */
+void ck_transport_set_tls(struct raft_uv_transport *t, SSL_CTX *server, SSL_CTX *client);
 
 void ck_transport_stats(const struct raft_uv_transport *t, struct ck_transport_stats *out);
 

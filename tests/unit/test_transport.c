@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "ck_tls.h"
 #include "ck_transport.h"
 
 #include <stdbool.h>
@@ -106,6 +107,9 @@ static void find_listener(uv_handle_t *h, void *arg)
     }
 }
 
+/* TLS contexts for the next peer_start (NULL: plain TCP); see tls_peers. */
+static SSL_CTX *next_tls_server, *next_tls_client;
+
 /* Start a peer listening on @addr ("127.0.0.1:0" or a hostname). */
 static int peer_start(struct tctx *t, struct peer *p, raft_id id, const char *addr, const char *token,
                       unsigned timeout_ms, bool raft_tcp)
@@ -122,6 +126,7 @@ static int peer_start(struct tctx *t, struct peer *p, raft_id id, const char *ad
         struct ck_transport_options o = {
             .token = token, .handshake_timeout_ms = timeout_ms, .log = peer_log, .log_data = p,
             .peer_closed = peer_on_peer_closed, .peer_closed_data = p,
+            .tls_server = next_tls_server, .tls_client = next_tls_client,
         };
         assert_int_equal(ck_transport_init(&p->tr, &t->loop, &o), 0);
     }
@@ -753,6 +758,234 @@ static void test_unresolvable_connect(void **state)
     tctx_cleanup(&t);
 }
 
+/* ------------------------------------------------------------------------ */
+/* TLS                                                                       */
+/* ------------------------------------------------------------------------ */
+
+static char certdir[64];
+
+static int setup_certs(void **state)
+{
+    (void)state;
+    snprintf(certdir, sizeof certdir, "/tmp/ck-test-transport-tls.XXXXXX");
+    if (mkdtemp(certdir) == NULL) {
+        return -1;
+    }
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "sh %s/tests/tls/mkcerts.sh %s", CK_SOURCE_DIR, certdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int teardown_certs(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", certdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* A context from certdir: @name.pem/.key (NULL: none), @ca.pem. */
+static SSL_CTX *tls_ctx(const char *name, const char *ca, bool verify, enum ck_tls_role role)
+{
+    char cert[128], key[128], cap[128], err[256];
+    snprintf(cert, sizeof cert, "%s/%s.pem", certdir, name ? name : "");
+    snprintf(key, sizeof key, "%s/%s.key", certdir, name ? name : "");
+    snprintf(cap, sizeof cap, "%s/%s.pem", certdir, ca);
+    struct ck_tls_config c = {.cert_file = name ? cert : NULL, .key_file = name ? key : NULL, .ca_file = cap,
+                              .verify_peers = verify};
+    SSL_CTX *ctx = ck_tls_ctx_new(&c, role, err, sizeof err);
+    if (ctx == NULL) {
+        fprintf(stderr, "tls_ctx %s: %s\n", name ? name : "-", err);
+    }
+    assert_non_null(ctx);
+    return ctx;
+}
+
+/* Set the contexts of the next peer: its certificate @name, trusting
+ * @ca, requiring client certificates; name NULL: plain TCP. The peer's
+ * transport takes its own references. */
+static void tls_next(const char *name, const char *ca)
+{
+    SSL_CTX_free(next_tls_server);
+    SSL_CTX_free(next_tls_client);
+    next_tls_server = next_tls_client = NULL;
+    if (name != NULL) {
+        next_tls_server = tls_ctx(name, ca, true, CK_TLS_SERVER);
+        next_tls_client = tls_ctx(name, ca, false, CK_TLS_CLIENT);
+    }
+}
+
+static bool cond_server_tls_refused(struct tctx *t)
+{
+    struct ck_transport_stats b;
+    peer_stats(t->peers[1], &b);
+    return b.tls_failures >= 1 && t->peers[0]->n_logs + t->peers[1]->n_logs >= 1;
+}
+
+static bool cond_client_tls_refused(struct tctx *t)
+{
+    struct ck_transport_stats a;
+    peer_stats(t->peers[0], &a);
+    return a.tls_failures >= 1 && t->peers[0]->n_logs >= 1;
+}
+
+/* Both peers with certificates from the same CA (and mutual TLS): raft's
+ * message arrives, with or without a token inside TLS, dialled by IP or by
+ * name (each checked against the certificate's SAN). */
+static void run_tls_delivers(const char *token, const char *dial_host)
+{
+    struct tctx t;
+    struct peer a, b;
+    char to[64];
+    struct ck_transport_stats sa, sb;
+    tctx_init(&t);
+    t.peers[0] = &a;
+    t.peers[1] = &b;
+    tls_next("node", "ca");
+    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", token, 0, false), 0);
+    tls_next("node2", "ca");
+    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", token, 0, false), 0);
+    tls_next(NULL, NULL);
+    peer_addr(&b, dial_host, to, sizeof to);
+    peer_send_vote(&a, 2, to);
+    tctx_run(&t, cond_delivered);
+    assert_false(t.timed_out);
+    assert_int_equal(b.n_recv, 1);
+    assert_int_equal(b.last_type, RAFT_IO_REQUEST_VOTE);
+    assert_int_equal(b.last_from, 1);
+    peer_stats(&a, &sa);
+    peer_stats(&b, &sb);
+    assert_int_equal(sa.connected, 1);
+    assert_int_equal(sb.accepted, 1);
+    assert_int_equal(sa.tls_failures + sb.tls_failures + sa.auth_failures + sb.auth_failures, 0);
+    assert_int_equal(a.n_logs + b.n_logs, 0);
+    tctx_cleanup(&t); /* Also proves the transports wait for their pumps to close. */
+}
+
+static void test_tls_delivers(void **state)
+{
+    (void)state;
+    run_tls_delivers("s3cret", "127.0.0.1");
+}
+
+static void test_tls_delivers_without_token(void **state)
+{
+    (void)state;
+    run_tls_delivers(NULL, "localhost");
+}
+
+/* Mutual TLS: a peer whose certificate comes from another CA is refused by
+ * the server's TLS, with OpenSSL's reason in the log, and raft never sees
+ * the connection. */
+static void test_tls_rogue_client_refused(void **state)
+{
+    struct tctx t;
+    struct peer a, b;
+    char to[64];
+    struct ck_transport_stats sb;
+    (void)state;
+    tctx_init(&t);
+    t.peers[0] = &a;
+    t.peers[1] = &b;
+    tls_next("node", "ca");
+    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", "s3cret", 0, false), 0);
+    /* A trusts B's CA but presents a certificate B does not trust. */
+    SSL_CTX_free(next_tls_server);
+    next_tls_server = tls_ctx("rogue", "rogue-ca", true, CK_TLS_SERVER);
+    next_tls_client = tls_ctx("rogue", "ca", false, CK_TLS_CLIENT);
+    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", "s3cret", 0, false), 0);
+    tls_next(NULL, NULL);
+    peer_addr(&b, "127.0.0.1", to, sizeof to);
+    peer_send_vote(&a, 2, to);
+    tctx_run(&t, cond_server_tls_refused);
+    assert_false(t.timed_out);
+    peer_stats(&b, &sb);
+    assert_int_equal(b.n_recv, 0);
+    assert_int_equal(sb.accepted, 0);
+    assert_non_null(strstr(b.log, "TLS"));
+    assert_non_null(strstr(b.log, "certificate"));
+    tctx_cleanup(&t);
+}
+
+/* The client checks the server's certificate against the name it dials. */
+static void test_tls_wrong_name_refused(void **state)
+{
+    struct tctx t;
+    struct peer a, b;
+    char to[64];
+    struct ck_transport_stats sa;
+    (void)state;
+    tctx_init(&t);
+    t.peers[0] = &a;
+    t.peers[1] = &b;
+    tls_next("wrongname", "ca");
+    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", NULL, 0, false), 0);
+    tls_next("node", "ca");
+    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", NULL, 0, false), 0);
+    tls_next(NULL, NULL);
+    peer_addr(&b, "localhost", to, sizeof to);
+    peer_send_vote(&a, 2, to);
+    tctx_run(&t, cond_client_tls_refused);
+    assert_false(t.timed_out);
+    peer_stats(&a, &sa);
+    assert_int_equal(b.n_recv, 0);
+    assert_non_null(strstr(a.log, "TLS"));
+    assert_non_null(strstr(a.log, to));
+    tctx_cleanup(&t);
+}
+
+/* A TLS node refuses a plaintext peer (and the plaintext peer, with its
+ * token, refuses the TLS node's answer). */
+static void test_tls_refuses_plain_peer(void **state)
+{
+    struct tctx t;
+    struct peer a, b;
+    char to[64];
+    struct ck_transport_stats sb;
+    (void)state;
+    tctx_init(&t);
+    t.peers[0] = &a;
+    t.peers[1] = &b;
+    tls_next("node", "ca");
+    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", "s3cret", 0, false), 0);
+    tls_next(NULL, NULL);
+    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", "s3cret", 0, false), 0);
+    peer_addr(&b, "127.0.0.1", to, sizeof to);
+    peer_send_vote(&a, 2, to);
+    tctx_run(&t, cond_server_tls_refused);
+    assert_false(t.timed_out);
+    peer_stats(&b, &sb);
+    assert_int_equal(b.n_recv, 0);
+    assert_int_equal(sb.accepted, 0);
+    assert_non_null(strstr(b.log, "TLS"));
+    tctx_cleanup(&t);
+}
+
+/* The peer-closed watch works over TLS too: it watches the plaintext pipe,
+ * which ends when the pump sees the peer's TCP connection close. */
+static void test_tls_peer_closed_reported(void **state)
+{
+    (void)state;
+    struct tctx t;
+    struct peer a, b;
+    tctx_init(&t);
+    t.peers[0] = &a;
+    t.peers[1] = &b;
+    closed_step = 0;
+    tls_next("node", "ca");
+    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", "s3cret", 0, false), 0);
+    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", "s3cret", 0, false), 0);
+    tls_next(NULL, NULL);
+    peer_addr(&b, "127.0.0.1", closed_to, sizeof closed_to);
+    peer_send_vote(&a, 2, closed_to);
+    tctx_run(&t, cond_peer_closed_steps);
+    assert_false(t.timed_out);
+    assert_int_equal(a.n_peer_closed, 1);
+    assert_int_equal(a.peer_closed_id, 2);
+    assert_int_not_equal(a.send_status, 0);
+    tctx_cleanup(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -772,6 +1005,12 @@ int main(void)
         cmocka_unit_test(test_pending_bound),
         cmocka_unit_test(test_unresolvable_listen),
         cmocka_unit_test(test_unresolvable_connect),
+        cmocka_unit_test(test_tls_delivers),
+        cmocka_unit_test(test_tls_delivers_without_token),
+        cmocka_unit_test(test_tls_rogue_client_refused),
+        cmocka_unit_test(test_tls_wrong_name_refused),
+        cmocka_unit_test(test_tls_refuses_plain_peer),
+        cmocka_unit_test(test_tls_peer_closed_reported),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }
