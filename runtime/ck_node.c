@@ -636,6 +636,12 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->opts.raft_addr = n->raft_addr;
     n->opts.raft_bind = n->raft_bind;
     n->opts.token = n->token;
+    if (o->tls_server != NULL) {
+        SSL_CTX_up_ref(o->tls_server);
+    }
+    if (o->tls_client != NULL) {
+        SSL_CTX_up_ref(o->tls_client);
+    }
     ck_fsm_init(&n->fsm, &n->f);
     n->f.raft = &n->raft;
     n->f.on_change = node_on_fsm_change;
@@ -652,6 +658,23 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->next = node_list;
     node_list = n;
     return n;
+}
+
+void ck_node_set_tls(struct ck_node *n, SSL_CTX *server, SSL_CTX *client)
+{
+    if (server != NULL) {
+        SSL_CTX_up_ref(server);
+    }
+    if (client != NULL) {
+        SSL_CTX_up_ref(client);
+    }
+    SSL_CTX_free(n->opts.tls_server);
+    SSL_CTX_free(n->opts.tls_client);
+    n->opts.tls_server = server;
+    n->opts.tls_client = client;
+    if (n->transport_inited) {
+        ck_transport_set_tls(&n->transport, server, client);
+    }
 }
 
 void *ck_node_data(const struct ck_node *n)
@@ -770,6 +793,8 @@ int ck_node_start(struct ck_node *n)
         .log_context = log_context,
         .peer_closed = node_on_peer_closed,
         .peer_closed_data = n,
+        .tls_server = n->opts.tls_server,
+        .tls_client = n->opts.tls_client,
     };
     if ((rv = ck_transport_init(&n->transport, n->loop, &topts)) != 0) {
         snprintf(n->errmsg, sizeof n->errmsg, "raft transport: %s", n->transport.errmsg);
@@ -1104,6 +1129,8 @@ static void node_finish_close(struct ck_node *n)
             break;
         }
     }
+    SSL_CTX_free(n->opts.tls_server);
+    SSL_CTX_free(n->opts.tls_client);
     free(n->dir);
     free(n->raft_addr);
     free(n->raft_bind);

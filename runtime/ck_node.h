@@ -52,6 +52,7 @@
 #ifndef CK_NODE_H
 #define CK_NODE_H
 
+#include <openssl/ssl.h>
 #include <raft.h>
 #include <raft/uv.h>
 #include <stdbool.h>
@@ -87,6 +88,10 @@ struct ck_node_options {
     const char *raft_bind;           /* Optional "host:port" to bind instead. */
     const char *token;               /* Cluster token: raft connections must prove it (see ck_transport.h). */
     unsigned handshake_timeout_ms;   /* Raft connection handshake bound. Default 3000. */
+    /* Optional TLS for raft (ck_transport.h): both or neither. The node takes
+     * its own references; ck_node_set_tls replaces them (SIGHUP). */
+    SSL_CTX *tls_server;
+    SSL_CTX *tls_client;
     uint64_t raft_id;                /* Non-zero. */
     bool bootstrap;                  /* Bootstrap a one-voter cluster if pristine. */
     unsigned election_timeout_ms;    /* Default 300. */
@@ -110,6 +115,10 @@ struct ck_raft_info {
     unsigned voters, standbys, spares;
     int my_role;            /* RAFT_VOTER/STANDBY/SPARE, or -1 if not in the configuration. */
 };
+
+/* New raft connections use these contexts from now on (the open ones keep
+ * theirs until they close): a certificate reload. */
+void ck_node_set_tls(struct ck_node *n, SSL_CTX *server, SSL_CTX *client);
 
 /* Create a node on @loop (nothing starts yet). Returns NULL on ENOMEM. */
 struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck_node_event_cb cb, void *data);

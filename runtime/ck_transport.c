@@ -564,14 +564,12 @@ static void tr_pump_error(void *data, const char *msg)
 {
     struct tr_pump *p = data;
     struct tr *t = p->t;
-    char why[320];
-    t->stats.tls_failures++;
-    snprintf(why, sizeof why, "TLS: %s", msg);
+    t->stats.tls_failures++; /* @msg says "TLS handshake failed: <why>" or the like. */
     if (p->c != NULL && !p->c->failed && !p->c->done) {
-        conn_fail(p->c, RAFT_NOCONNECTION, why);
+        conn_fail(p->c, RAFT_NOCONNECTION, msg);
         return;
     }
-    tr_warn(t, p->host, "raft connection with %s dropped: %s", p->peer, why);
+    tr_warn(t, p->host, "raft connection with %s dropped: %s", p->peer, msg);
 }
 
 static void tr_pump_closed(void *data)

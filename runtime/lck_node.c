@@ -11,6 +11,7 @@
 #include "ck_common.h"
 #include "ck_node.h"
 #include "lck.h"
+#include "lck_tls.h"
 
 #define NODE_MT "clusterkit.node"
 
@@ -107,6 +108,14 @@ static int lnode_new(lua_State *L)
     o.raft_addr = opt_string(L, 1, "raft_addr", NULL);
     o.raft_bind = opt_string(L, 1, "raft_bind", NULL);
     o.token = opt_string(L, 1, "token", NULL); /* Raft connections must prove it. */
+    lua_getfield(L, 1, "tls_server");
+    o.tls_server = lck_opt_tls(L, -1); /* Borrowed: ck_node_new takes its own reference. */
+    lua_getfield(L, 1, "tls_client");
+    o.tls_client = lck_opt_tls(L, -1);
+    lua_pop(L, 2);
+    if ((o.tls_server == NULL) != (o.tls_client == NULL)) {
+        return luaL_error(L, "node_new: tls_server and tls_client go together");
+    }
     lua_getfield(L, 1, "raft_id"); /* Stays at index 3. */
     o.raft_id = check_raft_id(L, 3);
     lua_getfield(L, 1, "bootstrap");
@@ -136,6 +145,19 @@ static int lnode_new(lua_State *L)
     b->event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
     b->self_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* Pinned until closed. */
+    return 1;
+}
+
+/* node:set_tls(server_ctx, client_ctx): new raft connections use them. */
+static int lnode_set_tls(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:set_tls");
+    SSL_CTX *server = lck_opt_tls(L, 2), *client = lck_opt_tls(L, 3);
+    if ((server == NULL) != (client == NULL)) {
+        return luaL_error(L, "node:set_tls: the server and client contexts go together");
+    }
+    ck_node_set_tls(b->node, server, client);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -1078,6 +1100,7 @@ static int l_raft_recover(lua_State *L)
 
 static const luaL_Reg lnode_methods[] = {
     {"start", lnode_start},
+    {"set_tls", lnode_set_tls},
     {"close", lnode_close},
     {"closed", lnode_closed},
     {"errmsg", lnode_errmsg},

@@ -2,9 +2,15 @@
  * Lua binding of a TCP client connection, the transport under the Lua HTTP
  * client (lua/clusterkit/httpc.lua):
  *
- *   core.tcp_connect(host, port, on_event) -> conn
+ *   core.tcp_connect(host, port, on_event [, tls_ctx [, peer_name]]) -> conn
  *     on_event("connect") | ("connect", nil, msg) | ("data", chunk) |
  *              ("eof") | ("error", msg); nothing after conn:close().
+ *
+ * With a client TLS context (core.tls_context{role = "client"}), the
+ * connection is TLS: "connect" comes once the handshake is done (a failed
+ * handshake is a failed connect, with OpenSSL's reason), data and writes are
+ * plaintext. The server's certificate is checked against @peer_name
+ * (default: @host).
  *   conn:write(data) -> true | nil, msg      (data is copied)
  *   conn:close()
  *
@@ -15,6 +21,7 @@
 
 #include "ck_common.h"
 #include "lck.h"
+#include "lck_tls.h"
 
 #define TCP_MT "clusterkit.tcp"
 
@@ -25,7 +32,9 @@ struct tcp_conn {
     int cb_ref;
     int self_ref;
     int port;
-    int state; /* 0 resolving, 1 connecting, 2 open, 3 closed */
+    int state; /* 0 resolving, 1 connecting (and the TLS handshake), 2 open, 3 closed */
+    bool tls_on;
+    struct ck_tls tls; /* With tls_on: the session (it holds its own context reference). */
 };
 
 struct tcp_box {
@@ -37,9 +46,17 @@ struct tcp_write {
     char data[];
 };
 
+static void tcp_free(struct tcp_conn *c)
+{
+    if (c->tls_on) {
+        ck_tls_free(&c->tls);
+    }
+    free(c);
+}
+
 static void tcp_on_close(uv_handle_t *h)
 {
-    free(h->data);
+    tcp_free(h->data);
 }
 
 static void tcp_emit(struct tcp_conn *c, const char *ev, const char *s, size_t len, const char *err)
@@ -87,9 +104,86 @@ static void tcp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof slab;
 }
 
+static void tcp_on_write(uv_write_t *req, int status);
+
+/* Send what the TLS session has for the network (handshake, records). */
+static int tls_flush(struct tcp_conn *c)
+{
+    size_t n = ck_tls_pending(&c->tls);
+    if (n == 0) {
+        return 0;
+    }
+    struct tcp_write *w = malloc(sizeof *w + n);
+    if (w == NULL) {
+        return UV_ENOMEM;
+    }
+    n = ck_tls_take(&c->tls, w->data, n);
+    w->req.data = c;
+    uv_buf_t buf = uv_buf_init(w->data, (unsigned)n);
+    int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, tcp_on_write);
+    if (rv != 0) {
+        free(w);
+    }
+    return rv;
+}
+
+/* Ciphertext arrived (or the handshake starts: @len 0): decrypt and emit
+ * in order: "connect" when the handshake completes, then data, eof or
+ * error. Stops as soon as Lua closes the connection from a callback. */
+static void tls_input(struct tcp_conn *c, const char *data, size_t len)
+{
+    static char plain[64 * 1024];
+    for (;;) {
+        ssize_t n = len > 0 && ck_tls_push(&c->tls, data, len) != 0 ? CK_TLS_ERROR
+                                                                     : ck_tls_read(&c->tls, plain, sizeof plain);
+        len = 0;
+        if (c->state == 1 && c->tls.handshaken) {
+            c->state = 2;
+            tcp_emit(c, "connect", NULL, 0, NULL);
+            if (c->state == 3) {
+                return;
+            }
+        }
+        if (n > 0) {
+            tcp_emit(c, "data", plain, (size_t)n, NULL);
+            if (c->state == 3) {
+                return;
+            }
+            continue;
+        }
+        if (tls_flush(c) != 0 && n == CK_TLS_AGAIN) {
+            n = CK_TLS_ERROR; /* The session's answer cannot be sent: the connection is gone. */
+        }
+        if (n == CK_TLS_AGAIN) {
+            return;
+        }
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        const char *msg = c->tls.err[0] != '\0' ? c->tls.err : "TLS: the connection failed";
+        if (c->state == 1) {
+            tcp_emit(c, "connect", NULL, 0, n == CK_TLS_EOF ? "TLS: the server closed during the handshake" : msg);
+        } else if (n == CK_TLS_EOF) {
+            tcp_emit(c, "eof", NULL, 0, NULL);
+        } else {
+            tcp_emit(c, "error", NULL, 0, msg);
+        }
+        return;
+    }
+}
+
 static void tcp_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct tcp_conn *c = s->data;
+    if (c->tls_on && c->state != 3) {
+        if (n > 0) {
+            tls_input(c, buf->base, (size_t)n);
+            return;
+        }
+        if (n < 0 && c->state == 1) {
+            uv_read_stop(s);
+            tcp_emit(c, "connect", NULL, 0, n == UV_EOF ? "TLS: the server closed during the handshake" : uv_strerror((int)n));
+            return;
+        }
+    }
     if (n > 0) {
         tcp_emit(c, "data", buf->base, (size_t)n, NULL);
     } else if (n == UV_EOF) {
@@ -111,9 +205,13 @@ static void tcp_on_connect(uv_connect_t *req, int status)
         tcp_emit(c, "connect", NULL, 0, uv_strerror(status));
         return;
     }
-    c->state = 2;
     uv_tcp_nodelay(&c->tcp, 1);
     uv_read_start((uv_stream_t *)&c->tcp, tcp_alloc, tcp_on_read);
+    if (c->tls_on) {
+        tls_input(c, NULL, 0); /* Sends the ClientHello; "connect" comes after the handshake. */
+        return;
+    }
+    c->state = 2;
     tcp_emit(c, "connect", NULL, 0, NULL);
 }
 
@@ -134,7 +232,7 @@ static void tcp_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *
     struct tcp_conn *c = req->data;
     if (c->state == 3) {
         uv_freeaddrinfo(res);
-        free(c);
+        tcp_free(c);
         return;
     }
     int rv = status;
@@ -153,6 +251,8 @@ static int l_tcp_connect(lua_State *L)
     const char *host = luaL_checkstring(L, 1);
     lua_Integer port = luaL_checkinteger(L, 2);
     luaL_checktype(L, 3, LUA_TFUNCTION);
+    SSL_CTX *tls = lck_opt_tls(L, 4);
+    const char *peer = luaL_optstring(L, 5, host);
     if (port < 1 || port > 65535) {
         return lck_pushfail(L, CK_EINVAL, "port out of range");
     }
@@ -162,6 +262,16 @@ static int l_tcp_connect(lua_State *L)
         return luaL_error(L, "out of memory");
     }
     b->c = c;
+    if (tls != NULL) {
+        if (ck_tls_init(&c->tls, tls, CK_TLS_CLIENT, peer) != 0) {
+            lua_pushnil(L);
+            lua_pushstring(L, c->tls.err);
+            free(c);
+            b->c = NULL;
+            return 2;
+        }
+        c->tls_on = true;
+    }
     c->port = (int)port;
     c->cb_ref = LUA_NOREF;
     c->self_ref = LUA_NOREF;
@@ -187,7 +297,7 @@ static int l_tcp_connect(lua_State *L)
             c->state = 3;
             uv_close((uv_handle_t *)&c->tcp, tcp_on_close);
         } else {
-            free(c);
+            tcp_free(c);
         }
         b->c = NULL;
         return lck_pushfail(L, rv, NULL);
@@ -215,6 +325,17 @@ static int l_tcp_write(lua_State *L)
     const char *data = luaL_checklstring(L, 2, &len);
     if (b->c == NULL || b->c->state != 2) {
         return lck_pushfail(L, CK_ECLOSED, "connection is not open");
+    }
+    if (b->c->tls_on) {
+        int rv = ck_tls_write(&b->c->tls, data, len);
+        if (rv == 0) {
+            rv = tls_flush(b->c);
+        }
+        if (rv != 0) {
+            return lck_pushfail(L, CK_ECLOSED, b->c->tls.failed ? b->c->tls.err : "TLS write failed");
+        }
+        lua_pushboolean(L, 1);
+        return 1;
     }
     struct tcp_write *w = malloc(sizeof *w + len);
     if (w == NULL) {

@@ -123,8 +123,8 @@ function M.main(argv)
   -- Before the app runs, so that a signal during its first steps (a join)
   -- stops it gracefully too.
   local sigs = {}
-  for _, name in ipairs({"SIGINT", "SIGTERM"}) do
-    local h, why = clusterkit.on_signal(name, clusterkit.stop)
+  for _, name in ipairs({"SIGINT", "SIGTERM", "SIGHUP"}) do
+    local h, why = clusterkit.on_signal(name, name == "SIGHUP" and clusterkit.reload or clusterkit.stop)
     if h then
       sigs[#sigs + 1] = h
     else

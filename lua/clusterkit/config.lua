@@ -51,6 +51,11 @@ local spec = {
   header_timeout     = {"HEADER_TIMEOUT", "duration", 10},
   body_timeout       = {"BODY_TIMEOUT", "duration", 30},
   idle_timeout       = {"IDLE_TIMEOUT", "duration", 60},
+  -- TLS for HTTP and raft (clusterkit.tls): on when tls_cert is set.
+  tls_cert           = {"TLS_CERT", "string", nil},
+  tls_key            = {"TLS_KEY", "string", nil},
+  tls_ca             = {"TLS_CA", "string", nil},
+  tls_verify_peers   = {"TLS_VERIFY_PEERS", "boolean", false},
 }
 M.spec = spec
 
@@ -229,6 +234,17 @@ function M.resolve(opts, fn, getenv)
     o.http_host = "0.0.0.0"
   end
   o.raft_host = raft_host
+  if (o.tls_cert == nil) ~= (o.tls_key == nil) then
+    error(fn .. ": tls_cert (TLS_CERT) and tls_key (TLS_KEY) go together: set both, or neither for plain HTTP", 3)
+  end
+  if o.tls_ca and not o.tls_cert then
+    error(fn .. ": tls_ca (TLS_CA) needs tls_cert (TLS_CERT) and tls_key (TLS_KEY): "
+      .. "a node's own certificate turns TLS on", 3)
+  end
+  if o.tls_verify_peers and not o.tls_ca then
+    error(fn .. ": tls_verify_peers (TLS_VERIFY_PEERS) needs tls_ca (TLS_CA), the CA that signs peers' "
+      .. "certificates", 3)
+  end
   if not (o.heartbeat_interval > 0 and o.heartbeat_interval < o.suspect_after
           and o.suspect_after < o.down_after) then
     error(fn .. ": need 0 < heartbeat_interval < suspect_after < down_after", 3)

@@ -461,12 +461,20 @@ function Server:listen(host, port)
     return self:_dispatch(c, method, path, query)
   end)
   self.access_log = o.access_log and require("clusterkit.log").access(self.node) or nil
+  if self.node._tls then
+    self.c:set_tls(self.node._tls.server)
+  end
   local bound, msg, code = self.c:listen(host, port)
   if not bound then
     self.c:close()
     self.c = nil
   end
   return bound, msg, code
+end
+
+--- New connections use TLS context `ctx` (a certificate reload).
+function Server:set_tls(ctx)
+  if self.c then self.c:set_tls(ctx) end
 end
 
 function Server:stats()

@@ -1,5 +1,11 @@
 --- HTTP/1.1 client: clusterkit.http.request{method, url, headers, body,
--- timeout} -> res {status, headers, body} | nil, err.
+-- timeout, tls} -> res {status, headers, body} | nil, err.
+--
+-- https:// URLs are TLS (clusterkit.core's TLS under the TCP connection):
+-- the server's certificate is checked against the URL's host, with the
+-- client context `tls` (core.tls_context{role = "client", ca =, cert =,
+-- key =}: a cluster's own CA and, for mutual TLS, a client certificate);
+-- without one, against the system's CA store.
 --
 -- Waits by yielding the calling coroutine (or running the loop on a plain
 -- luajit's main thread). Keeps idle keep-alive connections per host:port
@@ -20,7 +26,8 @@ local MAX_HEADER = 64 * 1024
 local MAX_BODY = 64 * 1024 * 1024
 local MAX_IDLE_PER_HOST = 16
 
-local idle = {} -- "host:port" -> {conn, ...}
+local idle = {} -- "scheme://host:port" -> {conn, ...} (a TLS connection is per context too)
+local system_tls -- The client context for https:// without opts.tls, made once.
 
 --- Splits "http://host:port/path?q" into host, port, target.
 M.parse_url = require("clusterkit.url").parse
@@ -29,8 +36,8 @@ M.parse_url = require("clusterkit.url").parse
 local Conn = {}
 Conn.__index = Conn
 
-local function connect(host, port, deadline)
-  local c = setmetatable({buf = {}, buflen = 0, eof = false, err = nil, key = host .. ":" .. port}, Conn)
+local function connect(host, port, deadline, key, tls)
+  local c = setmetatable({buf = {}, buflen = 0, eof = false, err = nil, key = key}, Conn)
   local ok, msg = sched.wait_timeout(deadline, function(resume)
     local tcp, err = core.tcp_connect(host, port, function(ev, data, emsg)
       if ev == "connect" then
@@ -51,7 +58,7 @@ local function connect(host, port, deadline)
         c.eof = true
         c:_wake()
       end
-    end)
+    end, tls)
     if not tcp then
       resume(nil, err)
       return
@@ -60,8 +67,9 @@ local function connect(host, port, deadline)
   end)
   if not ok then
     if c.tcp then c.tcp:close() end
-    return nil, msg == "timeout" and errors.new("TIMEOUT", "connect to " .. c.key .. " timed out")
-      or errors.new("CONNECT", "connect to " .. c.key .. ": " .. tostring(msg))
+    local where = host .. ":" .. port
+    return nil, msg == "timeout" and errors.new("TIMEOUT", "connect to " .. where .. " timed out")
+      or errors.new("CONNECT", "connect to " .. where .. ": " .. tostring(msg))
   end
   return c
 end
@@ -242,9 +250,20 @@ function M.request(opts)
   if type(method) ~= "string" or not method:match("^%u+$") then
     error("clusterkit.http.request: method must be an upper-case word", 2)
   end
-  local host, port, target = M.parse_url(opts.url)
+  local host, port, target, scheme = M.parse_url(opts.url)
   if not host then
     return nil, errors.new("INVALID", "url must look like http://host:port/path: " .. tostring(opts.url))
+  end
+  local tls = opts.tls
+  if scheme == "https" and not tls then
+    if not system_tls then
+      local msg
+      system_tls, msg = core.tls_context {role = "client"}
+      if not system_tls then return nil, errors.new("CONNECT", "TLS: " .. tostring(msg)) end
+    end
+    tls = system_tls
+  elseif scheme == "http" then
+    tls = nil
   end
   local body = opts.body
   if body ~= nil and type(body) ~= "string" then
@@ -274,14 +293,14 @@ function M.request(opts)
   lines[#lines + 1] = "\r\n"
   if body then lines[#lines + 1] = body end
   local wire = concat(lines)
-  local key = host .. ":" .. port
+  local key = tls and ("https://" .. host .. ":" .. port .. "#" .. tostring(tls)) or (host .. ":" .. port)
 
   for attempt = 1, 2 do
     local c = attempt == 1 and checkout(key)
     local reused = c ~= nil and c ~= false
     if not reused then
       local err
-      c, err = connect(host, port, deadline - core.hrtime() / 1e9)
+      c, err = connect(host, port, deadline - core.hrtime() / 1e9, key, tls)
       if not c then return nil, err end
     end
     local ok, werr = c.tcp:write(wire)

@@ -96,9 +96,19 @@ function M.stop(why)
   end)
 end
 
+--- Reloads what a running node reads from files (its TLS certificate,
+-- key and CA: Node:reload_tls) for every running node; what SIGHUP does
+-- under ckrun and clusterkit.run{signals = true}. A node whose reload
+-- fails keeps what it had and logs why.
+function M.reload()
+  for n in pairs(node.running) do
+    if n._tls then n:reload_tls() end
+  end
+end
+
 --- Runs the loop until nothing is left on it, clusterkit.stop_loop() or
 -- clusterkit.stop(). With {signals = true}, SIGINT and SIGTERM call
--- clusterkit.stop while it runs. Returns the name of the signal that
+-- clusterkit.stop while it runs, and SIGHUP clusterkit.reload. Returns the name of the signal that
 -- stopped it, or nil.
 function M.run(opts)
   if opts ~= nil and type(opts) ~= "table" then
@@ -109,6 +119,7 @@ function M.run(opts)
     for _, name in ipairs({"SIGINT", "SIGTERM"}) do
       handles[#handles + 1] = M.on_signal(name, M.stop)
     end
+    handles[#handles + 1] = M.on_signal("SIGHUP", M.reload)
   end
   core.run("default")
   -- Ended by a stop (or the loop stopped by hand while one ran): make sure

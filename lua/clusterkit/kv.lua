@@ -219,7 +219,8 @@ local function commit(self, bytes, timeout, idempotent)
       local headers = membership.auth_headers(self)
       headers["Content-Type"] = "application/octet-stream"
       local left = math.max(0.1, math.min(hop, (deadline - hrtime()) / 1e9))
-      local res, herr = httpc.request {method = "POST", url = "http://" .. addr .. "/v1/internal/kv",
+      local res, herr = httpc.request {tls = self._tls_client, method = "POST",
+                                       url = self.scheme .. "://" .. addr .. "/v1/internal/kv",
                                        headers = headers, body = bytes, timeout = left}
       local body = res and json.decode(res.body)
       if res and res.status == 200 and type(body) == "table" and type(body.index) == "number" then

@@ -99,7 +99,7 @@ local function not_leader(node, res)
   local l = node:leader()
   if l and l.leader_ip ~= "" then
     local req = res.request and res:request()
-    res:header("Location", "http://" .. l.leader_ip .. (req and req:target() or "/"))
+    res:header("Location", node.scheme .. "://" .. l.leader_ip .. (req and req:target() or "/"))
     return res:error(307, "NOT_LEADER", "this node is not the leader", {leader = l.leader_ip})
   end
   return res:error(503, "NO_LEADER", "no leader is known yet; retry")
@@ -421,7 +421,7 @@ function M.heartbeat(node, stopping)
   end
   if not leader then return end
   return httpc.request {
-    method = "POST", url = "http://" .. leader.http_addr .. "/heartbeat",
+    tls = node._tls_client, method = "POST", url = node.scheme .. "://" .. leader.http_addr .. "/heartbeat",
     headers = auth_headers(node),
     body = '{"id":' .. json.encode(node.id) .. (stopping and ',"stopping":true}' or "}"),
     timeout = stopping and 0.5 or node.opts.heartbeat_interval * 4,
@@ -477,7 +477,10 @@ end
 local function join_failure(target, res, err, body, e)
   if not res then
     local m = tostring(err and err.message or err)
-    if m:find("refused", 1, true) then
+    if m:find("TLS", 1, true) then
+      return "tls", format("TLS with %s failed (%s): do this node's TLS_CERT and the cluster's TLS_CA come "
+        .. "from the same CA, and is JOIN_ADDR an https node?", target, m)
+    elseif m:find("refused", 1, true) then
       return "refused", format("nothing accepts connections at %s (connection refused): is the node "
         .. "there running, and is this its HTTP address?", target)
     elseif err and err.code == "TIMEOUT" then
@@ -517,7 +520,7 @@ function M.join(node, readdress)
   node._joining = true
   while node.status == "running" do
     local res, err = httpc.request {
-      method = "POST", url = "http://" .. target .. "/join",
+      tls = node._tls_client, method = "POST", url = node.scheme .. "://" .. target .. "/join",
       headers = auth_headers(node), body = join_body(node), timeout = 5,
     }
     local body = res and json.decode(res.body)
@@ -732,7 +735,8 @@ function M.install(node)
         return res:error(503, "NO_LEADER", "leadership moved but the new leader is not known yet; retry")
       end
       local r, rerr = httpc.request {
-        method = "POST", url = "http://" .. l.leader_ip .. "/leave", headers = auth_headers(node),
+        tls = node._tls_client, method = "POST", url = node.scheme .. "://" .. l.leader_ip .. "/leave",
+        headers = auth_headers(node),
         body = json.encode({id = id}), timeout = 10,
       }
       if not r then

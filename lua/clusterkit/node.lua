@@ -20,6 +20,7 @@ local json = require "clusterkit.json"
 local http = require "clusterkit.http"
 local kv = require "clusterkit.kv"
 local coord = require "clusterkit.coord"
+local tlsm = require "clusterkit.tls"
 local metrics = require "clusterkit.metrics"
 local is_down = require("clusterkit.detector").is_down
 
@@ -71,6 +72,9 @@ function M.new(opts)
     hook_time = metrics.family("hook"), hook_errors = {},
     policy_time = core.histogram(), policy_errors = {error = 0, timeout = 0, yielded = 0, invalid = 0},
     membership_changes = {join = 0, leave = 0, remove = 0, status = 0, role = 0},
+    -- Every node of a cluster speaks the same: HTTPS (and raft over TLS)
+    -- when TLS_CERT is set (clusterkit.tls).
+    scheme = o.tls_cert and "https" or "http",
   }, Node)
   self.log = logm.new(o.log_level, function()
     local r = self._core and not self._core:closed() and self._core:raft()
@@ -646,7 +650,7 @@ function Node:_check_removed(r)
   self._probing = true
   sched.spawn(function()
     local res = require("clusterkit.httpc").request {
-      method = "GET", url = "http://" .. peer.http_addr .. "/cluster",
+      tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. peer.http_addr .. "/cluster",
       headers = require("clusterkit.membership").auth_headers(self), timeout = 1,
     }
     self._probing = false
@@ -1364,7 +1368,7 @@ local function join_addr_mismatch(self)
   if not mine then return nil end
   local token = o.read_token or o.token
   local res = require("clusterkit.httpc").request {
-    method = "GET", url = "http://" .. o.join_addr .. "/cluster", timeout = 3,
+    tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. o.join_addr .. "/cluster", timeout = 3,
     headers = token and {Authorization = "Bearer " .. token} or nil,
   }
   local body = res and res.status == 200 and json.decode(res.body)
@@ -1377,6 +1381,30 @@ local function join_addr_mismatch(self)
     .. "JOIN_ADDR would be ignored. To join %s's cluster, empty %s and start again; to stay in the data "
     .. "dir's cluster, drop JOIN_ADDR", o.data_dir, tostring(mine.name), mine.id, o.join_addr,
     tostring(theirs.name), theirs.id, o.join_addr, o.data_dir))
+end
+
+--- Reads the TLS certificate, key and CA again from the same files (what
+-- SIGHUP does under ckrun and clusterkit.run{signals = true}): new HTTPS
+-- and raft connections, in and out, use them; open ones keep the old ones
+-- until they close. A reload that fails changes nothing and says why.
+-- Returns the new {serial, not_after}, or nil, err.
+function Node:reload_tls()
+  check(self, "reload_tls")
+  if not self._tls then
+    return nil, errors.new("INVALID", "TLS is off (no TLS_CERT): nothing to reload")
+  end
+  local t, msg = tlsm.contexts(self.opts)
+  if not t then
+    self.log:error("TLS reload failed, keeping certificate serial %s: %s", self._tls.info.serial, msg)
+    return nil, errors.new("INVALID", msg)
+  end
+  self._tls, self._tls_client = t, t.client
+  self.http:set_tls(t.server)
+  if self._core and not self._core:closed() then
+    self._core:set_tls(t.server, t.client)
+  end
+  self.log:info("TLS reloaded: certificate serial %s, expires %s", t.info.serial, t.info.not_after)
+  return t.info
 end
 
 --- Starts raft and the HTTP server, then waits (yielding) until this node
@@ -1395,6 +1423,13 @@ function Node:start()
   if why then
     return nil, errors.new("INVALID", format("RAFT_ADDR: cannot resolve %s (%s); it must be host:port "
       .. "with a host that this node and its peers resolve", o.raft_addr, why))
+  end
+  if o.tls_cert then
+    local t, terr = tlsm.contexts(o)
+    if not t then
+      return nil, errors.new("INVALID", terr .. " (TLS is on because TLS_CERT is set)")
+    end
+    self._tls, self._tls_client = t, t.client
   end
   self.status = "starting"
   local mismatch = join_addr_mismatch(self)
@@ -1419,6 +1454,7 @@ function Node:start()
   self._core = core.node_new({
     data_dir = o.data_dir, raft_addr = o.raft_addr, raft_id = core.raft_id(self.id),
     bootstrap = o.bootstrap, token = o.token,
+    tls_server = self._tls and self._tls.server, tls_client = self._tls_client,
     election_timeout = math.floor(o.election_timeout * 1000),
     heartbeat_timeout = math.floor(o.heartbeat_timeout * 1000),
   }, function(ev) self:_on_event(ev) end)
@@ -1430,8 +1466,10 @@ function Node:start()
   end
   self.status = "running"
   M.running[self] = true
-  self.log:info("started: http %s, raft %s, data %s%s", self.advertise_http, o.raft_addr, o.data_dir,
-    o.bootstrap and ", bootstrap" or "")
+  self.log:info("started: %s %s, raft %s%s, data %s%s", self.scheme, self.advertise_http, o.raft_addr,
+    self._tls and format(" over TLS (certificate serial %s, expires %s%s)", self._tls.info.serial,
+      self._tls.info.not_after, o.tls_verify_peers and ", peers must present one" or "") or "",
+    o.data_dir, o.bootstrap and ", bootstrap" or "")
   self:_start_ticker()
   local r = self._core:raft()
   if r.voters + r.standbys + r.spares == 0 and not o.bootstrap then
@@ -1613,7 +1651,7 @@ function Node:leave(timeout)
     local l = self:leader()
     if l and not l.is_me and l.leader_ip ~= "" then
       res, err = require("clusterkit.httpc").request {
-        method = "POST", url = "http://" .. l.leader_ip .. "/leave",
+        tls = self._tls_client, method = "POST", url = self.scheme .. "://" .. l.leader_ip .. "/leave",
         headers = membership.auth_headers(self), body = json.encode({id = self.id}),
         timeout = math.max(1, (deadline - hrtime()) / 1e9),
       }

@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -114,6 +115,21 @@ def port_is_free(port):
 
 # No proxy, whatever http_proxy says: tests only talk to 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_TLS_OPENER = None
+
+
+def use_tls_client(cafile, certfile=None, keyfile=None):
+    """https:// requests from here on trust `cafile` and, when given,
+    present certfile/keyfile (mutual TLS); None turns that off again."""
+    global _TLS_OPENER
+    if cafile is None:
+        _TLS_OPENER = None
+        return
+    ctx = ssl.create_default_context(cafile=cafile)
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    _TLS_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                              urllib.request.HTTPSHandler(context=ctx))
 
 
 class Response:
@@ -151,8 +167,9 @@ def http_request(method, url, body=None, headers=None, timeout=HTTP_TIMEOUT):
         else:
             data = body
     req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
+    opener = _TLS_OPENER if url.startswith("https:") and _TLS_OPENER else _OPENER
     try:
-        with _OPENER.open(req, timeout=timeout) as r:
+        with opener.open(req, timeout=timeout) as r:
             return Response(r.status, r.headers, r.read())
     except urllib.error.HTTPError as e:
         with e:
@@ -279,7 +296,8 @@ class CkNode:
 
     @property
     def url(self):
-        return "http://%s" % self.http_addr
+        scheme = "https" if self.extra_env.get("TLS_CERT") else "http"
+        return "%s://%s" % (scheme, self.http_addr)
 
     @property
     def pid(self):

@@ -49,3 +49,29 @@ describe("explicit options", function()
     assert.are.equal(3, o.replication_factor)
   end)
 end)
+
+describe("TLS options", function()
+  it("come from TLS_CERT, TLS_KEY, TLS_CA and TLS_VERIFY_PEERS", function()
+    local o = resolve(nil, {TLS_CERT = "/c.pem", TLS_KEY = "/c.key", TLS_CA = "/ca.pem", TLS_VERIFY_PEERS = "true"})
+    assert.are.same({"/c.pem", "/c.key", "/ca.pem", true}, {o.tls_cert, o.tls_key, o.tls_ca, o.tls_verify_peers})
+    assert.is_false(resolve().tls_verify_peers)
+    assert.is_nil(resolve().tls_cert)
+  end)
+
+  it("refuse combinations that cannot work, saying which variable to set", function()
+    local cases = {
+      {{tls_cert = "/c.pem"}, "TLS_CERT%) and tls_key %(TLS_KEY%) go together"},
+      {{tls_key = "/c.key"}, "go together"},
+      {{tls_ca = "/ca.pem"}, "TLS_CA%) needs tls_cert"},
+      {{tls_cert = "/c.pem", tls_key = "/c.key", tls_verify_peers = true}, "TLS_VERIFY_PEERS%) needs tls_ca"},
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(resolve, c[1])
+      assert.is_false(ok)
+      assert.matches(c[2], err)
+    end
+    local ok, err = pcall(resolve, nil, {TLS_VERIFY_PEERS = "maybe"})
+    assert.is_false(ok)
+    assert.matches("TLS_VERIFY_PEERS", err)
+  end)
+end)

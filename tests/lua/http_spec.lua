@@ -104,3 +104,18 @@ describe("the request target", function()
     assert.are.equal("/", http.target("*", ""))
   end)
 end)
+
+describe("clusterkit.url", function()
+  local parse = require("clusterkit.url").parse
+  it("splits http and https URLs, with each scheme's default port", function()
+    assert.are.same({"10.0.0.1", 8080, "/x?y=1", "http"}, {parse("http://10.0.0.1:8080/x?y=1")})
+    assert.are.same({"h", 80, "/", "http"}, {parse("http://h")})
+    assert.are.same({"h", 443, "/p", "https"}, {parse("https://h/p")})
+    assert.are.same({"::1", 8443, "/", "https"}, {parse("https://[::1]:8443")})
+  end)
+  it("refuses anything else", function()
+    for _, bad in ipairs({"ftp://h/", "h:80/x", "http://", "https://h:0/", "https://h:70000/", 42}) do
+      assert.is_nil(parse(bad), tostring(bad))
+    end
+  end)
+end)
