@@ -45,13 +45,16 @@ commands:
                           read the warning it prints first
 
 options:
-  --addr HOST:PORT   a node's HTTP address (default $CK_ADDR, else 127.0.0.1:8080)
+  --addr HOST:PORT   a node's HTTP address (default $CK_ADDR, else 127.0.0.1:8080);
+                     https://HOST:PORT for a TLS cluster
   --json             print the node's JSON answers instead of tables
   --timeout S        per-request timeout in seconds (default 10)
   -h, --help         this help
 
 environment: CK_ADDR, CLUSTER_TOKEN (mutations), READ_TOKEN (reads; default
-CLUSTER_TOKEN), NODE_ID and DATA_DIR (defaults of recover).
+CLUSTER_TOKEN), NODE_ID and DATA_DIR (defaults of recover); TLS_CA (the CA
+that signs the nodes' certificates: turns HTTPS on), TLS_CERT and TLS_KEY
+(a client certificate, for nodes with TLS_VERIFY_PEERS) as the nodes use.
 ]==]
 
 local RECOVER_WARNING = [==[
@@ -179,7 +182,7 @@ function Ctl:call(method, path, body, mutation)
   end
   local addr = self.addr
   for _ = 0, MAX_REDIRECTS do
-    local res, err = self.request {method = method, url = "http://" .. addr .. path, headers = headers,
+    local res, err = self.request {method = method, url = self.scheme .. "://" .. addr .. path, headers = headers,
                                    body = body, timeout = self.timeout}
     if not res then
       fail(format("%s %s: %s", addr, path, tostring(err and err.message or err)))
@@ -479,7 +482,7 @@ function commands.recover(c, args)
   end
   -- Never under a running node: its raft would overwrite what we write.
   if me.ip and me.ip ~= "" then
-    local res = c.request {method = "GET", url = "http://" .. me.ip .. "/health", timeout = 2}
+    local res = c.request {method = "GET", url = c.scheme .. "://" .. me.ip .. "/health", timeout = 2}
     if res then
       fail(format("%s answers on %s: stop it first (recover works on a stopped node's data dir)", id, me.ip))
     end
@@ -510,7 +513,14 @@ function M.main(argv, ctx)
                           read_file = ctx.read_file, write_file = ctx.write_file,
                           raft_recover = ctx.raft_recover,
                           timeout = 10, json = false}, Ctl)
-  c.addr = c.env.CK_ADDR ~= nil and c.env.CK_ADDR ~= "" and c.env.CK_ADDR or "127.0.0.1:8080"
+  -- HTTPS when the address says so or a CA for the nodes' certificates is given.
+  c.scheme = ((c.env.TLS_CA or "") ~= "" or (c.env.TLS_CERT or "") ~= "") and "https" or "http"
+  local function set_addr(v)
+    local scheme, rest = v:match("^(https?)://(.*)$")
+    if scheme then c.scheme, v = scheme, rest end
+    c.addr = v:gsub("/$", "")
+  end
+  set_addr(c.env.CK_ADDR ~= nil and c.env.CK_ADDR ~= "" and c.env.CK_ADDR or "127.0.0.1:8080")
   local i, cmd, args = 1, nil, {}
   while i <= #argv do
     local a = argv[i]
@@ -529,7 +539,7 @@ function M.main(argv, ctx)
         return 2
       end
       if a == "--addr" then
-        c.addr = v:gsub("^http://", ""):gsub("/$", "")
+        set_addr(v)
       else
         c.timeout = tonumber(v)
         if not c.timeout or c.timeout <= 0 then
@@ -573,9 +583,26 @@ function M.run(argv)
   local core = require "clusterkit.core"
   local sched = require "clusterkit.sched"
   local env = {}
-  for _, k in ipairs({"CK_ADDR", "CLUSTER_TOKEN", "READ_TOKEN", "NODE_ID", "DATA_DIR"}) do env[k] = os.getenv(k) end
+  for _, k in ipairs({"CK_ADDR", "CLUSTER_TOKEN", "READ_TOKEN", "NODE_ID", "DATA_DIR", "TLS_CA", "TLS_CERT",
+                      "TLS_KEY"}) do
+    env[k] = os.getenv(k)
+  end
+  local request = http.request
+  if (env.TLS_CA or "") ~= "" or (env.TLS_CERT or "") ~= "" then
+    local tls, msg = core.tls_context {ca = env.TLS_CA ~= "" and env.TLS_CA or nil,
+                                       cert = env.TLS_CERT ~= "" and env.TLS_CERT or nil,
+                                       key = env.TLS_KEY ~= "" and env.TLS_KEY or nil, role = "client"}
+    if not tls then
+      io.stderr:write("ckctl: ", msg, "\n")
+      return 2
+    end
+    request = function(o)
+      o.tls = tls
+      return http.request(o)
+    end
+  end
   local code = M.main(argv, {
-    request = http.request, env = env,
+    request = request, env = env,
     out = function(s) io.stdout:write(s); io.stdout:flush() end,
     err = function(s) io.stderr:write(s) end,
     now = function() return core.hrtime() / 1e9 end,

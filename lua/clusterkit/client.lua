@@ -84,13 +84,16 @@ local function parse_addrs(a)
   else
     return nil
   end
+  local scheme = "http"
   for i, part in ipairs(list) do
-    part = part:gsub("^http://", ""):gsub("/$", "")
+    local s, rest = part:match("^(https?)://(.*)$")
+    if s then scheme, part = s, rest end
+    part = part:gsub("/$", "")
     if not part:match("^%[?[%w%.%-:]*%]?:%d+$") then return nil, part end
     list[i] = part
   end
   if #list == 0 then return nil end
-  return list
+  return list, nil, scheme
 end
 
 local function positive(v, name, max)
@@ -108,6 +111,11 @@ end
 -- set), wait (seconds a blocking query is held, default 30), timeout
 -- (seconds for each call, default 5), retries (default 4), on_change
 -- (fn(client, table, old_table) after a newer table is installed).
+-- TLS clusters: addresses written https://host:port (then every node is
+-- reached over HTTPS), and tls, a core.tls_context{role = "client", ca =,
+-- cert =, key =} that trusts the cluster's CA (and presents a client
+-- certificate when the nodes require one); resty.clusterkit verifies with
+-- nginx's lua_ssl_trusted_certificate instead.
 -- Returns the client, or nil, err (INVALID).
 function M.new(opts, ctx)
   opts = opts or {}
@@ -116,7 +124,7 @@ function M.new(opts, ctx)
   end
   local env = ctx and ctx.env or os.getenv
   local raw = opts.addrs or env("CK_ADDR")
-  local addrs, bad = parse_addrs(raw)
+  local addrs, bad, scheme = parse_addrs(raw)
   if not addrs then
     return nil, errors.new("INVALID", bad and format("client: address %q is not host:port", bad)
       or "client: addrs must list at least one node's HTTP host:port (or set CK_ADDR)")
@@ -136,7 +144,7 @@ function M.new(opts, ctx)
   local token = opts.token or env("CLUSTER_TOKEN")
   local read_token = opts.read_token or env("READ_TOKEN")
   local self = setmetatable({
-    ctx = ctx, seeds = addrs, token = token ~= "" and token or nil,
+    ctx = ctx, seeds = addrs, token = token ~= "" and token or nil, scheme = scheme, tls = opts.tls,
     read_token = read_token ~= "" and read_token or nil,
     wait = opts.wait or 30, timeout = opts.timeout or 5, retries = retries, on_change = opts.on_change,
     tbl = nil, cur = 1, changed = ctx.cond(), running = false, closed = false,
@@ -252,7 +260,7 @@ function Client:_fetch(addr, index, timeout)
     target = format("/cluster?index=%d&wait=%dms", index, math.ceil(self.wait * 1000))
     timeout = self.wait + self.timeout
   end
-  local res, err = self.ctx.request({method = "GET", url = "http://" .. addr .. target,
+  local res, err = self.ctx.request({method = "GET", url = self.scheme .. "://" .. addr .. target, tls = self.tls,
                                      headers = self:_headers(true), timeout = timeout})
   if not res then return nil, err end
   if res.status ~= 200 then
@@ -451,11 +459,12 @@ function Client:request(opts)
       headers["X-CK-Partition"], headers["X-CK-Epoch"] = r.partition, format("%d", r.epoch or 0)
       local left = deadline - self.ctx.now()
       if left <= 0 then break end
-      local url = "http://" .. (n and n.ip or "") .. opts.path
+      local url = self.scheme .. "://" .. (n and n.ip or "") .. opts.path
       local res, rerr = self.ctx.request({method = method, url = url, headers = headers, body = opts.body,
+                                          tls = self.tls,
                                           timeout = left, idempotent = idempotent})
       if res and res.status == 307 and res.headers and res.headers.location then
-        res, rerr = self.ctx.request({method = method, url = res.headers.location, headers = headers,
+        res, rerr = self.ctx.request({method = method, url = res.headers.location, headers = headers, tls = self.tls,
                                       body = opts.body, timeout = math.max(0.001, deadline - self.ctx.now()),
                                       idempotent = idempotent})
       end

@@ -103,7 +103,7 @@ end
 -- once on a fresh one when the request is idempotent (default: GET, HEAD).
 function M.request(opts)
   local method = opts.method or "GET"
-  local host, port, target = parse_url(opts.url)
+  local host, port, target, scheme = parse_url(opts.url)
   if not host then return nil, errors.new("INVALID", "url must look like http://host:port/path") end
   local lines = {method, " ", target, " HTTP/1.1\r\nHost: ", host, ":", tostring(port), "\r\n"}
   for k, v in pairs(opts.headers or {}) do
@@ -129,6 +129,15 @@ function M.request(opts)
       return nil, errors.new("CONNECT", format("connect to %s:%d: %s", host, port, tostring(err)))
     end
     local reused = (sock:getreusedtimes() or 0) > 0
+    if scheme == "https" and not reused then
+      -- Verified against lua_ssl_trusted_certificate (nginx.conf) and the
+      -- URL's host; a pooled connection is already past its handshake.
+      local sess, serr = sock:sslhandshake(nil, host, true)
+      if not sess then
+        sock:close()
+        return nil, errors.new("CONNECT", format("TLS with %s:%d: %s", host, port, tostring(serr)))
+      end
+    end
     local res, xerr, stale, keep = exchange(sock, wire, method == "HEAD")
     if res then
       if keep then sock:setkeepalive(KEEPALIVE_MS, POOL) else sock:close() end

@@ -17,8 +17,18 @@ local function emit(t)
   io.stdout:flush()
 end
 
+-- A TLS cluster: CK_ADDR https://..., PROBE_TLS_CA (and a client
+-- certificate in PROBE_TLS_CERT/PROBE_TLS_KEY for mutual TLS).
+local tls
+if os.getenv("PROBE_TLS_CA") then
+  tls = assert(require("clusterkit.core").tls_context {
+    ca = os.getenv("PROBE_TLS_CA"), cert = os.getenv("PROBE_TLS_CERT"), key = os.getenv("PROBE_TLS_KEY"),
+    role = "client",
+  })
+end
+
 local c = assert(client.new {
-  wait = 5, timeout = 10,
+  wait = 5, timeout = 10, tls = tls,
   on_change = function(self, t)
     local routes, epochs = {}, {}
     for i = 1, nkeys do

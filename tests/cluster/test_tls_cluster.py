@@ -16,6 +16,7 @@ start with a message naming the file.
 Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q -p no:cacheprovider test_tls_cluster.py
 """
 
+import json
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ import subprocess
 
 import pytest
 
-from ckharness import HOST, ck, use_tls_client  # noqa: F401  (ck: the fixture)
+from ckharness import BUILD_DIR, CKRUN, HOST, ck, use_tls_client  # noqa: F401  (ck: the fixture)
 from ckcluster import Cluster, node_statuses, probe, wait_for
 
 SRC = os.path.abspath(os.environ.get("CK_SOURCE_DIR", "../.."))
@@ -132,6 +133,53 @@ def test_tls_cluster_forms_refuses_outsiders_and_fails_over(ck, certs, tls_clien
     assert new is not leader
     wait_for(lambda: all((node_statuses(n) or {}).get(leader.node_id) == "down" for n in survivors),
              what="the killed leader marked down over TLS")
+
+
+def test_ckctl_and_the_smart_client_over_tls(ck, certs, tls_client, tmp_path):
+    """ckctl (TLS_CA, TLS_CERT, TLS_KEY as the nodes use) and
+    clusterkit.client (https:// seeds and a client context) talk to a TLS
+    cluster with mutual TLS; without the CA, ckctl fails and says TLS."""
+    c = Cluster(ck, env=tls_env(certs))
+    c.start(2)
+    c.wait_converged(members=True)
+    n1 = c.nodes[0]
+    ckctl = os.path.join(BUILD_DIR, "ckctl")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TLS_") and k != "CK_ADDR"}
+    tls = dict(base, TLS_CA=os.path.join(certs, "ca.pem"), TLS_CERT=os.path.join(certs, "client.pem"),
+               TLS_KEY=os.path.join(certs, "client.key"))
+    r = subprocess.run([ckctl, "--addr", n1.http_addr, "--json", "members"], env=tls, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(m["id"] for m in json.loads(r.stdout)["cluster"]["nodes"]) == sorted(n.node_id for n in c.nodes)
+    r = subprocess.run([ckctl, "--addr", "https://" + n1.http_addr, "leader"], env=base, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and "TLS" in r.stderr, (r.stdout, r.stderr)
+
+    # The smart client in its own process (ckrun client_probe.lua): its first
+    # table routes every key as the node does.
+    env = dict(base, CK_ADDR="https://" + n1.http_addr, PROBE_KEYS="8",
+               PROBE_TLS_CA=tls["TLS_CA"], PROBE_TLS_CERT=tls["TLS_CERT"], PROBE_TLS_KEY=tls["TLS_KEY"])
+    probe_lua = os.path.join(SRC, "tests/cluster/client_probe.lua")
+    with open(str(tmp_path / "probe.err"), "wb") as err:
+        p = subprocess.Popen([CKRUN, probe_lua], env=env, stdout=subprocess.PIPE, stderr=err,
+                             stdin=subprocess.DEVNULL)
+        try:
+            table = None
+            for _ in range(100):  # bounded: the probe prints a few lines, then its first table
+                line = p.stdout.readline()
+                if not line:
+                    break
+                ev = json.loads(line)
+                if ev.get("event") == "table":
+                    table = ev
+                    break
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+    assert table is not None, open(str(tmp_path / "probe.err")).read()
+    for key, owners in table["routes"].items():
+        j = probe(n1, "/partitions/key?key=" + key)
+        assert owners == [j["primary"]] + j["replicas"]
 
 
 def test_sighup_reloads_http_and_raft_certificates(ck, certs, tls_client, tmp_path):
