@@ -875,6 +875,12 @@ void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out)
     out->apply = &n->f.apply_time;
     out->elections = n->elections;
     out->elections_won = n->elections_won;
+    struct ck_transport_stats ts = {0};
+    if (n->transport_inited) {
+        ck_transport_stats(&n->transport, &ts);
+    }
+    out->auth_failures = ts.auth_failures;
+    out->tls_failures = ts.tls_failures;
     out->votes_after_lease = n->votes_after_lease;
     out->leaders_lost = n->leaders_lost;
     out->resends = n->resends;

@@ -150,6 +150,8 @@ struct ck_node_counters {
     uint64_t votes_after_lease;   /* Vote requests answered although a leader was known: its lease was over. */
     uint64_t leaders_lost;        /* Times the leader closed this follower's connection to it. */
     uint64_t resends;             /* Small raft messages sent again after a failed write. */
+    uint64_t auth_failures;       /* Raft connections refused by the token handshake (ck_transport_stats). */
+    uint64_t tls_failures;        /* Raft connections whose TLS failed (ck_transport_stats). */
 };
 
 void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out);

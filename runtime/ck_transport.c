@@ -1207,6 +1207,9 @@ void ck_transport_close(struct raft_uv_transport *iface)
 void ck_transport_set_tls(struct raft_uv_transport *iface, SSL_CTX *server, SSL_CTX *client)
 {
     struct tr *t = iface->impl;
+    if (t == NULL) {
+        return; /* Closed. */
+    }
     if (server != NULL) {
         SSL_CTX_up_ref(server);
     }

@@ -356,14 +356,14 @@ static int lnode_raft(lua_State *L)
 }
 
 /* node:counters() -> {commit = reading, apply = reading, elections =, elections_won =,
- * votes_after_lease =, leaders_lost =, resends =}: copies, so
+ * votes_after_lease =, leaders_lost =, resends =, auth_failures =, tls_failures =}: copies, so
  * nothing Lua keeps points into the node (readings: see lck_push_hist). */
 static int lnode_counters(lua_State *L)
 {
     struct lnode *b = lnode_check(L, "node:counters");
     struct ck_node_counters c;
     ck_node_counters(b->node, &c);
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 9);
     lck_push_hist(L, c.commit);
     lua_setfield(L, -2, "commit");
     lck_push_hist(L, c.apply);
@@ -373,6 +373,8 @@ static int lnode_counters(lua_State *L)
     set_num(L, "votes_after_lease", (lua_Number)c.votes_after_lease);
     set_num(L, "leaders_lost", (lua_Number)c.leaders_lost);
     set_num(L, "resends", (lua_Number)c.resends);
+    set_num(L, "auth_failures", (lua_Number)c.auth_failures);
+    set_num(L, "tls_failures", (lua_Number)c.tls_failures);
     return 1;
 }
 

@@ -373,6 +373,24 @@ local function labelled(label, counts)
   return samples
 end
 
+local MONTHS = {Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10,
+  Nov = 11, Dec = 12}
+
+--- Unix time of OpenSSL's "Mon DD HH:MM:SS YYYY GMT" (a certificate's
+-- notAfter), or nil. Pure: days from the civil date, no local time zone.
+function M.cert_time(s)
+  local mon, d, hh, mm, ss, y = tostring(s):match("^(%a%a%a) +(%d+) (%d%d):(%d%d):(%d%d) (%d%d%d%d) GMT$")
+  local m = MONTHS[mon]
+  if not m then return nil end
+  y = tonumber(y) - (m <= 2 and 1 or 0)
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * (m + (m > 2 and -3 or 9)) + 2) / 5) + tonumber(d) - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(hh) * 3600 + tonumber(mm) * 60 + tonumber(ss)
+end
+
 --- Prometheus text format.
 function M.metrics(node)
   local s = node:consensus_stats()
@@ -444,6 +462,19 @@ function M.metrics(node)
     "counter", {{nil, rc.leaders_lost}})
   add("clusterkit_raft_resends_total", "Small raft messages (votes, append results) sent again because their "
     .. "write failed on a connection the peer had closed.", "counter", {{nil, rc.resends}})
+  add("clusterkit_raft_refused_connections_total", "Raft connections refused by the token handshake (auth) "
+    .. "or by TLS (a certificate not from TLS_CA, a wrong name, plaintext on a TLS port).", "counter",
+    {{'{reason="auth"}', rc.auth_failures or 0}, {'{reason="tls"}', rc.tls_failures or 0}})
+  local t = node._tls
+  if t then
+    local hs = node.http:stats()
+    add("clusterkit_http_tls_handshakes_total", "HTTPS handshakes completed.", "counter",
+      {{nil, hs.tls_handshakes or 0}})
+    add("clusterkit_http_tls_failures_total", "HTTPS connections refused by TLS (bad handshake, no or "
+      .. "untrusted client certificate, plain HTTP on the HTTPS port).", "counter", {{nil, hs.tls_failures or 0}})
+    add("clusterkit_tls_certificate_expiry_timestamp_seconds", "When the node's TLS certificate (TLS_CERT, "
+      .. "as last loaded) expires, in Unix time.", "gauge", {{nil, M.cert_time(t.info.not_after) or 0}})
+  end
   add("clusterkit_membership_changes_total", "Committed membership changes this node applied: members that "
     .. "joined, left (status left), were removed, changed status, or changed raft role (voter, standby).",
     "counter", labelled("kind", node.membership_changes))

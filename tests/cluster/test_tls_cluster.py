@@ -26,7 +26,7 @@ import subprocess
 
 import pytest
 
-from ckharness import BUILD_DIR, CKRUN, HOST, ck, use_tls_client  # noqa: F401  (ck: the fixture)
+from ckharness import BUILD_DIR, CKRUN, HOST, ck, metric, use_tls_client  # noqa: F401  (ck: the fixture)
 from ckcluster import Cluster, node_statuses, probe, wait_for
 
 SRC = os.path.abspath(os.environ.get("CK_SOURCE_DIR", "../.."))
@@ -123,6 +123,11 @@ def test_tls_cluster_forms_refuses_outsiders_and_fails_over(ck, certs, tls_clien
     assert rogue.node_id not in (node_statuses(n1) or {})
     rogue.stop()
     c.nodes.remove(rogue)
+    # /metrics counts the refusal and shows when the certificate expires.
+    text = n1.get("/metrics").text
+    assert metric(text, "clusterkit_http_tls_failures_total") >= 1
+    assert metric(text, "clusterkit_http_tls_handshakes_total") >= 1
+    assert metric(text, "clusterkit_tls_certificate_expiry_timestamp_seconds") > 1.7e9
 
     # Failover over TLS: the survivors elect a new leader and agree.
     leader = c.leader()
