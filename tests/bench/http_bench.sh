@@ -9,6 +9,8 @@
 #   /partitions/key   a different key on every request (tests/bench/wrk_keys.lua)
 #   /health           the smallest handler
 #   /cluster          the whole cluster state (cached JSON, large at P=4096)
+# then, at P=64, an application's Lua route (tests/bench/app_route.lua:
+# router, handler coroutine, a key lookup, JSON; a different key each time)
 # and prints req/s, p50, p99 and the server's CPU time per request (from
 # /proc, utime + stime over the run) for each. If nginx is installed it is
 # started on a free loopback port from a temporary prefix (config, pid file,
@@ -158,6 +160,19 @@ for P in $PARTITIONS; do
   stop_pid "$NODE_PID"
 done
 
+# An application route in Lua, on a node of its own (P=64).
+HTTP=127.0.0.1:$(port)
+RAFT=127.0.0.1:$(port)
+NODE_ID=bench HTTP_ADDR=$HTTP RAFT_ADDR=$RAFT DATA_DIR=$DIR/data-app PARTITION_COUNT=64 \
+  CK_LOG_LEVEL=warn "$CKRUN" tests/bench/app_route.lua 2>"$DIR/ckrun-app.log" &
+APP_PID=$!
+PIDS+=("$APP_PID")
+wait_http "$HTTP" /ready
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WRK_KEYS" "http://$HTTP" -- 20000 /app/ >/dev/null 2>&1 || true
+echo "# ckrun app_route.lua pid $APP_PID: GET /app/<key> answered by a Lua handler"
+bench ckrun 64 "app Lua route" "$APP_PID" "http://$HTTP" -s "$WRK_KEYS" -- 20000 /app/
+stop_pid "$APP_PID"
+
 if command -v nginx >/dev/null 2>&1; then
   NGX=$DIR/nginx
   mkdir -p "$NGX/logs" "$NGX/tmp"
@@ -203,6 +218,10 @@ EOF
       printf "# same run, P=%s: /partitions/key %.2fx nginx req/s (target >= 1.0), %.2fx its requests per CPU-second (target >= 0.8), p99 %.2f ms vs %.2f ms (target <= 1.2x)\n",
         p, r / nr, (c > 0 ? nc / c : 0), q, nq }'
   done
+  k="ckrun 64 app Lua route"
+  awk -v r="${RPS[$k]}" -v nr="${RPS[$n]}" -v c="${CPU_US[$k]}" -v nc="${CPU_US[$n]}" 'BEGIN {
+    printf "# same run: the app Lua route %.2fx nginx req/s (target >= 0.73), %.2fx its requests per CPU-second\n",
+      r / nr, (c > 0 ? nc / c : 0) }'
 else
   echo "# nginx is not installed: no ceiling measured, nothing to compare with"
 fi

@@ -2,7 +2,10 @@
 -- different key on each request, so that the benchmark measures routing of
 -- many keys rather than one cached answer.
 --
---   wrk -s tests/bench/wrk_keys.lua http://127.0.0.1:PORT -- [keys per thread]
+--   wrk -s tests/bench/wrk_keys.lua http://127.0.0.1:PORT -- [keys per thread] [path prefix]
+--
+-- The path prefix defaults to "/partitions/key?key="; "/app/" gives the
+-- application route of tests/bench/app_route.lua.
 --
 -- Each thread cycles through its own block of keys ("user:<n>", with every
 -- fourth one hash-tagged as "order:{user:<n>}:<i>"). The requests are built
@@ -17,6 +20,7 @@ end
 
 function init(args)
   local n = tonumber(args[1]) or 20000
+  local prefix = args[2] or "/partitions/key?key="
   local base = (tid or 0) * n
   reqs = {}
   for i = 1, n do
@@ -27,7 +31,7 @@ function init(args)
     else
       key = "user:" .. k
     end
-    reqs[i] = wrk.format("GET", "/partitions/key?key=" .. key)
+    reqs[i] = wrk.format("GET", prefix .. key)
   end
   idx = 0
 end
