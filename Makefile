@@ -5,6 +5,8 @@
 #   make test-deploy   examples/deploy's image under podman, a 3-node cluster (root)
 #   make test-faults   the fault-injection suite (root: namespaces, iptables);
 #                FAULT_SCENARIO=a,b FAULT_SEED=N to rerun, FAULT_MINUTES=60 for a long random run
+#   make test-rock     the LuaRocks package: luarocks make into a temporary tree, then use it
+#   make rock ROCK_URL=git+https://... ROCK_TAG=vX.Y.Z   the release rockspec and source rock
 #
 # Dependencies come from Debian's archive only. LuaJIT may be the upstream
 # flavour (libluajit-5.1-dev + luajit) or OpenResty's (libluajit2-5.1-dev +
@@ -20,7 +22,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages needed to build and test (LuaJIT handled separately).
 PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev node-llhttp \
-            lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest \
+            lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest openssl \
             clang libclang-rt-14-dev iptables iproute2 chromium chromium-driver
 
 # The peers the benchmarks run beside clusterkit in the same run (make bench).
@@ -30,7 +32,7 @@ BENCH_PACKAGES := wrk nginx-light etcd-server
 # cgroup-v1 hosts, see tests/deploy/run.sh) and the base-image builder.
 DEPLOY_PACKAGES := podman runc debootstrap curl
 
-.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy bench lint clean
+.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy test-rock rock bench lint clean
 
 all: build
 
@@ -105,6 +107,25 @@ test-openresty: deps
 # CK_TEST_DEPLOY=1 is set.
 test-deploy: deploy-deps
 	tests/deploy/run.sh
+
+# The rock (tests/rock/run.sh): `luarocks make` from this checkout into a
+# temporary tree must leave the checkout's git status as it was; the tree's
+# ckrun, ckctl and module then run a one-node cluster, and a release rock for
+# a throwaway tag (in a temporary clone) installs from its source rock.
+# Offline: Debian's lua-cjson is declared provided to LuaRocks.
+test-rock: deps
+	tests/rock/run.sh .
+
+# The release rockspec and source rock for a tag that exists at ROCK_URL
+# (rocks/release.sh); nothing is tagged or pushed. The project has no public
+# repository yet, so there is no default URL.
+ROCK_URL ?=
+ROCK_TAG ?=
+ROCK_OUT ?= $(BUILD)/rock
+rock:
+	@if [ -z "$(ROCK_URL)" ] || [ -z "$(ROCK_TAG)" ]; then \
+	  echo "usage: make rock ROCK_URL=git+https://<published repository>.git ROCK_TAG=vX.Y.Z [ROCK_OUT=dir]"; exit 2; fi
+	rocks/release.sh "$(ROCK_URL)" "$(ROCK_TAG)" "$(ROCK_OUT)"
 
 bench: build bench-deps
 	tests/bench/run.sh $(BUILD)

@@ -3,7 +3,9 @@
  *
  * The Lua files of the module (lua/clusterkit/ *.lua) are compiled into the
  * binary and registered in package.preload, as are clusterkit.core and
- * lua-cjson, so ckrun needs no LUA_PATH. The program itself is Lua
+ * lua-cjson, so ckrun needs no LUA_PATH. (Built with CK_EMBED_CJSON=OFF, as
+ * where no static lua-cjson exists, ckrun requires cjson from package.cpath
+ * like a plain luajit instead.) The program itself is Lua
  * (clusterkit.ckrun); this file only sets up the state, hands it argv, and
  * closes things in the right order: Lua first (its finalizers only start
  * closes), then the loop, which must end with no handle left.
@@ -28,8 +30,10 @@
 #define CK_PROGRAM_ENTRY "main"
 #endif
 
+#ifdef CK_EMBED_CJSON
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
+#endif
 
 static int embedded_loader(lua_State *L)
 {
@@ -48,10 +52,12 @@ static void preload(lua_State *L)
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, ck_lua_open_core);
     lua_setfield(L, -2, "clusterkit.core");
+#ifdef CK_EMBED_CJSON
     lua_pushcfunction(L, luaopen_cjson);
     lua_setfield(L, -2, "cjson");
     lua_pushcfunction(L, luaopen_cjson_safe);
     lua_setfield(L, -2, "cjson.safe");
+#endif
     for (const struct ck_embedded_file *f = ck_embedded_lua; f->module != NULL; f++) {
         lua_pushlightuserdata(L, (void *)f);
         lua_pushcclosure(L, embedded_loader, 1);
