@@ -465,6 +465,9 @@ static void pump_drain(struct ck_tls_pump *p)
     for (;;) {
         bool was = p->tls.handshaken;
         ssize_t n = ck_tls_read(&p->tls, p->buf, sizeof(p->buf));
+        if (!was && p->tls.handshaken && p->cbs.on_handshake != NULL) {
+            p->cbs.on_handshake(p->cbs.data);
+        }
         if (!was && p->tls.handshaken && p->early_len > 0) {
             if (ck_tls_write(&p->tls, p->early, p->early_len) != 0) {
                 pump_fail(p, p->tls.err);

@@ -112,6 +112,7 @@ size_t ck_tls_take(struct ck_tls *t, char *buf, size_t cap);
  */
 struct ck_tls_pump_cbs {
     void (*on_error)(void *data, const char *msg); /* Optional. */
+    void (*on_handshake)(void *data);              /* Optional: the handshake completed (peer verified). */
     void (*on_close)(void *data);                  /* Optional. */
     void (*free_tcp)(uv_handle_t *tcp);            /* Optional: frees the TCP handle's memory. */
     void *data;

@@ -93,6 +93,8 @@ struct tr_conn {
      * frees it with raft_free once it owns it. */
     uv_stream_t *s;
     struct tr_pump *pump; /* With TLS, until the pump or the connection goes. */
+    bool tls_ready;       /* The TLS handshake completed (the server's certificate checked). */
+    bool last_written;    /* Outgoing: the preamble is out, raft gets the stream once TLS is ready. */
     uv_timer_t timer;
     uv_getaddrinfo_t gai;
     bool gai_pending;
@@ -572,6 +574,23 @@ static void tr_pump_error(void *data, const char *msg)
     tr_warn(t, p->host, "raft connection with %s dropped: %s", p->peer, msg);
 }
 
+/* Without a token, nothing the client reads proves the TLS handshake done:
+ * raft gets an outgoing stream only once it is, so that a server whose
+ * certificate is refused never counts as connected (raft's writes would
+ * only have waited in the pump, never sent). */
+static void tr_pump_handshake(void *data)
+{
+    struct tr_pump *p = data;
+    struct tr_conn *c = p->c;
+    if (c == NULL) {
+        return;
+    }
+    c->tls_ready = true;
+    if (c->last_written && !c->failed && !c->done) {
+        conn_connected(c);
+    }
+}
+
 static void tr_pump_closed(void *data)
 {
     struct tr_pump *p = data;
@@ -606,7 +625,8 @@ static int conn_start_tls(struct tr_conn *c, SSL_CTX *ctx, enum ck_tls_role role
     snprintf(p->host, sizeof p->host, "%s", c->host);
     snprintf(p->peer, sizeof p->peer, "%s", c->peer);
     struct ck_tls_pump_cbs cbs = {
-        .on_error = tr_pump_error, .on_close = tr_pump_closed, .free_tcp = tr_pump_free_tcp, .data = p};
+        .on_error = tr_pump_error, .on_handshake = tr_pump_handshake, .on_close = tr_pump_closed,
+        .free_tcp = tr_pump_free_tcp, .data = p};
     int rv = ck_tls_pump_start(t->loop, (uv_tcp_t *)c->s, &o->h.pipe, ctx, role, peer, &cbs);
     if (rv != 0) {
         raft_free(o);
@@ -636,7 +656,10 @@ static void conn_on_write(uv_write_t *w, int status)
         return;
     }
     if (c->outgoing && w == &c->w_last) {
-        conn_connected(c);
+        c->last_written = true;
+        if (c->pump == NULL || c->tls_ready) {
+            conn_connected(c);
+        }
     } else if (!c->outgoing && c->verified && c->writes_pending == 0) {
         conn_accept(c);
     }

@@ -102,7 +102,9 @@ bench() { # server P name pid url [wrk args...]
   local out=$DIR/wrk-$server-$p-${name//[^a-z]/_}.txt
   local t0 t1
   t0=$(cpu_ticks "$pid")
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >"$out" 2>&1 || true
+  # WRK_SCRIPT_ARGS: arguments for the wrk script, which go after the URL.
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" ${WRK_SCRIPT_ARGS:+-- $WRK_SCRIPT_ARGS} \
+    >"$out" 2>&1 || true
   t1=$(cpu_ticks "$pid")
   local rps p50 p99 non2xx errs
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -170,7 +172,7 @@ PIDS+=("$APP_PID")
 wait_http "$HTTP" /ready
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WRK_KEYS" "http://$HTTP" -- 20000 /app/ >/dev/null 2>&1 || true
 echo "# ckrun app_route.lua pid $APP_PID: GET /app/<key> answered by a Lua handler"
-bench ckrun 64 "app Lua route" "$APP_PID" "http://$HTTP" -s "$WRK_KEYS" -- 20000 /app/
+WRK_SCRIPT_ARGS="20000 /app/" bench ckrun 64 "app Lua route" "$APP_PID" "http://$HTTP" -s "$WRK_KEYS"
 stop_pid "$APP_PID"
 
 if command -v nginx >/dev/null 2>&1; then
