@@ -374,33 +374,13 @@ static bool cond_client_logged(struct tctx *t)
 /* Tests                                                                     */
 /* ------------------------------------------------------------------------ */
 
+static void run_delivers(const char *token, const char *dial_host, bool tls);
+
 /* A sends B a RequestVote over two transports with the same token, and the
  * message arrives through raft's own receive path. */
 static void run_same_token(const char *dial_host)
 {
-    struct tctx t;
-    struct peer a, b;
-    char to[64];
-    struct ck_transport_stats sa, sb;
-    tctx_init(&t);
-    t.peers[0] = &a;
-    t.peers[1] = &b;
-    assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", "s3cret", 0, false), 0);
-    assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", "s3cret", 0, false), 0);
-    peer_addr(&b, dial_host, to, sizeof to);
-    peer_send_vote(&a, 2, to);
-    tctx_run(&t, cond_delivered);
-    assert_false(t.timed_out);
-    assert_int_equal(b.n_recv, 1);
-    assert_int_equal(b.last_type, RAFT_IO_REQUEST_VOTE);
-    assert_int_equal(b.last_from, 1);
-    peer_stats(&a, &sa);
-    peer_stats(&b, &sb);
-    assert_int_equal(sa.connected, 1);
-    assert_int_equal(sb.accepted, 1);
-    assert_int_equal(sa.auth_failures + sb.auth_failures, 0);
-    assert_int_equal(a.n_logs + b.n_logs, 0);
-    tctx_cleanup(&t);
+    run_delivers("s3cret", dial_host, false);
 }
 
 static void test_same_token_delivers(void **state)
@@ -469,6 +449,21 @@ static void test_wrong_token_refused(void **state)
     tctx_cleanup(&t);
 }
 
+/* A sends B a RequestVote at @dial_host (the address dialled goes to @to),
+ * the loop runs until @cond, and B must have handed raft nothing. */
+static void send_refused(struct tctx *t, struct peer *a, struct peer *b, const char *dial_host,
+                         bool (*cond)(struct tctx *t), char *to, size_t to_size)
+{
+    struct ck_transport_stats sb;
+    peer_addr(b, dial_host, to, to_size);
+    peer_send_vote(a, 2, to);
+    tctx_run(t, cond);
+    assert_false(t->timed_out);
+    peer_stats(b, &sb);
+    assert_int_equal(b->n_recv, 0);
+    assert_int_equal(sb.accepted, 0);
+}
+
 /* A node with a token refuses a peer without one (raft's plain handshake),
  * and says so. */
 static void test_token_refuses_tokenless_peer(void **state)
@@ -476,20 +471,13 @@ static void test_token_refuses_tokenless_peer(void **state)
     struct tctx t;
     struct peer a, b;
     char to[64];
-    struct ck_transport_stats sb;
     (void)state;
     tctx_init(&t);
     t.peers[0] = &a;
     t.peers[1] = &b;
     assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", "right", 0, false), 0);
     assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", NULL, 0, false), 0);
-    peer_addr(&b, "127.0.0.1", to, sizeof to);
-    peer_send_vote(&a, 2, to);
-    tctx_run(&t, cond_server_refused);
-    assert_false(t.timed_out);
-    peer_stats(&b, &sb);
-    assert_int_equal(b.n_recv, 0);
-    assert_int_equal(sb.accepted, 0);
+    send_refused(&t, &a, &b, "127.0.0.1", cond_server_refused, to, sizeof to);
     assert_non_null(strstr(b.log, "no cluster token"));
     tctx_cleanup(&t);
 }
@@ -501,20 +489,13 @@ static void test_tokenless_refuses_token_peer(void **state)
     struct tctx t;
     struct peer a, b;
     char to[64];
-    struct ck_transport_stats sb;
     (void)state;
     tctx_init(&t);
     t.peers[0] = &a;
     t.peers[1] = &b;
     assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", NULL, 0, false), 0);
     assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", "s3cret", 0, false), 0);
-    peer_addr(&b, "127.0.0.1", to, sizeof to);
-    peer_send_vote(&a, 2, to);
-    tctx_run(&t, cond_both_refused);
-    assert_false(t.timed_out);
-    peer_stats(&b, &sb);
-    assert_int_equal(b.n_recv, 0);
-    assert_int_equal(sb.accepted, 0);
+    send_refused(&t, &a, &b, "127.0.0.1", cond_both_refused, to, sizeof to);
     tctx_cleanup(&t);
 }
 
@@ -815,21 +796,6 @@ static void tls_next(const char *name, const char *ca)
     }
 }
 
-/* A sends B a RequestVote at @dial_host (the address dialled goes to @to),
- * the loop runs until @cond, and B must have handed raft nothing. */
-static void send_refused(struct tctx *t, struct peer *a, struct peer *b, const char *dial_host,
-                         bool (*cond)(struct tctx *t), char *to, size_t to_size)
-{
-    struct ck_transport_stats sb;
-    peer_addr(b, dial_host, to, to_size);
-    peer_send_vote(a, 2, to);
-    tctx_run(t, cond);
-    assert_false(t->timed_out);
-    peer_stats(b, &sb);
-    assert_int_equal(b->n_recv, 0);
-    assert_int_equal(sb.accepted, 0);
-}
-
 static bool cond_server_tls_refused(struct tctx *t)
 {
     struct ck_transport_stats b;
@@ -844,10 +810,12 @@ static bool cond_client_tls_refused(struct tctx *t)
     return a.tls_failures >= 1 && t->peers[0]->n_logs >= 1;
 }
 
-/* Both peers with certificates from the same CA (and mutual TLS): raft's
- * message arrives, with or without a token inside TLS, dialled by IP or by
- * name (each checked against the certificate's SAN). */
-static void run_tls_delivers(const char *token, const char *dial_host)
+/* A sends B a RequestVote and it arrives through raft's receive path, each
+ * connection counted once, nothing refused or logged. With @tls both peers
+ * have certificates from the same CA (and mutual TLS): then with or without
+ * a token inside TLS, dialled by IP or by name (each checked against the
+ * certificate's SAN). */
+static void run_delivers(const char *token, const char *dial_host, bool tls)
 {
     struct tctx t;
     struct peer a, b;
@@ -856,9 +824,9 @@ static void run_tls_delivers(const char *token, const char *dial_host)
     tctx_init(&t);
     t.peers[0] = &a;
     t.peers[1] = &b;
-    tls_next("node", "ca");
+    tls_next(tls ? "node" : NULL, "ca");
     assert_int_equal(peer_start(&t, &b, 2, "127.0.0.1:0", token, 0, false), 0);
-    tls_next("node2", "ca");
+    tls_next(tls ? "node2" : NULL, "ca");
     assert_int_equal(peer_start(&t, &a, 1, "127.0.0.1:0", token, 0, false), 0);
     tls_next(NULL, NULL);
     peer_addr(&b, dial_host, to, sizeof to);
@@ -880,13 +848,13 @@ static void run_tls_delivers(const char *token, const char *dial_host)
 static void test_tls_delivers(void **state)
 {
     (void)state;
-    run_tls_delivers("s3cret", "127.0.0.1");
+    run_delivers("s3cret", "127.0.0.1", true);
 }
 
 static void test_tls_delivers_without_token(void **state)
 {
     (void)state;
-    run_tls_delivers(NULL, "localhost");
+    run_delivers(NULL, "localhost", true);
 }
 
 /* Mutual TLS: a peer whose certificate comes from another CA is refused by
