@@ -11,12 +11,15 @@
 #include <strings.h>
 
 #include "ck_common.h"
+#include "ck_hist.h"
 #include "ck_http.h"
+#include "ck_keyroute.h"
 #include "lck.h"
 #include "lck_tls.h"
 
 #define SERVER_MT "clusterkit.http_server"
 #define REQUEST_MT "clusterkit.http_request"
+#define HIST_MT "clusterkit.histogram"
 #define MAX_RESPONSE_HEADERS 64
 
 struct lserver {
@@ -24,6 +27,10 @@ struct lserver {
     int cb_ref;
     int self_ref;
     int close_ref;
+    bool fast;             /* kr is in use: server:fast_key() was called. */
+    struct ck_keyroute kr; /* The key-lookup fast path (ck_keyroute.h). */
+    struct ck_hist *hist;  /* Its route's latency histogram, pinned by hist_ref. */
+    int hist_ref;
 };
 
 struct lrequest {
@@ -31,10 +38,34 @@ struct lrequest {
     int self_ref;
 };
 
+/* The fast path: answered here, on the loop's callback, or false for Lua. */
+static bool lserver_fast(struct lserver *b, struct ck_http_request *r)
+{
+    const char *body, *etag;
+    size_t len, etag_len;
+    uint64_t t0 = uv_hrtime();
+    if (!ck_keyroute_answer(&b->kr, r, &body, &len, &etag, &etag_len)) {
+        return false;
+    }
+    const struct ck_http_header h[2] = {
+        {"Content-Type", 12, "application/json", 16},
+        {"ETag", 4, etag, etag_len},
+    };
+    ck_http_respond(r, 200, h, 2, body, len);
+    if (b->hist != NULL) {
+        ck_hist_observe(b->hist, uv_hrtime() - t0);
+    }
+    return true;
+}
+
 static void lserver_on_request(struct ck_http_request *r)
 {
     struct lserver *b = ck_http_server_data(r->server);
-    lua_State *L = lck_cbstate() != NULL ? lck_push_ref(b->cb_ref) : NULL;
+    lua_State *L = lck_cbstate();
+    if (L != NULL && b->fast && lserver_fast(b, r)) {
+        return;
+    }
+    L = L != NULL ? lck_push_ref(b->cb_ref) : NULL;
     if (L == NULL) {
         ck_http_respond(r, 503, NULL, 0, NULL, 0);
         return;
@@ -98,6 +129,9 @@ static int lserver_new(lua_State *L)
     b->cb_ref = LUA_NOREF;
     b->self_ref = LUA_NOREF;
     b->close_ref = LUA_NOREF;
+    b->fast = false;
+    b->hist = NULL;
+    b->hist_ref = LUA_NOREF;
     b->s = ck_http_server_new(lck_loop(), &lim, lserver_on_request, lserver_on_abort, b);
     if (b->s == NULL) {
         return luaL_error(L, "http_server: out of memory");
@@ -150,6 +184,7 @@ static void lserver_on_closed(void *data)
     }
     lck_unref(&b->close_ref);
     lck_unref(&b->cb_ref);
+    lck_unref(&b->hist_ref);
     lck_unref(&b->self_ref);
 }
 
@@ -166,6 +201,12 @@ static int lserver_close(lua_State *L)
     }
     struct ck_http_server *s = b->s;
     b->s = NULL;
+    if (b->fast) {
+        /* No request reaches on_request once the close has started. */
+        b->fast = false;
+        b->hist = NULL;
+        ck_keyroute_free(&b->kr);
+    }
     ck_http_server_close(s, lserver_on_closed);
     return 0;
 }
@@ -189,6 +230,10 @@ static int lserver_stats(lua_State *L)
     STAT(tls_handshakes)
     STAT(tls_failures)
 #undef STAT
+    lua_pushnumber(L, (lua_Number)(b->fast ? b->kr.answered : 0));
+    lua_setfield(L, -2, "fast_answered");
+    lua_pushnumber(L, (lua_Number)(b->fast ? b->kr.passed : 0));
+    lua_setfield(L, -2, "fast_passed");
     lua_pushstring(L, ck_http_server_tls_error(b->s));
     lua_setfield(L, -2, "tls_last_error");
     return 1;
@@ -202,6 +247,88 @@ static int lserver_set_tls(lua_State *L)
     int rv = ck_http_server_set_tls(b->s, ctx);
     if (rv != 0) {
         return lck_pushfail(L, rv, "out of memory");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- the key-lookup fast path (ck_keyroute.h) ---- */
+
+/* server:fast_key(path [, histogram]): answer GET @path?key= in C from the
+ * tails Lua hands over; the histogram (core.histogram()) gets the durations. */
+static int lserver_fast_key(lua_State *L)
+{
+    struct lserver *b = lserver_check(L, "server:fast_key");
+    const char *path = luaL_checkstring(L, 2);
+    struct ck_hist *h = lua_isnoneornil(L, 3) ? NULL : luaL_checkudata(L, 3, HIST_MT);
+    if (b->fast) {
+        return luaL_error(L, "server:fast_key: already set");
+    }
+    if (ck_keyroute_init(&b->kr, path) != 0) {
+        return luaL_error(L, "server:fast_key: path must start with / and be under 64 bytes");
+    }
+    if (h != NULL) {
+        lua_pushvalue(L, 3);
+        b->hist_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        b->hist = h;
+    }
+    b->fast = true;
+    return 0;
+}
+
+static struct lserver *lserver_check_fast(lua_State *L, const char *fn)
+{
+    struct lserver *b = lserver_check(L, fn);
+    if (!b->fast) {
+        luaL_error(L, "%s: no fast path (call server:fast_key first)", fn);
+    }
+    return b;
+}
+
+/* server:fast_key_reset(): the state changed; requests go to Lua until primed. */
+static int lserver_fast_key_reset(lua_State *L)
+{
+    struct lserver *b = luaL_checkudata(L, 1, SERVER_MT);
+    if (b->s != NULL && b->fast) {
+        ck_keyroute_reset(&b->kr);
+    }
+    return 0;
+}
+
+/* server:fast_key_prime(index, algo, partitions, tags) -> true | nil, msg, code */
+static int lserver_fast_key_prime(lua_State *L)
+{
+    struct lserver *b = lserver_check_fast(L, "server:fast_key_prime");
+    lua_Number index = luaL_checknumber(L, 2);
+    const char *algo = luaL_checkstring(L, 3);
+    lua_Integer parts = luaL_checkinteger(L, 4);
+    struct ck_hasher h;
+    if (index < 0 || parts < 1 || parts > CK_MAX_PARTITIONS ||
+        ck_hasher_init(&h, algo, (uint32_t)parts, lua_toboolean(L, 5)) != 0) {
+        return lck_pushfail(L, CK_EINVAL, "bad index, hash algorithm or partition count");
+    }
+    int rv = ck_keyroute_prime(&b->kr, (uint64_t)index, &h);
+    if (rv != 0) {
+        return lck_pushfail(L, rv, NULL);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* server:fast_key_put(index, partition, tail) -> true | nil, msg, code */
+static int lserver_fast_key_put(lua_State *L)
+{
+    struct lserver *b = lserver_check_fast(L, "server:fast_key_put");
+    lua_Number index = luaL_checknumber(L, 2);
+    lua_Integer part = luaL_checkinteger(L, 3);
+    size_t len;
+    const char *tail = luaL_checklstring(L, 4, &len);
+    if (index < 0 || part < 0 || part >= CK_MAX_PARTITIONS) {
+        return lck_pushfail(L, CK_EINVAL, "bad index or partition");
+    }
+    int rv = ck_keyroute_put(&b->kr, (uint64_t)index, (uint32_t)part, tail, len);
+    if (rv != 0) {
+        return lck_pushfail(L, rv, NULL);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -333,6 +460,10 @@ static const luaL_Reg lserver_methods[] = {
     {"close", lserver_close},
     {"stats", lserver_stats},
     {"set_tls", lserver_set_tls},
+    {"fast_key", lserver_fast_key},
+    {"fast_key_reset", lserver_fast_key_reset},
+    {"fast_key_prime", lserver_fast_key_prime},
+    {"fast_key_put", lserver_fast_key_put},
     {"__gc", lserver_close},
     {NULL, NULL},
 };

@@ -241,9 +241,13 @@ function M.install(node)
       }):sub(2) -- Without its "{": the key goes first.
       cache[p.index] = tail
     end
+    srv:fast_put(v, p.index, tail) -- C answers this partition's keys from now on.
     res._headers = cache.headers
     return res:send('{"key":' .. json.encode(json.utf8_safe(key)) .. "," .. tail)
   end)
+  -- A read token is checked here in Lua; without one, C answers what it can
+  -- (runtime/ck_keyroute.h) and node.lua resets it on every state change.
+  if not node.opts.read_token then srv:fast_key("/partitions/key") end
 
   srv:route("GET", "/nodes", function(req, res)
     if not membership.read_authorized(node, req, res) then return end
@@ -429,7 +433,7 @@ function M.metrics(node)
   end
   add("clusterkit_partitions", "Partitions per node and role.", "gauge", samples)
   samples = {}
-  for route, by_status in pairs(node.http.counts) do
+  for route, by_status in pairs(node.http:route_counts()) do
     for code, c in pairs(by_status) do
       samples[#samples + 1] = {'{route="' .. route .. '",code="' .. code .. '"}', c}
     end

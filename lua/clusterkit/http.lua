@@ -267,6 +267,12 @@ function Server:route(method, pattern, fn)
   if type(fn) ~= "function" then
     error("clusterkit: route: handler must be a function", 3)
   end
+  local fast = self._fast
+  if fast and pattern == fast.path and (method == "GET" or method == "HEAD") then
+    -- An application's own route replaces the built-in one: C must not
+    -- answer it any more.
+    self._fast = nil
+  end
   if not find(pattern, "[:*]") then
     local by_path = self.exact[method]
     if not by_path then
@@ -449,6 +455,53 @@ function Server:_dispatch(c, method, path, raw_query)
   end
 end
 
+-- ---------------------------------------------------------------------------
+-- The key-lookup fast path (runtime/ck_keyroute.h)
+-- ---------------------------------------------------------------------------
+
+--- Lets C answer GET `path`?key=K (the route registered just before) from
+-- the answers' tails that its handler hands over with :fast_put. Not used
+-- with an access log (every request must reach it), nor when a later route
+-- replaces this one. The owner calls :fast_reset() on every state change.
+function Server:fast_key(path)
+  self._fast = {path = path}
+end
+
+--- The state changed: C passes every lookup to Lua until the next fast_put.
+function Server:fast_reset()
+  local f = self._fast
+  if f and f.on then
+    f.index = nil
+    self.c:fast_key_reset()
+  end
+end
+
+--- Hands C the tail (the answer after `{"key":K,`) of partition pidx
+-- (0-based) as view v has it.
+function Server:fast_put(v, pidx, tail)
+  local f = self._fast
+  if not (f and f.on) then return end
+  if f.index ~= v.index then
+    if not self.c:fast_key_prime(v.index, v.hash_algo, v.partitions, v.hash_tags) then return end
+    f.index = v.index
+  end
+  self.c:fast_key_put(v.index, pidx, tail)
+end
+
+--- Requests by route and status: Lua's counts and the fast path's answers.
+function Server:route_counts()
+  local f = self._fast
+  local n = f and f.on and self.c and self.c:stats().fast_answered or 0
+  if n == 0 then return self.counts end
+  local out = {}
+  for route, by in pairs(self.counts) do out[route] = by end
+  local by = {}
+  for code, c in pairs(out[f.path] or {}) do by[code] = c end
+  by[200] = (by[200] or 0) + n
+  out[f.path] = by
+  return out
+end
+
 --- Starts listening; returns the bound port or nil, msg, code.
 function Server:listen(host, port)
   local o = self.node.opts
@@ -461,6 +514,11 @@ function Server:listen(host, port)
     return self:_dispatch(c, method, path, query)
   end)
   self.access_log = o.access_log and require("clusterkit.log").access(self.node) or nil
+  local f = self._fast
+  if f and not self.access_log then
+    self.c:fast_key(f.path, self.latency:get(f.path))
+    f.on = true
+  end
   if self.node._tls then
     self.c:set_tls(self.node._tls.server)
   end

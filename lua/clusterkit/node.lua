@@ -543,6 +543,7 @@ function Node:_on_event(ev)
   end
   if ev == "applied" then
     self._cached = nil
+    self.http:fast_reset() -- Before anything can answer from the new state.
     local v = self:_view()
     -- The record of the rows up to this view: taken in the same step as the
     -- view (no yield in between, and the core applies only on this loop).
