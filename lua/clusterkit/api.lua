@@ -469,9 +469,13 @@ function M.metrics(node)
   add("clusterkit_raft_refused_connections_total", "Raft connections refused by the token handshake (auth) "
     .. "or by TLS (a certificate not from TLS_CA, a wrong name, plaintext on a TLS port).", "counter",
     {{'{reason="auth"}', rc.auth_failures or 0}, {'{reason="tls"}', rc.tls_failures or 0}})
+  local hs = node.http:stats()
+  add("clusterkit_http_fast_path_total", "GET /partitions/key requests answered in C from the cached answers "
+    .. "of the current state (answered; also in clusterkit_http_requests_total), or handed to the Lua handler "
+    .. "(passed: nothing cached for the partition yet, a conditional request, an unusual key).", "counter",
+    {{'{result="answered"}', hs.fast_answered or 0}, {'{result="passed"}', hs.fast_passed or 0}})
   local t = node._tls
   if t then
-    local hs = node.http:stats()
     add("clusterkit_http_tls_handshakes_total", "HTTPS handshakes completed.", "counter",
       {{nil, hs.tls_handshakes or 0}})
     add("clusterkit_http_tls_failures_total", "HTTPS connections refused by TLS (bad handshake, no or "

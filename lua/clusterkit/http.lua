@@ -18,8 +18,14 @@ local byte, char, gsub, find, sub, format = string.byte, string.char, string.gsu
 
 local JSON_HEADERS = {["Content-Type"] = "application/json"}
 
-local function hex_byte(h)
-  return char(tonumber(h, 16))
+-- "%41" -> "A" for every pair of hex digits, in both cases: gsub with a
+-- table replaces without calling back into Lua from C (a callback ends the
+-- trace of the caller; see the -jv notes in tests/bench/http_bench.sh).
+local HEX = {}
+for b = 0, 255 do
+  local lo, up = format("%02x", b), format("%02X", b)
+  HEX[lo], HEX[up] = char(b), char(b)
+  HEX[sub(lo, 1, 1) .. sub(up, 2, 2)], HEX[sub(up, 1, 1) .. sub(lo, 2, 2)] = char(b), char(b)
 end
 
 --- Percent-decodes s ("+" means a space in queries).
@@ -30,7 +36,7 @@ local function unescape(s, plus)
   if not find(s, "%", 1, true) then
     return s
   end
-  return (gsub(s, "%%(%x%x)", hex_byte))
+  return (gsub(s, "%%(%x%x)", HEX))
 end
 M.unescape = unescape
 
@@ -116,6 +122,28 @@ function M.etag_matches(v, etag)
   return false
 end
 
+-- The segments of path between slashes, empty ones skipped (what
+-- gmatch("[^/]+") gives) into t from t[1]; returns their count. A loop of
+-- plain finds: gmatch is not compiled, and this runs on every request.
+local function split(path, t)
+  local n, i, len = 0, 1, #path
+  while i <= len do
+    if byte(path, i) == 47 then -- "/"
+      i = i + 1
+    else
+      local e = find(path, "/", i, true) or len + 1
+      n = n + 1
+      t[n] = sub(path, i, e - 1)
+      i = e + 1
+    end
+  end
+  return n
+end
+M.split = split
+
+-- Scratch for split: matching never yields, so one table serves all.
+local parts_scratch = {}
+
 -- ---------------------------------------------------------------------------
 -- Request and response
 -- ---------------------------------------------------------------------------
@@ -192,6 +220,9 @@ function Response:header(name, value)
   if not h then
     h = {}
     self._headers = h
+  elseif h == JSON_HEADERS then
+    h = {["Content-Type"] = "application/json"}
+    self._headers = h
   end
   h[name] = value ~= nil and tostring(value) or nil
   return self
@@ -224,7 +255,7 @@ function Response:json(v, status)
   end
   local h = self._headers
   if not h then
-    self._headers = {["Content-Type"] = "application/json"}
+    self._headers = JSON_HEADERS -- Shared: Response:header copies it before a change.
   elseif not h["Content-Type"] then
     h["Content-Type"] = "application/json"
   end
@@ -283,29 +314,34 @@ function Server:route(method, pattern, fn)
     return
   end
   local segs = {}
-  for s in pattern:gmatch("[^/]+") do
-    segs[#segs + 1] = s
+  local n = split(pattern, segs)
+  local star = false
+  for i = 1, n do
+    if segs[i] == "*" then star = true end
   end
-  self.patterns[#self.patterns + 1] = {method = method, segs = segs, fn = fn, pattern = pattern}
+  self.patterns[#self.patterns + 1] = {method = method, segs = segs, nsegs = n, star = star, fn = fn,
+                                       pattern = pattern}
 end
 
-local function match(route, parts)
-  local segs, params = route.segs, {}
-  for i = 1, #segs do
+local function match(route, parts, n)
+  local segs, nsegs = route.segs, route.nsegs
+  if not route.star and n ~= nsegs then return nil end
+  local params = {}
+  for i = 1, nsegs do
     local s = segs[i]
     if s == "*" then
-      params["*"] = table.concat(parts, "/", i)
+      params["*"] = table.concat(parts, "/", i, n)
       return params
     end
     local p = parts[i]
-    if p == nil then return nil end
+    if i > n then return nil end
     if byte(s, 1) == 58 then -- ":"
       params[sub(s, 2)] = unescape(p)
     elseif s ~= p then
       return nil
     end
   end
-  if #parts ~= #segs then return nil end
+  if n ~= nsegs then return nil end
   return params
 end
 
@@ -336,11 +372,9 @@ function Server:allow(path)
     if paths[path] then add(m) end
   end
   local parts = {}
-  for s in path:gmatch("[^/]+") do
-    parts[#parts + 1] = s
-  end
+  local n = split(path, parts)
   for _, r in ipairs(self.patterns) do
-    if match(r, parts) then add(r.method) end
+    if match(r, parts, n) then add(r.method) end
   end
   if seen.GET then add("HEAD") end
   if #list == 0 then return nil end
@@ -354,13 +388,19 @@ function Server:_find(method, path)
   if fn then
     return fn, nil, path
   end
-  local parts = {}
-  for s in path:gmatch("[^/]+") do
-    parts[#parts + 1] = s
+  local pats = self.patterns
+  if #pats == 0 then
+    for _, paths in pairs(self.exact) do
+      if paths[path] then return nil, true end
+    end
+    return nil, false
   end
+  local parts = parts_scratch
+  local n = split(path, parts)
   local other = false
-  for _, r in ipairs(self.patterns) do
-    local params = match(r, parts)
+  for i = 1, #pats do
+    local r = pats[i]
+    local params = match(r, parts, n)
     if params then
       if r.method == method then
         return r.fn, params, r.pattern

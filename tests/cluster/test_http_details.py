@@ -7,6 +7,7 @@ Run: cd tests/cluster && CK_BUILD_DIR=../../build CK_SOURCE_DIR=../.. pytest -q 
 """
 
 import http.client
+import urllib.parse
 
 from ckharness import ck  # noqa: F401  (the fixture)
 from ckharness import HOST, HTTP_TIMEOUT, parse_raw_response, raw_request
@@ -140,3 +141,91 @@ def test_not_leader_location_keeps_path_and_query(ck):
             # What curl -L does: the same method to the Location.
             again = lead.post(r.headers["Location"][len(lead.url):])
             assert again.status == 200, (path, again)
+
+
+# ---------------------------------------------------------------------------
+# The key-lookup fast path (runtime/ck_keyroute.h): C answers GET
+# /partitions/key from the tails the Lua handler encoded for the current
+# state; a conditional request always reaches the Lua handler.
+# ---------------------------------------------------------------------------
+
+def fast_path(node):
+    """(answered, passed) of clusterkit_http_fast_path_total on node."""
+    got = {}
+    for line in node.get("/metrics").body.decode().splitlines():
+        if line.startswith("clusterkit_http_fast_path_total{"):
+            got[line.split('"')[1]] = int(float(line.split()[-1]))
+    assert set(got) == {"answered", "passed"}, got
+    return got["answered"], got["passed"]
+
+
+def lookup_keys():
+    """Keys that exercise the decoding and escaping rules: every byte below
+    128 (controls, quotes, slash, backslash, DEL), '+' and an encoded '+',
+    hash tags, UTF-8, invalid UTF-8, and the longest key allowed."""
+    keys = ["k%sx" % chr(b) for b in range(128)]
+    keys += ["a+b", "user:{42}:cart", "{}", "\u00e9t\u00e9", "\u20ac", "\U0001F600", "z" * 4096]
+    return [(k, urllib.parse.quote(k, safe="")) for k in keys] + \
+        [("plus", "a+b+c"), ("bad utf-8", "%ff%c3("), ("raw bytes", "%C3%A9%2B"), ("too long", "z" * 4097)]
+
+
+def test_key_lookups_answered_in_c_match_the_lua_handler_byte_for_byte(ck):
+    """A lookup answered in C has the status, ETag and body bytes of the Lua handler's answer (forced with a non-matching If-None-Match) for keys with every ASCII byte, UTF-8, hash tags and '+'; odd keys are left to Lua."""
+    n = ck.node("node-1")
+    keys = lookup_keys()
+
+    def check():
+        index = state_index(n)
+        answered0, _ = fast_path(n)
+        fast = 0
+        for name, q in keys:
+            path = "/partitions/key?key=" + q
+            first = raw(n, "GET", path)          # Lua the first time per partition, C afterwards
+            again = raw(n, "GET", path)
+            lua = raw(n, "GET", path, [("If-None-Match", '"no-such-tag"')])
+            assert first[0] == again[0] == lua[0], (name, first[0], again[0], lua[0])
+            assert again[2] == lua[2] == first[2], (name, again[2][:200], lua[2][:200])
+            assert again[1].get("etag") == lua[1].get("etag"), (name, again[1], lua[1])
+            assert again[1].get("content-type") == lua[1].get("content-type"), (name, again[1])
+            if again[0] == 200 and name not in ("bad utf-8",):
+                fast += 1
+        if state_index(n) != index:
+            return False  # A commit reset the fast path meanwhile: look again.
+        answered, _ = fast_path(n)
+        # Every repeated lookup of a key C can answer was answered in C.
+        assert answered - answered0 >= fast, (answered, answered0, fast)
+        return True
+    wait_for(check, what="a steady state index around the comparisons")
+    status, _, body = raw(n, "GET", "/partitions/key?key=" + "z" * 4097)
+    assert status == 400 and b"4096" in body, (status, body)
+
+
+def test_key_lookups_in_c_follow_every_state_change(ck):
+    """After joins change the owners, every lookup (cached in C for the old table) answers the new table with the new ETag, matching /partitions."""
+    c = Cluster(ck)
+    first = c.start(1)[0]
+    keys = ["user:%d" % i for i in range(300)]
+    for k in keys:  # Fill the cache for every partition of the one-node table.
+        first.get("/partitions/key?key=" + k)
+        first.get("/partitions/key?key=" + k)
+    answered0, _ = fast_path(first)
+    assert answered0 > 0, "the lookups were not answered in C"
+    c.add(join=first)
+    c.add(join=first)
+    c.wait_converged(members=True)
+
+    def check():
+        r = first.get("/partitions")
+        etag = r.headers.get("ETag")
+        owners = {p["id"]: [p["primary_node"]] + p["replica_nodes"] for p in r.json()["partitions"]}
+        for k in keys:
+            a = first.get("/partitions/key?key=" + k)
+            if a.headers.get("ETag") != etag:
+                return False  # The table moved: compare again.
+            j = a.json()
+            assert [j["primary"]] + j["replicas"] == owners[j["partition_id"]], (k, j, owners[j["partition_id"]])
+            assert j["partition"]["epoch"] >= 1
+        return len({o for row in owners.values() for o in row}) == 3
+    wait_for(check, what="lookups that agree with /partitions over all three nodes")
+    answered, _ = fast_path(first)
+    assert answered > answered0, "no lookup was answered in C after the change"

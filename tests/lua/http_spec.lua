@@ -88,6 +88,65 @@ describe("the router's HEAD and 405", function()
   end)
 end)
 
+describe("the router's path matching", function()
+  it("splits paths as gmatch('[^/]+') does, empty segments skipped", function()
+    local function parts(p)
+      local t = {}
+      local n = http.split(p, t)
+      local want = {}
+      for seg in p:gmatch("[^/]+") do want[#want + 1] = seg end
+      assert.are.equal(#want, n)
+      for i = 1, n do assert.are.equal(want[i], t[i]) end
+    end
+    for _, p in ipairs({"/", "", "//", "/a", "a", "/a/", "//a///b//", "/a/b/c/d/e/f", "/%2F/x"}) do parts(p) end
+  end)
+
+  it("captures segments, the rest after *, and checks the segment count with a reused scratch", function()
+    local srv = http.server({opts = {}, log = {}})
+    local kv, files, deep = function() end, function() end, function() end
+    srv:route("GET", "/kv/:key", kv)
+    srv:route("GET", "/files/*", files)
+    srv:route("GET", "/a/:x/c/:y", deep)
+    -- A long path first leaves stale segments in the scratch table.
+    assert.is_nil((srv:find("GET", "/kv/a/b/c/d/e")))
+    local fn, params = srv:find("GET", "/kv/x%7By%7D")
+    assert.are.equal(kv, fn)
+    assert.are.equal("x{y}", params.key)
+    fn, params = srv:find("GET", "//kv//k//")
+    assert.are.equal(kv, fn)
+    assert.are.equal("k", params.key)
+    assert.is_nil((srv:find("GET", "/kv")))
+    fn, params = srv:find("GET", "/files/a//b/c")
+    assert.are.equal(files, fn)
+    assert.are.equal("a/b/c", params["*"])
+    fn, params = srv:find("GET", "/files")
+    assert.are.equal(files, fn)
+    assert.are.equal("", params["*"])
+    fn, params = srv:find("GET", "/a/1/c/2")
+    assert.are.equal(deep, fn)
+    assert.are.same({x = "1", y = "2"}, params)
+    assert.is_nil((srv:find("GET", "/a/1/d/2")))
+    assert.is_nil((srv:find("GET", "/a/1/c")))
+  end)
+
+  it("percent-decodes with either case of hex digit and leaves other % alone", function()
+    assert.are.equal("{}", http.unescape("%7b%7D"))
+    assert.are.equal("\255\0", http.unescape("%Ff%00"))
+    assert.are.equal("%zz %4 %", http.unescape("%zz %4 %"))
+    assert.are.equal("a b+c", http.unescape("a+b%2Bc", true))
+    assert.are.equal("a+b", http.unescape("a+b"))
+  end)
+
+  it("lets a later route of the application replace the built-in key lookup answered in C", function()
+    local srv = http.server({opts = {}, log = {}})
+    srv:route("GET", "/partitions/key", function() end)
+    srv:fast_key("/partitions/key")
+    assert.is_truthy(srv._fast)
+    srv:route("GET", "/partitions/key", function() end)
+    assert.is_nil(srv._fast)
+  end)
+end)
+
 describe("the request target", function()
   it("is the raw path and query, as a redirect must keep them", function()
     assert.are.equal("/rebalance", http.target("/rebalance", ""))
