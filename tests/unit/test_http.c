@@ -86,6 +86,7 @@ struct tctx {
     unsigned short http_major, http_minor;
     int n_clients, clients_done;
     struct tclient clients[MAX_CLIENTS];
+    int n_written_in_respond; /* handle_echo_counting: responses out before respond returned. */
 };
 
 static void t_event(struct tctx *t, const char *what, const char *path)
@@ -607,6 +608,67 @@ static void test_pipelining(void **state)
     assert_string_equal(find_header(t, "host"), "b");
     assert_true(body_is(response(c, 0), "/1"));
     assert_true(body_is(response(c, 1), "/2"));
+    t_free(t);
+}
+
+/* Echo the path, counting the responses that were on the socket by the time
+ * ck_http_respond() returned. */
+static void handle_echo_counting(struct tctx *t, struct ck_http_request *req)
+{
+    struct ck_http_stats before, after;
+    ck_http_server_stats(t->server, &before);
+    assert_int_equal(t_respond(t, req, 200, req->path, req->path_len), 0);
+    ck_http_server_stats(t->server, &after);
+    if (after.responses == before.responses + 1)
+        t->n_written_in_respond++;
+}
+
+/* A response given inside the request callback leaves before
+ * ck_http_respond() returns when the socket takes it: no write request and
+ * no write callback a loop turn later (whose drain cost libuv 1.44 an
+ * epoll_ctl per request). Keep-alive goes on as before. */
+static void test_immediate_response_written_in_respond(void **state)
+{
+    struct tctx *t = t_new(NULL);
+    t->handler = handle_echo_counting;
+    struct tclient *c = t_client(t, 2, "GET /a HTTP/1.1\r\n\r\n", "GET /b HTTP/1.1\r\n\r\n", NULL);
+    c->by_response = true;
+    t_start_all(t);
+    t_run(t);
+    assert_int_equal(t->n_requests, 2);
+    assert_int_equal(t->n_written_in_respond, 2);
+    assert_int_equal(t->stats.responses, 2);
+    assert_true(body_is(response(c, 0), "/a"));
+    assert_true(body_is(response(c, 1), "/b"));
+    t_free(t);
+}
+
+/* Many pipelined requests answered inside the callback come out complete
+ * and in order (the server must not recurse once per pipelined request). */
+static void test_pipelined_burst_answered_immediately(void **state)
+{
+    enum { N = 400 };
+    static char burst[N * 32];
+    size_t off = 0;
+    for (int i = 0; i < N; i++) /* The last one closes: the client reads until EOF. */
+        off += (size_t)snprintf(burst + off, sizeof burst - off, "GET /%03d HTTP/1.1\r\n%s\r\n", i,
+                                i == N - 1 ? "Connection: close\r\n" : "");
+    struct tctx *t = t_new(NULL);
+    t->handler = handle_echo_counting;
+    struct tclient *c = t_client(t, 0, burst, NULL);
+    t_start_all(t);
+    t_run(t);
+    assert_int_equal(t->n_requests, N);
+    assert_int_equal(t->stats.responses, N);
+    assert_int_equal(t->max_in_flight, 1);
+    const char *at = c->in, *end = c->in + c->in_len;
+    for (int i = 0; i < N; i++) {
+        char want[40];
+        int n = snprintf(want, sizeof want, "\r\n\r\n/%03d", i);
+        const char *hit = memmem(at, (size_t)(end - at), want, (size_t)n);
+        assert_non_null(hit);
+        at = hit + n;
+    }
     t_free(t);
 }
 
@@ -1333,6 +1395,8 @@ int main(void)
         cmocka_unit_test(test_chunked_body),
         cmocka_unit_test(test_keep_alive_sequential),
         cmocka_unit_test(test_pipelining),
+        cmocka_unit_test(test_immediate_response_written_in_respond),
+        cmocka_unit_test(test_pipelined_burst_answered_immediately),
         cmocka_unit_test(test_deferred_response),
         cmocka_unit_test(test_http10_closes),
         cmocka_unit_test(test_http10_keep_alive),
