@@ -11,7 +11,7 @@
 -- applies through Raft. Everything else is this file's job:
 --
 -- Routing. PUT, GET and DELETE /kv/:key work on any node. The node that gets
--- the request forwards it (clusterkit.http.request, a keep-alive client) to the
+-- the request forwards it (ck:request: clusterkit.http.request, keep-alive, HTTPS on a TLS cluster) to the
 -- key's primary, or handles it itself when it is the primary. GET ?stale=1 may
 -- be answered by any owner (this node first when it owns the key). When the
 -- table is changing (the primary just died, a partition is being copied) the
@@ -56,7 +56,7 @@ local storage = require "kv.storage"
 -- seq clock (the public API only has a monotonic clock, which is per host).
 local time_ms = require("clusterkit.core").time_ms
 
-local json, http = clusterkit.json, clusterkit.http
+local json = clusterkit.json
 local format, floor, max, tonumber = string.format, math.floor, math.max, tonumber
 
 local M = {}
@@ -242,7 +242,7 @@ function Store:_fanout(nodes, need, timeout, make, judge)
     clusterkit.spawn(function()
       local req = make(n)
       req.timeout = timeout
-      local res, err = http.request(req)
+      local res, err = self.ck:request(req)
       if judge(n, res, err) then oks = oks + 1 end
       done = done + 1
       answered:signal()
@@ -268,7 +268,7 @@ function Store:_replicate(part, replicas, key, value, epoch, seq, need, deadline
   local newer, stale = nil, nil
   local timeout = math.min(self.replication_timeout, math.max(0.05, (deadline_ms - wall_ms()) / 1000))
   local acks = self:_fanout(replicas, need, timeout, function(n)
-    return {method = value and "PUT" or "DELETE", url = "http://" .. n.http_addr .. "/internal/kv/" .. escape(key),
+    return {method = value and "PUT" or "DELETE", url = self.ck:url(n, "/internal/kv/" .. escape(key)),
             headers = headers, body = value}
   end, function(n, res, err)
     if res and res.status == 200 then return true end
@@ -400,7 +400,7 @@ function Store:_read(key, stale)
     local need, newer = floor(#owners / 2), nil
     local path = format("/internal/kv-epoch/%d?epoch=%d", p.index, p.epoch)
     local confirmed = self:_fanout(replicas, need, self.replication_timeout, function(n)
-      return {url = "http://" .. n.http_addr .. path, headers = self:_auth_headers()}
+      return {url = self.ck:url(n, path), headers = self:_auth_headers()}
     end, function(_, res)
       if res and res.status == 409 then
         local x = error_of(res)
@@ -448,8 +448,8 @@ function Store:_at(n, method, key, body, stale, timeout, epoch, deadline_ms)
     headers["X-KV-Epoch"], headers["X-KV-Deadline"] = format("%d", epoch), format("%d", deadline_ms)
     timeout = math.max(0.05, (deadline_ms - wall_ms()) / 1000)
   end
-  local res, err = http.request {
-    method = method, url = "http://" .. n.http_addr .. "/kv/" .. escape(key) .. (stale and "?stale=1" or ""),
+  local res, err = self.ck:request {
+    method = method, url = self.ck:url(n, "/kv/" .. escape(key) .. (stale and "?stale=1" or "")),
     headers = headers, body = method == "PUT" and body or nil, timeout = timeout,
   }
   if not res then
@@ -518,9 +518,9 @@ end
 function Store:_fetch(index, id, epoch, gen, partial, dropped)
   local addr = self:_addr(id)
   if not addr then return false end
-  local res, err = http.request {
-    url = format("http://%s/internal/partition/%d?epoch=%d%s%s", addr, index, epoch,
-      partial and "&partial=1" or "", partial and dropped and "&dropped=1" or ""),
+  local res, err = self.ck:request {
+    url = self.ck:url(addr, format("/internal/partition/%d?epoch=%d%s%s", index, epoch,
+      partial and "&partial=1" or "", partial and dropped and "&dropped=1" or "")),
     headers = self:_auth_headers(), timeout = self.replication_timeout,
   }
   if not res or res.status ~= 200 then

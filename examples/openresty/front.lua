@@ -14,8 +14,11 @@ local cjson = require "cjson.safe"
 
 local M = {}
 
-function M.init(addrs)
-  M.client = rck.follow {addrs = addrs, wait = 30}
+-- addrs: "host:port,..." or "https://host:port,..."; tls_name: for HTTPS,
+-- the name the nodes' certificates are checked against ("" for plain HTTP).
+function M.init(addrs, tls_name)
+  M.client = rck.follow {addrs = addrs, wait = 30,
+                         tls = tls_name and tls_name ~= "" and {server_name = tls_name} or nil}
 end
 
 local function fail(status, code, message)

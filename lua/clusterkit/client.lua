@@ -115,7 +115,9 @@ end
 -- reached over HTTPS), and tls, a core.tls_context{role = "client", ca =,
 -- cert =, key =} that trusts the cluster's CA (and presents a client
 -- certificate when the nodes require one); resty.clusterkit verifies with
--- nginx's lua_ssl_trusted_certificate instead.
+-- nginx's lua_ssl_trusted_certificate instead, and there tls is a table
+-- {server_name = "..."}: the name to check the nodes' certificates against
+-- (nginx matches DNS names only, so nodes reached by IP need one).
 -- Returns the client, or nil, err (INVALID).
 function M.new(opts, ctx)
   opts = opts or {}

@@ -343,6 +343,34 @@ function Node:me()
   return v.by_id[self.id] or public_node(self:_my_entry())
 end
 
+--- The URL of `path` on member `n` (a node table from the cluster, or its
+-- "host:port"): https when this node serves HTTPS (TLS_CERT; a cluster is
+-- TLS throughout), else http. For calls between members of an application.
+function Node:url(n, path)
+  local addr = type(n) == "table" and (n.http_addr or n.ip) or n
+  if type(addr) ~= "string" or addr == "" then
+    error("clusterkit: url: member must be a node table or a host:port string", 2)
+  end
+  return self.scheme .. "://" .. addr .. (path or "")
+end
+
+--- clusterkit.http.request as the node makes its own calls to members: on a
+-- TLS cluster with this node's client context (the cluster's CA, and its
+-- certificate for peers that verify clients) unless opts.tls is given.
+-- Returns the response, or nil, err.
+function Node:request(opts)
+  if type(opts) ~= "table" then
+    error("clusterkit: request: options must be a table", 2)
+  end
+  if opts.tls == nil and self._tls_client then
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.tls = self._tls_client
+    opts = o
+  end
+  return require("clusterkit.httpc").request(opts)
+end
+
 --- Waits until the state index exceeds `index` (at most `timeout`
 -- seconds, default 30). Returns the new index, or nil, err (TIMEOUT).
 function Node:wait_for_change(index, timeout)

@@ -130,9 +130,13 @@ function M.request(opts)
     end
     local reused = (sock:getreusedtimes() or 0) > 0
     if scheme == "https" and not reused then
-      -- Verified against lua_ssl_trusted_certificate (nginx.conf) and the
-      -- URL's host; a pooled connection is already past its handshake.
-      local sess, serr = sock:sslhandshake(nil, host, true)
+      -- Verified against lua_ssl_trusted_certificate (nginx.conf) and a
+      -- name: opts.tls.server_name when given, else the URL's host. nginx
+      -- checks names only (X509_check_host), never IP SANs, so nodes
+      -- reached by IP need a name their certificates carry. A pooled
+      -- connection is already past its handshake.
+      local name = opts.tls and opts.tls.server_name or host
+      local sess, serr = sock:sslhandshake(nil, name, true)
       if not sess then
         sock:close()
         return nil, errors.new("CONNECT", format("TLS with %s:%d: %s", host, port, tostring(serr)))

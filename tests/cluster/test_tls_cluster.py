@@ -228,3 +228,36 @@ def test_expired_certificate_stops_ckrun_with_the_reason(ck, certs):
     assert code not in (None, 0)
     text = n.log_text()
     assert "TLS_CERT" in text and "expired" in text and "expired.pem" in text
+
+
+def test_an_application_calls_its_members_over_tls(ck, certs, tls_client):
+    """examples/kv on a mutual-TLS cluster: writes forwarded to the primary, replicated to the replicas and copied to a joining owner all go over HTTPS through ck:url and ck:request (they were plain http:// before, and every one failed)."""
+    kv_app = os.path.join(SRC, "examples", "kv", "app.lua")
+    env = dict(tls_env(certs), REPLICATION_FACTOR="2", PARTITION_COUNT="8", REBALANCE_DELAY="1")
+    c = Cluster(ck, env=env, args=[kv_app])
+    n1, n2 = c.start(2)
+    c.wait_converged()
+    keys = ["k%d" % i for i in range(16)]
+    for i, k in enumerate(keys):  # On n1 whatever the owner: some are forwarded to n2.
+        def put():
+            r = n1.request("PUT", "/kv/" + k, body=b"v%d" % i)
+            if r.status == 503:
+                return False  # A partition still being copied.
+            assert r.status == 200, (k, r.status, r.body)
+            return True
+        wait_for(put, what="the write of %s" % k)
+    for i, k in enumerate(keys):
+        r = n2.request("GET", "/kv/" + k)
+        assert r.status == 200 and r.body == b"v%d" % i, (k, r.status, r.body)
+    # A third owner joins and copies its partitions from the others over TLS.
+    n3 = c.add(join=n1)
+    c.wait_converged()
+
+    def served_by_n3():
+        for i, k in enumerate(keys):
+            r = n3.request("GET", "/kv/" + k + "?stale=1")
+            if r.status != 200:
+                return False
+            assert r.body == b"v%d" % i, (k, r.body)
+        return True
+    wait_for(served_by_n3, what="n3 to serve every key after its copies")

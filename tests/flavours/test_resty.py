@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 
 import pytest
@@ -27,7 +28,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "cluster"))
 
-from ckharness import HOST, SOURCE_DIR, ck, free_port, http_request  # noqa: E402,F401,F811  (ck: the fixture)
+from ckharness import HOST, SOURCE_DIR, ck, free_port, http_request, use_tls_client  # noqa: E402,F401,F811  (ck: the fixture)
 from ckcluster import Cluster, key_routes, wait_for  # noqa: E402
 
 NGINX = os.environ.get("NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
@@ -48,12 +49,16 @@ pytestmark = pytest.mark.skipif(not HAVE_NGINX,
 
 
 class Front:
-    def __init__(self, tmp_path, ck_addr):
+    def __init__(self, tmp_path, ck_addr, tls_ca=None, tls_name=None):
         self.port = free_port()
-        self.prefix = os.path.join(str(tmp_path), "nginx")
-        self.log = open(os.path.join(str(tmp_path), "nginx.out"), "w")
+        self.prefix = os.path.join(str(tmp_path), "nginx-%d" % self.port)
+        self.log = open(self.prefix + ".out", "w")
         env = dict(os.environ, NGINX_BIN=NGINX, NGINX_MODULES=MODULES)
         env.pop("NGINX", None)  # nginx reads NGINX as inherited sockets
+        if tls_ca:
+            env["CK_TLS_CA"] = tls_ca
+        if tls_name:
+            env["CK_TLS_NAME"] = tls_name
         self.proc = subprocess.Popen([RUN, self.prefix, "%s:%d" % (HOST, self.port), ck_addr], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -89,8 +94,8 @@ class Front:
 def front(tmp_path):
     made = []
 
-    def make(addr):
-        f = Front(tmp_path, addr)
+    def make(addr, **kw):
+        f = Front(tmp_path, addr, **kw)
         made.append(f)
         FRONTS.append(f)
         return f
@@ -167,3 +172,60 @@ def test_nginx_routes_each_key_to_its_primary_and_follows_a_kill(ck, front):
         r = f.request("PUT", "/kv/" + urllib.parse.quote(k, safe=""), body=b"w%d" % i)
         assert r.status == 200, (k, r.status, r.body)
     f.alive()
+
+
+@pytest.fixture(scope="module")
+def certs():
+    """The test CA and certificates, in a directory of their own outside
+    pytest's (0700) tmp: nginx's workers run as nobody when the master is
+    root, and they load lua_ssl_trusted_certificate themselves."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    d = tempfile.mkdtemp(prefix="ck-resty-certs-")
+    try:
+        os.chmod(d, 0o755)
+        subprocess.run(["sh", os.path.join(SOURCE_DIR, "tests", "tls", "mkcerts.sh"), d], check=True)
+        for name in ("ca.pem", "rogue-ca.pem"):
+            os.chmod(os.path.join(d, name), 0o644)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_nginx_follows_and_proxies_an_https_cluster(ck, front, certs):
+    """resty.clusterkit over HTTPS: the cosocket handshake verifies the nodes' certificates with lua_ssl_trusted_certificate against CK_TLS_NAME (the nodes are reached by IP), nginx follows the table and proxies /kv over TLS to each key's primary; a front that trusts another CA never gets a table."""
+    ca = os.path.join(certs, "ca.pem")
+    use_tls_client(ca, os.path.join(certs, "client.pem"), os.path.join(certs, "client.key"))
+    try:
+        env = {"REPLICATION_FACTOR": "2", "PARTITION_COUNT": "16", "REBALANCE_DELAY": "1",
+               "HASH_ALGORITHM": "md5", "TLS_CERT": os.path.join(certs, "node.pem"),
+               "TLS_KEY": os.path.join(certs, "node.key"), "TLS_CA": ca}
+        c = Cluster(ck, env=env, args=[KV_APP])
+        n1, n2, n3 = c.start(3)
+        c.wait_converged()
+        assert n1.url.startswith("https://"), n1.url
+        f = front("https://" + n1.http_addr, tls_ca=ca, tls_name="localhost")
+        routes = wait_for(lambda: front_agrees(f, n1), WAIT, what=Why("nginx's table (over HTTPS) to match n1's"))
+        for i, k in enumerate(KEYS[:16]):
+            q = "/kv/" + urllib.parse.quote(k, safe="")
+
+            def put():
+                r = f.request("PUT", q, body=b"s%d" % i)
+                if r.status == 503 and b"SYNCING" in r.body:
+                    return False  # A new owner still copying the partition (examples/kv).
+                assert r.status == 200, (k, r.status, r.body, f.error_log())
+                return True
+            wait_for(put, WAIT, what="the write of %r through nginx" % k)
+            g = f.request("GET", q)
+            assert g.status == 200 and g.body == b"s%d" % i, (k, g.status, g.body)
+            assert g.headers["X-KV-Served-By"] == routes[k][0], (k, g.headers, routes[k])
+
+        # Another CA: every handshake fails verification, so no table ever.
+        bad = front("https://" + n1.http_addr, tls_ca=os.path.join(certs, "rogue-ca.pem"), tls_name="localhost")
+        wait_for(lambda: bad.alive() and "lua ssl certificate verify error" in bad.error_log(), WAIT,
+                 what="the front that trusts another CA to log its failed handshakes")
+        r = bad.request("GET", "/route?key=user:1")
+        assert r.status == 503 and b"NOT_READY" in r.body, (r.status, r.body)
+        f.alive()
+    finally:
+        use_tls_client(None)
