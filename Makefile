@@ -23,6 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages needed to build and test (LuaJIT handled separately).
 PACKAGES := build-essential cmake pkg-config libuv1-dev libraft-dev libssl-dev node-llhttp \
             lua-cjson-dev lua-cjson libcmocka-dev lua-busted lua-check luarocks git python3 python3-pytest openssl \
+            clang-format \
             clang libclang-rt-14-dev iptables iproute2 chromium chromium-driver
 
 # The peers the benchmarks run beside clusterkit in the same run (make bench).
@@ -32,7 +33,7 @@ BENCH_PACKAGES := wrk nginx-light etcd-server
 # cgroup-v1 hosts, see tests/deploy/run.sh) and the base-image builder.
 DEPLOY_PACKAGES := podman runc debootstrap curl
 
-.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy test-rock rock bench lint clean
+.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy test-rock rock bench lint format clean
 
 all: build
 
@@ -130,8 +131,18 @@ rock:
 bench: build bench-deps
 	tests/bench/run.sh $(BUILD)
 
+# The C sources against the committed .clang-format (Debian 12's
+# clang-format 14), and luacheck on every Lua file. `make format` rewrites the
+# C sources in place.
+C_FORMAT_FILES = $(wildcard runtime/*.c runtime/*.h tests/unit/*.c tests/bench/*.c tests/fuzz/*.c)
+
 lint: deps
 	luacheck lua tests examples
+	clang-format --dry-run --Werror $(C_FORMAT_FILES)
+	@echo "lint: luacheck and clang-format clean ($(words $(C_FORMAT_FILES)) C files)"
+
+format: deps
+	clang-format -i $(C_FORMAT_FILES)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

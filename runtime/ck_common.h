@@ -12,19 +12,19 @@
 #include <stdint.h>
 
 enum {
-    CK_EINVAL = -20001,  /* Bad argument or malformed input. */
-    CK_ENOMEM,           /* Out of memory. */
-    CK_ECORRUPT,         /* Encoded data failed validation. */
-    CK_ETOOBIG,          /* Input exceeds a configured limit. */
-    CK_ENOTFOUND,        /* No such node, partition or request. */
-    CK_ENOTLEADER,       /* The operation needs the raft leader. */
-    CK_ECLOSED,          /* The object is closing or closed. */
-    CK_ENOTREADY,        /* The cluster state is not initialised yet. */
-    CK_ERAFT,            /* A raft error: see the object's errmsg. */
-    CK_ECANCELED,        /* The request was cancelled by a close. */
-    CK_EBUSY,            /* Another operation of the kind is in progress. */
-    CK_ECONFLICT,        /* A compare of a KV transaction did not hold. */
-    CK_ECOMPACTED,       /* The history asked for is no longer kept. */
+    CK_EINVAL = -20001, /* Bad argument or malformed input. */
+    CK_ENOMEM,          /* Out of memory. */
+    CK_ECORRUPT,        /* Encoded data failed validation. */
+    CK_ETOOBIG,         /* Input exceeds a configured limit. */
+    CK_ENOTFOUND,       /* No such node, partition or request. */
+    CK_ENOTLEADER,      /* The operation needs the raft leader. */
+    CK_ECLOSED,         /* The object is closing or closed. */
+    CK_ENOTREADY,       /* The cluster state is not initialised yet. */
+    CK_ERAFT,           /* A raft error: see the object's errmsg. */
+    CK_ECANCELED,       /* The request was cancelled by a close. */
+    CK_EBUSY,           /* Another operation of the kind is in progress. */
+    CK_ECONFLICT,       /* A compare of a KV transaction did not hold. */
+    CK_ECOMPACTED,      /* The history asked for is no longer kept. */
 };
 
 /* A readable description of a clusterkit or libuv error code. */

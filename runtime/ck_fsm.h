@@ -30,11 +30,11 @@ struct ck_fsm {
      * by replaying its log on restart); treating ENOMEM like a refused
      * command would let one replica skip what the others applied. */
     void (*on_fatal)(struct ck_fsm *f, int code, uint64_t index);
-    uint64_t applied;                    /* Commands applied (accepted or not). */
-    uint64_t log_bytes;                  /* Bytes of commands applied since the last snapshot. */
-    uint64_t snapshot_bytes;             /* Size of the last snapshot taken or restored. */
-    uint64_t rejected;                   /* Commands the state refused. */
-    struct ck_hist apply_time;           /* Time spent in ck_state_apply, per command. */
+    uint64_t applied;          /* Commands applied (accepted or not). */
+    uint64_t log_bytes;        /* Bytes of commands applied since the last snapshot. */
+    uint64_t snapshot_bytes;   /* Size of the last snapshot taken or restored. */
+    uint64_t rejected;         /* Commands the state refused. */
+    struct ck_hist apply_time; /* Time spent in ck_state_apply, per command. */
 };
 
 /* Set up @fsm (version 1) over @f; @f->raft must be set before raft starts. */

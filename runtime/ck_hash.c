@@ -132,12 +132,12 @@ uint64_t ck_hash_fnv1a64(const void *data, size_t len)
 
 /* One step: a = b + ((a + f(b,c,d) + X[k] + T[i]) <<< s). The message word
  * and constant are added first, off the chain through b. */
-#define MD5_STEP(f, a, b, c, d, xk, t, s)               \
-    do {                                                \
-        (a) += (xk) + (uint32_t)(t);                    \
-        (a) += f((b), (c), (d));                        \
-        (a) = MD5_ROTL((a), (s));                       \
-        (a) += (b);                                     \
+#define MD5_STEP(f, a, b, c, d, xk, t, s) \
+    do {                                  \
+        (a) += (xk) + (uint32_t)(t);      \
+        (a) += f((b), (c), (d));          \
+        (a) = MD5_ROTL((a), (s));         \
+        (a) += (b);                       \
     } while (0)
 
 static inline uint32_t md5_load32le(const unsigned char *p)

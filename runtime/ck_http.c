@@ -103,48 +103,90 @@ void ck_http_limits_default(struct ck_http_limits *l)
 const char *ck_http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 422: return "Unprocessable Entity";
-    case 425: return "Too Early";
-    case 426: return "Upgrade Required";
-    case 428: return "Precondition Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Entity";
+    case 425:
+        return "Too Early";
+    case 426:
+        return "Upgrade Required";
+    case 428:
+        return "Precondition Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -339,12 +381,12 @@ static int parser_on_header_value_complete(llhttp_t *ll)
     return 0;
 }
 
-static bool header_is(const struct ck_http_parser *p, const struct ck_http_hspan *s,
-                      const char *name, const char *value)
+static bool header_is(const struct ck_http_parser *p, const struct ck_http_hspan *s, const char *name,
+                      const char *value)
 {
     size_t nl = strlen(name), vl = strlen(value);
-    return s->name_len == nl && strncasecmp(p->arena + s->name_off, name, nl) == 0 &&
-           s->value_len == vl && strncasecmp(p->arena + s->value_off, value, vl) == 0;
+    return s->name_len == nl && strncasecmp(p->arena + s->name_off, name, nl) == 0 && s->value_len == vl &&
+           strncasecmp(p->arena + s->value_off, value, vl) == 0;
 }
 
 /* Pauses, so that ck_http_parser_feed() learns where the header section
@@ -370,8 +412,7 @@ static int parser_headers_done(struct ck_http_parser *p, const char *end)
     }
     /* A declared body over the limit is refused now, before the client
      * sends it (and before any 100 Continue). */
-    if ((ll->flags & F_CONTENT_LENGTH) && !(ll->flags & F_CHUNKED) &&
-        ll->content_length > p->limits->max_body_size) {
+    if ((ll->flags & F_CONTENT_LENGTH) && !(ll->flags & F_CHUNKED) && ll->content_length > p->limits->max_body_size) {
         parser_fail(p, 413, "BODY_TOO_LARGE", "request body too large");
         return -1;
     }
@@ -513,8 +554,7 @@ void ck_http_parser_free(struct ck_http_parser *p)
     p->arena_cap = p->headers_cap = 0;
 }
 
-enum ck_http_event ck_http_parser_feed(struct ck_http_parser *p, const char *data, size_t len,
-                                       size_t *consumed)
+enum ck_http_event ck_http_parser_feed(struct ck_http_parser *p, const char *data, size_t len, size_t *consumed)
 {
     *consumed = 0;
     if (p->err_status != 0)
@@ -650,13 +690,11 @@ static char *put_dec(char *w, uint64_t v)
     return w;
 }
 
-int ck_http_format_response(char **buf, size_t *cap, int status,
-                            const struct ck_http_header *headers, size_t n_headers,
-                            const void *body, size_t body_len, unsigned *flags,
-                            size_t *out_len)
+int ck_http_format_response(char **buf, size_t *cap, int status, const struct ck_http_header *headers, size_t n_headers,
+                            const void *body, size_t body_len, unsigned *flags, size_t *out_len)
 {
-    if (status < 100 || status > 999 || (n_headers > 0 && headers == NULL) ||
-        (body_len > 0 && body == NULL) || body_len > UINT32_MAX / 2)
+    if (status < 100 || status > 999 || (n_headers > 0 && headers == NULL) || (body_len > 0 && body == NULL) ||
+        body_len > UINT32_MAX / 2)
         return CK_EINVAL;
 
     unsigned f = *flags;
@@ -698,8 +736,7 @@ int ck_http_format_response(char **buf, size_t *cap, int status,
     w = PUT_LIT(w, "\r\n");
     for (size_t i = 0; i < n_headers; i++) {
         const struct ck_http_header *h = &headers[i];
-        if (name_is(h, "content-length") || name_is(h, "transfer-encoding") ||
-            name_is(h, "connection"))
+        if (name_is(h, "content-length") || name_is(h, "transfer-encoding") || name_is(h, "connection"))
             continue;
         w = put(w, h->name, h->name_len);
         w = PUT_LIT(w, ": ");
@@ -743,14 +780,12 @@ static void json_escape(char *out, size_t cap, const char *s)
     out[o] = '\0';
 }
 
-int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, const char *msg,
-                         size_t *out_len)
+int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, const char *msg, size_t *out_len)
 {
     char esc_code[64], esc_msg[256], body[400];
     json_escape(esc_code, sizeof(esc_code), code);
     json_escape(esc_msg, sizeof(esc_msg), msg);
-    int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
-                     esc_code, esc_msg);
+    int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", esc_code, esc_msg);
     if (n < 0 || (size_t)n >= sizeof(body))
         return CK_EINVAL;
     static const char ct_name[] = "Content-Type", ct_value[] = "application/json";
@@ -772,7 +807,7 @@ int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, 
 #define CK_HTTP_PENDING_MAX (64 * 1024)
 /* The server's shared read buffer. */
 #define CK_HTTP_READ_BUF (64 * 1024)
-#define CK_HTTP_SPARES 64                      /* Big buffers kept per server... */
+#define CK_HTTP_SPARES 64                       /* Big buffers kept per server... */
 #define CK_HTTP_SPARE_BYTES (64u * 1024 * 1024) /* ...holding at most this much. */
 
 enum conn_state {
@@ -803,13 +838,13 @@ struct ck_http_conn {
     struct ck_http_parser parser;
     enum conn_state state;
     enum conn_timer timer_kind;
-    int open_handles;  /* Freed when both tcp and timer have closed. */
+    int open_handles; /* Freed when both tcp and timer have closed. */
     bool reading;
-    bool rejected;     /* Over max_connections: only a 503 is written. */
+    bool rejected; /* Over max_connections: only a 503 is written. */
     bool close_after_write;
-    char *pend;        /* Received but not yet parsed (pipelined) bytes. */
+    char *pend; /* Received but not yet parsed (pipelined) bytes. */
     size_t pend_off, pend_len, pend_cap;
-    char *wbuf;        /* Reused response buffer. */
+    char *wbuf; /* Reused response buffer. */
     size_t wbuf_cap;
     /* HTTPS: the session (NULL for plain HTTP) and the ciphertext of the
      * response in flight (the handshake, 100-continue and alerts go out in
@@ -845,8 +880,8 @@ struct ck_http_server {
     size_t spare_cap[CK_HTTP_SPARES];
     unsigned n_spare;
     size_t spare_bytes;
-    SSL_CTX *tls;      /* New connections speak TLS with it when set. */
-    char *plain;       /* TLS: decrypted input, CK_HTTP_READ_BUF bytes. */
+    SSL_CTX *tls; /* New connections speak TLS with it when set. */
+    char *plain;  /* TLS: decrypted input, CK_HTTP_READ_BUF bytes. */
     char tls_error[384];
 };
 
@@ -935,8 +970,7 @@ static void conn_on_timer(uv_timer_t *t)
         }
         {
             size_t len;
-            if (ck_http_format_error(&c->wbuf, &c->wbuf_cap, 408, "TIMEOUT", "request timed out",
-                                     &len) != 0) {
+            if (ck_http_format_error(&c->wbuf, &c->wbuf_cap, 408, "TIMEOUT", "request timed out", &len) != 0) {
                 conn_close(c);
                 return;
             }
@@ -1437,8 +1471,7 @@ static void server_on_connection(uv_stream_t *listener, int status)
 /* ------------------------------------------------------------------------ */
 
 struct ck_http_server *ck_http_server_new(uv_loop_t *loop, const struct ck_http_limits *limits,
-                                          ck_http_request_cb on_request,
-                                          ck_http_abort_cb on_abort, void *data)
+                                          ck_http_request_cb on_request, ck_http_abort_cb on_abort, void *data)
 {
     if (loop == NULL || on_request == NULL)
         return NULL;
@@ -1503,8 +1536,8 @@ static struct ck_http_conn *conn_of(struct ck_http_request *req)
     return (struct ck_http_conn *)((char *)req - offsetof(struct ck_http_conn, parser.req));
 }
 
-int ck_http_respond(struct ck_http_request *req, int status, const struct ck_http_header *headers,
-                    size_t n_headers, const void *body, size_t body_len)
+int ck_http_respond(struct ck_http_request *req, int status, const struct ck_http_header *headers, size_t n_headers,
+                    const void *body, size_t body_len)
 {
     if (req == NULL)
         return CK_EINVAL;
@@ -1527,8 +1560,7 @@ int ck_http_respond(struct ck_http_request *req, int status, const struct ck_htt
         s->spare_bytes -= c->wbuf_cap;
     }
     size_t len;
-    int rc = ck_http_format_response(&c->wbuf, &c->wbuf_cap, status, headers, n_headers, body,
-                                     body_len, &flags, &len);
+    int rc = ck_http_format_response(&c->wbuf, &c->wbuf_cap, status, headers, n_headers, body, body_len, &flags, &len);
     /* The request is consumed either way: its strings may have been the
      * response's source, so the arena is reset only now. */
     ck_http_parser_next(p);

@@ -51,22 +51,22 @@ struct ck_http_header {
 };
 
 struct ck_http_request {
-    void *data;                    /* Owner's slot; the server never touches it. */
+    void *data; /* Owner's slot; the server never touches it. */
     struct ck_http_server *server;
-    uint64_t id;                   /* Unique per server, increasing. */
-    const char *method;            /* "GET", ... (NUL-terminated). */
+    uint64_t id;        /* Unique per server, increasing. */
+    const char *method; /* "GET", ... (NUL-terminated). */
     size_t method_len;
-    const char *path;              /* Raw URL path, not percent-decoded (NUL-terminated). */
+    const char *path; /* Raw URL path, not percent-decoded (NUL-terminated). */
     size_t path_len;
-    const char *query;             /* Raw query after '?', without it; "" if none (NUL-terminated). */
+    const char *query; /* Raw query after '?', without it; "" if none (NUL-terminated). */
     size_t query_len;
     const struct ck_http_header *headers; /* Names as sent; values trimmed. */
     size_t n_headers;
-    const char *body;              /* Decoded body (chunked is de-chunked); "" if none. */
+    const char *body; /* Decoded body (chunked is de-chunked); "" if none. */
     size_t body_len;
     unsigned short http_major, http_minor;
-    bool keep_alive;               /* What the client asked for. */
-    char remote_addr[64];          /* "ip:port" of the peer. */
+    bool keep_alive;      /* What the client asked for. */
+    char remote_addr[64]; /* "ip:port" of the peer. */
 };
 
 /* Called with each complete request. */
@@ -83,21 +83,18 @@ struct ck_http_stats {
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* Over max_connections. */
     uint64_t connections_active;
-    uint64_t requests;             /* Handed to the request callback. */
-    uint64_t responses;            /* Written, including the server's own errors. */
-    uint64_t bad_requests;         /* Rejected by the parser or by a limit. */
+    uint64_t requests;     /* Handed to the request callback. */
+    uint64_t responses;    /* Written, including the server's own errors. */
+    uint64_t bad_requests; /* Rejected by the parser or by a limit. */
     uint64_t timeouts;
-    uint64_t tls_handshakes;       /* TLS connections that completed the handshake. */
-    uint64_t tls_failures;         /* TLS connections refused: handshake or record errors. */
+    uint64_t tls_handshakes; /* TLS connections that completed the handshake. */
+    uint64_t tls_failures;   /* TLS connections refused: handshake or record errors. */
 };
 
 /* Create a server on @loop. @limits may be NULL for the defaults. @data is the
  * owner's pointer, returned by ck_http_server_data(). Returns NULL on ENOMEM. */
-struct ck_http_server *ck_http_server_new(uv_loop_t *loop,
-                                          const struct ck_http_limits *limits,
-                                          ck_http_request_cb on_request,
-                                          ck_http_abort_cb on_abort,
-                                          void *data);
+struct ck_http_server *ck_http_server_new(uv_loop_t *loop, const struct ck_http_limits *limits,
+                                          ck_http_request_cb on_request, ck_http_abort_cb on_abort, void *data);
 
 void *ck_http_server_data(const struct ck_http_server *s);
 
@@ -111,12 +108,8 @@ int ck_http_server_listen(struct ck_http_server *s, const char *host, int port, 
  * the connection will close, "Connection: close". @status must be 100..999.
  * Returns 0, or CK_EINVAL for a bad status or header (CR/LF in a name or value).
  * On any return @req is consumed and must not be used again. */
-int ck_http_respond(struct ck_http_request *req,
-                    int status,
-                    const struct ck_http_header *headers,
-                    size_t n_headers,
-                    const void *body,
-                    size_t body_len);
+int ck_http_respond(struct ck_http_request *req, int status, const struct ck_http_header *headers, size_t n_headers,
+                    const void *body, size_t body_len);
 
 /* Stop listening, close every connection (aborting requests in flight through
  * the abort callback) and free the server; then call @cb (may be NULL) with the

@@ -59,9 +59,9 @@ struct ck_http_parser {
     size_t body_off, body_len;
     size_t trailer_bytes; /* Chunked trailers are counted and dropped. */
 
-    uint64_t fed;        /* Bytes consumed since init. */
-    uint64_t msg_start;  /* Value of fed where the current request began. */
-    const char *chunk;   /* Start of the buffer being executed (for positions). */
+    uint64_t fed;       /* Bytes consumed since init. */
+    uint64_t msg_start; /* Value of fed where the current request began. */
+    const char *chunk;  /* Start of the buffer being executed (for positions). */
 
     bool expect_continue; /* Client sent "Expect: 100-continue" and a body is due. */
     bool must_close;      /* No request may follow this one (keep-alive off, upgrade). */
@@ -80,8 +80,7 @@ void ck_http_parser_free(struct ck_http_parser *p);
 /* Parse @data. Sets *@consumed to the bytes used and returns the event (see
  * the top of this file). Must not be called while a request is pending
  * (phase CK_HTTP_DONE) before ck_http_parser_next(). */
-enum ck_http_event ck_http_parser_feed(struct ck_http_parser *p, const char *data, size_t len,
-                                       size_t *consumed);
+enum ck_http_event ck_http_parser_feed(struct ck_http_parser *p, const char *data, size_t len, size_t *consumed);
 
 /* Forget the current request and resume parsing. Shrinks an arena that a big
  * request grew, so that idle connections stay small. */
@@ -102,14 +101,11 @@ enum {
  * 1xx, 204 and 304 responses carry neither Content-Length nor body.
  * Returns 0 and the length in *@out_len, CK_EINVAL (nothing written, *@flags
  * unchanged) or CK_ENOMEM. */
-int ck_http_format_response(char **buf, size_t *cap, int status,
-                            const struct ck_http_header *headers, size_t n_headers,
-                            const void *body, size_t body_len, unsigned *flags,
-                            size_t *out_len);
+int ck_http_format_response(char **buf, size_t *cap, int status, const struct ck_http_header *headers, size_t n_headers,
+                            const void *body, size_t body_len, unsigned *flags, size_t *out_len);
 
 /* Serialize the server's own JSON error response
  * {"error":{"code":@code,"message":@msg}} with "Connection: close". */
-int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, const char *msg,
-                         size_t *out_len);
+int ck_http_format_error(char **buf, size_t *cap, int status, const char *code, const char *msg, size_t *out_len);
 
 #endif /* CK_HTTP_INTERNAL_H */

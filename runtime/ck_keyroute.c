@@ -50,8 +50,7 @@ void ck_keyroute_reset(struct ck_keyroute *kr)
 int ck_keyroute_prime(struct ck_keyroute *kr, uint64_t index, const struct ck_hasher *hasher)
 {
     kr->primed = false;
-    if (hasher->partitions == 0 || hasher->partitions > CK_MAX_PARTITIONS ||
-        ck_hash_algo_name(hasher->algo) == NULL) {
+    if (hasher->partitions == 0 || hasher->partitions > CK_MAX_PARTITIONS || ck_hash_algo_name(hasher->algo) == NULL) {
         return CK_EINVAL;
     }
     drop_tails(kr);
@@ -67,8 +66,7 @@ int ck_keyroute_prime(struct ck_keyroute *kr, uint64_t index, const struct ck_ha
     return 0;
 }
 
-int ck_keyroute_put(struct ck_keyroute *kr, uint64_t index, uint32_t partition, const char *tail,
-                    size_t len)
+int ck_keyroute_put(struct ck_keyroute *kr, uint64_t index, uint32_t partition, const char *tail, size_t len)
 {
     if (!kr->primed || index != kr->index) {
         return CK_ENOTREADY;
@@ -158,15 +156,32 @@ size_t ck_keyroute_json_string(const char *s, size_t len, char *out)
         unsigned char c = (unsigned char)s[i];
         const char *esc = NULL;
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '/': esc = "\\/"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        default: break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '/':
+            esc = "\\/";
+            break;
+        case '\b':
+            esc = "\\b";
+            break;
+        case '\f':
+            esc = "\\f";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        default:
+            break;
         }
         if (esc != NULL) {
             out[o++] = esc[0];
@@ -232,8 +247,8 @@ static bool has_header(const struct ck_http_request *req, const char *name, size
     return false;
 }
 
-bool ck_keyroute_answer(struct ck_keyroute *kr, const struct ck_http_request *req,
-                        const char **body, size_t *len, const char **etag, size_t *etag_len)
+bool ck_keyroute_answer(struct ck_keyroute *kr, const struct ck_http_request *req, const char **body, size_t *len,
+                        const char **etag, size_t *etag_len)
 {
     if (req->path_len != kr->path_len || memcmp(req->path, kr->path, kr->path_len) != 0) {
         return false;

@@ -38,7 +38,7 @@ struct ck_keyroute_tail {
 };
 
 struct ck_keyroute {
-    char path[64];  /* The route ("/partitions/key"). */
+    char path[64]; /* The route ("/partitions/key"). */
     size_t path_len;
     bool primed;    /* False: every request passes to Lua. */
     uint64_t index; /* State index of the cached tails. */
@@ -71,15 +71,14 @@ int ck_keyroute_prime(struct ck_keyroute *kr, uint64_t index, const struct ck_ha
  * state @index. Returns 0; CK_ENOTREADY (an index other than the primed one,
  * or not primed: nothing is kept); CK_EINVAL (partition out of range, or a tail
  * that does not end the object); CK_ENOMEM. */
-int ck_keyroute_put(struct ck_keyroute *kr, uint64_t index, uint32_t partition, const char *tail,
-                    size_t len);
+int ck_keyroute_put(struct ck_keyroute *kr, uint64_t index, uint32_t partition, const char *tail, size_t len);
 
 /* Answer @req if it is this route's and the fast path can: returns true and
  * sets the body and the ETag (valid until the next call on @kr).
  * Returns false when the request is not the route's, or must go to Lua (then
  * it counts as passed). */
-bool ck_keyroute_answer(struct ck_keyroute *kr, const struct ck_http_request *req,
-                        const char **body, size_t *len, const char **etag, size_t *etag_len);
+bool ck_keyroute_answer(struct ck_keyroute *kr, const struct ck_http_request *req, const char **body, size_t *len,
+                        const char **etag, size_t *etag_len);
 
 /* The value of query parameter @name in the raw query @q (percent-decoded,
  * '+' as space, the last repeat winning, as the Lua router's parse_query) into

@@ -355,9 +355,9 @@ int ck_kv_decode_txn(struct ck_rbuf *r, struct ck_kv_txn *t)
         }
         /* Only a prefix may be empty (it then means every key); a create's
          * key is its owner, and renewals and destroys name no key. */
-        bool key_ok = o->type == CK_KV_DELETE_PREFIX || o->type == CK_KV_SESSION_CREATE
-                          ? true
-                          : o->type >= CK_KV_SESSION_RENEW ? o->key.len == 0 && o->number != 0 : o->key.len > 0;
+        bool key_ok = o->type == CK_KV_DELETE_PREFIX || o->type == CK_KV_SESSION_CREATE ? true
+                      : o->type >= CK_KV_SESSION_RENEW ? o->key.len == 0 && o->number != 0
+                                                       : o->key.len > 0;
         if (o->type < CK_KV_PUT || o->type > CK_KV_SESSION_DESTROY || !key_ok) {
             r->err = CK_ECORRUPT;
         }
@@ -459,11 +459,16 @@ static bool cmp_holds(const struct ck_kv *kv, const struct ck_kv_cmp *c)
         order = v < c->number ? -1 : v > c->number;
     }
     switch (c->op) {
-    case CK_KV_EQ: return order == 0;
-    case CK_KV_NE: return order != 0;
-    case CK_KV_LT: return order < 0;
-    case CK_KV_GT: return order > 0;
-    default: return false;
+    case CK_KV_EQ:
+        return order == 0;
+    case CK_KV_NE:
+        return order != 0;
+    case CK_KV_LT:
+        return order < 0;
+    case CK_KV_GT:
+        return order > 0;
+    default:
+        return false;
     }
 }
 
@@ -786,8 +791,8 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r)
         struct ck_str value = ck_r_str(r, CK_KV_MAX_VALUE);
         uint64_t create = ck_r_u64(r), mod = ck_r_u64(r), version = ck_r_u64(r), session = ck_r_u64(r);
         if (r->err != 0 || key.len == 0 || create == 0 || mod < create || version == 0 || mod > index ||
-            (next.n > 0 && key_cmp(next.entries[next.n - 1]->key, next.entries[next.n - 1]->key_len, key.p,
-                                   key.len) >= 0)) {
+            (next.n > 0 &&
+             key_cmp(next.entries[next.n - 1]->key, next.entries[next.n - 1]->key_len, key.p, key.len) >= 0)) {
             rv = CK_ECORRUPT; /* Also: keys out of order or repeated. */
             break;
         }
@@ -856,8 +861,7 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r)
 
 /* ---- History ---- */
 
-int ck_kv_events(const struct ck_kv *kv, uint64_t since, uint32_t max, const struct ck_kv_event **out,
-                 uint32_t *n)
+int ck_kv_events(const struct ck_kv *kv, uint64_t since, uint32_t max, const struct ck_kv_event **out, uint32_t *n)
 {
     *n = 0;
     if (since < kv->compacted) {

@@ -61,12 +61,12 @@
 #include "ck_buf.h"
 
 #define CK_KV_MAX_KEY 1024u
-#define CK_KV_MAX_VALUE (16u << 20)        /* Hard cap on the per-value limit. */
+#define CK_KV_MAX_VALUE (16u << 20) /* Hard cap on the per-value limit. */
 #define CK_KV_DEFAULT_MAX_VALUE (1u << 20)
 #define CK_KV_DEFAULT_MAX_BYTES (64ull << 20)
-#define CK_KV_MAX_TXN_ITEMS 128u           /* Compares, and operations, per transaction. */
+#define CK_KV_MAX_TXN_ITEMS 128u /* Compares, and operations, per transaction. */
 #define CK_KV_ENTRY_OVERHEAD 64u
-#define CK_KV_DEFAULT_HISTORY 10000u       /* Events kept for watches... */
+#define CK_KV_DEFAULT_HISTORY 10000u              /* Events kept for watches... */
 #define CK_KV_DEFAULT_HISTORY_BYTES (16ull << 20) /* ...and at most this many bytes of them. */
 
 enum ck_kv_target {
@@ -114,8 +114,8 @@ struct ck_kv_entry {
 /* A change, as watches see it. For a delete, value is empty and the
  * indexes and version are the deleted entry's. */
 struct ck_kv_event {
-    uint64_t index;   /* Raft index of the transaction. */
-    uint8_t type;     /* CK_KV_PUT or CK_KV_DELETE. */
+    uint64_t index; /* Raft index of the transaction. */
+    uint8_t type;   /* CK_KV_PUT or CK_KV_DELETE. */
     struct ck_kv_entry e;
 };
 
@@ -123,8 +123,8 @@ struct ck_kv {
     struct ck_kv_entry **entries; /* Sorted by key. */
     uint32_t n;
     uint32_t cap;
-    uint64_t bytes;  /* Keys + values + CK_KV_ENTRY_OVERHEAD per entry. */
-    uint64_t index;  /* Raft index of the last change (0: never changed). */
+    uint64_t bytes;                 /* Keys + values + CK_KV_ENTRY_OVERHEAD per entry. */
+    uint64_t index;                 /* Raft index of the last change (0: never changed). */
     struct ck_kv_session *sessions; /* Sorted by id. */
     uint32_t n_sessions;
     uint32_t cap_sessions;
@@ -134,9 +134,9 @@ struct ck_kv {
     uint32_t ev_head;
     uint32_t ev_n;
     uint64_t ev_bytes;
-    uint32_t history;        /* Limits of the ring. */
+    uint32_t history; /* Limits of the ring. */
     uint64_t history_bytes;
-    uint64_t compacted;      /* Events with index <= compacted may be gone. */
+    uint64_t compacted; /* Events with index <= compacted may be gone. */
 };
 
 /* A decoded transaction: views into the encoded buffer, which must outlive it. */
@@ -150,10 +150,10 @@ struct ck_kv_cmp {
 
 struct ck_kv_op {
     uint8_t type;
-    struct ck_str key;   /* The owner for SESSION_CREATE. */
+    struct ck_str key; /* The owner for SESSION_CREATE. */
     struct ck_str value;
-    uint64_t number;     /* PUT: the session (0: none); SESSION_CREATE: the TTL
-                          * in ms; RENEW, DESTROY: the session id. */
+    uint64_t number; /* PUT: the session (0: none); SESSION_CREATE: the TTL
+                      * in ms; RENEW, DESTROY: the session id. */
 };
 
 struct ck_kv_txn {
@@ -207,7 +207,6 @@ int ck_kv_restore(struct ck_kv *kv, struct ck_rbuf *r);
  * of them (at least 1), and then the rest of the last one's transaction, so
  * that a watcher may resume after its index. Returns 0, or CK_ECOMPACTED
  * when some event after @since is no longer kept. */
-int ck_kv_events(const struct ck_kv *kv, uint64_t since, uint32_t max, const struct ck_kv_event **out,
-                 uint32_t *n);
+int ck_kv_events(const struct ck_kv *kv, uint64_t since, uint32_t max, const struct ck_kv_event **out, uint32_t *n);
 
 #endif /* CK_KV_H */

@@ -36,8 +36,7 @@ struct ck_node {
     uint64_t close_deadline;                /* Loop time when close stops waiting for writes. */
     /* raft_uv's append, interposed to see failed log writes (see
      * node_io_append), and the callbacks of the writes in flight. */
-    int (*io_append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned,
-                     raft_io_append_cb);
+    int (*io_append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned, raft_io_append_cb);
     struct {
         struct raft_io_append *req;
         raft_io_append_cb cb;
@@ -52,15 +51,15 @@ struct ck_node {
     uint64_t resends;
     raft_io_tick_cb raft_tick;
     raft_io_recv_cb raft_recv;
-    struct ck_hist commit_time;    /* Leader: raft_apply to raft's apply callback (ck_node_counters). */
+    struct ck_hist commit_time; /* Leader: raft_apply to raft's apply callback (ck_node_counters). */
     uint64_t elections, elections_won;
     uint64_t votes_after_lease; /* RequestVotes let through by ck_node_vote_lease_over. */
     uint64_t leaders_lost;      /* Leaders whose connection closed (node_on_peer_closed). */
     raft_id lost_leader;        /* That leader, until it is heard from again or the term moves. */
     raft_term lost_term;
-    int counted_state;             /* raft's state when node_count_elections last looked. */
+    int counted_state; /* raft's state when node_count_elections last looked. */
     bool failed, failed_reported;
-    uint64_t last_watch; /* Loop time of the last watch tick (stall detection). */
+    uint64_t last_watch;  /* Loop time of the last watch tick (stall detection). */
     struct ck_node *next; /* In node_list. */
     unsigned pending_closes;
     bool transport_inited, io_inited, raft_inited, started, closing, dirty, kv_dirty;
@@ -98,19 +97,26 @@ struct node_req {
 static int node_err(int rv)
 {
     switch (rv) {
-    case 0: return 0;
-    case RAFT_NOMEM: return CK_ENOMEM;
+    case 0:
+        return 0;
+    case RAFT_NOMEM:
+        return CK_ENOMEM;
     case RAFT_NOTLEADER:
-    case RAFT_LEADERSHIPLOST: return CK_ENOTLEADER;
+    case RAFT_LEADERSHIPLOST:
+        return CK_ENOTLEADER;
     case RAFT_CANCELED:
-    case RAFT_SHUTDOWN: return CK_ECANCELED;
+    case RAFT_SHUTDOWN:
+        return CK_ECANCELED;
     case RAFT_BADID:
     case RAFT_BADROLE:
     case RAFT_DUPLICATEID:
     case RAFT_DUPLICATEADDRESS:
-    case RAFT_NOTFOUND: return CK_EINVAL;
-    case RAFT_CANTCHANGE: return CK_EBUSY;
-    default: return CK_ERAFT;
+    case RAFT_NOTFOUND:
+        return CK_EINVAL;
+    case RAFT_CANTCHANGE:
+        return CK_EBUSY;
+    default:
+        return CK_ERAFT;
     }
 }
 
@@ -359,8 +365,8 @@ static void node_io_tick(struct raft_io *io)
  * (say the candidate alone lost its link) refuses as before, and pre-vote
  * keeps such a candidate from bumping anyone's term. Leaders and candidates
  * are left alone: raft's own checks apply to them. */
-bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now,
-                             raft_time last_contact, unsigned election_timeout)
+bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now, raft_time last_contact,
+                             unsigned election_timeout)
 {
     return state == RAFT_FOLLOWER && leader != 0 &&
            (leader_closed || (now >= last_contact && now - last_contact >= election_timeout));
@@ -499,13 +505,13 @@ static int node_io_send(struct raft_io *io, struct raft_io_send *req, const stru
 {
     struct ck_node *n = node_of_io(io);
     switch (message->type) {
-        case RAFT_IO_REQUEST_VOTE:
-        case RAFT_IO_REQUEST_VOTE_RESULT:
-        case RAFT_IO_APPEND_ENTRIES_RESULT:
-        case RAFT_IO_TIMEOUT_NOW:
-            break;
-        default:
-            return n->io_send(io, req, message, cb);
+    case RAFT_IO_REQUEST_VOTE:
+    case RAFT_IO_REQUEST_VOTE_RESULT:
+    case RAFT_IO_APPEND_ENTRIES_RESULT:
+    case RAFT_IO_TIMEOUT_NOW:
+        break;
+    default:
+        return n->io_send(io, req, message, cb);
     }
     struct node_send *s = calloc(1, sizeof *s);
     char *address = message->server_address ? strdup(message->server_address) : NULL;
@@ -611,12 +617,18 @@ struct ck_node *ck_node_new(uv_loop_t *loop, const struct ck_node_options *o, ck
     n->data = data;
     n->seen_state = -1;
     n->counted_state = RAFT_UNAVAILABLE;
-    if (n->opts.election_timeout_ms == 0) n->opts.election_timeout_ms = 300;
-    if (n->opts.heartbeat_timeout_ms == 0) n->opts.heartbeat_timeout_ms = 50;
-    if (n->opts.watch_interval_ms == 0) n->opts.watch_interval_ms = 20;
-    if (n->opts.segment_size == 0) n->opts.segment_size = 1024 * 1024;
-    if (n->opts.snapshot_threshold == 0) n->opts.snapshot_threshold = 8192;
-    if (n->opts.snapshot_trailing == 0) n->opts.snapshot_trailing = 128;
+    if (n->opts.election_timeout_ms == 0)
+        n->opts.election_timeout_ms = 300;
+    if (n->opts.heartbeat_timeout_ms == 0)
+        n->opts.heartbeat_timeout_ms = 50;
+    if (n->opts.watch_interval_ms == 0)
+        n->opts.watch_interval_ms = 20;
+    if (n->opts.segment_size == 0)
+        n->opts.segment_size = 1024 * 1024;
+    if (n->opts.snapshot_threshold == 0)
+        n->opts.snapshot_threshold = 8192;
+    if (n->opts.snapshot_trailing == 0)
+        n->opts.snapshot_trailing = 128;
     size_t dlen = strlen(o->data_dir ? o->data_dir : ".") + sizeof "/raft";
     n->dir = malloc(dlen);
     n->raft_addr = node_strdup(o->raft_addr);
@@ -774,8 +786,8 @@ int ck_node_start(struct ck_node *n)
      * still fails in raft_start below. Hostnames are not probed. */
     const char *listen_addr = n->raft_bind ? n->raft_bind : n->raft_addr;
     if ((rv = node_probe_listen(listen_addr)) != 0) {
-        snprintf(n->errmsg, sizeof n->errmsg, "raft start on %s: listen on %s: %s", n->raft_addr,
-                 listen_addr, uv_strerror(rv));
+        snprintf(n->errmsg, sizeof n->errmsg, "raft start on %s: listen on %s: %s", n->raft_addr, listen_addr,
+                 uv_strerror(rv));
         return CK_ERAFT; /* The same error raft_start gives, earlier. */
     }
     if ((rv = mkdir_p(n->dir)) != 0) {
@@ -1059,8 +1071,8 @@ static void node_on_transfer(struct raft_transfer *req)
 enum { CHANGE_ADD, CHANGE_ASSIGN, CHANGE_REMOVE, CHANGE_TRANSFER };
 
 /* One membership request; the public wrappers below only pick the kind. */
-static int node_change(struct ck_node *n, int kind, uint64_t id, const char *address, int role,
-                       ck_node_change_cb cb, void *data)
+static int node_change(struct ck_node *n, int kind, uint64_t id, const char *address, int role, ck_node_change_cb cb,
+                       void *data)
 {
     static const char *const names[] = {"raft add", "raft assign", "raft remove", "raft transfer"};
     struct node_req *c;
@@ -1313,8 +1325,8 @@ int ck_node_recover(const char *dir, uint64_t id, const char *address, unsigned 
     uv_loop_t loop;
     struct raft_uv_transport transport;
     struct raft_io io;
-    struct raft_fsm fsm = {.version = 1, .apply = recover_fsm_apply, .snapshot = recover_fsm_snapshot,
-                           .restore = recover_fsm_restore};
+    struct raft_fsm fsm = {
+        .version = 1, .apply = recover_fsm_apply, .snapshot = recover_fsm_snapshot, .restore = recover_fsm_restore};
     struct raft r;
     struct raft_configuration conf;
     bool closed = false;

@@ -83,37 +83,38 @@ typedef void (*ck_node_apply_cb)(void *data, int status, uint64_t index);
 typedef void (*ck_node_change_cb)(void *data, int status);
 
 struct ck_node_options {
-    const char *data_dir;            /* Raft files go to <data_dir>/raft (created). */
-    const char *raft_addr;           /* "host:port" peers use to reach us; host may be a name. */
-    const char *raft_bind;           /* Optional "host:port" to bind instead. */
-    const char *token;               /* Cluster token: raft connections must prove it (see ck_transport.h). */
-    unsigned handshake_timeout_ms;   /* Raft connection handshake bound. Default 3000. */
+    const char *data_dir;          /* Raft files go to <data_dir>/raft (created). */
+    const char *raft_addr;         /* "host:port" peers use to reach us; host may be a name. */
+    const char *raft_bind;         /* Optional "host:port" to bind instead. */
+    const char *token;             /* Cluster token: raft connections must prove it (see ck_transport.h). */
+    unsigned handshake_timeout_ms; /* Raft connection handshake bound. Default 3000. */
     /* Optional TLS for raft (ck_transport.h): both or neither. The node takes
      * its own references; ck_node_set_tls replaces them (SIGHUP). */
     SSL_CTX *tls_server;
     SSL_CTX *tls_client;
-    uint64_t raft_id;                /* Non-zero. */
-    bool bootstrap;                  /* Bootstrap a one-voter cluster if pristine. */
-    unsigned election_timeout_ms;    /* Default 300. */
-    unsigned heartbeat_timeout_ms;   /* Default 50. */
-    unsigned watch_interval_ms;      /* Raft role/leader polling. Default 20. */
-    size_t segment_size;             /* Preallocated segment bytes. Default 1 MiB (each rollover costs a pause of tens of ms; raft keeps 3 prepared). */
-    unsigned snapshot_threshold;     /* Entries between snapshots, default 8192; sooner by
-                                      * bytes, see node_tune_snapshots in ck_node.c. */
-    unsigned snapshot_trailing;      /* Default 128. */
+    uint64_t raft_id;              /* Non-zero. */
+    bool bootstrap;                /* Bootstrap a one-voter cluster if pristine. */
+    unsigned election_timeout_ms;  /* Default 300. */
+    unsigned heartbeat_timeout_ms; /* Default 50. */
+    unsigned watch_interval_ms;    /* Raft role/leader polling. Default 20. */
+    size_t segment_size; /* Preallocated segment bytes. Default 1 MiB (each rollover costs a pause of tens of ms; raft
+                            keeps 3 prepared). */
+    unsigned snapshot_threshold; /* Entries between snapshots, default 8192; sooner by
+                                  * bytes, see node_tune_snapshots in ck_node.c. */
+    unsigned snapshot_trailing;  /* Default 128. */
 };
 
 struct ck_raft_info {
-    int state;              /* RAFT_FOLLOWER, ... */
+    int state; /* RAFT_FOLLOWER, ... */
     uint64_t term;
-    uint64_t leader_id;     /* 0 if unknown. */
-    const char *leader_addr;/* NULL if unknown. */
+    uint64_t leader_id;      /* 0 if unknown. */
+    const char *leader_addr; /* NULL if unknown. */
     uint64_t commit_index;
     uint64_t last_applied;
     uint64_t last_index;
     uint64_t snapshot_index;
     unsigned voters, standbys, spares;
-    int my_role;            /* RAFT_VOTER/STANDBY/SPARE, or -1 if not in the configuration. */
+    int my_role; /* RAFT_VOTER/STANDBY/SPARE, or -1 if not in the configuration. */
 };
 
 /* New raft connections use these contexts from now on (the open ones keep
@@ -160,8 +161,8 @@ void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out);
  * last_contact (raft time, ms) may answer a vote request at now: the
  * leader's lease, election_timeout long, is over, or the leader closed its
  * connection (see node_io_recv). Pure, exposed for tests. */
-bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now,
-                             raft_time last_contact, unsigned election_timeout);
+bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now, raft_time last_contact,
+                             unsigned election_timeout);
 
 /* The raft configuration as raft currently has it (committed or not). */
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n);

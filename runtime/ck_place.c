@@ -43,16 +43,16 @@
 struct place {
     uint32_t P, w, n;
     const struct ck_place_node *nodes;
-    uint16_t *rows;   /* P * w */
-    uint8_t *cnt;     /* owners per row */
-    uint32_t *held;   /* slots per node */
-    uint32_t *quota;  /* slot quota per node */
+    uint16_t *rows;      /* P * w */
+    uint8_t *cnt;        /* owners per row */
+    uint32_t *held;      /* slots per node */
+    uint32_t *quota;     /* slot quota per node */
     uint32_t *qlo, *qhi; /* floor and ceiling a node's quota may take */
     const uint16_t *cur;
     uint32_t cw;
-    uint32_t *zidx;   /* node -> dense zone index, 0 .. zones-1 */
-    uint32_t zones;   /* distinct zones among nodes */
-    uint32_t zmax;    /* max owners of one zone per row */
+    uint32_t *zidx; /* node -> dense zone index, 0 .. zones-1 */
+    uint32_t zones; /* distinct zones among nodes */
+    uint32_t zmax;  /* max owners of one zone per row */
 };
 
 /* ------------------------------------------------------------------------
@@ -165,8 +165,8 @@ out:
     free(cand);
 }
 
-void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask,
-                     uint64_t total, uint32_t cap, uint32_t *out)
+void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask, uint64_t total, uint32_t cap,
+                     uint32_t *out)
 {
     quotas(nodes, n, mask, total, cap, NULL, out, NULL, NULL);
 }
@@ -192,7 +192,8 @@ static void quotas_zone_fit(struct place *s)
             int64_t from = -1, to = -1;
             for (uint32_t i = 0; i < s->n; i++) {
                 bool paid = s->held[i] <= s->qlo[i];
-                if (s->zidx[i] == z && s->quota[i] > s->qlo[i] && (from < 0 || (paid && s->held[from] > s->qlo[from]))) {
+                if (s->zidx[i] == z && s->quota[i] > s->qlo[i] &&
+                    (from < 0 || (paid && s->held[from] > s->qlo[from]))) {
                     from = i;
                 }
                 if (s->zidx[i] != z && s->quota[i] < s->qhi[i] && total[s->zidx[i]] < cap &&
@@ -319,21 +320,21 @@ static uint64_t fill_rand(uint64_t *state)
 }
 
 struct fill_state {
-    uint8_t *base;      /* Row -> owners kept by phase 0 (fill appends after). */
-    uint32_t *frows;    /* Rows that got a slot in this phase, in order. */
+    uint8_t *base;   /* Row -> owners kept by phase 0 (fill appends after). */
+    uint32_t *frows; /* Rows that got a slot in this phase, in order. */
     uint32_t n_frows;
-    uint32_t *under;    /* Nodes under quota (refreshed per search). */
+    uint32_t *under; /* Nodes under quota (refreshed per search). */
     uint32_t n_under;
     uint32_t *mark, gen; /* Per (row, slot) search state: row * w + slot. */
-    uint32_t *par;      /* State -> the state it hands its node to. */
+    uint32_t *par;       /* State -> the state it hands its node to. */
     uint32_t *queue;
     uint32_t *ns_start, *ns_list, *ns_fill; /* New slots per node (CSR). */
-    uint64_t budget;    /* Row visits left for all searches. */
-    uint16_t *deck;     /* One card per slot a node under quota needs. */
-    size_t n_deck, pos; /* Cards before pos are dealt (or stale). */
-    uint64_t *zrem;     /* Cards left (from pos on) per zone. */
-    uint32_t *avail;    /* Rows still to fill that lack the node, or NULL. */
-    bool trouble;       /* A node went over quota, or a zone that fits broke. */
+    uint64_t budget;                        /* Row visits left for all searches. */
+    uint16_t *deck;                         /* One card per slot a node under quota needs. */
+    size_t n_deck, pos;                     /* Cards before pos are dealt (or stale). */
+    uint64_t *zrem;                         /* Cards left (from pos on) per zone. */
+    uint32_t *avail;                        /* Rows still to fill that lack the node, or NULL. */
+    bool trouble;                           /* A node went over quota, or a zone that fits broke. */
     uint64_t seed;
 };
 
@@ -382,7 +383,7 @@ static int chain_visit(struct place *s, struct fill_state *fs, uint32_t p, uint3
     uint32_t q = st / w, kq = st % w;
     fs->mark[st] = fs->gen;
     fs->par[st] = cur;
-    for (uint32_t j = 0; j < fs->n_under && *left > 0; j++) {
+    for (uint32_t j = 0; j<fs->n_under && * left> 0; j++) {
         uint16_t u = (uint16_t)fs->under[j];
         (*left)--;
         if (!fill_fits(s, q, u, (int)kq, strict)) {
@@ -624,8 +625,7 @@ static void fill_step(struct place *s, struct fill_state *fs, uint32_t p, bool z
     int64_t over = -1;
     for (uint32_t x = 0; x < s->n; x++) {
         if (!row_has(s, p, (uint16_t)x) &&
-            (over < 0 ||
-             (uint64_t)s->held[x] * (s->quota[over] + 1) < (uint64_t)s->held[over] * (s->quota[x] + 1))) {
+            (over < 0 || (uint64_t)s->held[x] * (s->quota[over] + 1) < (uint64_t)s->held[over] * (s->quota[x] + 1))) {
             over = x;
         }
     }
@@ -653,12 +653,12 @@ static void fill_step(struct place *s, struct fill_state *fs, uint32_t p, bool z
 
 struct repair {
     uint32_t V, Z;
-    uint32_t *vrow;           /* Rows with room. */
-    uint8_t *used;            /* V x n: the node fills a slot of the row. */
-    uint8_t *zuse, *zcap;     /* V x Z: new owners per zone, and room. */
-    uint8_t *su, *vac;        /* Per row: slots filled, slots empty at first. */
-    uint32_t *cap;            /* Per node: target count this round. */
-    int32_t *prev;            /* BFS: vertex -> previous vertex. */
+    uint32_t *vrow;       /* Rows with room. */
+    uint8_t *used;        /* V x n: the node fills a slot of the row. */
+    uint8_t *zuse, *zcap; /* V x Z: new owners per zone, and room. */
+    uint8_t *su, *vac;    /* Per row: slots filled, slots empty at first. */
+    uint32_t *cap;        /* Per node: target count this round. */
+    int32_t *prev;        /* BFS: vertex -> previous vertex. */
     uint32_t *queue;
 };
 
@@ -793,8 +793,8 @@ static void fill_repair(struct place *s, const uint8_t *base, bool zones_strict)
     rp.prev = malloc(((size_t)rp.V * (rp.Z + 1) + n + 1) * sizeof *rp.prev);
     rp.queue = malloc(((size_t)rp.V * (rp.Z + 1) + n + 1) * sizeof *rp.queue);
     if (save_rows == NULL || save_cnt == NULL || save_held == NULL || rp.vrow == NULL || rp.used == NULL ||
-        rp.zuse == NULL || rp.zcap == NULL || rp.su == NULL || rp.vac == NULL || rp.cap == NULL ||
-        rp.prev == NULL || rp.queue == NULL) {
+        rp.zuse == NULL || rp.zcap == NULL || rp.su == NULL || rp.vac == NULL || rp.cap == NULL || rp.prev == NULL ||
+        rp.queue == NULL) {
         goto out;
     }
     memcpy(save_rows, s->rows, (size_t)s->P * w * sizeof *save_rows);
@@ -992,8 +992,8 @@ out:
  * zone with the most slots (@zload): few rows have room for such a zone, so
  * it takes the row while it can, and nodes of sparser zones, which fit
  * almost anywhere, take the others. -1 if none. */
-static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_under, uint32_t p, int k,
-                             bool strict, const uint64_t *zload)
+static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_under, uint32_t p, int k, bool strict,
+                             const uint64_t *zload)
 {
     int64_t best = -1;
     for (uint32_t i = 0; i < n_under; i++) {
@@ -1004,8 +1004,7 @@ static int64_t pick_receiver(struct place *s, const uint32_t *under, uint32_t n_
         if (!strict) {
             return u;
         }
-        if (zone_count(s, p, s->zidx[u], k) < s->zmax &&
-            (best < 0 || zload[s->zidx[u]] > zload[s->zidx[best]])) {
+        if (zone_count(s, p, s->zidx[u], k) < s->zmax && (best < 0 || zload[s->zidx[u]] > zload[s->zidx[best]])) {
             best = u;
         }
     }
@@ -1214,12 +1213,12 @@ static void place_unstick(struct place *s)
 
 struct zone_state {
     uint64_t *total, *over;
-    uint32_t *vrows, n_vrows;   /* Rows over zmax at the start. */
-    uint32_t *nrows, n_nrows;   /* Rows with a new slot. */
-    uint32_t **room, *n_room;   /* Per zone, when few: rows with room for it. */
+    uint32_t *vrows, n_vrows; /* Rows over zmax at the start. */
+    uint32_t *nrows, n_nrows; /* Rows with a new slot. */
+    uint32_t **room, *n_room; /* Per zone, when few: rows with room for it. */
     uint32_t room_cap, n_lists;
-    uint8_t *room_state;        /* 0: not built, 1: built, 2: too many rows. */
-    uint64_t budget;            /* Row visits left for all searches. */
+    uint8_t *room_state; /* 0: not built, 1: built, 2: too many rows. */
+    uint64_t budget;     /* Row visits left for all searches. */
 };
 
 #define ZONE_MAX_LISTS 16
@@ -1424,37 +1423,37 @@ static void place_zones(struct place *s)
      * each retries every failed search). */
     bool progress = true;
     for (int round = 0; round < 3 && progress && zs.budget > 0; round++) {
-    progress = false;
-    for (uint32_t v = 0; v < zs.n_vrows && zs.budget > 0; v++) {
-        uint32_t p = zs.vrows[v];
-        bool swapped = true;
-        while (swapped && zs.budget > 0) {
-            swapped = false;
-            for (int pass = 0; pass < (costly ? 2 : 1) && !swapped; pass++) {
-                for (uint32_t k = s->cnt[p]; k-- > 0 && zs.budget > 0 && !swapped;) {
-                    uint32_t za = s->zidx[row(s, p)[k]];
-                    uint64_t cap = (uint64_t)s->P * s->zmax;
-                    uint64_t surplus = zs.total[za] > cap ? zs.total[za] - cap : 0;
-                    if (zs.over[za] <= surplus || zone_count(s, p, za, -1) <= s->zmax) {
-                        continue;
+        progress = false;
+        for (uint32_t v = 0; v < zs.n_vrows && zs.budget > 0; v++) {
+            uint32_t p = zs.vrows[v];
+            bool swapped = true;
+            while (swapped && zs.budget > 0) {
+                swapped = false;
+                for (int pass = 0; pass < (costly ? 2 : 1) && !swapped; pass++) {
+                    for (uint32_t k = s->cnt[p]; k-- > 0 && zs.budget > 0 && !swapped;) {
+                        uint32_t za = s->zidx[row(s, p)[k]];
+                        uint64_t cap = (uint64_t)s->P * s->zmax;
+                        uint64_t surplus = zs.total[za] > cap ? zs.total[za] - cap : 0;
+                        if (zs.over[za] <= surplus || zone_count(s, p, za, -1) <= s->zmax) {
+                            continue;
+                        }
+                        /* Partners: free swaps among the rows this computation
+                         * touched (a swap with an untouched row is free only if
+                         * it undoes a move of p), then rows with room for a's
+                         * zone. */
+                        uint32_t n_room = 0;
+                        const uint32_t *room = pass == 0 ? NULL : zone_room(s, &zs, za, &n_room);
+                        if (pass == 0) {
+                            swapped = zone_swap(s, &zs, p, k, zs.nrows, zs.n_nrows, true);
+                        } else {
+                            swapped = room != NULL ? zone_swap(s, &zs, p, k, room, n_room, false)
+                                                   : zone_swap(s, &zs, p, k, NULL, s->P - 1, false);
+                        }
+                        progress |= swapped;
                     }
-                    /* Partners: free swaps among the rows this computation
-                     * touched (a swap with an untouched row is free only if
-                     * it undoes a move of p), then rows with room for a's
-                     * zone. */
-                    uint32_t n_room = 0;
-                    const uint32_t *room = pass == 0 ? NULL : zone_room(s, &zs, za, &n_room);
-                    if (pass == 0) {
-                        swapped = zone_swap(s, &zs, p, k, zs.nrows, zs.n_nrows, true);
-                    } else {
-                        swapped = room != NULL ? zone_swap(s, &zs, p, k, room, n_room, false)
-                                               : zone_swap(s, &zs, p, k, NULL, s->P - 1, false);
-                    }
-                    progress |= swapped;
                 }
             }
         }
-    }
     }
 out:
     for (uint32_t z = 0; zs.room != NULL && z < s->zones; z++) {
@@ -1484,17 +1483,17 @@ out:
  * ------------------------------------------------------------------------ */
 
 struct prim_state {
-    int32_t *prim;      /* Row -> slot of its primary, -1: none yet. */
+    int32_t *prim; /* Row -> slot of its primary, -1: none yet. */
     bool *lead;
-    uint32_t *pq, *pc;  /* Primary quota and count per node. */
+    uint32_t *pq, *pc; /* Primary quota and count per node. */
     /* Augmenting-path search: rows per node (CSR), BFS marks and queue. */
     uint32_t *start, *list;
     uint32_t *mark, *from, *via, *queue, *src;
     uint32_t gen;
-    uint64_t budget;    /* Row visits left for all searches together. */
+    uint64_t budget;     /* Row visits left for all searches together. */
     uint32_t *plo, *phi; /* Bounds of each primary quota (see quotas()). */
-    bool *has_old;      /* The node holds a slot it held before. */
-    uint64_t ledrows;   /* Rows with an owner that may lead. */
+    bool *has_old;       /* The node holds a slot it held before. */
+    uint64_t ledrows;    /* Rows with an owner that may lead. */
 };
 
 /* Primary quotas: the weighted shares of the rows that have an owner able to
@@ -1548,8 +1547,7 @@ static bool prim_augment(struct place *s, struct prim_state *ps, const uint32_t 
                 continue;
             }
             uint16_t x = row(s, q)[ps->prim[q]];
-            if (x == y || !ps->lead[x] || ps->mark[x] == ps->gen ||
-                (promote_only && !cur_has(s, q, (uint16_t)y))) {
+            if (x == y || !ps->lead[x] || ps->mark[x] == ps->gen || (promote_only && !cur_has(s, q, (uint16_t)y))) {
                 continue;
             }
             ps->mark[x] = ps->gen;

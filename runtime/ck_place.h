@@ -66,20 +66,20 @@ struct ck_place_node {
 struct ck_place_input {
     uint32_t partitions;
     uint32_t replication;
-    uint32_t n_nodes;                   /* Holders, 0..65534, sorted by id. */
+    uint32_t n_nodes; /* Holders, 0..65534, sorted by id. */
     const struct ck_place_node *nodes;
-    const uint16_t *current;            /* partitions * current_width node indexes, CK_NO_NODE = empty; or NULL. */
+    const uint16_t *current; /* partitions * current_width node indexes, CK_NO_NODE = empty; or NULL. */
     uint32_t current_width;
     bool failover_only;
 };
 
 struct ck_place_result {
     uint32_t width;
-    uint16_t *rows;         /* partitions * width, primary first; malloc'd, free with ck_place_free. */
-    uint32_t moved_slots;   /* (partition, node) slots that are new. */
+    uint16_t *rows;       /* partitions * width, primary first; malloc'd, free with ck_place_free. */
+    uint32_t moved_slots; /* (partition, node) slots that are new. */
     uint32_t moved_primaries;
-    uint32_t min_moves;     /* The fewest new slots that reach balanced counts from the current table
-                             * (each node's need, not which rows have room): moved_slots >= min_moves. */
+    uint32_t min_moves; /* The fewest new slots that reach balanced counts from the current table
+                         * (each node's need, not which rows have room): moved_slots >= min_moves. */
 };
 
 /* Returns 0, CK_EINVAL for bad input, or CK_ENOMEM. */
@@ -89,7 +89,7 @@ void ck_place_free(struct ck_place_result *r);
 /* The weighted quotas: out[i] = node i's share of @total, within one of
  * total * weight_i / sum(weights), each at most @cap; sums to @total when the
  * caps allow. Pure helper, exposed for tests. */
-void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask,
-                     uint64_t total, uint32_t cap, uint32_t *out);
+void ck_place_quotas(const struct ck_place_node *nodes, uint32_t n, const bool *mask, uint64_t total, uint32_t cap,
+                     uint32_t *out);
 
 #endif

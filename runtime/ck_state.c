@@ -150,9 +150,8 @@ static int r_init_payload(struct ck_rbuf *r, struct ck_cmd_init *c)
     if (r->err != 0) {
         return r->err;
     }
-    if (c->cluster_id.len == 0 || c->partitions == 0 || c->partitions > CK_MAX_PARTITIONS ||
-        c->replication == 0 || c->replication > CK_MAX_REPLICATION ||
-        ck_hash_algo_name(c->hash_algo) == NULL || c->hash_tags > 1) {
+    if (c->cluster_id.len == 0 || c->partitions == 0 || c->partitions > CK_MAX_PARTITIONS || c->replication == 0 ||
+        c->replication > CK_MAX_REPLICATION || ck_hash_algo_name(c->hash_algo) == NULL || c->hash_tags > 1) {
         return CK_EINVAL;
     }
     return 0;
@@ -196,8 +195,8 @@ static int r_table_payload(struct ck_rbuf *r, struct ck_cmd_table *c)
     if (r->err != 0) {
         return r->err;
     }
-    if (c->partitions == 0 || c->partitions > CK_MAX_PARTITIONS || c->width == 0 ||
-        c->width > CK_MAX_REPLICATION || c->n_ids > CK_MAX_NODES) {
+    if (c->partitions == 0 || c->partitions > CK_MAX_PARTITIONS || c->width == 0 || c->width > CK_MAX_REPLICATION ||
+        c->n_ids > CK_MAX_NODES) {
         return CK_EINVAL;
     }
     if (c->n_ids > 0) {
@@ -469,8 +468,7 @@ static int node_from_cmd(struct ck_node_info *n, const struct ck_cmd_node *c)
     n->status_since_ms = c->time_ms;
     n->n_services = c->n_services;
     n->services = c->n_services ? calloc(c->n_services, sizeof *n->services) : NULL;
-    bool ok = n->id && n->name && n->http_addr && n->raft_addr && n->zone &&
-              (c->n_services == 0 || n->services);
+    bool ok = n->id && n->name && n->http_addr && n->raft_addr && n->zone && (c->n_services == 0 || n->services);
     for (uint32_t i = 0; ok && i < c->n_services; i++) {
         n->services[i].name = ck_str_dup(c->services[2 * i]);
         n->services[i].addr = ck_str_dup(c->services[2 * i + 1]);
@@ -744,8 +742,8 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
     ck_w_u64(w, s->table_index);
     ck_w_u8(w, cfg->initialized);
     if (cfg->initialized) {
-        struct ck_cmd_init init = {sv(cfg->cluster_id), sv(cfg->name), cfg->partitions,
-                                   cfg->replication, (uint8_t)cfg->hasher.algo, cfg->hasher.tags};
+        struct ck_cmd_init init = {sv(cfg->cluster_id),       sv(cfg->name),   cfg->partitions, cfg->replication,
+                                   (uint8_t)cfg->hasher.algo, cfg->hasher.tags};
         w_init_payload(w, &init);
     }
     ck_w_u32(w, s->n_nodes);

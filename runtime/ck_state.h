@@ -50,7 +50,7 @@
 #define CK_MAX_NODES 4096u
 #define CK_MAX_REPLICATION 16u
 #define CK_MAX_SERVICES 64u
-#define CK_MAX_STR 1024u      /* Longest id, name, address or zone. */
+#define CK_MAX_STR 1024u /* Longest id, name, address or zone. */
 #define CK_NO_NODE 0xffffu
 
 enum ck_cmd_type {
@@ -120,8 +120,8 @@ struct ck_config {
 struct ck_table {
     uint32_t partitions;
     uint32_t width;
-    uint16_t *owners;  /* partitions * width */
-    uint64_t *epochs;  /* partitions; 0 = never assigned. */
+    uint16_t *owners; /* partitions * width */
+    uint64_t *epochs; /* partitions; 0 = never assigned. */
 };
 
 /* What the table's rows went through since the owner last took the record

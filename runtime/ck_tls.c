@@ -63,14 +63,13 @@ static bool check_validity(SSL_CTX *ctx, const char *path, char *err, size_t err
     char when[64];
     if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
         asn1_time_text(X509_get0_notAfter(x), when, sizeof(when));
-        snprintf(err, errlen, "TLS_CERT %s: the certificate expired on %s; renew it, then restart or send SIGHUP",
-                 path, when);
+        snprintf(err, errlen, "TLS_CERT %s: the certificate expired on %s; renew it, then restart or send SIGHUP", path,
+                 when);
         return false;
     }
     if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) {
         asn1_time_text(X509_get0_notBefore(x), when, sizeof(when));
-        snprintf(err, errlen, "TLS_CERT %s: the certificate is not valid before %s (is the clock right?)", path,
-                 when);
+        snprintf(err, errlen, "TLS_CERT %s: the certificate is not valid before %s (is the clock right?)", path, when);
         return false;
     }
     return true;
@@ -245,8 +244,7 @@ static int session_failed(struct ck_tls *t, int rv)
     const char *reason = e == SSL_ERROR_SSL ? ossl_reason() : "the connection broke off";
     ERR_clear_error();
     if (!t->handshaken && v != X509_V_OK) {
-        snprintf(t->err, sizeof(t->err), "TLS handshake failed: %s (%s)", reason,
-                 X509_verify_cert_error_string(v));
+        snprintf(t->err, sizeof(t->err), "TLS handshake failed: %s (%s)", reason, X509_verify_cert_error_string(v));
     } else {
         snprintf(t->err, sizeof(t->err), "TLS %s failed: %s", t->handshaken ? "record" : "handshake", reason);
     }
@@ -567,8 +565,8 @@ static void pump_inner_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (!p->tls.handshaken) {
         /* Kept until the handshake completes; reading goes on so that the
          * caller closing its end is noticed even if the peer never answers. */
-        char *e = p->early_len + (size_t)nread <= PUMP_EARLY_MAX ? realloc(p->early, p->early_len + (size_t)nread)
-                                                                  : NULL;
+        char *e =
+            p->early_len + (size_t)nread <= PUMP_EARLY_MAX ? realloc(p->early, p->early_len + (size_t)nread) : NULL;
         if (e == NULL) {
             pump_fail(p, "TLS: too much data before the handshake completed");
             return;

@@ -54,9 +54,9 @@ SSL_CTX *ck_tls_ctx_new(const struct ck_tls_config *c, enum ck_tls_role role, ch
 void ck_tls_ctx_describe(SSL_CTX *ctx, char *not_after, size_t na_len, char *serial, size_t s_len);
 
 enum {
-    CK_TLS_AGAIN = 0,   /* ck_tls_read: no plaintext until more input arrives. */
-    CK_TLS_EOF = -1,    /* The peer sent close_notify. */
-    CK_TLS_ERROR = -2,  /* Handshake or record failure: t->err says why. */
+    CK_TLS_AGAIN = 0,  /* ck_tls_read: no plaintext until more input arrives. */
+    CK_TLS_EOF = -1,   /* The peer sent close_notify. */
+    CK_TLS_ERROR = -2, /* Handshake or record failure: t->err says why. */
 };
 
 struct ck_tls {
@@ -64,7 +64,7 @@ struct ck_tls {
     BIO *net_in;  /* Ciphertext from the network, read by OpenSSL. */
     BIO *net_out; /* Ciphertext OpenSSL produced, for the network. */
     bool handshaken;
-    bool failed;   /* Sticky: every later read or write returns CK_TLS_ERROR with the first err. */
+    bool failed; /* Sticky: every later read or write returns CK_TLS_ERROR with the first err. */
     char err[256];
 };
 

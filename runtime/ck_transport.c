@@ -105,8 +105,8 @@ struct tr_conn {
     struct raft_uv_connect *req;
     raft_id target_id; /* Outgoing: the id raft asked for. */
     char *target;      /* Outgoing: the address raft asked for. */
-    char peer[128]; /* For log lines. */
-    char host[256]; /* Rate-limit key: the address dialled, or "from <ip>". */
+    char peer[128];    /* For log lines. */
+    char host[256];    /* Rate-limit key: the address dialled, or "from <ip>". */
     enum tr_read rd;
     unsigned char *rd_buf;
     size_t need, got;
@@ -316,7 +316,8 @@ static void tr_warn(struct tr *t, const char *host, const char *fmt, const char 
 
 static void tr_maybe_closed(struct tr *t)
 {
-    if (!t->closing || t->conns != NULL || t->n_pumps > 0 || (t->listener_inited && !t->listener_closed) || t->close_cb == NULL) {
+    if (!t->closing || t->conns != NULL || t->n_pumps > 0 || (t->listener_inited && !t->listener_closed) ||
+        t->close_cb == NULL) {
         return;
     }
     raft_uv_transport_close_cb cb = t->close_cb;
@@ -624,9 +625,11 @@ static int conn_start_tls(struct tr_conn *c, SSL_CTX *ctx, enum ck_tls_role role
     p->c = c;
     snprintf(p->host, sizeof p->host, "%s", c->host);
     snprintf(p->peer, sizeof p->peer, "%s", c->peer);
-    struct ck_tls_pump_cbs cbs = {
-        .on_error = tr_pump_error, .on_handshake = tr_pump_handshake, .on_close = tr_pump_closed,
-        .free_tcp = tr_pump_free_tcp, .data = p};
+    struct ck_tls_pump_cbs cbs = {.on_error = tr_pump_error,
+                                  .on_handshake = tr_pump_handshake,
+                                  .on_close = tr_pump_closed,
+                                  .free_tcp = tr_pump_free_tcp,
+                                  .data = p};
     int rv = ck_tls_pump_start(t->loop, (uv_tcp_t *)c->s, &o->h.pipe, ctx, role, peer, &cbs);
     if (rv != 0) {
         raft_free(o);
@@ -744,8 +747,9 @@ static void conn_process_server(struct tr_conn *c)
     switch (c->rd) {
     case RD_HELLO:
         if (memcmp(c->in, tr_magic_hello, TR_MAGIC) != 0) {
-            conn_auth_fail(c, get64(c->in) == TR_PROTOCOL ? "the peer sent raft's plain handshake: it has no cluster token"
-                                                          : "not a clusterkit raft handshake");
+            conn_auth_fail(c, get64(c->in) == TR_PROTOCOL
+                                  ? "the peer sent raft's plain handshake: it has no cluster token"
+                                  : "not a clusterkit raft handshake");
             return;
         }
         memcpy(c->nonce_c, c->in + TR_MAGIC, TR_NONCE);
@@ -884,8 +888,7 @@ static void conn_on_connect(uv_connect_t *req, int status)
     memcpy(c->out_first, tr_magic_hello, TR_MAGIC);
     memcpy(c->out_first + TR_MAGIC, c->nonce_c, TR_NONCE);
     conn_expect(c, RD_CHALLENGE, c->in, TR_CHALLENGE);
-    if (conn_write(c, &c->w_first, c->out_first, TR_HELLO) != 0 ||
-        uv_read_start(c->s, conn_alloc, conn_on_read) != 0) {
+    if (conn_write(c, &c->w_first, c->out_first, TR_HELLO) != 0 || uv_read_start(c->s, conn_alloc, conn_on_read) != 0) {
         conn_fail(c, RAFT_NOCONNECTION, NULL);
     }
 }

@@ -22,11 +22,11 @@
 #define CK_VERSION "0.0.0"
 #endif
 
-static lua_State *cb_state;  /* Dedicated thread for callbacks. */
+static lua_State *cb_state; /* Dedicated thread for callbacks. */
 static int cb_state_ref = LUA_NOREF;
 static int errhandler_ref = LUA_NOREF;
 static int traceback_ref = LUA_NOREF; /* core_traceback, made once: pushing a
-                                        * C function allocates a closure. */
+                                       * C function allocates a closure. */
 static int loop_running;
 
 /* ------------------------------------------------------------------------
@@ -628,12 +628,8 @@ static int core_ui_assets(lua_State *L)
 }
 
 static const luaL_Reg handle_methods[] = {
-    {"start", handle_start},
-    {"stop", handle_stop},
-    {"close", handle_gc_close},
-    {"unref", handle_unref},
-    {"__gc", handle_gc_close},
-    {NULL, NULL},
+    {"start", handle_start}, {"stop", handle_stop},     {"close", handle_gc_close},
+    {"unref", handle_unref}, {"__gc", handle_gc_close}, {NULL, NULL},
 };
 
 static const luaL_Reg core_funcs[] = {

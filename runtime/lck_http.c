@@ -105,15 +105,15 @@ static int lserver_new(lua_State *L)
     ck_http_limits_default(&lim);
     if (!lua_isnoneornil(L, 1)) {
         luaL_checktype(L, 1, LUA_TTABLE);
-#define LIMIT(field)                                          \
-    lua_getfield(L, 1, #field);                               \
-    if (!lua_isnil(L, -1)) {                                  \
-        lua_Number v = luaL_checknumber(L, -1);               \
-        if (v < 0) {                                          \
+#define LIMIT(field)                                                      \
+    lua_getfield(L, 1, #field);                                           \
+    if (!lua_isnil(L, -1)) {                                              \
+        lua_Number v = luaL_checknumber(L, -1);                           \
+        if (v < 0) {                                                      \
             return luaL_error(L, "http_server: " #field " must be >= 0"); \
-        }                                                     \
-        lim.field = (__typeof__(lim.field))v;                 \
-    }                                                         \
+        }                                                                 \
+        lim.field = (__typeof__(lim.field))v;                             \
+    }                                                                     \
     lua_pop(L, 1);
         LIMIT(max_header_size)
         LIMIT(max_body_size)
@@ -217,7 +217,7 @@ static int lserver_stats(lua_State *L)
     struct ck_http_stats st;
     ck_http_server_stats(b->s, &st);
     lua_createtable(L, 0, 7);
-#define STAT(f)                         \
+#define STAT(f)                          \
     lua_pushnumber(L, (lua_Number)st.f); \
     lua_setfield(L, -2, #f);
     STAT(connections_accepted)

@@ -308,10 +308,14 @@ static int lnode_transfer(lua_State *L)
 static const char *raft_state_name(int s)
 {
     switch (s) {
-    case RAFT_FOLLOWER: return "follower";
-    case RAFT_CANDIDATE: return "candidate";
-    case RAFT_LEADER: return "leader";
-    default: return "unavailable";
+    case RAFT_FOLLOWER:
+        return "follower";
+    case RAFT_CANDIDATE:
+        return "candidate";
+    case RAFT_LEADER:
+        return "leader";
+    default:
+        return "unavailable";
     }
 }
 
@@ -557,7 +561,8 @@ static struct ck_str field_str(lua_State *L, int t, const char *k, bool required
     return s;
 }
 
-static lua_Number field_num(lua_State *L, int t, const char *k, lua_Number def, lua_Number lo, lua_Number hi, const char *fn)
+static lua_Number field_num(lua_State *L, int t, const char *k, lua_Number def, lua_Number lo, lua_Number hi,
+                            const char *fn)
 {
     lua_getfield(L, t, k);
     lua_Number v = def;
@@ -965,8 +970,8 @@ static int l_encode_kv_txn(lua_State *L)
 {
     static const char *const targets[] = {"", "mod", "create", "version", "value", NULL};
     static const char *const ops[] = {"", "==", "!=", "<", ">", NULL};
-    static const char *const types[] = {"", "put", "delete", "delete_prefix", "session_create", "session_renew",
-                                        "session_destroy", NULL};
+    static const char *const types[] = {
+        "", "put", "delete", "delete_prefix", "session_create", "session_renew", "session_destroy", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     struct ck_kv_cmp cmp[CK_KV_MAX_TXN_ITEMS];
     struct ck_kv_op op[CK_KV_MAX_TXN_ITEMS];

@@ -93,8 +93,7 @@ static int l_place(lua_State *L)
         free(cur);
         return luaL_error(L, "place: %s", bad);
     }
-    struct ck_place_input in = {(uint32_t)parts, (uint32_t)repl, (uint32_t)n, nodes, cur,
-                                (uint32_t)cw, failover_only};
+    struct ck_place_input in = {(uint32_t)parts, (uint32_t)repl, (uint32_t)n, nodes, cur, (uint32_t)cw, failover_only};
     struct ck_place_result out;
     int rv = ck_place_compute(&in, &out);
     free(nodes);

@@ -134,8 +134,8 @@ static void tls_input(struct tcp_conn *c, const char *data, size_t len)
 {
     static char plain[64 * 1024];
     for (;;) {
-        ssize_t n = len > 0 && ck_tls_push(&c->tls, data, len) != 0 ? CK_TLS_ERROR
-                                                                     : ck_tls_read(&c->tls, plain, sizeof plain);
+        ssize_t n =
+            len > 0 && ck_tls_push(&c->tls, data, len) != 0 ? CK_TLS_ERROR : ck_tls_read(&c->tls, plain, sizeof plain);
         len = 0;
         if (c->state == 1 && c->tls.handshaken) {
             c->state = 2;
@@ -180,7 +180,8 @@ static void tcp_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         }
         if (n < 0 && c->state == 1) {
             uv_read_stop(s);
-            tcp_emit(c, "connect", NULL, 0, n == UV_EOF ? "TLS: the server closed during the handshake" : uv_strerror((int)n));
+            tcp_emit(c, "connect", NULL, 0,
+                     n == UV_EOF ? "TLS: the server closed during the handshake" : uv_strerror((int)n));
             return;
         }
     }
@@ -379,11 +380,7 @@ static int l_tcp_ref(lua_State *L)
 }
 
 static const luaL_Reg tcp_methods[] = {
-    {"write", l_tcp_write},
-    {"ref", l_tcp_ref},
-    {"close", l_tcp_close},
-    {"__gc", l_tcp_close},
-    {NULL, NULL},
+    {"write", l_tcp_write}, {"ref", l_tcp_ref}, {"close", l_tcp_close}, {"__gc", l_tcp_close}, {NULL, NULL},
 };
 
 static const luaL_Reg tcp_funcs[] = {

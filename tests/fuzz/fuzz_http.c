@@ -63,21 +63,20 @@ static void fuzz_save_input(void)
     if (f != NULL) {
         fwrite(cur_data, 1, cur_size, f);
         fclose(f);
-        fprintf(stderr, "fuzz_http: input (%zu bytes) written to fuzz_http-failure.bin\n",
-                cur_size);
+        fprintf(stderr, "fuzz_http: input (%zu bytes) written to fuzz_http-failure.bin\n", cur_size);
     }
 #endif
 }
 
-#define CHECK(cond, ...)                                                                    \
-    do {                                                                                    \
-        if (!(cond)) {                                                                      \
+#define CHECK(cond, ...)                                                                        \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
             fprintf(stderr, "fuzz_http: %s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                   \
-            fputc('\n', stderr);                                                            \
-            fuzz_save_input();                                                              \
-            abort();                                                                        \
-        }                                                                                   \
+            fprintf(stderr, __VA_ARGS__);                                                       \
+            fputc('\n', stderr);                                                                \
+            fuzz_save_input();                                                                  \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 /* ------------------------------------------------------------------------ */
@@ -145,16 +144,13 @@ static bool fz_is_tchar(unsigned char c)
 
 static void check_request(const struct ck_http_request *r, const struct ck_http_limits *lim)
 {
-    CHECK(r->method != NULL && r->method_len == strlen(r->method) && r->method_len > 0,
-          "method");
+    CHECK(r->method != NULL && r->method_len == strlen(r->method) && r->method_len > 0, "method");
     CHECK(r->path != NULL && r->path[r->path_len] == '\0', "path not NUL-terminated");
     CHECK(memchr(r->path, '?', r->path_len) == NULL, "path holds the query's '?'");
     CHECK(r->query != NULL && r->query[r->query_len] == '\0', "query not NUL-terminated");
     CHECK(r->body != NULL && r->body[r->body_len] == '\0', "body not NUL-terminated");
-    CHECK(r->body_len <= lim->max_body_size, "body %zu over limit %zu", r->body_len,
-          lim->max_body_size);
-    CHECK(r->n_headers <= lim->max_headers, "%zu headers over limit %u", r->n_headers,
-          lim->max_headers);
+    CHECK(r->body_len <= lim->max_body_size, "body %zu over limit %zu", r->body_len, lim->max_body_size);
+    CHECK(r->n_headers <= lim->max_headers, "%zu headers over limit %u", r->n_headers, lim->max_headers);
     CHECK(r->path_len + r->query_len <= lim->max_header_size, "URL longer than the header limit");
     CHECK(r->n_headers == 0 || r->headers != NULL, "headers");
     for (size_t i = 0; i < r->n_headers; i++) {
@@ -166,8 +162,7 @@ static void check_request(const struct ck_http_request *r, const struct ck_http_
         CHECK(h->value != NULL && h->value[h->value_len] == '\0', "header value");
         if (h->value_len > 0) {
             char first = h->value[0], last = h->value[h->value_len - 1];
-            CHECK(first != ' ' && first != '\t' && last != ' ' && last != '\t',
-                  "header value not trimmed");
+            CHECK(first != ' ' && first != '\t' && last != ' ' && last != '\t', "header value not trimmed");
         }
     }
 }
@@ -230,9 +225,8 @@ static const char *find_mem(const char *hay, size_t n, const char *needle)
 }
 
 /* Checks a serialized response against what it was built from. */
-static void check_response(const char *out, size_t len, int status,
-                           const struct ck_http_header *hs, size_t n, size_t body_len,
-                           unsigned flags)
+static void check_response(const char *out, size_t len, int status, const struct ck_http_header *hs, size_t n,
+                           size_t body_len, unsigned flags)
 {
     CHECK(len >= 17 && memcmp(out, "HTTP/1.1 ", 9) == 0, "status line");
     char code[4] = {out[9], out[10], out[11], 0};
@@ -254,12 +248,10 @@ static void check_response(const char *out, size_t len, int status,
         const char *eol = find_mem(line, (size_t)(end + 2 - line), "\r\n");
         CHECK(eol != NULL, "unterminated header line");
         size_t ll = (size_t)(eol - line);
-        CHECK(memchr(line, '\n', ll) == NULL && memchr(line, '\r', ll) == NULL &&
-                  memchr(line, '\0', ll) == NULL,
+        CHECK(memchr(line, '\n', ll) == NULL && memchr(line, '\r', ll) == NULL && memchr(line, '\0', ll) == NULL,
               "raw CR, LF or NUL in a header line");
         const char *colon = memchr(line, ':', ll);
-        CHECK(colon != NULL && colon > line && colon + 1 < eol && colon[1] == ' ',
-              "header line without \"Name: \"");
+        CHECK(colon != NULL && colon > line && colon + 1 < eol && colon[1] == ' ', "header line without \"Name: \"");
         size_t nl = (size_t)(colon - line);
         if (nl == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
             CHECK(!saw_len, "two Content-Length headers");
@@ -278,8 +270,7 @@ static void check_response(const char *out, size_t len, int status,
                 idx++;
             CHECK(idx < n, "a header the caller did not give");
             const struct ck_http_header *h = &hs[idx++];
-            CHECK(nl == h->name_len && memcmp(line, h->name, nl) == 0 &&
-                      (size_t)(eol - colon - 2) == h->value_len &&
+            CHECK(nl == h->name_len && memcmp(line, h->name, nl) == 0 && (size_t)(eol - colon - 2) == h->value_len &&
                       memcmp(colon + 2, h->value, h->value_len) == 0,
                   "header %zu changed on the way out", idx - 1);
             kept++;
@@ -292,13 +283,11 @@ static void check_response(const char *out, size_t len, int status,
     bool no_body = status < 200 || status == 204 || status == 304;
     CHECK(saw_len == !no_body, "Content-Length presence for %d", status);
     if (saw_len)
-        CHECK(clen == body_len, "Content-Length %llu for a %zu-byte body",
-              (unsigned long long)clen, body_len);
+        CHECK(clen == body_len, "Content-Length %llu for a %zu-byte body", (unsigned long long)clen, body_len);
     CHECK(saw_close == ((flags & CK_HTTP_FMT_CLOSE) != 0), "Connection: close vs flags");
     CHECK(!(saw_close && saw_keep), "both close and keep-alive");
     bool send_body = !no_body && !(flags & CK_HTTP_FMT_HEAD);
-    CHECK(len == head_len + (send_body ? body_len : 0), "length %zu, head %zu, body %zu", len,
-          head_len, body_len);
+    CHECK(len == head_len + (send_body ? body_len : 0), "length %zu, head %zu, body %zu", len, head_len, body_len);
     (void)kept;
 }
 
@@ -335,8 +324,7 @@ static void check_error_body(const char *body, size_t len)
     CHECK(!in_str && strings == 5, "error body has %d strings", strings);
 }
 
-static void check_format_error(char **buf, size_t *cap, int status, const char *code,
-                               const char *msg)
+static void check_format_error(char **buf, size_t *cap, int status, const char *code, const char *msg)
 {
     size_t len = 0;
     int rc = ck_http_format_error(buf, cap, status, code, msg, &len);
@@ -365,8 +353,7 @@ static void respond_to(const struct ck_http_request *r, uint64_t salt, char **bu
         flags |= CK_HTTP_FMT_HEAD;
     unsigned in_flags = flags;
     size_t len = 0;
-    int rc = ck_http_format_response(buf, cap, status, r->headers, r->n_headers, r->body,
-                                     r->body_len, &flags, &len);
+    int rc = ck_http_format_response(buf, cap, status, r->headers, r->n_headers, r->body, r->body_len, &flags, &len);
     if (status < 100 || status > 999) {
         CHECK(rc == CK_EINVAL, "status %d accepted", status);
         return;
@@ -422,9 +409,8 @@ static uint64_t mix(uint64_t x)
 /* Parses @data fed in pieces cut before each of @cuts (sorted, n_cuts of
  * them), or one byte at a time if @bytewise, the way a connection drives the
  * parser, and records the transcript in @t. Returns the number of requests. */
-static size_t parse_all(const uint8_t *data, size_t size, const size_t *cuts, size_t n_cuts,
-                        bool bytewise, const struct ck_http_limits *lim, uint64_t salt,
-                        struct tbuf *t, char **wbuf, size_t *wcap)
+static size_t parse_all(const uint8_t *data, size_t size, const size_t *cuts, size_t n_cuts, bool bytewise,
+                        const struct ck_http_limits *lim, uint64_t salt, struct tbuf *t, char **wbuf, size_t *wcap)
 {
     struct ck_http_parser p;
     ck_http_parser_init(&p, lim);
@@ -461,9 +447,7 @@ static size_t parse_all(const uint8_t *data, size_t size, const size_t *cuts, si
             CHECK(used > 0, "a request out of no bytes");
             /* Feeding again before next() must not lose the request. */
             size_t again = 99;
-            CHECK(ck_http_parser_feed(&p, (const char *)data + pos, end - pos, &again) ==
-                          CK_HTTP_REQUEST &&
-                      again == 0,
+            CHECK(ck_http_parser_feed(&p, (const char *)data + pos, end - pos, &again) == CK_HTTP_REQUEST && again == 0,
                   "feed while a request is pending");
             requests++;
             check_request(&p.req, lim);
@@ -480,16 +464,14 @@ done:
     if (ev == CK_HTTP_ERROR) {
         t->err_status = p.err_status;
         /* 500 (out of memory) cannot happen on inputs this small. */
-        CHECK(p.err_status == 400 || p.err_status == 413 || p.err_status == 431,
-              "error status %d", p.err_status);
+        CHECK(p.err_status == 400 || p.err_status == 413 || p.err_status == 431, "error status %d", p.err_status);
         CHECK(p.err_code != NULL && p.err_msg != NULL, "error without code or message");
         tb_num(t, 'E');
         tb_num(t, (uint64_t)p.err_status);
         tb_field(t, p.err_code, strlen(p.err_code));
         /* Sticky: nothing more is consumed. */
         size_t used = 7;
-        CHECK(ck_http_parser_feed(&p, "GET / HTTP/1.1\r\n\r\n", 18, &used) == CK_HTTP_ERROR &&
-                  used == 0,
+        CHECK(ck_http_parser_feed(&p, "GET / HTTP/1.1\r\n\r\n", 18, &used) == CK_HTTP_ERROR && used == 0,
               "error not sticky");
         check_format_error(wbuf, wcap, p.err_status, p.err_code, p.err_msg);
     } else {
@@ -509,8 +491,7 @@ static bool same_story(const struct tbuf *a, const struct tbuf *b)
 {
     if (a->len == b->len && memcmp(a->p, b->p, a->len) == 0)
         return true;
-    if (a->err_status == 0 || b->err_status == 0 ||
-        (a->err_status != 431 && b->err_status != 431))
+    if (a->err_status == 0 || b->err_status == 0 || (a->err_status != 431 && b->err_status != 431))
         return false;
     return a->verdict_off == b->verdict_off && memcmp(a->p, b->p, a->verdict_off) == 0;
 }
@@ -564,8 +545,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         same = same_story(&whole, &bytes);
     }
     if (!same) {
-        fprintf(stderr, "limits: header %zu, body %zu, headers %u; cuts:", lim.max_header_size,
-                lim.max_body_size, lim.max_headers);
+        fprintf(stderr, "limits: header %zu, body %zu, headers %u; cuts:", lim.max_header_size, lim.max_body_size,
+                lim.max_headers);
         for (size_t i = 0; i < n_cuts; i++)
             fprintf(stderr, " %zu", cuts[i]);
         fprintf(stderr, "\n");
@@ -708,25 +689,73 @@ static const char *const methods[] = {
     "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH", "PRI", "FOO", "get",
 };
 static const char *const versions[] = {
-    " HTTP/1.1\r\n", " HTTP/1.0\r\n", " HTTP/9.9\r\n", " HTTP/1.1\n", " HTTP/2.0\r\n", " HTTP/1.1",
-    "\r\n", " HTTP/1.10\r\n",
+    " HTTP/1.1\r\n", " HTTP/1.0\r\n", " HTTP/9.9\r\n", " HTTP/1.1\n",
+    " HTTP/2.0\r\n", " HTTP/1.1",     "\r\n",          " HTTP/1.10\r\n",
 };
 static const char *const headers[] = {
-    "Host: x\r\n", "Content-Length: ", "Content-Length: 0\r\n", "Content-Length: 5\r\n",
-    "Content-Length: 99999999999999999999\r\n", "Content-Length: -1\r\n",
-    "Content-Length: 1\r\nContent-Length: 2\r\n", "Transfer-Encoding: chunked\r\n",
-    "Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: identity\r\n",
-    "Connection: close\r\n", "Connection: keep-alive\r\n",
-    "Connection: upgrade\r\nUpgrade: websocket\r\n", "Expect: 100-continue\r\n",
-    "X-Fold: a\r\n b\r\n", "X-Empty:\r\n", "Bad Name: x\r\n", ": x\r\n", "NoColon\r\n",
+    "Host: x\r\n",
+    "Content-Length: ",
+    "Content-Length: 0\r\n",
+    "Content-Length: 5\r\n",
+    "Content-Length: 99999999999999999999\r\n",
+    "Content-Length: -1\r\n",
+    "Content-Length: 1\r\nContent-Length: 2\r\n",
+    "Transfer-Encoding: chunked\r\n",
+    "Transfer-Encoding: gzip, chunked\r\n",
+    "Transfer-Encoding: identity\r\n",
+    "Connection: close\r\n",
+    "Connection: keep-alive\r\n",
+    "Connection: upgrade\r\nUpgrade: websocket\r\n",
+    "Expect: 100-continue\r\n",
+    "X-Fold: a\r\n b\r\n",
+    "X-Empty:\r\n",
+    "Bad Name: x\r\n",
+    ": x\r\n",
+    "NoColon\r\n",
     "X-Ws:   padded  \r\n",
 };
 static const char *const misc[] = {
-    " ", "  ", "\t", "\r\n", "\n", "\r", "\r\n\r\n", ":", ": ", ";", ",", "?", "&", "=", "#",
-    "%", "%00", "%zz", "%41", "/", "//", "/..", "*", "\0", "HTTP/", " folded\r\n", "0\r\n\r\n",
-    "5\r\nhello\r\n", "ffffffffffffffff\r\n", "1;ext=1\r\nx\r\n", "0\r\nTrailer: t\r\n\r\n",
-    "10\r\n", "hello", "{\"a\":1}", "/health", "/partitions/key?key=", "/join", "\x80", "\xff",
-    "\x7f", "key=%E2%82%AC",
+    " ",
+    "  ",
+    "\t",
+    "\r\n",
+    "\n",
+    "\r",
+    "\r\n\r\n",
+    ":",
+    ": ",
+    ";",
+    ",",
+    "?",
+    "&",
+    "=",
+    "#",
+    "%",
+    "%00",
+    "%zz",
+    "%41",
+    "/",
+    "//",
+    "/..",
+    "*",
+    "\0",
+    "HTTP/",
+    " folded\r\n",
+    "0\r\n\r\n",
+    "5\r\nhello\r\n",
+    "ffffffffffffffff\r\n",
+    "1;ext=1\r\nx\r\n",
+    "0\r\nTrailer: t\r\n\r\n",
+    "10\r\n",
+    "hello",
+    "{\"a\":1}",
+    "/health",
+    "/partitions/key?key=",
+    "/join",
+    "\x80",
+    "\xff",
+    "\x7f",
+    "key=%E2%82%AC",
 };
 
 #define PICK(a) (a)[rnd_below(CK_ARRAY_SIZE(a))]
@@ -735,10 +764,14 @@ static const char *const misc[] = {
 static const char *any_token(void)
 {
     switch (rnd_below(4)) {
-    case 0: return PICK(methods);
-    case 1: return PICK(versions);
-    case 2: return PICK(headers);
-    default: return PICK(misc);
+    case 0:
+        return PICK(methods);
+    case 1:
+        return PICK(versions);
+    case 2:
+        return PICK(headers);
+    default:
+        return PICK(misc);
     }
 }
 

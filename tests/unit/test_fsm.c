@@ -40,7 +40,7 @@ struct cluster {
     struct raft_fixture fixture;
     struct raft_fsm fsms[N_SERVERS];
     struct ck_fsm f[N_SERVERS];
-    unsigned changes[N_SERVERS]; /* on_change calls per server. */
+    unsigned changes[N_SERVERS];    /* on_change calls per server. */
     unsigned kv_changes[N_SERVERS]; /* on_kv_change calls per server. */
     /* Proposals outlive the fixture: raft may fire callbacks until closed. */
     struct proposal proposals[MAX_PROPOSALS];
@@ -62,8 +62,7 @@ static void fsm_on_kv_change(struct ck_fsm *f)
     c->kv_changes[f - c->f]++;
 }
 
-static struct ck_str S(const char *s)
-{
+static struct ck_str S(const char *s) {
     struct ck_str v = {s, (uint32_t)strlen(s)};
     return v;
 }
@@ -401,8 +400,12 @@ static struct blob cmd_kv_cas(const char *key, const char *value, uint64_t mod_i
 {
     struct ck_kv_cmp cmp = {.key = S(key), .target = CK_KV_MOD, .op = CK_KV_EQ, .number = mod_index};
     struct ck_kv_op op = {.type = CK_KV_PUT, .key = S(key), .value = S(value)};
-    struct ck_kv_txn t = {.max_value = CK_KV_DEFAULT_MAX_VALUE, .max_bytes = CK_KV_DEFAULT_MAX_BYTES,
-                          .n_cmp = 1, .cmp = &cmp, .n_ops = 1, .ops = &op};
+    struct ck_kv_txn t = {.max_value = CK_KV_DEFAULT_MAX_VALUE,
+                          .max_bytes = CK_KV_DEFAULT_MAX_BYTES,
+                          .n_cmp = 1,
+                          .cmp = &cmp,
+                          .n_ops = 1,
+                          .ops = &op};
     struct ck_wbuf w;
     ck_wbuf_init(&w);
     ck_cmd_encode_kv_txn(&w, &t);

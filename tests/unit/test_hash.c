@@ -53,8 +53,7 @@ static void test_md5_rfc1321_suite(void **state)
         {"abc", "900150983cd24fb0d6963f7d28e17f72"},
         {"message digest", "f96b697d7cb7938d525a2f31aaf161d0"},
         {"abcdefghijklmnopqrstuvwxyz", "c3fcd3d76192e4007dfb496cca67e13b"},
-        {"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
-         "d174ab98d277d9f5a5611c2c9f419d9f"},
+        {"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", "d174ab98d277d9f5a5611c2c9f419d9f"},
         {"1234567890123456789012345678901234567890"
          "1234567890123456789012345678901234567890",
          "57edf4a22be3c955ac49da2e2107b67a"},
@@ -124,14 +123,10 @@ static void test_fnv1a64_vectors(void **state)
         size_t len;
         uint64_t h;
     } v[] = {
-        {KEY(""), 0xefd01f60ba992926ull},
-        {KEY("a"), 0x82a2a958a9bece5bull},
-        {KEY("foobar"), 0x2c22194922d1672bull},
-        {KEY("user:123"), 0x984080e52cd1950cull},
-        {KEY("key-0"), 0x18137ad031db6589ull},
-        {KEY("hello world"), 0x7c6d8c019b6ee5d5ull},
-        {KEY("a\0b"), 0xab78f5eca36d0e2bull},
-        {KEY("\0"), 0xb9034ad37056f5fbull},
+        {KEY(""), 0xefd01f60ba992926ull},       {KEY("a"), 0x82a2a958a9bece5bull},
+        {KEY("foobar"), 0x2c22194922d1672bull}, {KEY("user:123"), 0x984080e52cd1950cull},
+        {KEY("key-0"), 0x18137ad031db6589ull},  {KEY("hello world"), 0x7c6d8c019b6ee5d5ull},
+        {KEY("a\0b"), 0xab78f5eca36d0e2bull},   {KEY("\0"), 0xb9034ad37056f5fbull},
     };
     unsigned char all[256];
 
@@ -171,12 +166,10 @@ static void check_map(const char *algo, const struct map_vector *v, size_t n)
 static void test_partition_md5_compat(void **state)
 {
     static const struct map_vector v[] = {
-        {KEY("user:123"), {0, 48, 48, 536}}, {KEY(""), {9, 25, 3289, 393}},
-        {KEY("key-0"), {14, 62, 2942, 966}}, {KEY("key-1"), {11, 11, 2955, 459}},
-        {KEY("key-2"), {12, 12, 652, 12}},   {KEY("key-3"), {13, 61, 1597, 829}},
-        {KEY("key-4"), {13, 61, 573, 589}},  {KEY("key-5"), {11, 43, 1579, 531}},
-        {KEY("key-6"), {14, 30, 2142, 798}}, {KEY("key-7"), {3, 51, 371, 315}},
-        {KEY("key-8"), {7, 7, 1351, 631}},   {KEY("key-9"), {2, 34, 3810, 970}},
+        {KEY("user:123"), {0, 48, 48, 536}}, {KEY(""), {9, 25, 3289, 393}},       {KEY("key-0"), {14, 62, 2942, 966}},
+        {KEY("key-1"), {11, 11, 2955, 459}}, {KEY("key-2"), {12, 12, 652, 12}},   {KEY("key-3"), {13, 61, 1597, 829}},
+        {KEY("key-4"), {13, 61, 573, 589}},  {KEY("key-5"), {11, 43, 1579, 531}}, {KEY("key-6"), {14, 30, 2142, 798}},
+        {KEY("key-7"), {3, 51, 371, 315}},   {KEY("key-8"), {7, 7, 1351, 631}},   {KEY("key-9"), {2, 34, 3810, 970}},
     };
 
     (void)state;
@@ -188,12 +181,10 @@ static void test_partition_md5_compat(void **state)
 static void test_partition_fnv1a64(void **state)
 {
     static const struct map_vector v[] = {
-        {KEY("user:123"), {12, 12, 1292, 52}}, {KEY(""), {6, 38, 2342, 342}},
-        {KEY("key-0"), {9, 9, 1417, 129}},     {KEY("key-1"), {12, 44, 1260, 852}},
-        {KEY("key-2"), {2, 50, 1330, 786}},    {KEY("key-3"), {3, 51, 1075, 331}},
-        {KEY("key-4"), {7, 7, 3335, 23}},      {KEY("key-5"), {7, 39, 423, 23}},
-        {KEY("key-6"), {8, 56, 2360, 720}},    {KEY("key-7"), {14, 14, 3214, 374}},
-        {KEY("key-8"), {11, 11, 2763, 43}},    {KEY("key-9"), {0, 48, 2800, 72}},
+        {KEY("user:123"), {12, 12, 1292, 52}}, {KEY(""), {6, 38, 2342, 342}},      {KEY("key-0"), {9, 9, 1417, 129}},
+        {KEY("key-1"), {12, 44, 1260, 852}},   {KEY("key-2"), {2, 50, 1330, 786}}, {KEY("key-3"), {3, 51, 1075, 331}},
+        {KEY("key-4"), {7, 7, 3335, 23}},      {KEY("key-5"), {7, 39, 423, 23}},   {KEY("key-6"), {8, 56, 2360, 720}},
+        {KEY("key-7"), {14, 14, 3214, 374}},   {KEY("key-8"), {11, 11, 2763, 43}}, {KEY("key-9"), {0, 48, 2800, 72}},
     };
 
     (void)state;
@@ -224,12 +215,12 @@ static void test_hash_tag_rules(void **state)
     check_tag(KEY("{a}{b}"), KEY("a"));
     check_tag(KEY("x{y}z"), KEY("y"));
     check_tag(KEY("{abc}"), KEY("abc"));
-    check_tag(KEY("a{{b}c"), KEY("{b"));  /* Only the first '{' opens. */
-    check_tag(KEY("a{b}}c"), KEY("b"));   /* The first '}' after it closes. */
+    check_tag(KEY("a{{b}c"), KEY("{b")); /* Only the first '{' opens. */
+    check_tag(KEY("a{b}}c"), KEY("b"));  /* The first '}' after it closes. */
     /* No valid tag: the whole key. */
     check_tag(KEY("{}"), KEY("{}"));
     check_tag(KEY("a{}b"), KEY("a{}b"));
-    check_tag(KEY("{}x}"), KEY("{}x}"));  /* An empty tag does not look further. */
+    check_tag(KEY("{}x}"), KEY("{}x}")); /* An empty tag does not look further. */
     check_tag(KEY("a{b"), KEY("a{b"));
     check_tag(KEY("a}b{"), KEY("a}b{"));
     check_tag(KEY("{"), KEY("{"));
@@ -335,9 +326,9 @@ static void test_hasher_init_validation(void **state)
         const char *algo;
         uint32_t partitions;
     } bad[] = {
-        {"fnv1a64", 0},     {"md5", 0},       {"fnv1a64", CK_MAX_PARTITIONS + 1},
+        {"fnv1a64", 0},      {"md5", 0},       {"fnv1a64", CK_MAX_PARTITIONS + 1},
         {"md5", UINT32_MAX}, {"sha1", 64},     {"MD5", 64},
-        {"fnv1a", 64},      {"fnv1a64 ", 64}, {"", 64},
+        {"fnv1a", 64},       {"fnv1a64 ", 64}, {"", 64},
         {NULL, 64},
     };
     for (size_t i = 0; i < CK_ARRAY_SIZE(bad); i++) {
@@ -425,18 +416,12 @@ static void test_distribution(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_md5_rfc1321_suite),
-        cmocka_unit_test(test_md5_block_boundaries),
-        cmocka_unit_test(test_md5_million_a),
-        cmocka_unit_test(test_fnv1a64_vectors),
-        cmocka_unit_test(test_partition_md5_compat),
-        cmocka_unit_test(test_partition_fnv1a64),
-        cmocka_unit_test(test_hash_tag_rules),
-        cmocka_unit_test(test_partition_applies_tags),
-        cmocka_unit_test(test_keys_with_nul_bytes),
-        cmocka_unit_test(test_hasher_init_validation),
-        cmocka_unit_test(test_algo_names),
-        cmocka_unit_test(test_partition_in_range),
+        cmocka_unit_test(test_md5_rfc1321_suite),    cmocka_unit_test(test_md5_block_boundaries),
+        cmocka_unit_test(test_md5_million_a),        cmocka_unit_test(test_fnv1a64_vectors),
+        cmocka_unit_test(test_partition_md5_compat), cmocka_unit_test(test_partition_fnv1a64),
+        cmocka_unit_test(test_hash_tag_rules),       cmocka_unit_test(test_partition_applies_tags),
+        cmocka_unit_test(test_keys_with_nul_bytes),  cmocka_unit_test(test_hasher_init_validation),
+        cmocka_unit_test(test_algo_names),           cmocka_unit_test(test_partition_in_range),
         cmocka_unit_test(test_distribution),
     };
 

@@ -47,8 +47,8 @@ static void test_buckets(void **state)
         total += h.counts[i];
     }
     assert_int_equal(total, h.count);
-    assert_true(h.sum_ns == 2 * ck_hist_bounds_ns[0] + 1 + 2 * ck_hist_bounds_ns[CK_HIST_BUCKETS - 1] + 1 +
-                               UINT64_MAX / 2);
+    assert_true(h.sum_ns ==
+                2 * ck_hist_bounds_ns[0] + 1 + 2 * ck_hist_bounds_ns[CK_HIST_BUCKETS - 1] + 1 + UINT64_MAX / 2);
 }
 
 int main(void)

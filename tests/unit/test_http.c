@@ -119,8 +119,7 @@ static void t_close_server(struct tctx *t)
     ck_http_server_close(t->server, server_closed_cb);
 }
 
-static int t_respond(struct tctx *t, struct ck_http_request *req, int status, const char *body,
-                     size_t len)
+static int t_respond(struct tctx *t, struct ck_http_request *req, int status, const char *body, size_t len)
 {
     static const char ct_name[] = "Content-Type", ct_value[] = "text/plain";
     struct ck_http_header h = {ct_name, sizeof(ct_name) - 1, ct_value, sizeof(ct_value) - 1};
@@ -132,8 +131,7 @@ static int t_respond(struct tctx *t, struct ck_http_request *req, int status, co
 /* Default handler: echo the body, or "ok". */
 static void handle_echo(struct tctx *t, struct ck_http_request *req)
 {
-    int rc = req->body_len > 0 ? t_respond(t, req, 200, req->body, req->body_len)
-                               : t_respond(t, req, 200, "ok", 2);
+    int rc = req->body_len > 0 ? t_respond(t, req, 200, req->body, req->body_len) : t_respond(t, req, 200, "ok", 2);
     assert_int_equal(rc, 0);
 }
 
@@ -441,9 +439,7 @@ static void client_start(struct tclient *c)
     c->timer.data = c;
     c->connect_req.data = c;
     c->open_handles = 2;
-    assert_int_equal(
-        uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&addr, client_connected),
-        0);
+    assert_int_equal(uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&addr, client_connected), 0);
 }
 
 static void t_start_all(struct tctx *t)
@@ -482,8 +478,8 @@ static void assert_server_error(struct tclient *c, int status, const char *code)
 static void test_get_with_query(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c = t_client(t, 1, "GET /kv/x?key=a%20b&n=2 HTTP/1.1\r\nHo",
-                                 "st: example\r\nX-Pad: \t spa", "ced value \t\r\n\r\n", NULL);
+    struct tclient *c = t_client(t, 1, "GET /kv/x?key=a%20b&n=2 HTTP/1.1\r\nHo", "st: example\r\nX-Pad: \t spa",
+                                 "ced value \t\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -533,8 +529,7 @@ static void test_get_without_query(void **state)
 static void test_post_content_length(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c = t_client(t, 1, "POST /echo HTTP/1.1\r\nContent-Length: 11\r\n\r\nhel",
-                                 "lo world", NULL);
+    struct tclient *c = t_client(t, 1, "POST /echo HTTP/1.1\r\nContent-Length: 11\r\n\r\nhel", "lo world", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -550,9 +545,8 @@ static void test_post_content_length(void **state)
 static void test_chunked_body(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c =
-        t_client(t, 1, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
-                 "lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n", NULL);
+    struct tclient *c = t_client(t, 1, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+                                 "lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -570,8 +564,7 @@ static void test_keep_alive_sequential(void **state)
 {
     struct tctx *t = t_new(NULL);
     struct tclient *c =
-        t_client(t, 2, "GET /1 HTTP/1.1\r\n\r\n", "POST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\ntwo",
-                 NULL);
+        t_client(t, 2, "GET /1 HTTP/1.1\r\n\r\n", "POST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\ntwo", NULL);
     c->by_response = true;
     t_start_all(t);
     t_run(t);
@@ -593,8 +586,7 @@ static void test_pipelining(void **state)
     struct tctx *t = t_new(NULL);
     t->handler = handle_deferred;
     t->defer_ms = 30;
-    struct tclient *c = t_client(
-        t, 2, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: b\r\n\r\n", NULL);
+    struct tclient *c = t_client(t, 2, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: b\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -694,8 +686,7 @@ static void test_deferred_response(void **state)
 static void test_http10_closes(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c =
-        t_client(t, 0, "GET /old HTTP/1.0\r\n\r\nGET /again HTTP/1.0\r\n\r\n", NULL);
+    struct tclient *c = t_client(t, 0, "GET /old HTTP/1.0\r\n\r\nGET /again HTTP/1.0\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -726,8 +717,7 @@ static void test_http10_keep_alive(void **state)
 static void test_connection_close(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c = t_client(
-        t, 0, "GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n", NULL);
+    struct tclient *c = t_client(t, 0, "GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -744,8 +734,7 @@ static void test_connection_close(void **state)
 static void test_head_has_no_body(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c = t_client(
-        t, 0, "HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\nConnection: close\r\n\r\n", NULL);
+    struct tclient *c = t_client(t, 0, "HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\nConnection: close\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -817,9 +806,8 @@ static void test_header_too_large_in_pieces(void **state)
     ck_http_limits_default(&lim);
     lim.max_header_size = 64;
     struct tctx *t = t_new(&lim);
-    struct tclient *c = t_client(t, 0, "GET / HTTP/1.1\r\n", "X-A: 0123456789\r\n",
-                                 "X-B: 0123456789\r\n", "X-C: 0123456789\r\n",
-                                 "X-D: 0123456789\r\n", "\r\n", NULL);
+    struct tclient *c = t_client(t, 0, "GET / HTTP/1.1\r\n", "X-A: 0123456789\r\n", "X-B: 0123456789\r\n",
+                                 "X-C: 0123456789\r\n", "X-D: 0123456789\r\n", "\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -835,10 +823,8 @@ static void test_too_many_headers(void **state)
     ck_http_limits_default(&lim);
     lim.max_headers = 4;
     struct tctx *t = t_new(&lim);
-    struct tclient *five =
-        t_client(t, 0, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n", NULL);
-    struct tclient *four =
-        t_client(t, 1, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", NULL);
+    struct tclient *five = t_client(t, 0, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n", NULL);
+    struct tclient *four = t_client(t, 1, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -858,8 +844,7 @@ static void test_body_too_large_declared(void **state)
     lim.max_body_size = 100;
     struct tctx *t = t_new(&lim);
     struct tclient *c = t_client(t, 0, "POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", NULL);
-    struct tclient *ok =
-        t_client(t, 1, "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", NULL);
+    struct tclient *ok = t_client(t, 1, "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -882,8 +867,7 @@ static void test_body_too_large_chunked(void **state)
     strcpy(chunk, "3c\r\n");
     memset(chunk + 4, 'x', 60);
     strcat(chunk, "\r\n");
-    struct tclient *c = t_client(t, 0, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                                 chunk, "3c\r\n", NULL);
+    struct tclient *c = t_client(t, 0, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", chunk, "3c\r\n", NULL);
     t_start_all(t);
     t_run(t);
 
@@ -1119,9 +1103,8 @@ static void send_body_after_continue(struct tclient *c)
 static void test_expect_continue(void **state)
 {
     struct tctx *t = t_new(NULL);
-    struct tclient *c = t_client(
-        t, 1, "POST /up HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", "hello",
-        NULL);
+    struct tclient *c =
+        t_client(t, 1, "POST /up HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", "hello", NULL);
     c->manual = true;
     c->on_data = send_body_after_continue;
     t_start_all(t);
@@ -1226,10 +1209,8 @@ static void test_parser_errors(void **state)
         int status;
         const char *code;
     } cases[] = {
-        {"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-         400, "BAD_REQUEST"},
-        {"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400,
-         "BAD_REQUEST"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "BAD_REQUEST"},
+        {"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400, "BAD_REQUEST"},
         {"GET / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 413, "BODY_TOO_LARGE"},
         {"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400, "BAD_REQUEST"},
         {"GET / HTTP/1.1\r\n: x\r\n\r\n", 400, "BAD_REQUEST"},
@@ -1246,8 +1227,7 @@ static void test_parser_errors(void **state)
         assert_int_equal(p.err_status, cases[i].status);
         assert_string_equal(p.err_code, cases[i].code);
         assert_non_null(p.err_msg);
-        assert_int_equal(ck_http_parser_feed(&p, "GET / HTTP/1.1\r\n\r\n", 18, &used),
-                         CK_HTTP_ERROR);
+        assert_int_equal(ck_http_parser_feed(&p, "GET / HTTP/1.1\r\n\r\n", 18, &used), CK_HTTP_ERROR);
         ck_http_parser_free(&p);
     }
 }
@@ -1287,14 +1267,19 @@ static void test_parser_random_input(void **state)
         for (int m = 0; m < mutations; m++) {
             size_t at = rng() % len;
             switch (rng() % 3) {
-            case 0: buf[at] = (char)rng(); break;
+            case 0:
+                buf[at] = (char)rng();
+                break;
             case 1: /* Duplicate a slice. */
                 if (len + 16 < sizeof(buf)) {
                     memmove(buf + at + 16, buf + at, len - at);
                     len += 16;
                 }
                 break;
-            default: memmove(buf + at, buf + at + 1, len - at - 1); len--; break;
+            default:
+                memmove(buf + at, buf + at + 1, len - at - 1);
+                len--;
+                break;
             }
         }
         if (iter % 10 == 0) {
@@ -1368,18 +1353,13 @@ static void test_format_response(void **state)
     struct ck_http_header bad[] = {{"X", 1, "a\nb", 3}, {"X", 1, "a\rb", 3}, {"X:", 2, "v", 1}};
     for (size_t i = 0; i < CK_ARRAY_SIZE(bad); i++) {
         flags = CK_HTTP_FMT_HEAD;
-        assert_int_equal(
-            ck_http_format_response(&buf, &cap, 200, &bad[i], 1, NULL, 0, &flags, &len),
-            CK_EINVAL);
+        assert_int_equal(ck_http_format_response(&buf, &cap, 200, &bad[i], 1, NULL, 0, &flags, &len), CK_EINVAL);
         assert_int_equal(flags, CK_HTTP_FMT_HEAD);
     }
-    assert_int_equal(ck_http_format_response(&buf, &cap, 99, NULL, 0, NULL, 0, &flags, &len),
-                     CK_EINVAL);
-    assert_int_equal(ck_http_format_response(&buf, &cap, 1000, NULL, 0, NULL, 0, &flags, &len),
-                     CK_EINVAL);
+    assert_int_equal(ck_http_format_response(&buf, &cap, 99, NULL, 0, NULL, 0, &flags, &len), CK_EINVAL);
+    assert_int_equal(ck_http_format_response(&buf, &cap, 1000, NULL, 0, NULL, 0, &flags, &len), CK_EINVAL);
 
-    assert_int_equal(ck_http_format_error(&buf, &cap, 400, "BAD_REQUEST", "a \"quoted\"\n", &len),
-                     0);
+    assert_int_equal(ck_http_format_error(&buf, &cap, 400, "BAD_REQUEST", "a \"quoted\"\n", &len), 0);
     const char json[] = "{\"error\":{\"code\":\"BAD_REQUEST\",\"message\":\"a \\\"quoted\\\"\\u000a\"}}";
     assert_true(len > sizeof(json) - 1);
     assert_memory_equal(buf + len - (sizeof(json) - 1), json, sizeof(json) - 1);

@@ -75,14 +75,30 @@ static void test_json_string(void **state)
         size_t n = ck_keyroute_json_string(&in, 1, out);
         char want[16];
         switch (c) {
-        case '"': strcpy(want, "\"\\\"\""); break;
-        case '\\': strcpy(want, "\"\\\\\""); break;
-        case '/': strcpy(want, "\"\\/\""); break;
-        case '\b': strcpy(want, "\"\\b\""); break;
-        case '\f': strcpy(want, "\"\\f\""); break;
-        case '\n': strcpy(want, "\"\\n\""); break;
-        case '\r': strcpy(want, "\"\\r\""); break;
-        case '\t': strcpy(want, "\"\\t\""); break;
+        case '"':
+            strcpy(want, "\"\\\"\"");
+            break;
+        case '\\':
+            strcpy(want, "\"\\\\\"");
+            break;
+        case '/':
+            strcpy(want, "\"\\/\"");
+            break;
+        case '\b':
+            strcpy(want, "\"\\b\"");
+            break;
+        case '\f':
+            strcpy(want, "\"\\f\"");
+            break;
+        case '\n':
+            strcpy(want, "\"\\n\"");
+            break;
+        case '\r':
+            strcpy(want, "\"\\r\"");
+            break;
+        case '\t':
+            strcpy(want, "\"\\t\"");
+            break;
         default:
             if (c < 0x20 || c == 0x7f) {
                 snprintf(want, sizeof want, "\"\\u%04x\"", c);
@@ -107,20 +123,20 @@ static void test_utf8(void **state)
         bool ok;
     } cases[] = {
         {"plain", true},
-        {"\xc3\xa9", true},             /* é */
-        {"\xe2\x82\xac", true},         /* € */
-        {"\xf0\x9f\x98\x80", true},     /* U+1F600 */
-        {"\xf4\x8f\xbf\xbf", true},     /* U+10FFFF */
-        {"\xc0\xaf", false},            /* overlong */
-        {"\xc1\xbf", false},            /* overlong */
-        {"\xe0\x80\xaf", false},        /* overlong */
-        {"\xed\xa0\x80", false},        /* surrogate */
-        {"\xf0\x80\x80\xaf", false},    /* overlong */
-        {"\xf4\x90\x80\x80", false},    /* above U+10FFFF */
+        {"\xc3\xa9", true},          /* é */
+        {"\xe2\x82\xac", true},      /* € */
+        {"\xf0\x9f\x98\x80", true},  /* U+1F600 */
+        {"\xf4\x8f\xbf\xbf", true},  /* U+10FFFF */
+        {"\xc0\xaf", false},         /* overlong */
+        {"\xc1\xbf", false},         /* overlong */
+        {"\xe0\x80\xaf", false},     /* overlong */
+        {"\xed\xa0\x80", false},     /* surrogate */
+        {"\xf0\x80\x80\xaf", false}, /* overlong */
+        {"\xf4\x90\x80\x80", false}, /* above U+10FFFF */
         {"\xf5\x80\x80\x80", false},
-        {"\xc3", false},                /* cut off */
+        {"\xc3", false}, /* cut off */
         {"\xe2\x82", false},
-        {"\x80", false},                /* lone continuation */
+        {"\x80", false}, /* lone continuation */
         {"a\xc3(", false},
         {"\xff", false},
     };

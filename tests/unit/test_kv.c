@@ -21,13 +21,12 @@
 #include "ck_common.h"
 #include "ck_kv.h"
 
-static struct ck_str S(const char *s)
-{
+static struct ck_str S(const char *s) {
     return (struct ck_str){s, (uint32_t)strlen(s)};
 }
 
-static struct ck_str B(const void *p, size_t n)
-{
+static struct ck_str
+B(const void *p, size_t n) {
     return (struct ck_str){p, (uint32_t)n};
 }
 
@@ -185,10 +184,9 @@ static void test_compare_and_swap(void **state)
         uint64_t n;
         bool holds;
     } cases[] = {
-        {CK_KV_MOD, CK_KV_NE, 6, false},     {CK_KV_MOD, CK_KV_LT, 7, true},
-        {CK_KV_MOD, CK_KV_GT, 5, true},      {CK_KV_MOD, CK_KV_GT, 6, false},
-        {CK_KV_CREATE, CK_KV_EQ, 3, true},   {CK_KV_CREATE, CK_KV_GT, 0, true},
-        {CK_KV_VERSION, CK_KV_EQ, 2, true},  {CK_KV_VERSION, CK_KV_LT, 2, false},
+        {CK_KV_MOD, CK_KV_NE, 6, false},    {CK_KV_MOD, CK_KV_LT, 7, true},      {CK_KV_MOD, CK_KV_GT, 5, true},
+        {CK_KV_MOD, CK_KV_GT, 6, false},    {CK_KV_CREATE, CK_KV_EQ, 3, true},   {CK_KV_CREATE, CK_KV_GT, 0, true},
+        {CK_KV_VERSION, CK_KV_EQ, 2, true}, {CK_KV_VERSION, CK_KV_LT, 2, false},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         tx_init(&x);

@@ -103,8 +103,13 @@ static void peer_start(struct peer *p, const char *name, bool bootstrap)
     snprintf(p->addr, sizeof p->addr, "127.0.0.1:%d", free_port());
     p->id = ck_node_raft_id(name);
     struct ck_node_options o = {
-        .data_dir = p->dir, .raft_addr = p->addr, .raft_id = p->id, .bootstrap = bootstrap,
-        .election_timeout_ms = 100, .heartbeat_timeout_ms = 20, .watch_interval_ms = 5,
+        .data_dir = p->dir,
+        .raft_addr = p->addr,
+        .raft_id = p->id,
+        .bootstrap = bootstrap,
+        .election_timeout_ms = 100,
+        .heartbeat_timeout_ms = 20,
+        .watch_interval_ms = 5,
     };
     p->node = ck_node_new(&F->loop, &o, on_event, p);
     assert_non_null(p->node);

@@ -32,8 +32,8 @@
 #include "ck_place.h"
 #include "ck_state.h"
 
-#define SIM_IDS 4096u            /* Node ids are drawn from 0 .. SIM_IDS-1. */
-#define SIM_EMPTY UINT32_MAX     /* An empty slot in a table of node ids. */
+#define SIM_IDS 4096u        /* Node ids are drawn from 0 .. SIM_IDS-1. */
+#define SIM_EMPTY UINT32_MAX /* An empty slot in a table of node ids. */
 
 /* ------------------------------------------------------------------------
  * A walk: its shape and the mix of events.
@@ -48,7 +48,7 @@ struct walk {
     bool even_zones;                /* A joiner goes to the zone with the fewest nodes, else a random one. */
     bool weighted;                  /* Weights 1..4 and weight changes, else all 1. */
     uint32_t steps;
-    uint32_t seeds;                 /* Walks run by default: seed, seed + 1, ... */
+    uint32_t seeds; /* Walks run by default: seed, seed + 1, ... */
 };
 
 enum ev_kind { EV_JOIN, EV_LEAVE, EV_CRASH, EV_REMOVE_DOWN, EV_RESTART, EV_WEIGHT, EV_N };
@@ -68,14 +68,14 @@ struct sim {
 
     struct sim_node *nodes; /* Holders, sorted by id. */
     uint32_t n;
-    uint32_t *tab;          /* P * tw node ids, primary first, SIM_EMPTY after the last. */
-    uint16_t *base_rows;    /* The step computed with zones ignored (freed per step). */
+    uint32_t *tab;       /* P * tw node ids, primary first, SIM_EMPTY after the last. */
+    uint16_t *base_rows; /* The step computed with zones ignored (freed per step). */
     uint32_t tw;
 
     /* Totals over the walk, for the report. */
     uint64_t moved, minimum, moved_prim, min_prim, copy_prim;
-    uint64_t jl_steps;      /* Single joins and leaves. */
-    uint64_t prim_stuck;    /* Steps where the owners made primary balance impossible. */
+    uint64_t jl_steps;               /* Single joins and leaves. */
+    uint64_t prim_stuck;             /* Steps where the owners made primary balance impossible. */
     uint64_t zone_steps, zone_extra; /* Joins/leaves where the zone rule cost moves, and how many. */
     double ms_max;
     bool failed;
@@ -117,8 +117,8 @@ static void sim_fail(struct sim *s, const char *fmt, ...)
         return;
     }
     s->failed = true;
-    fprintf(stderr, "PLACE-SIM FAILED walk=%s seed=%" PRIu64 " step=%u event=%s: ", s->wk->name, s->seed,
-            s->step, s->event);
+    fprintf(stderr, "PLACE-SIM FAILED walk=%s seed=%" PRIu64 " step=%u event=%s: ", s->wk->name, s->seed, s->step,
+            s->event);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -307,9 +307,9 @@ struct change {
 /* What the table before the step offers under today's nodes: each row's
  * first w owners still present, as the policy keeps them. */
 struct before {
-    uint64_t *avail;      /* Kept slots per node. */
-    uint64_t *room;       /* Rows with an empty slot that the node is not in. */
-    uint64_t zone_bad;    /* Rows whose kept owners break the zone rule. */
+    uint64_t *avail;   /* Kept slots per node. */
+    uint64_t *room;    /* Rows with an empty slot that the node is not in. */
+    uint64_t zone_bad; /* Rows whose kept owners break the zone rule. */
 };
 
 static uint32_t row_worst_zone(const struct ck_place_node *pn, const uint16_t *r, uint32_t len)
@@ -424,65 +424,65 @@ static uint64_t fill_shortfall(const struct sim *s, const uint16_t *cur, uint32_
         floors += sink[i];
     }
     for (int round = 0; round < 2; round++) {
-    if (round == 1) {
-        floor_flow = flow;
-        for (uint32_t i = 0; i < n; i++) {
-            uint64_t floor_i = num[i] / den[i], ceil_i = (num[i] + den[i] - 1) / den[i];
-            sink[i] += (ceil_i > avail[i] ? ceil_i - avail[i] : 0) - (floor_i > avail[i] ? floor_i - avail[i] : 0);
-        }
-    }
-    for (;;) {
-        /* Queue entries: rows as r, nodes as nv + i. */
-        uint32_t head = 0, tail = 0;
-        int64_t end = -1;
-        for (uint32_t i = 0; i < n; i++) {
-            prev_row[i] = -1;
-        }
-        for (uint32_t r = 0; r < nv; r++) {
-            prev_node[r] = src[r] > 0 ? -2 : -1; /* -2: reached from the source. */
-            if (src[r] > 0) {
-                queue[tail++] = r;
+        if (round == 1) {
+            floor_flow = flow;
+            for (uint32_t i = 0; i < n; i++) {
+                uint64_t floor_i = num[i] / den[i], ceil_i = (num[i] + den[i] - 1) / den[i];
+                sink[i] += (ceil_i > avail[i] ? ceil_i - avail[i] : 0) - (floor_i > avail[i] ? floor_i - avail[i] : 0);
             }
         }
-        while (head < tail && end < 0) {
-            uint32_t v = queue[head++];
-            if (v < nv) {
-                for (uint32_t i = 0; i < n && end < 0; i++) {
-                    if (in[(size_t)v * n + i] && !used[(size_t)v * n + i] && prev_row[i] < 0) {
-                        prev_row[i] = v;
-                        if (sink[i] > 0) {
-                            end = i;
-                        } else {
-                            queue[tail++] = nv + i;
+        for (;;) {
+            /* Queue entries: rows as r, nodes as nv + i. */
+            uint32_t head = 0, tail = 0;
+            int64_t end = -1;
+            for (uint32_t i = 0; i < n; i++) {
+                prev_row[i] = -1;
+            }
+            for (uint32_t r = 0; r < nv; r++) {
+                prev_node[r] = src[r] > 0 ? -2 : -1; /* -2: reached from the source. */
+                if (src[r] > 0) {
+                    queue[tail++] = r;
+                }
+            }
+            while (head < tail && end < 0) {
+                uint32_t v = queue[head++];
+                if (v < nv) {
+                    for (uint32_t i = 0; i < n && end < 0; i++) {
+                        if (in[(size_t)v * n + i] && !used[(size_t)v * n + i] && prev_row[i] < 0) {
+                            prev_row[i] = v;
+                            if (sink[i] > 0) {
+                                end = i;
+                            } else {
+                                queue[tail++] = nv + i;
+                            }
+                        }
+                    }
+                } else {
+                    uint32_t i = v - nv;
+                    for (uint32_t r = 0; r < nv; r++) {
+                        if (used[(size_t)r * n + i] && prev_node[r] == -1) {
+                            prev_node[r] = i;
+                            queue[tail++] = r;
                         }
                     }
                 }
-            } else {
-                uint32_t i = v - nv;
-                for (uint32_t r = 0; r < nv; r++) {
-                    if (used[(size_t)r * n + i] && prev_node[r] == -1) {
-                        prev_node[r] = i;
-                        queue[tail++] = r;
-                    }
-                }
             }
-        }
-        if (end < 0) {
-            break;
-        }
-        sink[end]--;
-        for (int64_t i = end;;) {
-            uint32_t r = (uint32_t)prev_row[i];
-            used[(size_t)r * n + i] = 1;
-            if (prev_node[r] == -2) {
-                src[r]--;
+            if (end < 0) {
                 break;
             }
-            i = prev_node[r];
-            used[(size_t)r * n + i] = 0;
+            sink[end]--;
+            for (int64_t i = end;;) {
+                uint32_t r = (uint32_t)prev_row[i];
+                used[(size_t)r * n + i] = 1;
+                if (prev_node[r] == -2) {
+                    src[r]--;
+                    break;
+                }
+                i = prev_node[r];
+                used[(size_t)r * n + i] = 0;
+            }
+            flow++;
         }
-        flow++;
-    }
     }
     free(vrow);
     free(in);
@@ -777,18 +777,20 @@ static void sim_step(struct sim *s, const struct change *ch)
         }
         if (lead[i]) {
             above |= prims[i] * den[i] > num[i] + den[i] - 1; /* > ceil */
-            below |= prims[i] * den[i] + den[i] - 1 < num[i];  /* < floor */
+            below |= prims[i] * den[i] + den[i] - 1 < num[i]; /* < floor */
         }
     }
     if (!s->failed && (above || below)) {
         int64_t x = -1;
         if (above && (x = prim_improvable(s, out.rows, w, lead, prims, num, den, true)) >= 0) {
-            sim_fail(s, "node %" PRId64 " (id %u) leads %" PRIu64 " partitions, above the ceiling of %.3f, and a "
-                        "chain of owners could take one",
+            sim_fail(s,
+                     "node %" PRId64 " (id %u) leads %" PRIu64 " partitions, above the ceiling of %.3f, and a "
+                     "chain of owners could take one",
                      x, s->nodes[x].id, prims[x], (double)num[x] / (double)den[x]);
         } else if (below && (x = prim_improvable(s, out.rows, w, lead, prims, num, den, false)) >= 0) {
-            sim_fail(s, "node %" PRId64 " leads partitions above its floor, and a chain of owners could give one "
-                        "to a node below its own",
+            sim_fail(s,
+                     "node %" PRId64 " leads partitions above its floor, and a chain of owners could give one "
+                     "to a node below its own",
                      x);
         }
         s->prim_stuck++;
@@ -828,18 +830,20 @@ static void sim_step(struct sim *s, const struct change *ch)
             }
             if (all_equal && moved > minimum + allowance) {
                 sim_fail(s,
-                         "moved %" PRIu64 " slots on a join/leave of equal weights, minimum %" PRIu64
-                         " (+%" PRIu64 " allowed: %" PRIu64 " owners beyond the zone limit without the zone rule, %" PRIu64
+                         "moved %" PRIu64 " slots on a join/leave of equal weights, minimum %" PRIu64 " (+%" PRIu64
+                         " allowed: %" PRIu64 " owners beyond the zone limit without the zone rule, %" PRIu64
                          " empty slots without room)",
                          moved, minimum, allowance, base_bad, no_room);
             }
             if (all_equal && base_moved > minimum + 2 * no_room) {
-                sim_fail(s, "moved %" PRIu64 " slots with the zones ignored, minimum %" PRIu64 " (+%" PRIu64
-                            " allowed: empty slots without room)",
+                sim_fail(s,
+                         "moved %" PRIu64 " slots with the zones ignored, minimum %" PRIu64 " (+%" PRIu64
+                         " allowed: empty slots without room)",
                          base_moved, minimum, 2 * no_room);
             }
             if (ch->kind == EV_JOIN && gained_by_others > forced + allowance) {
-                sim_fail(s, "%" PRIu64 " slots went to nodes other than the joiner (%" PRIu64 " forced, +%" PRIu64
+                sim_fail(s,
+                         "%" PRIu64 " slots went to nodes other than the joiner (%" PRIu64 " forced, +%" PRIu64
                          " allowed)",
                          gained_by_others, forced, allowance);
             }
@@ -868,8 +872,9 @@ static void sim_step(struct sim *s, const struct change *ch)
             fits &= zone_slots[z] <= (uint64_t)P * zmax;
         }
         if (fits && zone_worst > zmax) {
-            sim_fail(s, "%u rows have up to %u owners of one zone (%u zones, width %u: at most %u; %" PRIu64
-                        " rows did before)",
+            sim_fail(s,
+                     "%u rows have up to %u owners of one zone (%u zones, width %u: at most %u; %" PRIu64
+                     " rows did before)",
                      zone_rows, zone_worst, zones, w, zmax, b.zone_bad);
         }
     }
@@ -1078,9 +1083,8 @@ static void walk_test(const struct walk *wk)
            " steps as balanced as the owners allow; worst compute %.1f ms\n",
            wk->name, wk->P, wk->RF, wk->n_min, wk->n_max, wk->zones, wk->even_zones ? " even" : "",
            wk->weighted ? "weighted" : "equal", seeds, wk->steps, t.moved, t.minimum,
-           t.minimum ? (double)t.moved / (double)t.minimum : 1.0, t.zone_extra, t.zone_steps, t.moved_prim,
-           t.min_prim, t.min_prim ? (double)t.moved_prim / (double)t.min_prim : 1.0, t.copy_prim, t.prim_stuck,
-           t.ms_max);
+           t.minimum ? (double)t.moved / (double)t.minimum : 1.0, t.zone_extra, t.zone_steps, t.moved_prim, t.min_prim,
+           t.min_prim ? (double)t.moved_prim / (double)t.min_prim : 1.0, t.copy_prim, t.prim_stuck, t.ms_max);
     if (failures > 0) {
         fail_msg("%" PRIu64 " of %" PRIu64 " walks of %s failed (see above)", failures, seeds, wk->name);
     }
@@ -1090,12 +1094,12 @@ static void walk_test(const struct walk *wk)
  * Walks
  * ------------------------------------------------------------------------ */
 
-#define WALK(fn, ...)                                                                                              \
-    static void fn(void **state)                                                                               \
-    {                                                                                                              \
-        static const struct walk wk = {#fn + 5, __VA_ARGS__};                                                      \
-        (void)state;                                                                                               \
-        walk_test(&wk);                                                                                            \
+#define WALK(fn, ...)                                         \
+    static void fn(void **state)                              \
+    {                                                         \
+        static const struct walk wk = {#fn + 5, __VA_ARGS__}; \
+        (void)state;                                          \
+        walk_test(&wk);                                       \
     }
 
 /* Seeds are arbitrary but for a few walks whose ranges were picked to include
@@ -1131,10 +1135,12 @@ WALK(walk_large_weighted, 2200, 65536, 3, 990, 1000, 1010, 4, false, true, 15, 1
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(walk_small_equal), cmocka_unit_test(walk_small_zones), cmocka_unit_test(walk_az3),
-        cmocka_unit_test(walk_small_weighted), cmocka_unit_test(walk_p_below_n), cmocka_unit_test(walk_rf1),
-        cmocka_unit_test(walk_rf5_zones), cmocka_unit_test(walk_mid_weighted), cmocka_unit_test(walk_mid_az3),
-        cmocka_unit_test(walk_big), cmocka_unit_test(walk_large), cmocka_unit_test(walk_large_weighted),
+        cmocka_unit_test(walk_small_equal), cmocka_unit_test(walk_small_zones),
+        cmocka_unit_test(walk_az3),         cmocka_unit_test(walk_small_weighted),
+        cmocka_unit_test(walk_p_below_n),   cmocka_unit_test(walk_rf1),
+        cmocka_unit_test(walk_rf5_zones),   cmocka_unit_test(walk_mid_weighted),
+        cmocka_unit_test(walk_mid_az3),     cmocka_unit_test(walk_big),
+        cmocka_unit_test(walk_large),       cmocka_unit_test(walk_large_weighted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,14 +29,14 @@ struct blob {
     size_t len;
 };
 
-static struct ck_str S(const char *s)
-{
+static struct ck_str S(const char *s) {
     struct ck_str v = {s, (uint32_t)strlen(s)};
     return v;
 }
 
 /* A string of @n copies of 'x' (malloc'd, NUL-terminated). */
-static char *xs(size_t n)
+static char *
+xs(size_t n)
 {
     char *s = malloc(n + 1);
     assert_non_null(s);
@@ -160,8 +160,8 @@ static struct blob enc_remove(const char *id)
 
 /* A TABLE command over @ids; @rows holds partitions * width node indexes
  * into @ids (CK_NO_NODE for empty), written little-endian. */
-static struct blob enc_table_sv(uint32_t partitions, uint32_t width, const struct ck_str *ids,
-                                uint32_t n_ids, const uint16_t *rows)
+static struct blob enc_table_sv(uint32_t partitions, uint32_t width, const struct ck_str *ids, uint32_t n_ids,
+                                const uint16_t *rows)
 {
     size_t slots = (size_t)partitions * width;
     uint8_t *owners = malloc(2 * slots + 1);
@@ -179,8 +179,8 @@ static struct blob enc_table_sv(uint32_t partitions, uint32_t width, const struc
     return take(&w);
 }
 
-static struct blob enc_table(uint32_t partitions, uint32_t width, const char *const *ids,
-                             uint32_t n_ids, const uint16_t *rows)
+static struct blob enc_table(uint32_t partitions, uint32_t width, const char *const *ids, uint32_t n_ids,
+                             const uint16_t *rows)
 {
     struct ck_str sv[MAX_IDS];
 
@@ -425,8 +425,8 @@ static void test_roundtrip_remove(void **state)
 static void test_roundtrip_table(void **state)
 {
     static const char *const ids[] = {"b", "a", "c"};
-    static const uint16_t rows[] = {2, 0, 1, 1, CK_NO_NODE, CK_NO_NODE, CK_NO_NODE, CK_NO_NODE, CK_NO_NODE,
-                                    0, 2, CK_NO_NODE};
+    static const uint16_t rows[] = {2,          0,          1,          1, CK_NO_NODE, CK_NO_NODE,
+                                    CK_NO_NODE, CK_NO_NODE, CK_NO_NODE, 0, 2,          CK_NO_NODE};
     struct blob b = enc_table(4, 3, ids, 3, rows);
     struct ck_cmd c;
 
@@ -555,13 +555,27 @@ static void test_decode_rejects_long_strings(void **state)
             n.services = svc;
             n.n_services = 2;
             switch (field) {
-            case 0: n.id = S(v); break;
-            case 1: n.name = S(v); break;
-            case 2: n.http_addr = S(v); break;
-            case 3: n.raft_addr = S(v); break;
-            case 4: n.zone = S(v); break;
-            case 5: svc[2] = S(v); break;
-            case 6: svc[3] = S(v); break;
+            case 0:
+                n.id = S(v);
+                break;
+            case 1:
+                n.name = S(v);
+                break;
+            case 2:
+                n.http_addr = S(v);
+                break;
+            case 3:
+                n.raft_addr = S(v);
+                break;
+            case 4:
+                n.zone = S(v);
+                break;
+            case 5:
+                svc[2] = S(v);
+                break;
+            case 6:
+                svc[3] = S(v);
+                break;
             }
             assert_int_equal(decode_free(enc_node_full(&n)), want);
         }
@@ -605,13 +619,27 @@ static void test_decode_rejects_nul_in_strings(void **state)
         n.services = svc;
         n.n_services = 1;
         switch (field) {
-        case 0: n.id = nul; break;
-        case 1: n.name = nul; break;
-        case 2: n.http_addr = nul; break;
-        case 3: n.raft_addr = nul; break;
-        case 4: n.zone = nul; break;
-        case 5: svc[0] = nul; break;
-        case 6: svc[1] = nul; break;
+        case 0:
+            n.id = nul;
+            break;
+        case 1:
+            n.name = nul;
+            break;
+        case 2:
+            n.http_addr = nul;
+            break;
+        case 3:
+            n.raft_addr = nul;
+            break;
+        case 4:
+            n.zone = nul;
+            break;
+        case 5:
+            svc[0] = nul;
+            break;
+        case 6:
+            svc[1] = nul;
+            break;
         }
         assert_int_not_equal(decode_free(enc_node_full(&n)), 0);
     }
@@ -976,8 +1004,7 @@ static void test_apply_table_rejected(void **state)
     before = snap(&s);
     assert_int_equal(apply(&s, enc_table(2, 2, ax, 2, (uint16_t[]){0, CK_NO_NODE, 1, 0}), 6), CK_ENOTFOUND);
     /* An unknown id is refused even when no row uses it. */
-    assert_int_equal(apply(&s, enc_table(2, 2, ax, 2, (uint16_t[]){0, CK_NO_NODE, 0, CK_NO_NODE}), 7),
-                     CK_ENOTFOUND);
+    assert_int_equal(apply(&s, enc_table(2, 2, ax, 2, (uint16_t[]){0, CK_NO_NODE, 0, CK_NO_NODE}), 7), CK_ENOTFOUND);
     assert_int_equal(apply(&s, enc_table(3, 2, ab, 2, (uint16_t[]){0, 1, 1, 0, 0, 1}), 8), CK_EINVAL);
     assert_int_equal(apply(&s, enc_table(1, 2, ab, 2, (uint16_t[]){0, 1}), 9), CK_EINVAL);
     assert_snap_equal(&s, before);
@@ -1448,10 +1475,14 @@ static void test_snapshot_roundtrip(void **state)
 static struct blob enc_kv_put(const char *key, const char *value, bool must_not_exist)
 {
     struct ck_kv_cmp cmp = {.key = {key, (uint32_t)strlen(key)}, .target = CK_KV_CREATE, .op = CK_KV_EQ};
-    struct ck_kv_op op = {.type = CK_KV_PUT, .key = {key, (uint32_t)strlen(key)},
-                          .value = {value, (uint32_t)strlen(value)}};
-    struct ck_kv_txn t = {.max_value = CK_KV_DEFAULT_MAX_VALUE, .max_bytes = CK_KV_DEFAULT_MAX_BYTES,
-                          .n_cmp = must_not_exist ? 1 : 0, .cmp = &cmp, .n_ops = 1, .ops = &op};
+    struct ck_kv_op op = {
+        .type = CK_KV_PUT, .key = {key, (uint32_t)strlen(key)}, .value = {value, (uint32_t)strlen(value)}};
+    struct ck_kv_txn t = {.max_value = CK_KV_DEFAULT_MAX_VALUE,
+                          .max_bytes = CK_KV_DEFAULT_MAX_BYTES,
+                          .n_cmp = must_not_exist ? 1 : 0,
+                          .cmp = &cmp,
+                          .n_ops = 1,
+                          .ops = &op};
     struct ck_wbuf w;
     ck_wbuf_init(&w);
     ck_cmd_encode_kv_txn(&w, &t);

@@ -21,12 +21,12 @@
 static char dir[64];
 
 /* @s contains @sub, or the test fails showing @s. */
-#define assert_has(s, sub)                                                                                   \
-    do {                                                                                                     \
-        const char *s_ = (s);                                                                                \
-        if (strstr(s_, (sub)) == NULL) {                                                                     \
-            fail_msg("\"%s\" does not contain \"%s\"", s_, (sub));                                             \
-        }                                                                                                    \
+#define assert_has(s, sub)                                         \
+    do {                                                           \
+        const char *s_ = (s);                                      \
+        if (strstr(s_, (sub)) == NULL) {                           \
+            fail_msg("\"%s\" does not contain \"%s\"", s_, (sub)); \
+        }                                                          \
     } while (0)
 
 static const char *path(const char *name)
@@ -267,7 +267,7 @@ struct pump_test {
     unsigned char *sent;
     bool client_eof, server_eof;
     int errors;
-    int pumps; /* Started and not yet closed. */
+    int pumps;          /* Started and not yet closed. */
     bool silent_server; /* Accept, then never answer. */
     uv_tcp_t *silent_tcp;
     char last_error[256];
@@ -357,8 +357,8 @@ static void on_accept(uv_stream_t *listener, int status)
         t->silent_tcp = tcp;
         return;
     }
-    struct ck_tls_pump_cbs cbs = {.on_error = on_pump_error, .on_close = on_pump_closed, .free_tcp = free_handle,
-                                  .data = t};
+    struct ck_tls_pump_cbs cbs = {
+        .on_error = on_pump_error, .on_close = on_pump_closed, .free_tcp = free_handle, .data = t};
     t->server_plain = malloc(sizeof(*t->server_plain));
     t->pumps++;
     assert_int_equal(ck_tls_pump_start(&t->loop, tcp, t->server_plain, t->sctx, CK_TLS_SERVER, NULL, &cbs), 0);
@@ -369,8 +369,8 @@ static void on_connected(uv_connect_t *req, int status)
 {
     struct pump_test *t = req->handle->loop->data;
     assert_int_equal(status, 0);
-    struct ck_tls_pump_cbs cbs = {.on_error = on_pump_error, .on_close = on_pump_closed, .free_tcp = free_handle,
-                                  .data = t};
+    struct ck_tls_pump_cbs cbs = {
+        .on_error = on_pump_error, .on_close = on_pump_closed, .free_tcp = free_handle, .data = t};
     t->client_plain = malloc(sizeof(*t->client_plain));
     t->pumps++;
     assert_int_equal(
@@ -499,14 +499,10 @@ static void test_pump_abandoned(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ctx_errors),
-        cmocka_unit_test(test_session_roundtrip),
-        cmocka_unit_test(test_session_host_name),
-        cmocka_unit_test(test_session_untrusted_server),
-        cmocka_unit_test(test_session_mutual),
-        cmocka_unit_test(test_pump_echo),
-        cmocka_unit_test(test_pump_refused),
-        cmocka_unit_test(test_pump_abandoned),
+        cmocka_unit_test(test_ctx_errors),        cmocka_unit_test(test_session_roundtrip),
+        cmocka_unit_test(test_session_host_name), cmocka_unit_test(test_session_untrusted_server),
+        cmocka_unit_test(test_session_mutual),    cmocka_unit_test(test_pump_echo),
+        cmocka_unit_test(test_pump_refused),      cmocka_unit_test(test_pump_abandoned),
     };
     return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }

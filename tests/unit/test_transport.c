@@ -124,9 +124,14 @@ static int peer_start(struct tctx *t, struct peer *p, raft_id id, const char *ad
         assert_int_equal(raft_uv_tcp_init(&p->tr, &t->loop), 0);
     } else {
         struct ck_transport_options o = {
-            .token = token, .handshake_timeout_ms = timeout_ms, .log = peer_log, .log_data = p,
-            .peer_closed = peer_on_peer_closed, .peer_closed_data = p,
-            .tls_server = next_tls_server, .tls_client = next_tls_client,
+            .token = token,
+            .handshake_timeout_ms = timeout_ms,
+            .log = peer_log,
+            .log_data = p,
+            .peer_closed = peer_on_peer_closed,
+            .peer_closed_data = p,
+            .tls_server = next_tls_server,
+            .tls_client = next_tls_client,
         };
         assert_int_equal(ck_transport_init(&p->tr, &t->loop, &o), 0);
     }
@@ -682,21 +687,21 @@ static bool cond_peer_closed_steps(struct tctx *t)
 {
     struct peer *a = t->peers[0], *b = t->peers[1];
     switch (closed_step) {
-        case 0:
-            if (b->n_recv >= 1) {
-                b->closing = true;
-                b->io.close(&b->io, peer_on_io_closed);
-                closed_step = 1;
-            }
-            return false;
-        case 1:
-            if (b->closed && a->n_peer_closed >= 1) {
-                peer_send_vote(a, 2, closed_to);
-                closed_step = 2;
-            }
-            return false;
-        default:
-            return a->n_sent >= 2;
+    case 0:
+        if (b->n_recv >= 1) {
+            b->closing = true;
+            b->io.close(&b->io, peer_on_io_closed);
+            closed_step = 1;
+        }
+        return false;
+    case 1:
+        if (b->closed && a->n_peer_closed >= 1) {
+            peer_send_vote(a, 2, closed_to);
+            closed_step = 2;
+        }
+        return false;
+    default:
+        return a->n_sent >= 2;
     }
 }
 
@@ -772,8 +777,8 @@ static SSL_CTX *tls_ctx(const char *name, const char *ca, bool verify, enum ck_t
     snprintf(cert, sizeof cert, "%s/%s.pem", certdir, name ? name : "");
     snprintf(key, sizeof key, "%s/%s.key", certdir, name ? name : "");
     snprintf(cap, sizeof cap, "%s/%s.pem", certdir, ca);
-    struct ck_tls_config c = {.cert_file = name ? cert : NULL, .key_file = name ? key : NULL, .ca_file = cap,
-                              .verify_peers = verify};
+    struct ck_tls_config c = {
+        .cert_file = name ? cert : NULL, .key_file = name ? key : NULL, .ca_file = cap, .verify_peers = verify};
     SSL_CTX *ctx = ck_tls_ctx_new(&c, role, err, sizeof err);
     if (ctx == NULL) {
         fprintf(stderr, "tls_ctx %s: %s\n", name ? name : "-", err);
