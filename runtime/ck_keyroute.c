@@ -11,8 +11,11 @@
 
 int ck_keyroute_init(struct ck_keyroute *kr, const char *path)
 {
-    size_t n = strlen(path);
     memset(kr, 0, sizeof *kr);
+    if (path == NULL) {
+        return 0;
+    }
+    size_t n = strlen(path);
     if (n == 0 || n >= sizeof kr->path || path[0] != '/') {
         return CK_EINVAL;
     }
@@ -33,6 +36,12 @@ static void drop_tails(struct ck_keyroute *kr)
 
 void ck_keyroute_free(struct ck_keyroute *kr)
 {
+    for (unsigned i = 0; i < kr->n_bodies; i++) {
+        free(kr->bodies[i].bytes);
+        kr->bodies[i].bytes = NULL;
+        kr->bodies[i].valid = false;
+    }
+    kr->n_bodies = 0;
     drop_tails(kr);
     free(kr->body);
     kr->body = NULL;
@@ -40,11 +49,51 @@ void ck_keyroute_free(struct ck_keyroute *kr)
     kr->primed = false;
 }
 
+int ck_keyroute_add_body(struct ck_keyroute *kr, const char *path)
+{
+    size_t n = strlen(path);
+    if (kr->n_bodies == CK_KEYROUTE_MAX_BODIES || n == 0 || n >= sizeof kr->bodies[0].path || path[0] != '/') {
+        return CK_EINVAL;
+    }
+    struct ck_keyroute_body *b = &kr->bodies[kr->n_bodies];
+    memset(b, 0, sizeof *b);
+    memcpy(b->path, path, n + 1);
+    b->path_len = n;
+    return (int)kr->n_bodies++;
+}
+
+int ck_keyroute_put_body(struct ck_keyroute *kr, int slot, uint64_t index, const char *body, size_t len,
+                         bool known_leader)
+{
+    if (slot < 0 || (unsigned)slot >= kr->n_bodies) {
+        return CK_EINVAL;
+    }
+    struct ck_keyroute_body *b = &kr->bodies[slot];
+    b->valid = false;
+    if (len > b->cap) {
+        char *bytes = realloc(b->bytes, len);
+        if (bytes == NULL) {
+            return CK_ENOMEM;
+        }
+        b->bytes = bytes;
+        b->cap = len;
+    }
+    memcpy(b->bytes, body, len);
+    b->len = len;
+    b->known_leader = known_leader;
+    b->etag_len = (size_t)snprintf(b->etag, sizeof b->etag, "\"%" PRIu64 "\"", index);
+    b->valid = true;
+    return 0;
+}
+
 void ck_keyroute_reset(struct ck_keyroute *kr)
 {
     /* The tails stay allocated until the next prime: a reset happens on
      * every commit, and most commits are followed by no lookup at all. */
     kr->primed = false;
+    for (unsigned i = 0; i < kr->n_bodies; i++) {
+        kr->bodies[i].valid = false;
+    }
 }
 
 int ck_keyroute_prime(struct ck_keyroute *kr, uint64_t index, const struct ck_hasher *hasher)
@@ -247,10 +296,33 @@ static bool has_header(const struct ck_http_request *req, const char *name, size
     return false;
 }
 
+int ck_keyroute_answer_body(struct ck_keyroute *kr, const struct ck_http_request *req, const char **body, size_t *len,
+                            const char **etag, size_t *etag_len, bool *known_leader)
+{
+    for (unsigned i = 0; i < kr->n_bodies; i++) {
+        struct ck_keyroute_body *b = &kr->bodies[i];
+        if (req->path_len != b->path_len || memcmp(req->path, b->path, b->path_len) != 0) {
+            continue;
+        }
+        if (!b->valid || req->query_len != 0 || req->method_len != 3 || memcmp(req->method, "GET", 3) != 0 ||
+            has_header(req, "If-None-Match", 13)) {
+            return -1;
+        }
+        *body = b->bytes;
+        *len = b->len;
+        *etag = b->etag;
+        *etag_len = b->etag_len;
+        *known_leader = b->known_leader;
+        b->answered++;
+        return (int)i;
+    }
+    return -1;
+}
+
 bool ck_keyroute_answer(struct ck_keyroute *kr, const struct ck_http_request *req, const char **body, size_t *len,
                         const char **etag, size_t *etag_len)
 {
-    if (req->path_len != kr->path_len || memcmp(req->path, kr->path, kr->path_len) != 0) {
+    if (kr->path_len == 0 || req->path_len != kr->path_len || memcmp(req->path, kr->path, kr->path_len) != 0) {
         return false;
     }
     char key[CK_KEYROUTE_MAX_KEY];

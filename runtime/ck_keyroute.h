@@ -1,6 +1,7 @@
 /*
- * The key-lookup fast path: GET /partitions/key?key=K answered in C, on the
- * loop's callback, without entering Lua. Pure: no libuv, no Lua.
+ * The HTTP fast path: GET /partitions/key?key=K, and GET of whole cached
+ * bodies (/cluster, /partitions, ...), answered in C on the loop's callback
+ * without entering Lua. Pure: no libuv, no Lua.
  *
  * The answer is {"key":K,<tail>} where the tail (everything after the key:
  * partition, primary, replicas, nodes, and the closing brace) depends only on
@@ -31,10 +32,28 @@
 #include "ck_http.h"
 
 #define CK_KEYROUTE_MAX_KEY 4096 /* Longer keys get Lua's 400. */
+#define CK_KEYROUTE_MAX_BODIES 8
 
 struct ck_keyroute_tail {
     char *bytes;
     size_t len;
+};
+
+/* A whole body served for GET of an exact path without a query: a state read
+ * whose answer is a function of the state index (and of whether a leader is
+ * known, which Lua reports with it: X-CK-Known-Leader). Valid from
+ * ck_keyroute_put_body() to the next reset, which the owner also calls when
+ * raft's leader changes. */
+struct ck_keyroute_body {
+    char path[64];
+    size_t path_len;
+    bool valid;
+    bool known_leader;
+    char etag[24];
+    size_t etag_len;
+    char *bytes;
+    size_t len, cap;
+    uint64_t answered;
 };
 
 struct ck_keyroute {
@@ -51,9 +70,12 @@ struct ck_keyroute {
     size_t body_cap;
     uint64_t answered; /* Requests answered here. */
     uint64_t passed;   /* Requests on the route handed to Lua. */
+    struct ck_keyroute_body bodies[CK_KEYROUTE_MAX_BODIES];
+    unsigned n_bodies;
 };
 
-/* Ready @kr for @path (at most 63 bytes). Returns 0 or CK_EINVAL. */
+/* Ready @kr, with the key lookup on @path (at most 63 bytes), or with none
+ * when @path is NULL (cached bodies only). Returns 0 or CK_EINVAL. */
 int ck_keyroute_init(struct ck_keyroute *kr, const char *path);
 
 /* Free every tail and the scratch. @kr may be initialised again. */
@@ -79,6 +101,23 @@ int ck_keyroute_put(struct ck_keyroute *kr, uint64_t index, uint32_t partition, 
  * it counts as passed). */
 bool ck_keyroute_answer(struct ck_keyroute *kr, const struct ck_http_request *req, const char **body, size_t *len,
                         const char **etag, size_t *etag_len);
+
+/* Serve GET @path (exact, no query) from a cached body from now on.
+ * Returns the slot (>= 0), or CK_EINVAL (a bad path, or no slot left). */
+int ck_keyroute_add_body(struct ck_keyroute *kr, const char *path);
+
+/* Cache @body (@len bytes) as slot @slot's answer at state @index, with
+ * X-CK-Known-Leader @known_leader. Returns 0, CK_EINVAL or CK_ENOMEM (then
+ * the slot is left empty). */
+int ck_keyroute_put_body(struct ck_keyroute *kr, int slot, uint64_t index, const char *body, size_t len,
+                         bool known_leader);
+
+/* Answer @req from a cached body: its slot (>= 0) with the body, ETag and
+ * leader flag; -1 when no slot has the path, the slot is empty (since the
+ * last reset), or the request is a HEAD, has a query or If-None-Match (those
+ * are Lua's: blocking queries, 304s). */
+int ck_keyroute_answer_body(struct ck_keyroute *kr, const struct ck_http_request *req, const char **body, size_t *len,
+                            const char **etag, size_t *etag_len, bool *known_leader);
 
 /* The value of query parameter @name in the raw query @q (percent-decoded,
  * '+' as space, the last repeat winning, as the Lua router's parse_query) into

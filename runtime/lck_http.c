@@ -27,10 +27,13 @@ struct lserver {
     int cb_ref;
     int self_ref;
     int close_ref;
-    bool fast;             /* kr is in use: server:fast_key() was called. */
-    struct ck_keyroute kr; /* The key-lookup fast path (ck_keyroute.h). */
-    struct ck_hist *hist;  /* Its route's latency histogram, pinned by hist_ref. */
+    bool fast;             /* kr is in use: server:fast_key() or fast_body() was called. */
+    bool fast_key;         /* The key lookup is on. */
+    struct ck_keyroute kr; /* The HTTP fast path (ck_keyroute.h). */
+    struct ck_hist *hist;  /* The key route's latency histogram, pinned by hist_ref. */
     int hist_ref;
+    struct ck_hist *body_hist[CK_KEYROUTE_MAX_BODIES]; /* Each cached body's route histogram... */
+    int body_hist_ref[CK_KEYROUTE_MAX_BODIES];         /* ...pinned. */
 };
 
 struct lrequest {
@@ -44,16 +47,30 @@ static bool lserver_fast(struct lserver *b, struct ck_http_request *r)
     const char *body, *etag;
     size_t len, etag_len;
     uint64_t t0 = uv_hrtime();
-    if (!ck_keyroute_answer(&b->kr, r, &body, &len, &etag, &etag_len)) {
+    if (b->fast_key && ck_keyroute_answer(&b->kr, r, &body, &len, &etag, &etag_len)) {
+        const struct ck_http_header h[2] = {
+            {"Content-Type", 12, "application/json", 16},
+            {"ETag", 4, etag, etag_len},
+        };
+        ck_http_respond(r, 200, h, 2, body, len);
+        if (b->hist != NULL) {
+            ck_hist_observe(b->hist, uv_hrtime() - t0);
+        }
+        return true;
+    }
+    bool leader;
+    int slot = ck_keyroute_answer_body(&b->kr, r, &body, &len, &etag, &etag_len, &leader);
+    if (slot < 0) {
         return false;
     }
-    const struct ck_http_header h[2] = {
+    const struct ck_http_header h[3] = {
         {"Content-Type", 12, "application/json", 16},
         {"ETag", 4, etag, etag_len},
+        {"X-CK-Known-Leader", 17, leader ? "true" : "false", leader ? 4 : 5},
     };
-    ck_http_respond(r, 200, h, 2, body, len);
-    if (b->hist != NULL) {
-        ck_hist_observe(b->hist, uv_hrtime() - t0);
+    ck_http_respond(r, 200, h, 3, body, len);
+    if (b->body_hist[slot] != NULL) {
+        ck_hist_observe(b->body_hist[slot], uv_hrtime() - t0);
     }
     return true;
 }
@@ -130,8 +147,14 @@ static int lserver_new(lua_State *L)
     b->self_ref = LUA_NOREF;
     b->close_ref = LUA_NOREF;
     b->fast = false;
+    b->fast_key = false;
     b->hist = NULL;
     b->hist_ref = LUA_NOREF;
+    for (int i = 0; i < CK_KEYROUTE_MAX_BODIES; i++) {
+        b->body_hist[i] = NULL;
+        b->body_hist_ref[i] = LUA_NOREF;
+    }
+    ck_keyroute_init(&b->kr, NULL);
     b->s = ck_http_server_new(lck_loop(), &lim, lserver_on_request, lserver_on_abort, b);
     if (b->s == NULL) {
         return luaL_error(L, "http_server: out of memory");
@@ -185,6 +208,9 @@ static void lserver_on_closed(void *data)
     lck_unref(&b->close_ref);
     lck_unref(&b->cb_ref);
     lck_unref(&b->hist_ref);
+    for (int i = 0; i < CK_KEYROUTE_MAX_BODIES; i++) {
+        lck_unref(&b->body_hist_ref[i]);
+    }
     lck_unref(&b->self_ref);
 }
 
@@ -204,7 +230,11 @@ static int lserver_close(lua_State *L)
     if (b->fast) {
         /* No request reaches on_request once the close has started. */
         b->fast = false;
+        b->fast_key = false;
         b->hist = NULL;
+        for (int i = 0; i < CK_KEYROUTE_MAX_BODIES; i++) {
+            b->body_hist[i] = NULL;
+        }
         ck_keyroute_free(&b->kr);
     }
     ck_http_server_close(s, lserver_on_closed);
@@ -234,6 +264,13 @@ static int lserver_stats(lua_State *L)
     lua_setfield(L, -2, "fast_answered");
     lua_pushnumber(L, (lua_Number)(b->fast ? b->kr.passed : 0));
     lua_setfield(L, -2, "fast_passed");
+    /* fast_bodies = {[path] = answered} */
+    lua_createtable(L, 0, (int)b->kr.n_bodies);
+    for (unsigned i = 0; b->fast && i < b->kr.n_bodies; i++) {
+        lua_pushnumber(L, (lua_Number)b->kr.bodies[i].answered);
+        lua_setfield(L, -2, b->kr.bodies[i].path);
+    }
+    lua_setfield(L, -2, "fast_bodies");
     lua_pushstring(L, ck_http_server_tls_error(b->s));
     lua_setfield(L, -2, "tls_last_error");
     return 1;
@@ -261,12 +298,16 @@ static int lserver_fast_key(lua_State *L)
     struct lserver *b = lserver_check(L, "server:fast_key");
     const char *path = luaL_checkstring(L, 2);
     struct ck_hist *h = lua_isnoneornil(L, 3) ? NULL : luaL_checkudata(L, 3, HIST_MT);
-    if (b->fast) {
+    if (b->fast_key) {
         return luaL_error(L, "server:fast_key: already set");
     }
-    if (ck_keyroute_init(&b->kr, path) != 0) {
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof b->kr.path || path[0] != '/') {
         return luaL_error(L, "server:fast_key: path must start with / and be under 64 bytes");
     }
+    memcpy(b->kr.path, path, n + 1);
+    b->kr.path_len = n;
+    b->fast_key = true;
     if (h != NULL) {
         lua_pushvalue(L, 3);
         b->hist_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -276,10 +317,50 @@ static int lserver_fast_key(lua_State *L)
     return 0;
 }
 
+/* server:fast_body(path [, histogram]) -> slot: GET @path (no query) answered
+ * in C from the body Lua hands over with fast_body_put. */
+static int lserver_fast_body(lua_State *L)
+{
+    struct lserver *b = lserver_check(L, "server:fast_body");
+    const char *path = luaL_checkstring(L, 2);
+    struct ck_hist *h = lua_isnoneornil(L, 3) ? NULL : luaL_checkudata(L, 3, HIST_MT);
+    int slot = ck_keyroute_add_body(&b->kr, path);
+    if (slot < 0) {
+        return luaL_error(L, "server:fast_body: bad path, or more than %d bodies", CK_KEYROUTE_MAX_BODIES);
+    }
+    if (h != NULL) {
+        lua_pushvalue(L, 3);
+        b->body_hist_ref[slot] = luaL_ref(L, LUA_REGISTRYINDEX);
+        b->body_hist[slot] = h;
+    }
+    b->fast = true;
+    lua_pushinteger(L, slot);
+    return 1;
+}
+
+/* server:fast_body_put(slot, index, body, known_leader) -> true | nil, msg, code */
+static int lserver_fast_body_put(lua_State *L)
+{
+    struct lserver *b = lserver_check(L, "server:fast_body_put");
+    lua_Integer slot = luaL_checkinteger(L, 2);
+    lua_Number index = luaL_checknumber(L, 3);
+    size_t len;
+    const char *body = luaL_checklstring(L, 4, &len);
+    if (!b->fast || index < 0 || slot < 0 || slot >= CK_KEYROUTE_MAX_BODIES) {
+        return lck_pushfail(L, CK_EINVAL, "bad slot or index");
+    }
+    int rv = ck_keyroute_put_body(&b->kr, (int)slot, (uint64_t)index, body, len, lua_toboolean(L, 5));
+    if (rv != 0) {
+        return lck_pushfail(L, rv, NULL);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static struct lserver *lserver_check_fast(lua_State *L, const char *fn)
 {
     struct lserver *b = lserver_check(L, fn);
-    if (!b->fast) {
+    if (!b->fast_key) {
         luaL_error(L, "%s: no fast path (call server:fast_key first)", fn);
     }
     return b;
@@ -464,6 +545,8 @@ static const luaL_Reg lserver_methods[] = {
     {"fast_key_reset", lserver_fast_key_reset},
     {"fast_key_prime", lserver_fast_key_prime},
     {"fast_key_put", lserver_fast_key_put},
+    {"fast_body", lserver_fast_body},
+    {"fast_body_put", lserver_fast_body_put},
     {"__gc", lserver_close},
     {NULL, NULL},
 };

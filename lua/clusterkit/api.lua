@@ -74,7 +74,8 @@ local function fresh_etag(node, req, res)
   return etag
 end
 
--- Serves a cached JSON body for the current state index, with ETag.
+-- Serves a cached JSON body for the current state index, with ETag; C
+-- serves it too (http.lua fast_body) until the state or the leader changes.
 local function cached(node, name, build)
   local cache = node._api_cache
   if not cache then
@@ -99,8 +100,10 @@ local function cached(node, name, build)
     -- Like Consul's X-Consul-KnownLeader: a node that knows no leader (the
     -- minority side of a split) may hold a table the cluster has moved past;
     -- clusterkit.client moves to another node when it reads "false".
-    res:header("X-CK-Known-Leader", node:_knows_leader() and "true" or "false")
+    local leader = node:_knows_leader()
+    res:header("X-CK-Known-Leader", leader and "true" or "false")
     res:header("ETag", etag):header("Content-Type", "application/json")
+    node.http:fast_put_body(name, node:_view().index, hit.body, leader)
     return res:send(hit.body)
   end
 end
@@ -186,11 +189,11 @@ function M.install(node)
     })
   end)
 
-  srv:route("GET", "/cluster", cached(node, "cluster", function()
+  srv:route("GET", "/cluster", cached(node, "/cluster", function()
     return cluster_json(node)
   end))
 
-  srv:route("GET", "/partitions", cached(node, "partitions", function()
+  srv:route("GET", "/partitions", cached(node, "/partitions", function()
     local parts, err = node:partitions()
     if not parts then return nil, err end
     local out = {}
@@ -200,9 +203,12 @@ function M.install(node)
     return {partitions = json.array(out), total = #out}
   end))
 
-  srv:route("GET", "/partitions/stats", cached(node, "partitions_stats", function()
+  srv:route("GET", "/partitions/stats", cached(node, "/partitions/stats", function()
     return node:partition_stats()
   end))
+  if not node.opts.read_token then
+    for _, path in ipairs({"/cluster", "/partitions", "/partitions/stats"}) do srv:fast_body(path) end
+  end
 
   srv:route("GET", "/partitions/key", function(req, res)
     if not membership.read_authorized(node, req, res) then return end

@@ -299,10 +299,13 @@ function Server:route(method, pattern, fn)
     error("clusterkit: route: handler must be a function", 3)
   end
   local fast = self._fast
-  if fast and pattern == fast.path and (method == "GET" or method == "HEAD") then
+  if method == "GET" or method == "HEAD" then
     -- An application's own route replaces the built-in one: C must not
-    -- answer it any more.
-    self._fast = nil
+    -- answer it any more (a reset drops what it holds; nothing refills it).
+    local was = (fast and pattern == fast.path) or (self._bodies and self._bodies[pattern])
+    if fast and pattern == fast.path then self._fast = nil end
+    if self._bodies then self._bodies[pattern] = nil end
+    if was and self._fast_on then self.c:fast_key_reset() end
   end
   if not find(pattern, "[:*]") then
     local by_path = self.exact[method]
@@ -507,13 +510,28 @@ function Server:fast_key(path)
   self._fast = {path = path}
 end
 
---- The state changed: C passes every lookup to Lua until the next fast_put.
+--- Lets C answer GET `path` (no query; the route registered just before)
+-- from the body its handler hands over with :fast_put_body for the current
+-- state. Same conditions as fast_key.
+function Server:fast_body(path)
+  self._bodies = self._bodies or {}
+  self._bodies[path] = {}
+end
+
+--- The state or raft's leader changed: C passes every request to Lua until
+-- the handlers hand over answers for the new state.
 function Server:fast_reset()
   local f = self._fast
-  if f and f.on then
-    f.index = nil
-    self.c:fast_key_reset()
-  end
+  if f and f.on then f.index = nil end
+  if self._fast_on then self.c:fast_key_reset() end
+end
+
+--- Hands C the body of GET `path` at state index `index`, with whether a
+-- leader is known (X-CK-Known-Leader).
+function Server:fast_put_body(path, index, body, known_leader)
+  local b = self._bodies and self._bodies[path]
+  if not (b and b.slot) then return end
+  self.c:fast_body_put(b.slot, index, body, known_leader)
 end
 
 --- Hands C the tail (the answer after `{"key":K,`) of partition pidx
@@ -530,15 +548,22 @@ end
 
 --- Requests by route and status: Lua's counts and the fast path's answers.
 function Server:route_counts()
+  if not (self._fast_on and self.c) then return self.counts end
+  local st = self.c:stats()
+  local extra = {}
   local f = self._fast
-  local n = f and f.on and self.c and self.c:stats().fast_answered or 0
-  if n == 0 then return self.counts end
+  if f and f.on then extra[f.path] = st.fast_answered end
+  for path, n in pairs(st.fast_bodies or {}) do extra[path] = n end
   local out = {}
   for route, by in pairs(self.counts) do out[route] = by end
-  local by = {}
-  for code, c in pairs(out[f.path] or {}) do by[code] = c end
-  by[200] = (by[200] or 0) + n
-  out[f.path] = by
+  for path, n in pairs(extra) do
+    if n > 0 then
+      local by = {}
+      for code, c in pairs(out[path] or {}) do by[code] = c end
+      by[200] = (by[200] or 0) + n
+      out[path] = by
+    end
+  end
   return out
 end
 
@@ -558,6 +583,13 @@ function Server:listen(host, port)
   if f and not self.access_log then
     self.c:fast_key(f.path, self.latency:get(f.path))
     f.on = true
+    self._fast_on = true
+  end
+  if self._bodies and not self.access_log then
+    for path, b in pairs(self._bodies) do
+      b.slot = self.c:fast_body(path, self.latency:get(path))
+      self._fast_on = true
+    end
   end
   if self.node._tls then
     self.c:set_tls(self.node._tls.server)

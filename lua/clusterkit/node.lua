@@ -584,6 +584,8 @@ function Node:_on_event(ev)
     self:_check_self(v)
   end
   if ev == "raft" then
+    -- X-CK-Known-Leader of the bodies C serves may have changed.
+    self.http:fast_reset()
     self:_count_role_changes()
   end
   if ev == "raft" or ev == "applied" then

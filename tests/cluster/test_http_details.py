@@ -149,6 +149,46 @@ def test_not_leader_location_keeps_path_and_query(ck):
 # state; a conditional request always reaches the Lua handler.
 # ---------------------------------------------------------------------------
 
+CACHED_BODIES = ["/cluster", "/partitions", "/partitions/stats"]
+
+
+def route_count(node, route):
+    """clusterkit_http_requests_total{route=..., code="200"} on node."""
+    want = 'clusterkit_http_requests_total{route="%s",code="200"} ' % route
+    for line in node.get("/metrics").body.decode().splitlines():
+        if line.startswith(want):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def test_cached_state_reads_answered_in_c_match_the_lua_handler(ck):
+    """GET /cluster, /partitions and /partitions/stats answered in C carry the Lua handler's bytes, ETag and X-CK-Known-Leader; a blocking query and If-None-Match still reach Lua; the requests count in /metrics."""
+    n = ck.node("node-1")
+    for path in CACHED_BODIES:
+        def check():
+            index = state_index(n)
+            before = route_count(n, path)
+            first = raw(n, "GET", path)
+            again = [raw(n, "GET", path) for _ in range(5)]
+            lua = raw(n, "GET", path, [("If-None-Match", '"no-such-tag"')])
+            if state_index(n) != index:
+                return False
+            for r in again:
+                assert r[0] == lua[0] == first[0] == 200, (path, r[0], lua[0])
+                assert r[2] == lua[2], (path, r[2][:200], lua[2][:200])
+                for h in ("etag", "x-ck-known-leader", "content-type"):
+                    assert r[1].get(h) == lua[1].get(h), (path, h, r[1], lua[1])
+            assert route_count(n, path) - before == 7, (path, route_count(n, path), before)
+            # A blocking query on the current index waits in Lua and times out
+            # with the same body.
+            blocked = raw(n, "GET", path + "?index=%d&wait=50ms" % index)
+            if state_index(n) != index:
+                return False
+            assert blocked[0] == 200 and blocked[2] == lua[2], (path, blocked[0])
+            return True
+        wait_for(check, what="a steady state index around the checks of %s" % path)
+
+
 def fast_path(node):
     """(answered, passed) of clusterkit_http_fast_path_total on node."""
     got = {}
@@ -201,13 +241,16 @@ def test_key_lookups_answered_in_c_match_the_lua_handler_byte_for_byte(ck):
 
 
 def test_key_lookups_in_c_follow_every_state_change(ck):
-    """After joins change the owners, every lookup (cached in C for the old table) answers the new table with the new ETag, matching /partitions."""
+    """After joins change the owners, every lookup and /partitions (cached in C for the old table) answer the new table with the new ETag, as the Lua handler does."""
     c = Cluster(ck)
     first = c.start(1)[0]
     keys = ["user:%d" % i for i in range(300)]
     for k in keys:  # Fill the cache for every partition of the one-node table.
         first.get("/partitions/key?key=" + k)
         first.get("/partitions/key?key=" + k)
+    for path in CACHED_BODIES:  # And the whole bodies.
+        first.get(path)
+        first.get(path)
     answered0, _ = fast_path(first)
     assert answered0 > 0, "the lookups were not answered in C"
     c.add(join=first)
@@ -217,6 +260,16 @@ def test_key_lookups_in_c_follow_every_state_change(ck):
     def check():
         r = first.get("/partitions")
         etag = r.headers.get("ETag")
+        if etag != '"%d"' % state_index(first):
+            # Not (yet) the current state. Nothing here may ask the Lua
+            # handler before this holds: its answer refills C's cache, which
+            # would hide a cache that a state change failed to reset.
+            return False
+        # What C serves is what Lua would answer now.
+        status, headers, body = raw(first, "GET", "/partitions", [("If-None-Match", '"no-such-tag"')])
+        if headers.get("etag") != etag:
+            return False
+        assert status == 200 and body == r.body, (r.body[:300], body[:300])
         owners = {p["id"]: [p["primary_node"]] + p["replica_nodes"] for p in r.json()["partitions"]}
         for k in keys:
             a = first.get("/partitions/key?key=" + k)

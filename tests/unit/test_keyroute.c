@@ -337,6 +337,77 @@ static void test_body_grows(void **state)
     assert_int_equal(body[len - 1], '}');
 }
 
+/* Whole cached bodies: GET of the exact path without a query, until the
+ * next reset; HEAD, a query (a blocking query) and If-None-Match go to Lua;
+ * the key route is independent of them. */
+static void test_cached_bodies(void **state)
+{
+    (void)state;
+    struct ck_keyroute kr;
+    struct ck_http_request req;
+    const char *body, *etag;
+    size_t len, etag_len;
+    bool leader = false;
+    assert_int_equal(ck_keyroute_init(&kr, NULL), 0);
+    assert_int_equal(ck_keyroute_add_body(&kr, "/cluster"), 0);
+    assert_int_equal(ck_keyroute_add_body(&kr, "/partitions"), 1);
+    assert_int_equal(ck_keyroute_add_body(&kr, "relative"), CK_EINVAL);
+    memset(&req, 0, sizeof req);
+    req.method = "GET";
+    req.method_len = 3;
+    req.path = "/cluster";
+    req.path_len = 8;
+    req.query = "";
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), -1);
+    assert_int_equal(ck_keyroute_put_body(&kr, 0, 12, "{\"a\":1}", 7, true), 0);
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), 0);
+    assert_int_equal(len, 7);
+    assert_memory_equal(body, "{\"a\":1}", 7);
+    assert_memory_equal(etag, "\"12\"", etag_len);
+    assert_true(leader);
+    assert_int_equal(kr.bodies[0].answered, 1);
+    /* The key route is off (no path): a key lookup is not answered. */
+    assert_false(ck_keyroute_answer(&kr, &req, &body, &len, &etag, &etag_len));
+    /* Lua's cases. */
+    req.query = "index=12&wait=5s";
+    req.query_len = strlen(req.query);
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), -1);
+    req.query = "";
+    req.query_len = 0;
+    req.method = "HEAD";
+    req.method_len = 4;
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), -1);
+    req.method = "GET";
+    req.method_len = 3;
+    struct ck_http_header inm = {"If-None-Match", 13, "\"12\"", 4};
+    req.headers = &inm;
+    req.n_headers = 1;
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), -1);
+    req.n_headers = 0;
+    req.path = "/partitions";
+    req.path_len = 11;
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), -1);
+    /* A reset (a state or leader change) empties every slot; a bigger body
+     * replaces a smaller one. */
+    ck_keyroute_reset(&kr);
+    req.path = "/cluster";
+    req.path_len = 8;
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), -1);
+    static char big[100000];
+    memset(big, 'x', sizeof big);
+    assert_int_equal(ck_keyroute_put_body(&kr, 0, 13, big, sizeof big, false), 0);
+    assert_int_equal(ck_keyroute_answer_body(&kr, &req, &body, &len, &etag, &etag_len, &leader), 0);
+    assert_int_equal(len, sizeof big);
+    assert_false(leader);
+    assert_memory_equal(etag, "\"13\"", etag_len);
+    assert_int_equal(ck_keyroute_put_body(&kr, 2, 13, "{}", 2, false), CK_EINVAL);
+    for (int i = 2; i < CK_KEYROUTE_MAX_BODIES; i++) {
+        assert_int_equal(ck_keyroute_add_body(&kr, "/x"), i);
+    }
+    assert_int_equal(ck_keyroute_add_body(&kr, "/y"), CK_EINVAL);
+    ck_keyroute_free(&kr);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +419,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_and_stale_tails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_passes_the_unusual_to_lua, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_grows, setup, teardown),
+        cmocka_unit_test(test_cached_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
