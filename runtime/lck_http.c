@@ -291,6 +291,16 @@ static int lserver_set_tls(lua_State *L)
 
 /* ---- the key-lookup fast path (ck_keyroute.h) ---- */
 
+/* true, or nil, msg, code for a clusterkit error code. */
+static int push_result(lua_State *L, int rv)
+{
+    if (rv != 0) {
+        return lck_pushfail(L, rv, NULL);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* server:fast_key(path [, histogram]): answer GET @path?key= in C from the
  * tails Lua hands over; the histogram (core.histogram()) gets the durations. */
 static int lserver_fast_key(lua_State *L)
@@ -349,12 +359,7 @@ static int lserver_fast_body_put(lua_State *L)
     if (!b->fast || index < 0 || slot < 0 || slot >= CK_KEYROUTE_MAX_BODIES) {
         return lck_pushfail(L, CK_EINVAL, "bad slot or index");
     }
-    int rv = ck_keyroute_put_body(&b->kr, (int)slot, (uint64_t)index, body, len, lua_toboolean(L, 5));
-    if (rv != 0) {
-        return lck_pushfail(L, rv, NULL);
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ck_keyroute_put_body(&b->kr, (int)slot, (uint64_t)index, body, len, lua_toboolean(L, 5)));
 }
 
 static struct lserver *lserver_check_fast(lua_State *L, const char *fn)
@@ -388,12 +393,7 @@ static int lserver_fast_key_prime(lua_State *L)
         ck_hasher_init(&h, algo, (uint32_t)parts, lua_toboolean(L, 5)) != 0) {
         return lck_pushfail(L, CK_EINVAL, "bad index, hash algorithm or partition count");
     }
-    int rv = ck_keyroute_prime(&b->kr, (uint64_t)index, &h);
-    if (rv != 0) {
-        return lck_pushfail(L, rv, NULL);
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ck_keyroute_prime(&b->kr, (uint64_t)index, &h));
 }
 
 /* server:fast_key_put(index, partition, tail) -> true | nil, msg, code */
@@ -407,12 +407,7 @@ static int lserver_fast_key_put(lua_State *L)
     if (index < 0 || part < 0 || part >= CK_MAX_PARTITIONS) {
         return lck_pushfail(L, CK_EINVAL, "bad index or partition");
     }
-    int rv = ck_keyroute_put(&b->kr, (uint64_t)index, (uint32_t)part, tail, len);
-    if (rv != 0) {
-        return lck_pushfail(L, rv, NULL);
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_result(L, ck_keyroute_put(&b->kr, (uint64_t)index, (uint32_t)part, tail, len));
 }
 
 /* ---- requests ---- */
