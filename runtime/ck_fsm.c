@@ -10,18 +10,31 @@
 static void fsm_default_fatal(struct ck_fsm *f, int code, uint64_t index)
 {
     (void)f;
-    fprintf(stderr,
-            "clusterkit: fatal: %s while applying raft entry %llu; aborting so that this node "
-            "recovers by replaying its log on restart instead of diverging from the others\n",
-            ck_strerror(code), (unsigned long long)index);
+    if (code == CK_ECORRUPT) {
+        fprintf(stderr,
+                "clusterkit: fatal: raft entry %llu is a command this build cannot decode (written by a newer "
+                "clusterkit?); stopping instead of skipping it, which would leave this node's state behind "
+                "the others for good: run this node on the version the rest of the cluster runs\n",
+                (unsigned long long)index);
+    } else {
+        fprintf(stderr,
+                "clusterkit: fatal: %s while applying raft entry %llu; aborting so that this node "
+                "recovers by replaying its log on restart instead of diverging from the others\n",
+                ck_strerror(code), (unsigned long long)index);
+    }
     abort();
 }
 
 /* Returns 0 for every command the state decided on, accepted or refused:
- * raft 0.15 would stop applying and retry forever on non-zero. The one
- * exception is running out of memory: the state could not decide at all,
- * and skipping the command would make this replica differ from the others,
- * so the node stops (on_fatal aborts; see ck_fsm.h). */
+ * raft 0.15 would stop applying and retry forever on non-zero. Two
+ * exceptions, where the state could not decide at all and skipping the
+ * command would make this replica differ from the others for good, so the
+ * node stops (on_fatal aborts; see ck_fsm.h): running out of memory, and an
+ * entry this build cannot decode (CK_ECORRUPT). ck_node refuses undecodable
+ * proposals before they reach the log, so a committed one comes from another
+ * build: during a rolling upgrade, a newer leader's new command on an older
+ * follower. Before, that follower counted it as refused and went on without
+ * it. */
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     struct ck_fsm *f = fsm->data;
@@ -30,9 +43,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     uint64_t t0 = uv_hrtime();
     int rv = ck_state_apply(&f->state, buf->base, buf->len, index);
     ck_hist_observe(&f->apply_time, uv_hrtime() - t0);
-    if (rv == CK_ENOMEM) {
+    if (rv == CK_ENOMEM || rv == CK_ECORRUPT) {
         f->on_fatal(f, rv, index);
-        return RAFT_NOMEM; /* Only a test's on_fatal returns. */
+        return rv == CK_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT; /* Only a test's on_fatal returns. */
     }
     *result = (void *)(intptr_t)rv;
     f->applied++;

@@ -25,10 +25,12 @@ struct ck_fsm {
      * its index) alone. */
     void (*on_kv_change)(struct ck_fsm *f);
     void *data;
-    /* Called when a command cannot be applied for want of memory. It must
-     * not return (the default prints why and aborts: the node then recovers
-     * by replaying its log on restart); treating ENOMEM like a refused
-     * command would let one replica skip what the others applied. */
+    /* Called when a command cannot be applied for want of memory
+     * (CK_ENOMEM) or cannot be decoded by this build (CK_ECORRUPT). It must
+     * not return (the default prints why and aborts: after ENOMEM the node
+     * recovers by replaying its log on restart; after ECORRUPT it needs the
+     * build that wrote the entry); treating either like a refused command
+     * would let one replica skip what the others applied. */
     void (*on_fatal)(struct ck_fsm *f, int code, uint64_t index);
     uint64_t applied;          /* Commands applied (accepted or not). */
     uint64_t log_bytes;        /* Bytes of commands applied since the last snapshot. */

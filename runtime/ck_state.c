@@ -690,6 +690,12 @@ int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t ind
 {
     struct ck_cmd c;
     int rv = ck_cmd_decode(&c, buf, len);
+    if (rv != 0 && rv != CK_ENOMEM) {
+        /* Whatever the decoder disliked (a version, a type, a status or flag
+         * bit it does not know, bytes left over), this build cannot apply
+         * the command: the FSM stops the node rather than skip it. */
+        rv = CK_ECORRUPT;
+    }
     if (rv == 0) {
         switch (c.type) {
         case CK_CMD_INIT:

@@ -219,7 +219,9 @@ void ck_state_free(struct ck_state *s);
 
 /* Apply one encoded command committed at raft @index. Returns 0 when the
  * state changed or was already as asked, or a negative code when the command
- * was rejected (the state is then unchanged). Never partially applies. */
+ * was rejected (the state is then unchanged): CK_ECORRUPT when it could not
+ * be decoded at all (which the FSM treats as fatal), CK_ENOMEM, or the
+ * state's refusal (CK_EINVAL, CK_ENOTFOUND, ...). Never partially applies. */
 int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t index);
 
 /* Serialize the whole state (the snapshot format above) into @w. */

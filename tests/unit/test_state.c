@@ -1881,7 +1881,8 @@ static void test_flags(void **state)
     assert_int_equal(b.config.flags, CK_FLAG_REBALANCE_PAUSED);
     w.len = 0;
     ck_cmd_encode_flags(&w, 0x80);
-    assert_int_equal(ck_state_apply(&a, w.p, w.len, 8), CK_EINVAL);
+    /* An unknown bit is a flag of a newer build: not decodable here. */
+    assert_int_equal(ck_state_apply(&a, w.p, w.len, 8), CK_ECORRUPT);
     assert_int_equal(a.config.flags, CK_FLAG_REBALANCE_PAUSED);
     assert_int_equal(a.index, 7);
     s.p[s.len - 4] = 0x80; /* An unknown bit in a snapshot is corrupt. */
