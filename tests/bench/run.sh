@@ -8,6 +8,8 @@ echo "== C: key -> partition (tests/bench/bench_lookup.c)"
 "$BUILD/tests/bench_lookup"
 echo "== Lua: lookups on a started node (tests/bench/lookup.lua)"
 "$BUILD/ckrun" tests/bench/lookup.lua
+echo "== Lua: the HTTP request path without sockets (tests/bench/http_dispatch.lua)"
+"$BUILD/ckrun" tests/bench/http_dispatch.lua
 echo "== placement through the Lua policy interface (tests/bench/place_lua.lua)"
 "$BUILD/ckrun" tests/bench/place_lua.lua
 for b in "$BUILD"/tests/bench_place; do
