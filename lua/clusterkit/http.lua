@@ -305,7 +305,7 @@ function Server:route(method, pattern, fn)
     local was = (fast and pattern == fast.path) or (self._bodies and self._bodies[pattern])
     if fast and pattern == fast.path then self._fast = nil end
     if self._bodies then self._bodies[pattern] = nil end
-    if was and self._fast_on then self.c:fast_key_reset() end
+    if was and self._fast_on and self.c then self.c:fast_key_reset() end
   end
   if not find(pattern, "[:*]") then
     local by_path = self.exact[method]
@@ -523,14 +523,15 @@ end
 function Server:fast_reset()
   local f = self._fast
   if f and f.on then f.index = nil end
-  if self._fast_on then self.c:fast_key_reset() end
+  -- After close (a stop) events still come: there is nothing left to reset.
+  if self._fast_on and self.c then self.c:fast_key_reset() end
 end
 
 --- Hands C the body of GET `path` at state index `index`, with whether a
 -- leader is known (X-CK-Known-Leader).
 function Server:fast_put_body(path, index, body, known_leader)
   local b = self._bodies and self._bodies[path]
-  if not (b and b.slot) then return end
+  if not (b and b.slot and self.c) then return end
   self.c:fast_body_put(b.slot, index, body, known_leader)
 end
 
@@ -538,7 +539,7 @@ end
 -- (0-based) as view v has it.
 function Server:fast_put(v, pidx, tail)
   local f = self._fast
-  if not (f and f.on) then return end
+  if not (f and f.on and self.c) then return end
   if f.index ~= v.index then
     if not self.c:fast_key_prime(v.index, v.hash_algo, v.partitions, v.hash_tags) then return end
     f.index = v.index

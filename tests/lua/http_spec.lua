@@ -137,6 +137,27 @@ describe("the router's path matching", function()
     assert.are.equal("a+b", http.unescape("a+b"))
   end)
 
+  it("ignores fast-path resets and puts once the server is closed (events still come during a stop)", function()
+    local srv = http.server({opts = {header_timeout = 10, body_timeout = 30, idle_timeout = 60}, log = {}})
+    srv:route("GET", "/partitions/key", function() end)
+    srv:fast_key("/partitions/key")
+    srv:route("GET", "/cluster", function() end)
+    srv:fast_body("/cluster")
+    assert(srv:listen("127.0.0.1", 0))
+    srv:fast_reset()
+    local closed = false
+    srv:close(function() closed = true end)
+    assert.has_no.errors(function()
+      srv:fast_reset()
+      srv:fast_put({index = 3, hash_algo = "fnv1a64", partitions = 8, hash_tags = true}, 0, "}")
+      srv:fast_put_body("/cluster", 3, "{}", true)
+      srv:route("GET", "/cluster", function() end)
+    end)
+    local deadline = require("clusterkit.core").hrtime() + 5e9
+    while not closed and require("clusterkit.core").hrtime() < deadline do require("clusterkit").sleep(0.01) end
+    assert.is_true(closed)
+  end)
+
   it("lets a later route of the application replace the built-in key lookup answered in C", function()
     local srv = http.server({opts = {}, log = {}})
     srv:route("GET", "/partitions/key", function() end)
