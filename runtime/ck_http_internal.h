@@ -1,7 +1,8 @@
 /*
- * The socket-free half of the HTTP server: request assembly on top of llhttp,
- * limit checks, and response serialization. ck_http.c wires it to libuv; unit
- * tests and the fuzz target drive it directly with arbitrary bytes.
+ * The socket-free half of the HTTP server: request assembly on top of llhttp
+ * and limit checks (ck_http_parser.c), and response serialization
+ * (ck_http_format.c). ck_http.c wires them to libuv; unit tests and the fuzz
+ * target drive them directly with arbitrary bytes.
  *
  * A parser assembles one request at a time. ck_http_parser_feed() consumes
  * bytes until the request is complete (CK_HTTP_REQUEST: the request is in
@@ -22,6 +23,7 @@
 #include "ck_http.h"
 
 #include <llhttp.h>
+#include <string.h>
 
 enum ck_http_phase {
     CK_HTTP_IDLE,    /* Between requests: nothing of the next one seen yet. */
@@ -85,6 +87,29 @@ enum ck_http_event ck_http_parser_feed(struct ck_http_parser *p, const char *dat
 /* Forget the current request and resume parsing. Shrinks an arena that a big
  * request grew, so that idle connections stay small. */
 void ck_http_parser_next(struct ck_http_parser *p);
+
+/* An arena or buffer that one big request or response grew past this is
+ * released afterwards, so that a thousand idle keep-alive connections do not
+ * pin a megabyte each. */
+#define CK_HTTP_BUF_KEEP (64 * 1024)
+
+/* Grow *@buf (capacity *@cap; doubling, from 512) to hold @need bytes.
+ * Returns 0 or CK_ENOMEM (*@buf unchanged). */
+int ck_http_buf_reserve(char **buf, size_t *cap, size_t need);
+
+/* Optional whitespace of RFC 9110 §5.6.3: SP or HTAB. */
+static inline bool ck_http_is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* RFC 9110 token characters, for header names. */
+static inline bool ck_http_is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
 
 /* Flags for ck_http_format_response(). */
 enum {
