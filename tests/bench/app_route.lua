@@ -5,11 +5,5 @@
 local clusterkit = require "clusterkit"
 
 local ck = clusterkit.new {}
-ck:route("GET", "/app/:key", function(req, res)
-  local key = req.params.key
-  local nodes, err = ck:nodes_for_key(key)
-  if not nodes then return res:error(503, "NOT_READY", tostring(err)) end
-  res:json({key = key, partition = ck:partition_for_key(key).index, primary = nodes[1] and nodes[1].id,
-            owners = #nodes})
-end)
+require("app_handler")(ck) -- ckrun puts this file's directory on package.path.
 assert(ck:start())

@@ -19,13 +19,7 @@ local ck = clusterkit.new {
   node_id = "bench", http_addr = "127.0.0.1:0", raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()),
   data_dir = dir .. ".ck", log_level = "warn", partition_count = 64,
 }
-ck:route("GET", "/app/:key", function(req, res)
-  local key = req.params.key
-  local nodes, err = ck:nodes_for_key(key)
-  if not nodes then return res:error(503, "NOT_READY", tostring(err)) end
-  res:json({key = key, partition = ck:partition_for_key(key).index, primary = nodes[1] and nodes[1].id,
-            owners = #nodes})
-end)
+require("app_handler")(ck) -- The route of tests/bench/app_route.lua.
 assert(ck:start())
 
 -- The C request object's methods that the path uses.

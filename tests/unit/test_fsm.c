@@ -555,6 +555,19 @@ static void record_fatal(struct ck_fsm *f, int code, uint64_t index)
     fatal_index = index;
 }
 
+/* An FSM over a bare raft struct (no fixture) whose next entry is at
+ * @last_applied + 1, with record_fatal as its on_fatal. */
+static void fsm_alone(struct raft_fsm *fsm, struct ck_fsm *f, struct raft *r, uint64_t last_applied)
+{
+    memset(r, 0, sizeof *r);
+    memset(f, 0, sizeof *f);
+    r->last_applied = last_applied;
+    ck_fsm_init(fsm, f);
+    f->raft = r;
+    f->on_fatal = record_fatal;
+    fatal_code = 0;
+}
+
 /* Out of memory inside apply is fatal for the node, never a refused command
  * that this replica skips while the others apply it; the same command
  * applies once memory is back (what a restart's log replay does). */
@@ -564,12 +577,7 @@ static void test_enomem_in_apply_is_fatal(void **state)
     struct raft_fsm fsm;
     struct ck_fsm f;
     struct raft r;
-    memset(&r, 0, sizeof r);
-    memset(&f, 0, sizeof f);
-    r.last_applied = 41;
-    ck_fsm_init(&fsm, &f);
-    f.raft = &r;
-    f.on_fatal = record_fatal;
+    fsm_alone(&fsm, &f, &r, 41);
     struct blob init = cmd_init(16, 3);
     struct raft_buffer buf = {init.p, init.len};
     void *result = (void *)(intptr_t)-1;
@@ -613,13 +621,7 @@ static void test_undecodable_entry_is_fatal(void **state)
         struct raft_fsm fsm;
         struct ck_fsm f;
         struct raft r;
-        memset(&r, 0, sizeof r);
-        memset(&f, 0, sizeof f);
-        r.last_applied = 6;
-        ck_fsm_init(&fsm, &f);
-        f.raft = &r;
-        f.on_fatal = record_fatal;
-        fatal_code = 0;
+        fsm_alone(&fsm, &f, &r, 6);
         struct blob init = cmd_init(16, 3);
         struct raft_buffer ib = {init.p, init.len};
         void *result = NULL;
