@@ -9,19 +9,37 @@
 
 #include "ck_common.h"
 
+/* Copy @path into @dst (capacity 64, the size of every path field here) if
+ * it is an absolute path that fits. */
+static int copy_path(char dst[64], size_t *len, const char *path)
+{
+    size_t n = strlen(path);
+    if (n == 0 || n >= 64 || path[0] != '/') {
+        return CK_EINVAL;
+    }
+    memcpy(dst, path, n + 1);
+    *len = n;
+    return 0;
+}
+
+/* "\"<index>\"", the ETag Lua writes for a state index. */
+static size_t format_etag(char etag[24], uint64_t index)
+{
+    return (size_t)snprintf(etag, 24, "\"%" PRIu64 "\"", index);
+}
+
 int ck_keyroute_init(struct ck_keyroute *kr, const char *path)
 {
     memset(kr, 0, sizeof *kr);
-    if (path == NULL) {
-        return 0;
-    }
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof kr->path || path[0] != '/') {
+    return path == NULL ? 0 : ck_keyroute_set_path(kr, path);
+}
+
+int ck_keyroute_set_path(struct ck_keyroute *kr, const char *path)
+{
+    if (kr->path_len != 0) {
         return CK_EINVAL;
     }
-    memcpy(kr->path, path, n + 1);
-    kr->path_len = n;
-    return 0;
+    return copy_path(kr->path, &kr->path_len, path);
 }
 
 static void drop_tails(struct ck_keyroute *kr)
@@ -51,14 +69,14 @@ void ck_keyroute_free(struct ck_keyroute *kr)
 
 int ck_keyroute_add_body(struct ck_keyroute *kr, const char *path)
 {
-    size_t n = strlen(path);
-    if (kr->n_bodies == CK_KEYROUTE_MAX_BODIES || n == 0 || n >= sizeof kr->bodies[0].path || path[0] != '/') {
+    if (kr->n_bodies == CK_KEYROUTE_MAX_BODIES) {
         return CK_EINVAL;
     }
     struct ck_keyroute_body *b = &kr->bodies[kr->n_bodies];
     memset(b, 0, sizeof *b);
-    memcpy(b->path, path, n + 1);
-    b->path_len = n;
+    if (copy_path(b->path, &b->path_len, path) != 0) {
+        return CK_EINVAL;
+    }
     return (int)kr->n_bodies++;
 }
 
@@ -81,7 +99,7 @@ int ck_keyroute_put_body(struct ck_keyroute *kr, int slot, uint64_t index, const
     memcpy(b->bytes, body, len);
     b->len = len;
     b->known_leader = known_leader;
-    b->etag_len = (size_t)snprintf(b->etag, sizeof b->etag, "\"%" PRIu64 "\"", index);
+    b->etag_len = format_etag(b->etag, index);
     b->valid = true;
     return 0;
 }
@@ -110,7 +128,7 @@ int ck_keyroute_prime(struct ck_keyroute *kr, uint64_t index, const struct ck_ha
     kr->n_tails = hasher->partitions;
     kr->hasher = *hasher;
     kr->index = index;
-    kr->etag_len = (size_t)snprintf(kr->etag, sizeof kr->etag, "\"%" PRIu64 "\"", index);
+    kr->etag_len = format_etag(kr->etag, index);
     kr->primed = true;
     return 0;
 }

@@ -78,6 +78,10 @@ struct ck_keyroute {
  * when @path is NULL (cached bodies only). Returns 0 or CK_EINVAL. */
 int ck_keyroute_init(struct ck_keyroute *kr, const char *path);
 
+/* Turn the key lookup on, at @path (at most 63 bytes). Returns 0, or
+ * CK_EINVAL (a bad path, or a path already set). */
+int ck_keyroute_set_path(struct ck_keyroute *kr, const char *path);
+
 /* Free every tail and the scratch. @kr may be initialised again. */
 void ck_keyroute_free(struct ck_keyroute *kr);
 

@@ -28,7 +28,6 @@ struct lserver {
     int self_ref;
     int close_ref;
     bool fast;             /* kr is in use: server:fast_key() or fast_body() was called. */
-    bool fast_key;         /* The key lookup is on. */
     struct ck_keyroute kr; /* The HTTP fast path (ck_keyroute.h). */
     struct ck_hist *hist;  /* The key route's latency histogram, pinned by hist_ref. */
     int hist_ref;
@@ -47,7 +46,7 @@ static bool lserver_fast(struct lserver *b, struct ck_http_request *r)
     const char *body, *etag;
     size_t len, etag_len;
     uint64_t t0 = uv_hrtime();
-    if (b->fast_key && ck_keyroute_answer(&b->kr, r, &body, &len, &etag, &etag_len)) {
+    if (ck_keyroute_answer(&b->kr, r, &body, &len, &etag, &etag_len)) {
         const struct ck_http_header h[2] = {
             {"Content-Type", 12, "application/json", 16},
             {"ETag", 4, etag, etag_len},
@@ -147,7 +146,6 @@ static int lserver_new(lua_State *L)
     b->self_ref = LUA_NOREF;
     b->close_ref = LUA_NOREF;
     b->fast = false;
-    b->fast_key = false;
     b->hist = NULL;
     b->hist_ref = LUA_NOREF;
     for (int i = 0; i < CK_KEYROUTE_MAX_BODIES; i++) {
@@ -230,7 +228,6 @@ static int lserver_close(lua_State *L)
     if (b->fast) {
         /* No request reaches on_request once the close has started. */
         b->fast = false;
-        b->fast_key = false;
         b->hist = NULL;
         for (int i = 0; i < CK_KEYROUTE_MAX_BODIES; i++) {
             b->body_hist[i] = NULL;
@@ -260,13 +257,14 @@ static int lserver_stats(lua_State *L)
     STAT(tls_handshakes)
     STAT(tls_failures)
 #undef STAT
-    lua_pushnumber(L, (lua_Number)(b->fast ? b->kr.answered : 0));
+    /* kr is set up with the server (zero until a fast path is installed). */
+    lua_pushnumber(L, (lua_Number)b->kr.answered);
     lua_setfield(L, -2, "fast_answered");
-    lua_pushnumber(L, (lua_Number)(b->fast ? b->kr.passed : 0));
+    lua_pushnumber(L, (lua_Number)b->kr.passed);
     lua_setfield(L, -2, "fast_passed");
     /* fast_bodies = {[path] = answered} */
     lua_createtable(L, 0, (int)b->kr.n_bodies);
-    for (unsigned i = 0; b->fast && i < b->kr.n_bodies; i++) {
+    for (unsigned i = 0; i < b->kr.n_bodies; i++) {
         lua_pushnumber(L, (lua_Number)b->kr.bodies[i].answered);
         lua_setfield(L, -2, b->kr.bodies[i].path);
     }
@@ -301,28 +299,29 @@ static int push_result(lua_State *L, int rv)
     return 1;
 }
 
+/* The histogram (core.histogram()) at stack index 3, or NULL when none is
+ * given; pinned in *@ref while C files durations into it. */
+static struct ck_hist *pin_hist(lua_State *L, int *ref)
+{
+    if (lua_isnoneornil(L, 3)) {
+        return NULL;
+    }
+    struct ck_hist *h = luaL_checkudata(L, 3, HIST_MT);
+    lua_pushvalue(L, 3);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return h;
+}
+
 /* server:fast_key(path [, histogram]): answer GET @path?key= in C from the
- * tails Lua hands over; the histogram (core.histogram()) gets the durations. */
+ * tails Lua hands over; the histogram gets the durations. */
 static int lserver_fast_key(lua_State *L)
 {
     struct lserver *b = lserver_check(L, "server:fast_key");
-    const char *path = luaL_checkstring(L, 2);
-    struct ck_hist *h = lua_isnoneornil(L, 3) ? NULL : luaL_checkudata(L, 3, HIST_MT);
-    if (b->fast_key) {
-        return luaL_error(L, "server:fast_key: already set");
+    if (ck_keyroute_set_path(&b->kr, luaL_checkstring(L, 2)) != 0) {
+        return luaL_error(L, "server:fast_key: already set, or a path that does not start with / or is not "
+                             "under 64 bytes");
     }
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof b->kr.path || path[0] != '/') {
-        return luaL_error(L, "server:fast_key: path must start with / and be under 64 bytes");
-    }
-    memcpy(b->kr.path, path, n + 1);
-    b->kr.path_len = n;
-    b->fast_key = true;
-    if (h != NULL) {
-        lua_pushvalue(L, 3);
-        b->hist_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        b->hist = h;
-    }
+    b->hist = pin_hist(L, &b->hist_ref);
     b->fast = true;
     return 0;
 }
@@ -332,17 +331,11 @@ static int lserver_fast_key(lua_State *L)
 static int lserver_fast_body(lua_State *L)
 {
     struct lserver *b = lserver_check(L, "server:fast_body");
-    const char *path = luaL_checkstring(L, 2);
-    struct ck_hist *h = lua_isnoneornil(L, 3) ? NULL : luaL_checkudata(L, 3, HIST_MT);
-    int slot = ck_keyroute_add_body(&b->kr, path);
+    int slot = ck_keyroute_add_body(&b->kr, luaL_checkstring(L, 2));
     if (slot < 0) {
         return luaL_error(L, "server:fast_body: bad path, or more than %d bodies", CK_KEYROUTE_MAX_BODIES);
     }
-    if (h != NULL) {
-        lua_pushvalue(L, 3);
-        b->body_hist_ref[slot] = luaL_ref(L, LUA_REGISTRYINDEX);
-        b->body_hist[slot] = h;
-    }
+    b->body_hist[slot] = pin_hist(L, &b->body_hist_ref[slot]);
     b->fast = true;
     lua_pushinteger(L, slot);
     return 1;
@@ -365,7 +358,7 @@ static int lserver_fast_body_put(lua_State *L)
 static struct lserver *lserver_check_fast(lua_State *L, const char *fn)
 {
     struct lserver *b = lserver_check(L, fn);
-    if (!b->fast_key) {
+    if (b->kr.path_len == 0) {
         luaL_error(L, "%s: no fast path (call server:fast_key first)", fn);
     }
     return b;

@@ -10,7 +10,7 @@ import http.client
 import urllib.parse
 
 from ckharness import ck  # noqa: F401  (the fixture)
-from ckharness import HOST, HTTP_TIMEOUT, parse_raw_response, raw_request
+from ckharness import HOST, HTTP_TIMEOUT, metric, parse_raw_response, raw_request
 from ckcluster import Cluster, wait_for
 
 # Reads whose body is a function of the replicated state: ETag = state index.
@@ -153,12 +153,9 @@ CACHED_BODIES = ["/cluster", "/partitions", "/partitions/stats"]
 
 
 def route_count(node, route):
-    """clusterkit_http_requests_total{route=..., code="200"} on node."""
-    want = 'clusterkit_http_requests_total{route="%s",code="200"} ' % route
-    for line in node.get("/metrics").body.decode().splitlines():
-        if line.startswith(want):
-            return int(float(line.split()[-1]))
-    return 0
+    """clusterkit_http_requests_total{route=..., code="200"} on node (0 before the first)."""
+    v = metric(node.get("/metrics").body.decode(), 'clusterkit_http_requests_total{route="%s",code="200"}' % route)
+    return int(v or 0)
 
 
 def test_cached_state_reads_answered_in_c_match_the_lua_handler(ck):
@@ -191,12 +188,10 @@ def test_cached_state_reads_answered_in_c_match_the_lua_handler(ck):
 
 def fast_path(node):
     """(answered, passed) of clusterkit_http_fast_path_total on node."""
-    got = {}
-    for line in node.get("/metrics").body.decode().splitlines():
-        if line.startswith("clusterkit_http_fast_path_total{"):
-            got[line.split('"')[1]] = int(float(line.split()[-1]))
-    assert set(got) == {"answered", "passed"}, got
-    return got["answered"], got["passed"]
+    text = node.get("/metrics").body.decode()
+    got = [metric(text, 'clusterkit_http_fast_path_total{result="%s"}' % r) for r in ("answered", "passed")]
+    assert None not in got, got
+    return int(got[0]), int(got[1])
 
 
 def lookup_keys():

@@ -199,6 +199,11 @@ static void test_init(void **state)
     longp[0] = '/';
     longp[sizeof longp - 1] = '\0';
     assert_int_equal(ck_keyroute_init(&kr, longp), CK_EINVAL);
+    /* One key path per route table: a second is refused. */
+    assert_int_equal(ck_keyroute_init(&kr, "/a"), 0);
+    assert_int_equal(ck_keyroute_set_path(&kr, "/b"), CK_EINVAL);
+    assert_int_equal(kr.path_len, 2);
+    ck_keyroute_free(&kr);
 }
 
 /* Nothing is answered before a prime, nor for a partition without a tail;
