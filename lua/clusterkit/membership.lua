@@ -236,8 +236,44 @@ function M.admit(node, info)
   end)
 end
 
+-- Removing a voter shrinks the quorum: an error when the voters left
+-- behind could not commit (more than half of them must be alive), else nil.
+-- Alive means active in the state; with `heard`, also heard from by raft
+-- within the last election timeout (the status of a node that just died
+-- stays active for DOWN_AFTER, and a new leader has seen nobody fail yet).
+local function quorum_refusal(node, v, id, heard)
+  local entry = config_entry(node, core.raft_id(id))
+  if not (entry and entry.role == "voter") then return nil end
+  local live, total = 0, 0
+  for _, s in ipairs(node._core:configuration()) do
+    if s.role == "voter" and s.id ~= entry.id then
+      total = total + 1
+      local recent = not heard or s.id == node.raft_id or s.recent == true
+      for _, n in ipairs(v.nodes) do
+        if n.raft_id == s.id and n.status == "active" and recent then live = live + 1 end
+      end
+    end
+  end
+  if live * 2 <= total then
+    return errors.new("QUORUM", format("removing %s would leave %d of %d voters alive", id, live, total),
+      {status = 409})
+  end
+end
+
+-- True while some partition of view v names node `id` as an owner.
+local function in_table(v, id)
+  for _, p in ipairs(v.parts or {}) do
+    if p.primary_node == id then return true end
+    for _, r in ipairs(p.replica_nodes) do
+      if r == id then return true end
+    end
+  end
+  return false
+end
+
 --- Removes a node for good (leader only): status left, table without it,
--- raft_remove, entry removed.
+-- raft_remove, entry removed. A leader that dies between these steps
+-- leaves the rest to the next one (finish_leaves, every leader tick).
 function M.remove(node, id)
   return with_lock(node, function()
     if not node:is_leader() then
@@ -252,37 +288,12 @@ function M.remove(node, id)
       return nil, errors.new("INVALID", "the leader cannot remove itself; transfer leadership first",
         {status = 409})
     end
-    -- Removing a voter shrinks the quorum: refuse when the voters left
-    -- behind could not commit (more than half of them must be alive).
-    local entry = config_entry(node, core.raft_id(id))
-    if entry and entry.role == "voter" then
-      local live, total = 0, 0
-      for _, s in ipairs(node._core:configuration()) do
-        if s.role == "voter" and s.id ~= entry.id then
-          total = total + 1
-          for _, n in ipairs(v.nodes) do
-            if n.raft_id == s.id and n.status == "active" then live = live + 1 end
-          end
-        end
-      end
-      if live * 2 <= total then
-        return nil, errors.new("QUORUM", format("removing %s would leave %d of %d voters alive", id, live, total),
-          {status = 409})
-      end
-    end
+    local refused = quorum_refusal(node, v, id)
+    if refused then return nil, refused end
     local ok, msg = node:_propose(core.encode_status(id, "left", core.time_ms()))
     if not ok then return nil, errors.new("RAFT", tostring(msg), {status = 503}) end
     -- Let the reconciler move the table off the node before it goes.
-    node:_wait_until(function()
-      local vv = node:_view()
-      for _, p in ipairs(vv.parts or {}) do
-        if p.primary_node == id then return false end
-        for _, r in ipairs(p.replica_nodes) do
-          if r == id then return false end
-        end
-      end
-      return true
-    end, 5)
+    node:_wait_until(function() return not in_table(node:_view(), id) end, 5)
     local raft_id = core.raft_id(id)
     if config_entry(node, raft_id) then
       ok, msg = raft_call(node, "remove", raft_id)
@@ -341,6 +352,32 @@ local function repair_roles(node, v)
   end
 end
 
+-- A node whose status is left but which is still in raft's configuration
+-- or in the state is a leave that an earlier leader began and did not
+-- finish: it died between the steps of M.remove. (The leaving node keeps
+-- voting meanwhile, so that this survivor could be elected; see
+-- Node:_check_removed.) Finish it, one step per tick, never waiting for
+-- the change lock: the ticker must not stall behind a POST /leave.
+local function finish_leaves(node, v)
+  if node._changing then return end
+  for _, n in ipairs(v.nodes) do
+    if n.status == "left" and n.id ~= node.id and not in_table(v, n.id) then
+      local raft_id = core.raft_id(n.id)
+      if config_entry(node, raft_id) then
+        if not quorum_refusal(node, v, n.id, true) then
+          node.log:info("finishing the leave of %s: removing it from raft", n.id)
+          with_lock(node, function() return raft_call(node, "remove", raft_id) end)
+        end
+      else
+        node.log:info("finishing the leave of %s: removing its entry", n.id)
+        local ok, msg = node:_propose(core.encode_remove(n.id))
+        if not ok then node.log:warn("removing %s not committed: %s", n.id, tostring(msg)) end
+      end
+      return
+    end
+  end
+end
+
 -- Raft-level contact, sampled every leader tick: when raft last said it
 -- heard from each server (its progress' recent flag).
 local function sample_raft_contact(node, term)
@@ -393,6 +430,13 @@ function M.leader_tick(node)
     end
     if node:is_leader() then
       repair_roles(node, node:_view())
+      if node:_gone() == "leaving" then
+        -- This leader's own status is left (it was asked to leave, and
+        -- the leader that began it died): another voter must lead.
+        node:_handover()
+      else
+        finish_leaves(node, node:_view())
+      end
       -- A down node's grace period ended: its replica slots move now.
       if node._grace_deadline and core.time_ms() >= node._grace_deadline then
         node:_reconcile()

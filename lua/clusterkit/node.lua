@@ -663,10 +663,17 @@ function Node:_check_removed(r)
   local t = hrtime()
   local quiet = (t - self._leaderless_since) / 1e9
   local et = self.opts.election_timeout
-  if self._leaving and (r.role == nil or quiet > 3 * et) then
+  -- A leaving voter must go on voting until raft removes it: when the
+  -- leader that began its leave dies, the survivors may need its vote to
+  -- elect the one that finishes the leave (finish_leaves in
+  -- membership.lua). Stopping after some leaderless time, as a standby
+  -- may, once left a 3-voter cluster with one live voter and no leader.
+  -- So a leaving voter asks a peer instead, soon.
+  if self._leaving and (r.role == nil or (r.role ~= "voter" and quiet > 3 * et)) then
     return self:_removed_now("it left the cluster and no leader sends it the log any more")
   end
-  if quiet < math.max(5, 10 * et) or self._probing then return end
+  local probe_after = (self._leaving and 3 * et) or math.max(5, 10 * et)
+  if quiet < probe_after or self._probing then return end
   if self._next_probe and t < self._next_probe then return end
   self._next_probe = t + 2e9
   local v = self:_view()
@@ -678,6 +685,7 @@ function Node:_check_removed(r)
   if #peers == 0 then return end
   self._probe_at = (self._probe_at or 0) % #peers + 1
   local peer = peers[self._probe_at]
+  self.log:info("no leader for %.1fs: asking %s whether this node is still a member", quiet, peer.id)
   self._probing = true
   sched.spawn(function()
     local res = require("clusterkit.httpc").request {
@@ -959,7 +967,12 @@ function Node:_reconcile_once()
     for _, n in ipairs(raw.nodes) do
       if n.id == self.id then cur = n end
     end
-    if not cur or not same_entry(cur, mine) then
+    -- A leader whose own status is left was asked to leave before it was
+    -- elected: registering itself as active would undo the leave. It
+    -- moves the table off itself and hands over (membership.leader_tick).
+    if cur and cur.status == "left" then
+      return self:_rebalance_if_needed(raw, false)
+    elseif not cur or not same_entry(cur, mine) then
       mine.time_ms = core.time_ms()
       ok, msg, code = self:_propose(core.encode_node(mine))
     else

@@ -15,7 +15,7 @@ import urllib.parse
 import pytest
 
 from ckharness import ck, free_port  # noqa: F401  (ck: the fixture)
-from ckcluster import Cluster, node_statuses, partitions_of, probe, wait_for
+from ckcluster import Cluster, leader_of, node_statuses, partitions_of, probe, wait_for
 
 # How long the paused follower stays stopped: below DOWN_AFTER (1.5 s).
 PAUSE = 1.0
@@ -352,6 +352,67 @@ def test_leader_asked_to_leave_hands_over_and_leaves(ck):
     assert c.leader(nodes=rest) is not lead
     assert lead.wait_exit(30) == 3, lead.log_tail()
     n4 = c.add(join=rest[0])
+    c.wait_converged(nodes=rest + [n4], members=True)
+
+
+# Commits only the first step of a leave (status left), as a leader that
+# dies right after it leaves the cluster: POST /leave's later steps (raft
+# remove, entry removed) never run. Test-only: it reaches into the node.
+HALF_LEAVE_APP = r"""
+local clusterkit = require "clusterkit"
+local core = require "clusterkit.core"
+local ck = clusterkit.new()
+ck:route("POST", "/test/half-leave/:id", function(req, res)
+  local ok, err = ck:_propose(core.encode_status(req.params.id, "left", core.time_ms()))
+  if not ok then return res:error(503, "RAFT", tostring(err)) end
+  return res:json({ok = true})
+end)
+assert(ck:start())
+"""
+
+
+def test_a_leave_outlives_the_leader_that_began_it(ck):
+    """The leader dies after committing a voter's status left and before removing it from raft: the leaving voter goes on voting, so the one other live voter is elected, and a later leader finishes the leave."""
+    app = os.path.join(str(ck.tmp_path), "half_leave.lua")
+    with open(app, "w") as f:
+        f.write(HALF_LEAVE_APP)
+    c = Cluster(ck, env={"REMOVED_LINGER": "1"}, args=[app])
+    nodes = c.start(3)
+    # All three must be voters (a joiner starts as a standby).
+    wait_for(lambda: c.voter_ids(nodes) == {n.node_id for n in nodes}, timeout=20, what="three voters")
+    c.wait_converged(members=True)
+    lead = c.leader()
+    gone, stay = [n for n in nodes if n is not lead]
+    st, body = post_json(lead, "/test/half-leave/" + gone.node_id, {})
+    assert st == 200, body
+    wait_for(lambda: "status is left" in gone.log_text(), timeout=10, what="the leaving node to learn it")
+    # The other voter is held back until the leaving one has been without
+    # a leader for long enough to ask a peer whether it is still a member
+    # (the old code stopped it at that point: the vote the survivor needed
+    # was gone, and nobody was ever elected).
+    os.kill(stay.pid, signal.SIGSTOP)
+    try:
+        lead.kill9()
+        wait_for(lambda: not gone.running() or "whether this node is still a member" in gone.log_text(),
+                 timeout=20, what="the leaving voter to be leaderless long enough to ask")
+    finally:
+        os.kill(stay.pid, signal.SIGCONT)
+    assert gone.running(), gone.log_tail()
+    # Two of three voters are alive, one of them leaving: they must elect
+    # the one that is not leaving (the leaving one hands over if it wins).
+    wait_for(lambda: leader_of(stay) == stay.node_id, timeout=20,
+             what="the live voter that is not leaving to lead")
+    # Removing the leaving voter now would leave one of two voters alive:
+    # the leave waits for the old leader.
+    lead.restart()
+    rest = [lead, stay]
+    for n in rest:
+        c.wait_status(n, gone.node_id, None)
+    c.wait_converged(nodes=rest, members=True)
+    for n in rest:
+        assert n.get_json("/consensus/stats")["voters"] == 2
+    assert gone.wait_exit(30) == 3, gone.log_tail()
+    n4 = c.add(join=stay)
     c.wait_converged(nodes=rest + [n4], members=True)
 
 
