@@ -271,6 +271,31 @@ local function in_table(v, id)
   return false
 end
 
+-- Before a voter is removed, a live standby takes its vote when the
+-- voters would otherwise fall below VOTERS. Removing one of three voters
+-- first leaves two, which need each other: the leader dying then (before
+-- a standby was promoted) stops the cluster until it comes back, and with
+-- the removal appended but not committed, even the survivors' old
+-- configuration cannot elect anyone.
+local function promote_before_removing(node, raft_id)
+  local entry = config_entry(node, raft_id)
+  if not (entry and entry.role == "voter") then return end
+  local status = {}
+  for _, n in ipairs(node:_view().nodes) do status[n.raft_id] = n.status end
+  local voters, standby = 0, nil
+  for _, s in ipairs(node._core:configuration()) do
+    if s.role == "voter" and s.id ~= raft_id then
+      voters = voters + 1
+    elseif s.role == "standby" and status[s.id] == "active" and s.recent ~= false then
+      standby = standby or s
+    end
+  end
+  if voters >= node.opts.voters or not standby then return end
+  node.log:info("promoting standby %s to voter before removing voter %s", standby.address, entry.address)
+  local ok, msg = raft_call(node, "assign", standby.id, "voter")
+  if not ok then node.log:warn("promoting %s: %s", standby.address, tostring(msg)) end
+end
+
 --- Removes a node for good (leader only): status left, table without it,
 -- raft_remove, entry removed. A leader that dies between these steps
 -- leaves the rest to the next one (finish_leaves, every leader tick).
@@ -295,6 +320,7 @@ function M.remove(node, id)
     -- Let the reconciler move the table off the node before it goes.
     node:_wait_until(function() return not in_table(node:_view(), id) end, 5)
     local raft_id = core.raft_id(id)
+    promote_before_removing(node, raft_id)
     if config_entry(node, raft_id) then
       ok, msg = raft_call(node, "remove", raft_id)
       if not ok then return nil, errors.new("RAFT", "raft remove: " .. tostring(msg), {status = 503}) end
@@ -366,7 +392,10 @@ local function finish_leaves(node, v)
       if config_entry(node, raft_id) then
         if not quorum_refusal(node, v, n.id, true) then
           node.log:info("finishing the leave of %s: removing it from raft", n.id)
-          with_lock(node, function() return raft_call(node, "remove", raft_id) end)
+          with_lock(node, function()
+            promote_before_removing(node, raft_id)
+            return raft_call(node, "remove", raft_id)
+          end)
         end
       else
         node.log:info("finishing the leave of %s: removing its entry", n.id)
