@@ -41,6 +41,20 @@ static void w_header(struct ck_wbuf *w, uint8_t type)
     ck_w_u8(w, type);
 }
 
+static void w_field(struct ck_wbuf *w, uint8_t tag, struct ck_str v)
+{
+    ck_w_u8(w, tag);
+    ck_w_str(w, v.p, v.len);
+}
+
+/* A node's trailing fields (NODE_UPSERT, CKS3 node records). */
+static void w_node_fields(struct ck_wbuf *w, struct ck_str build)
+{
+    if (build.len > 0) {
+        w_field(w, CK_FIELD_NODE_BUILD, build);
+    }
+}
+
 static void w_init_payload(struct ck_wbuf *w, const struct ck_cmd_init *c)
 {
     w_sv(w, c->cluster_id);
@@ -87,8 +101,11 @@ void ck_cmd_encode_init(struct ck_wbuf *w, const struct ck_cmd_init *c)
 
 void ck_cmd_encode_node(struct ck_wbuf *w, const struct ck_cmd_node *c)
 {
-    w_header(w, CK_CMD_NODE_UPSERT);
+    /* Version 1 unless a field must travel: level-1 readers take only that. */
+    ck_w_u8(w, c->build.len > 0 ? 2 : CK_CMD_VERSION);
+    ck_w_u8(w, CK_CMD_NODE_UPSERT);
     w_node_payload(w, c);
+    w_node_fields(w, c->build);
 }
 
 void ck_cmd_encode_status(struct ck_wbuf *w, const struct ck_cmd_status *c)
@@ -115,6 +132,12 @@ void ck_cmd_encode_kv_txn(struct ck_wbuf *w, const struct ck_kv_txn *t)
 {
     w_header(w, CK_CMD_KV_TXN);
     ck_kv_encode_txn(w, t);
+}
+
+void ck_cmd_encode_features(struct ck_wbuf *w, uint32_t level)
+{
+    w_header(w, CK_CMD_FEATURES);
+    ck_w_u32(w, level);
 }
 
 void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c)
@@ -187,6 +210,30 @@ static int r_node_payload(struct ck_rbuf *r, struct ck_cmd_node *c)
     return r->err;
 }
 
+/* Reads trailing fields up to @end (or, with @padded, up to a zero tag byte)
+ * into @c when it is a node command (@c may be NULL: every field is
+ * skipped). Unknown tags are skipped; a known one must be well formed. */
+static int r_fields(struct ck_rbuf *r, size_t end, bool padded, struct ck_cmd_node *c)
+{
+    while (r->err == 0 && r->pos < end) {
+        if (padded && r->p[r->pos] == 0) {
+            break;
+        }
+        uint8_t tag = ck_r_u8(r);
+        uint32_t len = ck_r_u32(r);
+        if (r->err != 0 || len > end - r->pos) {
+            return CK_ECORRUPT;
+        }
+        if (c != NULL && tag == CK_FIELD_NODE_BUILD) {
+            r->pos -= 4; /* Read it as the str it is. */
+            c->build = r_text(r, CK_MAX_STR);
+        } else {
+            ck_r_bytes(r, len);
+        }
+    }
+    return r->err != 0 ? r->err : r->pos <= end ? 0 : CK_ECORRUPT;
+}
+
 static int r_table_payload(struct ck_rbuf *r, struct ck_cmd_table *c)
 {
     c->partitions = ck_r_u32(r);
@@ -242,7 +289,8 @@ int ck_cmd_decode(struct ck_cmd *c, const void *buf, size_t len)
 
     memset(c, 0, sizeof *c);
     ck_rbuf_init(&r, buf, len);
-    if (ck_r_u8(&r) != CK_CMD_VERSION) {
+    uint8_t version = ck_r_u8(&r);
+    if (version < CK_CMD_VERSION || version > CK_CMD_VERSION_MAX) {
         return CK_ECORRUPT;
     }
     c->type = ck_r_u8(&r);
@@ -273,9 +321,16 @@ int ck_cmd_decode(struct ck_cmd *c, const void *buf, size_t len)
     case CK_CMD_KV_TXN:
         rv = ck_kv_decode_txn(&r, &c->kv);
         break;
+    case CK_CMD_FEATURES:
+        c->level = ck_r_u32(&r);
+        rv = r.err != 0 ? r.err : (c->level < 2 || c->level > CK_FEATURE_LEVEL) ? CK_ECORRUPT : 0;
+        break;
     default:
         rv = CK_ECORRUPT;
         break;
+    }
+    if (rv == 0 && version >= 2) {
+        rv = r_fields(&r, r.len, true, c->type == CK_CMD_NODE_UPSERT ? &c->node : NULL);
     }
     /* Up to 7 trailing zero bytes are padding (raft needs entries to be a
      * multiple of 8 bytes long, see ck_node.h); anything else is corrupt. */
@@ -309,6 +364,7 @@ void ck_cmd_free(struct ck_cmd *c)
 void ck_state_init(struct ck_state *s)
 {
     memset(s, 0, sizeof *s);
+    s->config.feature_level = 1;
     ck_kv_init(&s->kv);
 }
 
@@ -324,6 +380,7 @@ static void node_free(struct ck_node_info *n)
         free(n->services[i].addr);
     }
     free(n->services);
+    free(n->build);
     memset(n, 0, sizeof *n);
 }
 
@@ -462,13 +519,15 @@ static int node_from_cmd(struct ck_node_info *n, const struct ck_cmd_node *c)
     n->http_addr = ck_str_dup(c->http_addr);
     n->raft_addr = ck_str_dup(c->raft_addr);
     n->zone = ck_str_dup(c->zone);
+    n->build = ck_str_dup(c->build);
     n->raft_id = c->raft_id;
     n->weight = c->weight;
     n->status = c->status;
     n->status_since_ms = c->time_ms;
     n->n_services = c->n_services;
     n->services = c->n_services ? calloc(c->n_services, sizeof *n->services) : NULL;
-    bool ok = n->id && n->name && n->http_addr && n->raft_addr && n->zone && (c->n_services == 0 || n->services);
+    bool ok =
+        n->id && n->name && n->http_addr && n->raft_addr && n->zone && n->build && (c->n_services == 0 || n->services);
     for (uint32_t i = 0; ok && i < c->n_services; i++) {
         n->services[i].name = ck_str_dup(c->services[2 * i]);
         n->services[i].addr = ck_str_dup(c->services[2 * i + 1]);
@@ -716,6 +775,14 @@ int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t ind
         case CK_CMD_FLAGS:
             s->config.flags = c.flags;
             break;
+        case CK_CMD_FEATURES:
+            /* Never lowered: a lower level is refused, the same one is a no-op. */
+            if (c.level < s->config.feature_level) {
+                rv = CK_EINVAL;
+            } else {
+                s->config.feature_level = c.level;
+            }
+            break;
         case CK_CMD_KV_TXN:
             rv = ck_kv_apply(&s->kv, &c.kv, index);
             break;
@@ -739,11 +806,42 @@ static struct ck_str sv(const char *c)
     return s;
 }
 
+/* True while no KV_TXN ever applied: CKS1 (which has no store) loses nothing. */
+static bool kv_unused(const struct ck_kv *kv)
+{
+    return kv->index == 0 && kv->n == 0 && kv->n_sessions == 0;
+}
+
+/* A CKS3 node record's fields: u32 m | m bytes. */
+static int r_node_fields(struct ck_rbuf *r, struct ck_node_info *n)
+{
+    struct ck_cmd_node c = {0};
+    uint32_t m = ck_r_u32(r);
+    if (r->err != 0 || m > r->len - r->pos) {
+        return CK_ECORRUPT;
+    }
+    int rv = r_fields(r, r->pos + m, false, &c);
+    if (rv == 0 && c.build.len > 0) {
+        char *b = ck_str_dup(c.build);
+        if (b == NULL) {
+            return CK_ENOMEM;
+        }
+        free(n->build);
+        n->build = b;
+    }
+    return rv;
+}
+
 void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
 {
     const struct ck_config *cfg = &s->config;
+    /* See the format notes in ck_state.h: a level-1 state is written so that
+     * v0.1.0 can install it (a rolling upgrade sends new leaders' snapshots
+     * to old followers). */
+    char version = cfg->feature_level >= 2 ? '3' : kv_unused(&s->kv) ? '1' : '2';
+    char magic[4] = {'C', 'K', 'S', version};
 
-    ck_w_bytes(w, "CKS2", 4);
+    ck_w_bytes(w, magic, 4);
     ck_w_u64(w, s->index);
     ck_w_u64(w, s->table_index);
     ck_w_u8(w, cfg->initialized);
@@ -770,6 +868,15 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
             ck_w_cstr(w, n->services[k].addr);
         }
         ck_w_u64(w, n->joined_index);
+        if (version == '3') {
+            struct ck_wbuf f;
+            ck_wbuf_init(&f);
+            w_node_fields(&f, sv(n->build));
+            w->err = w->err != 0 ? w->err : f.err;
+            ck_w_u32(w, (uint32_t)f.len);
+            ck_w_bytes(w, f.p, f.len);
+            ck_wbuf_free(&f);
+        }
     }
     if (cfg->initialized) {
         /* Table rows already hold node indexes, which are the ids' positions. */
@@ -783,7 +890,13 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
         }
     }
     ck_w_u32(w, cfg->flags);
-    ck_kv_snapshot(&s->kv, w);
+    if (version == '3') {
+        ck_w_u32(w, cfg->feature_level);
+        ck_w_u32(w, 0); /* No state fields yet. */
+    }
+    if (version != '1') {
+        ck_kv_snapshot(&s->kv, w);
+    }
 }
 
 int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
@@ -797,10 +910,11 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
     ck_kv_set_history(&n.kv, s->kv.history, s->kv.history_bytes);
     ck_rbuf_init(&r, buf, len);
     const uint8_t *magic = ck_r_bytes(&r, 4);
-    if (magic == NULL || (memcmp(magic, "CKS1", 4) != 0 && memcmp(magic, "CKS2", 4) != 0)) {
+    if (magic == NULL || memcmp(magic, "CKS", 3) != 0 || magic[3] < '1' || magic[3] > '3') {
         return CK_ECORRUPT;
     }
-    bool has_kv = magic[3] == '2';
+    char version = (char)magic[3];
+    bool has_kv = version != '1';
     n.index = ck_r_u64(&r);
     n.table_index = ck_r_u64(&r);
     bool initialized = ck_r_u8(&r) != 0;
@@ -828,6 +942,9 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
             goto err;
         }
         n.nodes[n.n_nodes - 1].joined_index = ck_r_u64(&r);
+        if (version == '3' && (rv = r_node_fields(&r, &n.nodes[n.n_nodes - 1])) != 0) {
+            goto err;
+        }
     }
     if (initialized) {
         uint32_t partitions = ck_r_u32(&r);
@@ -856,6 +973,15 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len)
     if ((n.config.flags & ~CK_FLAGS_KNOWN) != 0) {
         rv = CK_ECORRUPT;
         goto err;
+    }
+    if (version == '3') {
+        n.config.feature_level = ck_r_u32(&r);
+        uint32_t m = ck_r_u32(&r);
+        if (r.err != 0 || n.config.feature_level < 2 || n.config.feature_level > CK_FEATURE_LEVEL ||
+            m > r.len - r.pos || (rv = r_fields(&r, r.pos + m, false, NULL)) != 0) {
+            rv = CK_ECORRUPT;
+            goto err;
+        }
     }
     if (has_kv && (rv = ck_kv_restore(&n.kv, &r)) != 0) {
         goto err;

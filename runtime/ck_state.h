@@ -8,10 +8,30 @@
  * state (an unknown node in a table, a second INIT) is rejected the same way
  * on every node and leaves the state untouched.
  *
- * Command encoding, version 1 (all integers little-endian; str = u32 length +
- * bytes, none of them NUL):
+ * Command encoding, version 1 or 2 (all integers little-endian; str = u32
+ * length + bytes, none of them NUL):
  *
  *   u8 version (=1) | u8 type | payload | 0..7 zero bytes of padding
+ *   u8 version (=2) | u8 type | payload | fields | 0..7 zero bytes of padding
+ *
+ * Version 2 adds optional trailing fields, each u8 tag (1..255) | u32 length
+ * | that many bytes; a zero byte where a tag would be starts the padding. A
+ * reader skips the tags it does not know, so a later build can add a field
+ * (a node attribute) that this one ignores. Encoders write version 1 when
+ * there is no field, which is all that builds up to feature level 1 read.
+ * Fields of NODE_UPSERT: tag 1, str-less bytes: the node's build (its
+ * clusterkit version, at most CK_MAX_STR bytes).
+ *
+ * Feature levels. A new command type, status value, flag or field changes
+ * what an older build can apply, so the leader proposes it only once the
+ * cluster's committed feature level allows it (FEATURES, raised by the
+ * leader when every member reported support; never lowered):
+ *   1  what v0.1.0 (c24f3d8) reads: version 1 commands of types 1-6,
+ *      statuses active..left, snapshots CKS1;
+ *   2  status stopped, KV_TXN, version 2 commands, FEATURES, snapshots CKS3.
+ * Apply accepts everything this build can decode whatever the level (an
+ * older leader's entries must apply as they did); an entry this build
+ * cannot decode stops the node (see ck_state_apply).
  *
  *   INIT        str cluster_id, str name, u32 partitions, u32 replication,
  *               u8 hash_algo, u8 hash_tags
@@ -21,6 +41,8 @@
  *   NODE_STATUS str id, u8 status, u64 time_ms
  *   NODE_REMOVE str id
  *   FLAGS       u32 flags (CK_FLAG_*; unknown bits are rejected)
+ *   FEATURES    u32 level (2..CK_FEATURE_LEVEL; one above this build's is
+ *               undecodable, one below the committed level is refused)
  *   TABLE       u32 partitions, u32 width, u32 n_ids, n_ids * str id,
  *               partitions * width * u16 (index into ids; 0xffff = empty,
  *               only at the end of a partition's row; slot 0 = primary)
@@ -34,7 +56,13 @@
  * | the INIT payload | u32 n_nodes | n * (NODE_UPSERT payload + u64
  * joined_index) | TABLE payload (ids = all nodes in order) | u32 n * u64
  * epochs | u32 flags | the key-value store (ck_kv.h's snapshot section).
- * Version 1 ("CKS1") is the same without the store, and is still read.
+ * Version 1 ("CKS1") is the same without the store. Version 3 ("CKS3") is
+ * version 2 with, after each node's joined_index, u32 m | m bytes of the
+ * node's fields (as in NODE_UPSERT), and after the flags, u32 feature level
+ * | u32 m | m bytes of state fields (none yet); readers skip unknown tags.
+ * A state at feature level 1 is written as CKS1 (CKS2 if its store is not
+ * empty, which only a build between v0.1.0 and feature levels wrote), from
+ * level 2 on as CKS3. All three are read.
  */
 #ifndef CK_STATE_H
 #define CK_STATE_H
@@ -46,7 +74,10 @@
 #include "ck_hash.h"
 #include "ck_kv.h"
 
-#define CK_CMD_VERSION 1
+#define CK_CMD_VERSION 1     /* Commands without trailing fields. */
+#define CK_CMD_VERSION_MAX 2 /* With trailing fields. */
+#define CK_FEATURE_LEVEL 2   /* The highest feature level this build applies. */
+#define CK_FIELD_NODE_BUILD 1
 #define CK_MAX_NODES 4096u
 #define CK_MAX_REPLICATION 16u
 #define CK_MAX_SERVICES 64u
@@ -61,6 +92,7 @@ enum ck_cmd_type {
     CK_CMD_TABLE = 5,
     CK_CMD_FLAGS = 6,
     CK_CMD_KV_TXN = 7,
+    CK_CMD_FEATURES = 8,
 };
 
 /* Cluster-wide switches (CK_CMD_FLAGS). */
@@ -103,11 +135,13 @@ struct ck_node_info {
     uint64_t joined_index;    /* Raft index of the node's first entry. */
     struct ck_service *services;
     uint32_t n_services;
+    char *build; /* Its clusterkit version ("" when not reported). */
 };
 
 struct ck_config {
     bool initialized;
-    uint32_t flags; /* CK_FLAG_* */
+    uint32_t flags;         /* CK_FLAG_* */
+    uint32_t feature_level; /* 1 until FEATURES raises it. */
     char *cluster_id;
     char *name;
     uint32_t partitions;
@@ -169,6 +203,7 @@ struct ck_cmd_node {
     uint64_t time_ms;
     uint32_t n_services;
     struct ck_str *services; /* 2 * n_services: name, addr, ... */
+    struct ck_str build;     /* Trailing field; empty = none. */
 };
 
 struct ck_cmd_status {
@@ -191,6 +226,7 @@ struct ck_cmd {
         struct ck_cmd_status status;
         struct ck_str remove_id;
         uint32_t flags;
+        uint32_t level;
         struct ck_cmd_table table;
         struct ck_kv_txn kv;
     };
@@ -205,6 +241,7 @@ void ck_cmd_encode_remove(struct ck_wbuf *w, struct ck_str id);
 void ck_cmd_encode_table(struct ck_wbuf *w, const struct ck_cmd_table *c);
 void ck_cmd_encode_flags(struct ck_wbuf *w, uint32_t flags);
 void ck_cmd_encode_kv_txn(struct ck_wbuf *w, const struct ck_kv_txn *t);
+void ck_cmd_encode_features(struct ck_wbuf *w, uint32_t level);
 
 /* Decode @len bytes into @c. Views point into @buf, which must outlive @c.
  * Checks structure and ranges (not consistency with a state). Returns 0 or

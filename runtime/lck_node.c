@@ -483,6 +483,7 @@ static void push_node_info(lua_State *L, const struct ck_node_info *n)
     set_str(L, "status", ck_node_status_name(n->status));
     set_num(L, "status_since", (lua_Number)n->status_since_ms);
     set_num(L, "joined_index", (lua_Number)n->joined_index);
+    set_str(L, "build", n->build);
     lua_createtable(L, 0, (int)n->n_services);
     for (uint32_t k = 0; k < n->n_services; k++) {
         set_str(L, n->services[k].name, n->services[k].addr);
@@ -506,6 +507,7 @@ static int lnode_view(lua_State *L)
     lua_setfield(L, -2, "initialized");
     lua_pushboolean(L, (c->flags & CK_FLAG_REBALANCE_PAUSED) != 0);
     lua_setfield(L, -2, "rebalance_paused");
+    set_num(L, "feature_level", c->feature_level);
     if (c->initialized) {
         set_str(L, "cluster_id", c->cluster_id);
         set_str(L, "name", c->name);
@@ -630,6 +632,7 @@ static int l_encode_node(lua_State *L)
     c.http_addr = field_str(L, 1, "http_addr", false, fn);
     c.raft_addr = field_str(L, 1, "raft_addr", false, fn);
     c.zone = field_str(L, 1, "zone", false, fn);
+    c.build = field_str(L, 1, "build", false, fn); /* Feature level 2: the leader leaves it out before. */
     lua_getfield(L, 1, "raft_id");
     c.raft_id = lua_isnil(L, -1) ? 0 : check_raft_id(L, lua_gettop(L));
     lua_pop(L, 1);
@@ -789,6 +792,19 @@ static int l_encode_table(lua_State *L)
         ck_wbuf_free(&w);
         return luaL_error(L, "%s: %s", fn, bad);
     }
+    return push_wbuf(L, &w);
+}
+
+/* encode_features(level): raises the cluster's feature level (ck_state.h). */
+static int l_encode_features(lua_State *L)
+{
+    struct ck_wbuf w;
+    lua_Integer level = luaL_checkinteger(L, 1);
+    if (level < 2 || level > CK_FEATURE_LEVEL) {
+        return luaL_error(L, "encode_features: level must be 2..%d", (int)CK_FEATURE_LEVEL);
+    }
+    ck_wbuf_init(&w);
+    ck_cmd_encode_features(&w, (uint32_t)level);
     return push_wbuf(L, &w);
 }
 
@@ -1137,6 +1153,7 @@ static const luaL_Reg lnode_funcs[] = {
     {"encode_init", l_encode_init},
     {"encode_node", l_encode_node},
     {"encode_status", l_encode_status},
+    {"encode_features", l_encode_features},
     {"encode_remove", l_encode_remove},
     {"encode_table", l_encode_table},
     {"encode_flags", l_encode_flags},
@@ -1150,4 +1167,6 @@ void lck_open_node(lua_State *L)
 {
     lck_newclass(L, NODE_MT, lnode_methods);
     lck_setfuncs(L, lnode_funcs, 0);
+    lua_pushinteger(L, CK_FEATURE_LEVEL);
+    lua_setfield(L, -2, "FEATURE_LEVEL");
 }

@@ -111,7 +111,7 @@ end
 local function node_json(n)
   return {
     id = n.id, name = n.name, ip = n.ip, status = n.status, services = n.services,
-    zone = n.zone, weight = n.weight, raft_addr = n.raft_addr,
+    zone = n.zone, weight = n.weight, raft_addr = n.raft_addr, version = n.version,
   }
 end
 
@@ -133,7 +133,7 @@ local function cluster_json(node)
   return {
     cluster = {
       id = c.id, name = c.name, nodes = json.array(nodes),
-      partition_map = {partitions = parts}, config = c.config,
+      partition_map = {partitions = parts}, config = c.config, feature_level = c.feature_level,
     },
     hash_config = hc or json.null,
     state_index = c.state_index,

@@ -136,17 +136,21 @@ function Detector:step(now, term, nodes, voters)
   self.heard_at[self.self_id], since[self.self_id] = now, now
   local quorum = self:has_quorum(now, voters)
   local changes, held = {}, false
+  -- The status an announced stop commits: "stopped", or "down" while the
+  -- cluster's feature level is 1 (v0.1.0 members cannot apply stopped).
+  local stop_as = self.stop_status or "stopped"
   for _, n in ipairs(nodes) do
     local id, st = n.id, n.status
     local want, why
+    local announced = false
     if stops[id] then
-      if st == "stopped" or st == "left" then
+      if st == stop_as or st == "left" then
         -- Committed (or gone): the status remembers it now. No silence
         -- clock either (a grace period may have started one), or it would
         -- read as a heartbeat: it stays stopped until it really heartbeats.
         stops[id], since[id] = nil, nil
       else
-        want, why = "stopped", "graceful stop"
+        want, why, announced = stop_as, "graceful stop", true
       end
     elseif st ~= "left" then
       local start = since[id]
@@ -167,7 +171,7 @@ function Detector:step(now, term, nodes, voters)
     if want and want ~= st then
       -- A recovery, or a stop the node announced itself, is a fact, not a
       -- guess from silence: it needs no quorum of voters heard from.
-      if want == "active" or want == "stopped" or quorum then
+      if want == "active" or announced or quorum then
         changes[#changes + 1] = {id = id, status = want, why = why}
       else
         held = true

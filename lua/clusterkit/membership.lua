@@ -160,6 +160,13 @@ function M.admit(node, info)
     local v = node:_view()
     local cur = v.by_id[info.id]
     local raft_id = core.raft_id(info.id)
+    local level = info.features or 1
+    if level < v.feature_level then
+      return nil, errors.new("FEATURE_LEVEL", format("%s runs a build that applies feature level %d, and the "
+        .. "cluster is at level %d (raised once every member ran a newer build; it is never lowered): "
+        .. "start %s with clusterkit %s or newer", info.id, level, v.feature_level, info.id, core.version),
+        {status = 409})
+    end
     if cur and cur.raft_addr ~= info.raft_addr then
       -- The same id at a new address replaces the old entry only when the
       -- old one is down or stopped, gone silent past down_after, or has not
@@ -224,10 +231,12 @@ function M.admit(node, info)
       node.log:info("added %s (%s) as %s", info.id, info.raft_addr, role)
     end
     node._detector:heard(info.id, now())
+    M.note_report(node, info.id, level, info.build)
     local ok, msg = node:_propose(core.encode_node {
       id = info.id, name = info.name, http_addr = info.http_addr, raft_addr = info.raft_addr,
       zone = info.zone, weight = info.weight, services = info.services,
       raft_id = raft_id, status = "active", time_ms = core.time_ms(),
+      build = node:_view().feature_level >= 2 and info.build or nil,
     })
     if not ok then
       return nil, errors.new("RAFT", "registering the node: " .. tostring(msg), {status = 503})
@@ -407,6 +416,60 @@ local function finish_leaves(node, v)
   end
 end
 
+-- ---------------------------------------------------------------------------
+-- Leader side: the cluster's feature level (rolling upgrades, ck_state.h)
+-- ---------------------------------------------------------------------------
+
+-- How long a member's report (join or heartbeat) counts: a node replaced
+-- by an older build meanwhile reports again (level 1) within a heartbeat.
+local REPORT_TTL = 5
+
+--- Records what node `id` said of its build (leader only, in memory: a new
+-- leader hears every member again within a heartbeat interval).
+function M.note_report(node, id, level, build)
+  node._reports = node._reports or {}
+  node._reports[id] = {level = level, build = build, at = now()}
+end
+
+-- Raises the committed feature level when every member (every node in the
+-- state but those that left: voters, standbys, and down or stopped ones,
+-- which may come back) reported a build that applies the next level; then,
+-- from level 2 on, writes the builds members reported into their entries
+-- (a trailing field), one per tick. Returns true when it proposed.
+function M.upgrade_step(node, v)
+  local reports, t = node._reports or {}, now()
+  local target = core.FEATURE_LEVEL
+  if v.feature_level < target then
+    for _, n in ipairs(v.nodes) do
+      local r = reports[n.id]
+      if n.id ~= node.id and n.status ~= "left" and not (r and r.level >= target and t - r.at < REPORT_TTL) then
+        return false
+      end
+    end
+    local ok, msg = node:_propose(core.encode_features(target))
+    if ok then
+      node.log:info("cluster feature level %d -> %d: every member runs a build that applies it", v.feature_level,
+        target)
+    else
+      node.log:warn("raising the feature level: %s", tostring(msg))
+    end
+    return true
+  end
+  for _, n in ipairs(v.nodes) do
+    local r = reports[n.id]
+    if n.id ~= node.id and n.status ~= "left" and r and r.build and r.build ~= (n.version or "") then
+      local ok, msg = node:_propose(core.encode_node {
+        id = n.id, name = n.name, http_addr = n.http_addr, raft_addr = n.raft_addr, zone = n.zone,
+        weight = n.weight, services = n.services, raft_id = n.raft_id, status = n.status,
+        time_ms = n.status_since, build = r.build,
+      })
+      if not ok then node.log:warn("recording %s's build: %s", n.id, tostring(msg)) end
+      return true
+    end
+  end
+  return false
+end
+
 -- Raft-level contact, sampled every leader tick: when raft last said it
 -- heard from each server (its progress' recent flag).
 local function sample_raft_contact(node, term)
@@ -446,6 +509,7 @@ function M.leader_tick(node)
     local det = node._detector
     local term = node._core:raft().term
     sample_raft_contact(node, term)
+    det.stop_status = v.feature_level >= 2 and "stopped" or "down"
     local changes, why = det:step(now(), term, v.nodes, voter_ids(node, v))
     if why == "stalled" then
       node.log:warn("the loop stalled (no tick for over %.2fs): every node's grace period restarts",
@@ -465,6 +529,7 @@ function M.leader_tick(node)
         node:_handover()
       else
         finish_leaves(node, node:_view())
+        M.upgrade_step(node, node:_view())
       end
       -- A down node's grace period ended: its replica slots move now.
       if node._grace_deadline and core.time_ms() >= node._grace_deadline then
@@ -482,6 +547,10 @@ end
 -- Every node: heartbeats to the leader, and joining
 -- ---------------------------------------------------------------------------
 
+-- What every heartbeat and join tells the leader about this build: the
+-- feature level it applies and its version. v0.1.0 sends neither (level 1).
+local FEATURES_JSON = ',"features":' .. core.FEATURE_LEVEL .. ',"build":' .. json.encode(core.version)
+
 --- Heartbeats the leader (stopping: announces a graceful stop instead).
 -- Returns httpc's answer (res or nil, err), or nothing when there is no
 -- other node known to lead.
@@ -496,7 +565,7 @@ function M.heartbeat(node, stopping)
   return httpc.request {
     tls = node._tls_client, method = "POST", url = node.scheme .. "://" .. leader.http_addr .. "/heartbeat",
     headers = auth_headers(node),
-    body = '{"id":' .. json.encode(node.id) .. (stopping and ',"stopping":true}' or "}"),
+    body = '{"id":' .. json.encode(node.id) .. FEATURES_JSON .. (stopping and ',"stopping":true}' or "}"),
     timeout = stopping and 0.5 or node.opts.heartbeat_interval * 4,
   }
 end
@@ -535,6 +604,7 @@ local function join_body(node)
             services = next(me.services) and me.services or json.null, zone = me.zone, weight = me.weight},
     raft_addr = me.raft_addr,
     config = join_config(node),
+    features = core.FEATURE_LEVEL, build = core.version,
   }
 end
 
@@ -638,6 +708,15 @@ end
 -- HTTP endpoints: /join, /heartbeat, /leave
 -- ---------------------------------------------------------------------------
 
+-- The feature level and build a join or heartbeat body reports: 1 and nil
+-- when it reports none (v0.1.0), or nonsense.
+local function reported(body)
+  local f = body.features
+  local level = type(f) == "number" and f >= 1 and f <= 1e6 and f == math.floor(f) and f or 1
+  local b = body.build
+  return level, type(b) == "string" and #b > 0 and #b <= 64 and not b:find("[%c]") and b or nil
+end
+
 local function check_join(body)
   if type(body) ~= "table" or type(body.node) ~= "table" then
     return nil, "body must be {\"node\": {...}, \"raft_addr\": \"host:port\"}"
@@ -693,8 +772,10 @@ local function check_join(body)
       end
     end
   end
+  local features, build = reported(body)
   return {id = n.id, name = n.name or n.id, http_addr = http_addr, raft_addr = raft_addr,
-          zone = n.zone or "", weight = weight, services = services, config = cfg}
+          zone = n.zone or "", weight = weight, services = services, config = cfg,
+          features = features, build = build}
 end
 
 -- The joiner's settings that differ from the cluster's: a list of
@@ -780,6 +861,7 @@ function M.install(node)
       return res:json({status = "ok", state_index = node:state_index()})
     end
     node._detector:heard(body.id, now())
+    M.note_report(node, body.id, reported(body))
     local n = node:_view().by_id[body.id]
     if n.status ~= "active" and n.status ~= "left" then
       -- Recovery is committed by the next leader tick; run it now.

@@ -119,6 +119,7 @@ local function public_node(n)
     id = n.id, name = n.name, ip = n.http_addr, http_addr = n.http_addr,
     raft_addr = n.raft_addr, status = n.status, zone = n.zone, weight = n.weight,
     services = n.services, status_since = n.status_since, raft_id = n.raft_id,
+    version = n.build ~= "" and n.build or nil,
   }
 end
 
@@ -126,7 +127,8 @@ end
 --   nodes[i], by_id[id], pnodes[p+1] = {primary, replicas...} (node tables),
 --   parts[p+1] = {id, index, primary_node, replica_nodes, epoch}.
 local function build_view(raw, hasher)
-  local v = {index = raw.index, table_index = raw.table_index, ready = raw.initialized}
+  local v = {index = raw.index, table_index = raw.table_index, ready = raw.initialized,
+             feature_level = raw.feature_level or 1}
   local nodes, by_id = {}, {}
   for i, n in ipairs(raw.nodes) do
     local pn = public_node(n)
@@ -173,7 +175,7 @@ function Node:_view()
   end
   local c = self._core
   if not c or c:closed() then
-    return self._last_view or {ready = false, nodes = {}, by_id = {}, index = 0}
+    return self._last_view or {ready = false, nodes = {}, by_id = {}, index = 0, feature_level = 1}
   end
   v = build_view(c:view(), c:hasher())
   self._cached, self._last_view = v, v
@@ -321,6 +323,7 @@ function Node:cluster()
       replication_factor = v.replication or self.opts.replication_factor,
     },
     state_index = v.index,
+    feature_level = v.feature_level,
   }
 end
 
@@ -917,12 +920,15 @@ function Node:_my_entry()
     id = self.id, name = o.node_name, http_addr = self.advertise_http or o.http_addr,
     raft_addr = o.raft_addr, zone = o.zone, weight = o.weight, services = o.services,
     raft_id = core.raft_id(self.id), status = "active",
+    -- A trailing field (ck_state.h): only once every member can read it.
+    build = self:_view().feature_level >= 2 and core.version or nil,
   }
 end
 
 local function same_entry(a, b)
   if a.name ~= b.name or a.http_addr ~= b.http_addr or a.raft_addr ~= b.raft_addr
-    or a.zone ~= b.zone or a.weight ~= b.weight or a.status ~= b.status then
+    or a.zone ~= b.zone or a.weight ~= b.weight or a.status ~= b.status
+    or (a.build or "") ~= (b.build or "") then
     return false
   end
   for k, x in pairs(a.services) do
@@ -972,6 +978,11 @@ function Node:_reconcile_once()
     -- moves the table off itself and hands over (membership.leader_tick).
     if cur and cur.status == "left" then
       return self:_rebalance_if_needed(raw, false)
+    elseif raw.feature_level < core.FEATURE_LEVEL
+      and require("clusterkit.membership").upgrade_step(self, self:_view()) then
+      -- A new cluster (its only member) is raised right after INIT;
+      -- upgraded members are raised once they all reported (leader tick).
+      return true
     elseif not cur or not same_entry(cur, mine) then
       mine.time_ms = core.time_ms()
       ok, msg, code = self:_propose(core.encode_node(mine))

@@ -149,6 +149,22 @@ describe("the failure detector", function()
     assert.are.same({{id = "c", status = "active", why = "heartbeat"}}, (d:step(t, 1, nodes(st), VOTERS)))
   end)
 
+  it("commits an announced stop as down while the cluster is at feature level 1, once", function()
+    local d, st = new(), {}
+    d.stop_status = "down" -- what membership sets while a v0.1.0 member may apply it
+    local _, t = run(d, st, 0, 1, everyone)
+    d:stopping("c", 1)
+    local changes = d:step(t, 1, nodes(st), VOTERS)
+    assert.are.same({{id = "c", status = "down", why = "graceful stop"}}, changes)
+    st.c = "down"
+    -- Committed: the status remembers the stop, nothing more to say.
+    changes, t = run(d, st, t + TICK, t + 3, function() return {"b"} end)
+    assert.are.same({}, changes)
+    assert.is_false(d:is_stopping("c"))
+    d:heard("c", t)
+    assert.are.same({{id = "c", status = "active", why = "heartbeat"}}, (d:step(t, 1, nodes(st), VOTERS)))
+  end)
+
   it("commits an announced stop without a quorum of voters heard from", function()
     local d, st = new(), {}
     local _, t = run(d, st, 0, 1, everyone)

@@ -462,11 +462,9 @@ static void test_decode_rejects_version(void **state)
         struct blob b = sample(i);
         assert_int_equal(decode(b), 0);
         for (int v = 0; v < 256; v++) {
-            if (v == CK_CMD_VERSION) {
-                continue;
-            }
             b.p[0] = (uint8_t)v;
-            assert_int_equal(decode(b), CK_ECORRUPT);
+            /* Version 2 is version 1 plus (here: no) trailing fields. */
+            assert_int_equal(decode(b), v == 1 || v == 2 ? 0 : CK_ECORRUPT);
         }
         blob_free(&b);
     }
@@ -1516,13 +1514,18 @@ static void test_kv_commands_and_snapshots(void **state)
     assert_int_not_equal(ck_state_restore(&b, s2.p, s2.len - 1), 0);
     assert_snap_equal(&b, s2);
 
-    /* Version 1: the same bytes without the store. */
+    /* Version 1 (what a level-1 state whose store was never used writes):
+     * the same bytes as version 2 without the store. */
     struct ck_state c;
     ck_state_init(&c);
     assert_int_equal(apply(&c, enc_node_svc("a", 1, 2), 3), 0);
     struct blob s1 = snap(&c);
-    s1.len -= 16; /* An empty store: u64 index, u32 keys, u32 sessions. */
-    s1.p[3] = '1';
+    assert_memory_equal(s1.p, "CKS1", 4);
+    struct blob s1b = blob_copy(s1.p, s1.len, 16); /* An empty store: u64 index, u32 keys, u32 sessions. */
+    s1b.p[3] = '2';
+    assert_int_equal(ck_state_restore(&b, s1b.p, s1b.len), 0);
+    assert_snap_equal(&b, s1);
+    blob_free(&s1b);
     assert_int_equal(ck_state_restore(&b, s1.p, s1.len), 0);
     assert_int_equal(b.kv.n, 0);
     assert_int_equal(b.n_nodes, 1);
@@ -1544,7 +1547,8 @@ static void test_snapshot_roundtrip_uninitialized(void **state)
     ck_state_init(&a);
     ck_state_init(&b);
     struct blob s0 = snap(&a);
-    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4 + 8 + 4 + 4); /* ... n_nodes, flags, kv index, keys, sessions */
+    assert_memory_equal(s0.p, "CKS1", 4);            /* Feature level 1, store unused. */
+    assert_int_equal(s0.len, 4 + 8 + 8 + 1 + 4 + 4); /* ... initialized, n_nodes, flags */
     assert_int_equal(ck_state_restore(&b, s0.p, s0.len), 0);
     assert_snap_equal(&b, s0);
     assert_int_equal(apply(&a, enc_node_svc("a", 1, 2), 3), 0);
@@ -1689,7 +1693,8 @@ static void test_restore_rejects_owner_out_of_range(void **state)
     assert_int_equal(apply(&t, enc_remove("node-b"), 600), 0);
     struct blob s = snap(&a);
     uint32_t P = a.table.partitions, W = a.table.width;
-    uint8_t *owners = s.p + s.len - 16 /* empty kv */ - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
+    assert_memory_equal(s.p, "CKS1", 4); /* Level 1, no store section. */
+    uint8_t *owners = s.p + s.len - 4 /* flags */ - P * 8 - (size_t)P * W * 2;
     /* Partition 5 is empty: setting its primary keeps rows well-formed. */
     uint8_t *slot = owners + (size_t)5 * W * 2;
     assert_int_equal(slot[0] | (slot[1] << 8), CK_NO_NODE);
@@ -1706,6 +1711,127 @@ static void test_restore_rejects_owner_out_of_range(void **state)
     blob_free(&s);
     ck_state_free(&a);
     ck_state_free(&t);
+}
+
+/* ------------------------------------------------------------------------
+ * Rolling upgrades: feature levels and trailing fields
+ * ------------------------------------------------------------------------ */
+
+static struct blob enc_features(uint32_t level)
+{
+    struct ck_wbuf w;
+    ck_wbuf_init(&w);
+    ck_cmd_encode_features(&w, level);
+    return take(&w);
+}
+
+/* FEATURES raises the level, never lowers it, and moves the state index; a
+ * level this build does not know cannot be decoded (the FSM stops on it). */
+static void test_feature_level(void **state)
+{
+    struct ck_state a;
+
+    (void)state;
+    ck_state_init(&a);
+    assert_int_equal(a.config.feature_level, 1);
+    assert_int_equal(decode_free(enc_features(CK_FEATURE_LEVEL + 1)), CK_ECORRUPT);
+    assert_int_equal(decode_free(enc_features(1)), CK_ECORRUPT);
+    assert_int_equal(decode_free(enc_features(0)), CK_ECORRUPT);
+    assert_int_equal(apply(&a, enc_features(2), 7), 0);
+    assert_int_equal(a.config.feature_level, 2);
+    assert_int_equal(a.index, 7);
+    assert_int_equal(apply(&a, enc_features(2), 8), 0); /* The same level: nothing changes but the index. */
+    assert_int_equal(a.config.feature_level, 2);
+    /* A snapshot keeps it (CKS3 from level 2 on). */
+    struct ck_state b;
+    ck_state_init(&b);
+    struct blob s = snap(&a);
+    assert_memory_equal(s.p, "CKS3", 4);
+    assert_int_equal(ck_state_restore(&b, s.p, s.len), 0);
+    assert_int_equal(b.config.feature_level, 2);
+    assert_snap_equal(&b, s);
+    /* A CKS3 that claims a level this build does not have is refused. */
+    struct blob bad = blob_copy(s.p, s.len, 0);
+    size_t at = bad.len - 16 /* empty store */ - 4 /* m */ - 4 /* level */;
+    assert_int_equal(bad.p[at], 2);
+    bad.p[at] = CK_FEATURE_LEVEL + 1;
+    assert_int_equal(ck_state_restore(&b, bad.p, bad.len), CK_ECORRUPT);
+    assert_snap_equal(&b, s);
+    blob_free(&bad);
+    blob_free(&s);
+    ck_state_free(&a);
+    ck_state_free(&b);
+}
+
+/* A node's build travels as a version-2 trailing field; without one the
+ * command is byte for byte version 1; unknown tags are skipped, a field that
+ * overruns the command is corrupt. */
+static void test_trailing_fields(void **state)
+{
+    struct ck_state a;
+    struct ck_cmd c;
+
+    (void)state;
+    struct ck_cmd_node n = node_cmd("a", 1, CK_NODE_ACTIVE, 5);
+    struct blob v1 = enc_node_full(&n);
+    assert_int_equal(v1.p[0], 1);
+    n.build = S("0.2.0");
+    struct blob v2 = enc_node_full(&n);
+    assert_int_equal(v2.p[0], 2);
+    assert_int_equal(v2.len, v1.len + 1 + 4 + 5);
+    assert_memory_equal(v2.p + 1, v1.p + 1, v1.len - 1);
+    assert_int_equal(ck_cmd_decode(&c, v2.p, v2.len), 0);
+    assert_int_equal(c.node.build.len, 5);
+    assert_memory_equal(c.node.build.p, "0.2.0", 5);
+    ck_cmd_free(&c);
+
+    /* An unknown field before it, and padding after: still read. */
+    struct blob x = blob_copy(v1.p, v1.len, 1 + 4 + 3 + 1 + 4 + 5 + 3);
+    x.p[0] = 2;
+    uint8_t *q = x.p + v1.len;
+    const uint8_t unknown[] = {200, 3, 0, 0, 0, 'z', 'z', 'z', CK_FIELD_NODE_BUILD, 5, 0, 0, 0};
+    memcpy(q, unknown, sizeof unknown);
+    memcpy(q + sizeof unknown, "0.3.1", 5); /* then 3 zero bytes of padding */
+    assert_int_equal(ck_cmd_decode(&c, x.p, x.len), 0);
+    assert_int_equal(c.node.build.len, 5);
+    assert_memory_equal(c.node.build.p, "0.3.1", 5);
+    ck_cmd_free(&c);
+    /* A field longer than what is left. */
+    q[1] = 30;
+    assert_int_equal(decode(x), CK_ECORRUPT);
+    q[1] = 3;
+    /* A non-zero byte in the padding. */
+    x.p[x.len - 1] = 1;
+    assert_int_equal(decode(x), CK_ECORRUPT);
+    /* An unknown field on another command type is skipped too. */
+    struct blob st = enc_status("a", CK_NODE_DOWN, 9);
+    struct blob st2 = blob_copy(st.p, st.len, 8);
+    st2.p[0] = 2;
+    memcpy(st2.p + st.len, unknown, 8);
+    assert_int_equal(decode(st2), 0);
+    blob_free(&st2);
+    blob_free(&st);
+    blob_free(&x);
+
+    /* Applied, the build is kept; a level-2 snapshot carries it. */
+    ck_state_init(&a);
+    assert_int_equal(apply(&a, enc_features(2), 2), 0);
+    assert_int_equal(ck_state_apply(&a, v2.p, v2.len, 3), 0);
+    assert_string_equal(a.nodes[0].build, "0.2.0");
+    struct ck_state b;
+    ck_state_init(&b);
+    struct blob s = snap(&a);
+    assert_int_equal(ck_state_restore(&b, s.p, s.len), 0);
+    assert_string_equal(b.nodes[0].build, "0.2.0");
+    assert_snap_equal(&b, s);
+    /* A version-1 upsert replaces the entry: no build any more. */
+    assert_int_equal(ck_state_apply(&a, v1.p, v1.len, 4), 0);
+    assert_string_equal(a.nodes[0].build, "");
+    blob_free(&s);
+    blob_free(&v1);
+    blob_free(&v2);
+    ck_state_free(&a);
+    ck_state_free(&b);
 }
 
 /* ------------------------------------------------------------------------
@@ -1980,6 +2106,8 @@ int main(void)
         cmocka_unit_test(test_restore_rejects_owner_out_of_range),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_feature_level),
+        cmocka_unit_test(test_trailing_fields),
         cmocka_unit_test(test_random_commands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
