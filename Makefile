@@ -6,6 +6,7 @@
 #   make test-faults   the fault-injection suite (root: namespaces, iptables);
 #                FAULT_SCENARIO=a,b FAULT_SEED=N to rerun, FAULT_MINUTES=60 for a long random run
 #   make test-rock     the LuaRocks package: luarocks make into a temporary tree, then use it
+#   make test-upgrade  a rolling upgrade of a 3-node cluster from v0.1.0 (c24f3d8, built first) to this build
 #   make rock ROCK_URL=git+https://... ROCK_TAG=vX.Y.Z   the release rockspec and source rock
 #
 # Dependencies come from Debian's archive only. LuaJIT may be the upstream
@@ -33,7 +34,7 @@ BENCH_PACKAGES := wrk nginx-light etcd-server
 # cgroup-v1 hosts, see tests/deploy/run.sh) and the base-image builder.
 DEPLOY_PACKAGES := podman runc debootstrap curl
 
-.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy test-rock rock bench lint format clean
+.PHONY: all deps bench-deps deploy-deps build demo test test-faults test-asan test-openresty test-deploy test-rock test-upgrade rock bench lint format clean
 
 all: build
 
@@ -108,6 +109,23 @@ test-openresty: deps
 # CK_TEST_DEPLOY=1 is set.
 test-deploy: deploy-deps
 	tests/deploy/run.sh
+
+# The rolling upgrade (tests/upgrade/test_upgrade.py) from the landed
+# release v0.1.0. Its commit is named here, not its tag: a clone may lack
+# tags. Its tree comes from this repository's history (git archive) and is
+# built once into $(BUILD)/upgrade-<commit>; only ckrun is needed.
+UPGRADE_FROM ?= c24f3d8d0072dc2923333d9f6c41c11aca6cea9d
+UPGRADE_DIR  := $(abspath $(BUILD))/upgrade-$(UPGRADE_FROM)
+test-upgrade: build
+	@git cat-file -e $(UPGRADE_FROM)^{commit} 2>/dev/null || { echo "test-upgrade: commit $(UPGRADE_FROM)" \
+	  "(v0.1.0) is not in this clone's history: fetch it (git fetch --unshallow) and run again" >&2; exit 2; }
+	@if [ ! -x $(UPGRADE_DIR)/build/ckrun ]; then \
+	  rm -rf $(UPGRADE_DIR) && mkdir -p $(UPGRADE_DIR)/src && \
+	  git archive $(UPGRADE_FROM) | tar -x -C $(UPGRADE_DIR)/src && \
+	  cmake -S $(UPGRADE_DIR)/src -B $(UPGRADE_DIR)/build -DCMAKE_BUILD_TYPE=Release >/dev/null && \
+	  cmake --build $(UPGRADE_DIR)/build -j$(JOBS) --target ckrun >/dev/null; fi
+	cd tests/upgrade && CK_OLD_CKRUN=$(UPGRADE_DIR)/build/ckrun CK_BUILD_DIR=$(abspath $(BUILD)) \
+	  CK_SOURCE_DIR=$(CURDIR) pytest-3 -q -p no:cacheprovider test_upgrade.py
 
 # The rock (tests/rock/run.sh): `luarocks make` from this checkout into a
 # temporary tree must leave the checkout's git status as it was; the tree's

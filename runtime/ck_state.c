@@ -504,6 +504,7 @@ static int apply_init(struct ck_state *s, const struct ck_cmd_init *c, uint64_t 
         return CK_ENOMEM;
     }
     table_free(&s->table);
+    cfg.feature_level = s->config.feature_level; /* Not INIT's to set. */
     s->config = cfg;
     s->table = t;
     s->table_index = index;

@@ -446,7 +446,11 @@ function M.upgrade_step(node, v)
         return false
       end
     end
+    -- The reconciler and the ticker both get here: one proposal at a time.
+    if node._raising_level then return false end
+    node._raising_level = true
     local ok, msg = node:_propose(core.encode_features(target))
+    node._raising_level = nil
     if ok then
       node.log:info("cluster feature level %d -> %d: every member runs a build that applies it", v.feature_level,
         target)

@@ -274,6 +274,8 @@ class CkNode:
         self.data_dir = os.path.join(self.base_dir, name + "-data")
         self.log_path = os.path.join(self.base_dir, name + ".log")
         self.proc = None
+        # The binary this node runs: another build's ckrun for upgrade tests.
+        self.ckrun = CKRUN
         self.starts = 0
         self.last_exit = None
         self.killed_after_term = False
@@ -330,18 +332,18 @@ class CkNode:
         restart's log follows the previous run's."""
         if self.running():
             raise HarnessError("%s: already running (pid %d)" % (self.name, self.pid))
-        if not os.path.exists(CKRUN):
-            raise HarnessError("ckrun not found at %s (set CK_BUILD_DIR)" % CKRUN)
+        if not os.path.exists(self.ckrun):
+            raise HarnessError("ckrun not found at %s (set CK_BUILD_DIR)" % self.ckrun)
         self.starts += 1
         self.last_exit = None
         self.killed_after_term = False
         with open(self.log_path, "ab") as log:
-            log.write(("---- %s start #%d: ckrun %s (http %s, raft %s)\n" % (
-                self.name, self.starts, " ".join(self.args), self.http_addr,
+            log.write(("---- %s start #%d: %s %s (http %s, raft %s)\n" % (
+                self.name, self.starts, self.ckrun, " ".join(self.args), self.http_addr,
                 self.raft_addr)).encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [CKRUN] + self.args, env=self.env(), cwd=self.base_dir,
+                [self.ckrun] + self.args, env=self.env(), cwd=self.base_dir,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)  # a terminal ^C reaches pytest, not the node
         _LIVE[self.proc.pid] = self.proc

@@ -1734,6 +1734,8 @@ static void test_feature_level(void **state)
     (void)state;
     ck_state_init(&a);
     assert_int_equal(a.config.feature_level, 1);
+    assert_int_equal(apply(&a, enc_init(8, 2), 1), 0);
+    assert_int_equal(a.config.feature_level, 1); /* INIT leaves it alone. */
     assert_int_equal(decode_free(enc_features(CK_FEATURE_LEVEL + 1)), CK_ECORRUPT);
     assert_int_equal(decode_free(enc_features(1)), CK_ECORRUPT);
     assert_int_equal(decode_free(enc_features(0)), CK_ECORRUPT);
