@@ -459,19 +459,25 @@ function M.upgrade_step(node, v)
     end
     return true
   end
-  for _, n in ipairs(v.nodes) do
-    local r = reports[n.id]
-    if n.id ~= node.id and n.status ~= "left" and r and r.build and r.build ~= (n.version or "") then
-      local ok, msg = node:_propose(core.encode_node {
-        id = n.id, name = n.name, http_addr = n.http_addr, raft_addr = n.raft_addr, zone = n.zone,
-        weight = n.weight, services = n.services, raft_id = n.raft_id, status = n.status,
-        time_ms = n.status_since, build = r.build,
-      })
-      if not ok then node.log:warn("recording %s's build: %s", n.id, tostring(msg)) end
-      return true
+  -- An upsert rewrites the whole entry: it must not race a status change
+  -- in flight. Statuses come from this leader's ticks (serialized with
+  -- this) and from admit and remove, which hold the change lock.
+  if node._changing then return false end
+  return with_lock(node, function()
+    for _, n in ipairs(node:_view().nodes) do
+      local r = reports[n.id]
+      if n.id ~= node.id and n.status ~= "left" and r and r.build and r.build ~= (n.version or "") then
+        local ok, msg = node:_propose(core.encode_node {
+          id = n.id, name = n.name, http_addr = n.http_addr, raft_addr = n.raft_addr, zone = n.zone,
+          weight = n.weight, services = n.services, raft_id = n.raft_id, status = n.status,
+          time_ms = n.status_since, build = r.build,
+        })
+        if not ok then node.log:warn("recording %s's build: %s", n.id, tostring(msg)) end
+        return true
+      end
     end
-  end
-  return false
+    return false
+  end)
 end
 
 -- Raft-level contact, sampled every leader tick: when raft last said it
