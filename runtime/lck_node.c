@@ -456,6 +456,17 @@ static int lnode_index(lua_State *L)
     return 2;
 }
 
+/* node:flags() -> rebalance_paused, feature level: the two cluster switches
+ * without copying the whole state (a /metrics scrape reads them). */
+static int lnode_flags(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:flags");
+    const struct ck_config *c = &ck_node_state(b->node)->config;
+    lua_pushboolean(L, (c->flags & CK_FLAG_REBALANCE_PAUSED) != 0);
+    lua_pushinteger(L, c->feature_level);
+    return 2;
+}
+
 /* node:hasher() -> lightuserdata to the committed struct ck_hasher (stable
  * for the node's life), or nil before the cluster is initialised. */
 static int lnode_hasher(lua_State *L)
@@ -1136,6 +1147,7 @@ static const luaL_Reg lnode_methods[] = {
     {"counters", lnode_counters},
     {"configuration", lnode_configuration},
     {"index", lnode_index},
+    {"flags", lnode_flags},
     {"changes", lnode_changes},
     {"hasher", lnode_hasher},
     {"view", lnode_view},

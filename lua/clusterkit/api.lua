@@ -515,6 +515,8 @@ function M.metrics(node)
     "counter", {{nil, node.rebalance_moves or 0}})
   add("clusterkit_rebalance_paused", "1 while rebalancing is paused (maintenance mode).", "gauge",
     {{nil, node:rebalance_paused() and 1 or 0}})
+  add("clusterkit_feature_level", "The cluster's committed feature level (raised once every member's build "
+    .. "applies it; see README, Rolling upgrades).", "gauge", {{nil, node:_view().feature_level}})
   add("clusterkit_leader_changes_total", "Leaders this node has seen take over (a new leader id).", "counter",
     {{nil, node.leader_changes or 0}})
   add("clusterkit_build_info", "clusterkit's version (the value is always 1).", "gauge",

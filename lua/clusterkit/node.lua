@@ -1343,7 +1343,7 @@ function Node:resume_rebalance() return set_paused(self, "resume_rebalance", fal
 function Node:rebalance_paused()
   check(self, "rebalance_paused")
   local c = self._core
-  return c ~= nil and not c:closed() and c:view().rebalance_paused or false
+  return c ~= nil and not c:closed() and (c:flags()) or false
 end
 
 function Node:_reconcile()

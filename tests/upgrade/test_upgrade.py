@@ -193,6 +193,7 @@ def test_rolling_upgrade_from_v010(ck):
         wait_for(lambda: all(feature_level(m) == 2 for m in members), timeout=20,
                  what="feature level 2 on every node")
         wait_agreed(c, members, "at feature level 2")
+        assert "clusterkit_feature_level 2" in n3.get("/metrics").text
     finally:
         lookups.stop_flag.set()
         lookups.join(timeout=10)
