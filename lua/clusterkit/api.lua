@@ -83,7 +83,7 @@ local function cached(node, name, build)
     node._api_cache = cache
   end
   return function(req, res)
-    if not membership.read_authorized(node, req, res) or not block(node, req, res) then
+    if not block(node, req, res) then
       return
     end
     local etag = etag_of(node)
@@ -172,7 +172,6 @@ function M.install(node)
 
   -- No ETag: raft's term and indexes move without a state change.
   srv:route("GET", "/health/detailed", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local ok, v, me, leader = ready_state(node)
     local stats = node:consensus_stats()
     local counts = {}
@@ -187,11 +186,11 @@ function M.install(node)
       partitions = v.partitions or 0, state_index = v.index,
       rebalance_paused = node:rebalance_paused(),
     })
-  end)
+  end, {auth = "read"})
 
   srv:route("GET", "/cluster", cached(node, "/cluster", function()
     return cluster_json(node)
-  end))
+  end), {auth = "read"})
 
   srv:route("GET", "/partitions", cached(node, "/partitions", function()
     local parts, err = node:partitions()
@@ -201,17 +200,16 @@ function M.install(node)
       out[i] = partition_json(p)
     end
     return {partitions = json.array(out), total = #out}
-  end))
+  end), {auth = "read"})
 
   srv:route("GET", "/partitions/stats", cached(node, "/partitions/stats", function()
     return node:partition_stats()
-  end))
+  end), {auth = "read"})
   if not node.opts.read_token then
     for _, path in ipairs({"/cluster", "/partitions", "/partitions/stats"}) do srv:fast_body(path) end
   end
 
   srv:route("GET", "/partitions/key", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local key = req.query.key
     if key == nil or key == "" then
       return res:error(400, "BAD_REQUEST", "query parameter 'key' is required")
@@ -250,13 +248,12 @@ function M.install(node)
     srv:fast_put(v, p.index, tail) -- C answers this partition's keys from now on.
     res._headers = cache.headers
     return res:send('{"key":' .. json.encode(json.utf8_safe(key)) .. "," .. tail)
-  end)
+  end, {auth = "read"})
   -- A read token is checked here in Lua; without one, C answers what it can
   -- (runtime/ck_keyroute.h) and node.lua resets it on every state change.
   if not node.opts.read_token then srv:fast_key("/partitions/key") end
 
   srv:route("GET", "/nodes", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local q = req.query
     local limit, offset = 100, 0
     if q.limit ~= nil then
@@ -281,30 +278,27 @@ function M.install(node)
     end
     res:header("ETag", etag)
     return res:json({nodes = json.array(out), total = #all, limit = limit, offset = offset})
-  end)
+  end, {auth = "read"})
 
   -- No ETag: leadership and the term change without a state change.
   srv:route("GET", "/consensus/leader", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local l, err = node:leader()
     if not l then
       return res:error(503, err.code, err.message)
     end
     return res:json(l)
-  end)
+  end, {auth = "read"})
 
   -- No ETag: raft's own counters.
   srv:route("GET", "/consensus/stats", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     return res:json(node:consensus_stats())
-  end)
+  end, {auth = "read"})
 
   -- The raft configuration as this node knows it: every server's role
   -- (voter, standby, spare) by node id. On the leader, "recent" says whether
   -- the server answered within the last election timeout. No ETag: the
   -- configuration changes through raft, not through the state index.
   srv:route("GET", "/consensus/configuration", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local c = node._core
     if not c or c:closed() then
       return res:error(503, "NOT_READY", "raft is not running on this node")
@@ -317,7 +311,7 @@ function M.install(node)
                 recent = s.recent == nil and json.null or s.recent}
     end
     return res:json({servers = json.array(out), node_id = node.id})
-  end)
+  end, {auth = "read"})
 
   -- Rebalancing (leader only; followers answer like /join: 307 with the
   -- leader's address).
@@ -328,16 +322,14 @@ function M.install(node)
     return res:error(500, err.code, err.message)
   end
   srv:route("POST", "/rebalance", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local out, err = node:rebalance()
     if not out then return leader_only(res, err) end
     return res:json(out)
-  end)
+  end, {auth = "write"})
   -- No ETag: the plan is what this node's placement policy (Lua, with a
   -- time limit and a built-in fallback) answers now; a slow policy or a
   -- restart with another policy changes it at the same state index.
   srv:route("GET", "/rebalance/plan", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local plan, err = node:plan_rebalance()
     if not plan then return res:error(503, err.code, err.message) end
     for _, m in ipairs(plan.moves) do
@@ -346,14 +338,13 @@ function M.install(node)
     plan.moves = json.array(plan.moves)
     plan.min_moves = plan.min_moves or json.null
     return res:json(plan)
-  end)
+  end, {auth = "read"})
   for _, action in ipairs({"pause", "resume"}) do
     srv:route("POST", "/rebalance/" .. action, function(req, res)
-      if not membership.authorized(node, req, res) then return end
       local ok, err = node[action .. "_rebalance"](node)
       if not ok then return leader_only(res, err) end
       return res:json({status = "ok", rebalance_paused = action == "pause"})
-    end)
+    end, {auth = "write"})
   end
 
   -- POST /sync: in the Go library nodes push state to each other; here the
@@ -361,13 +352,12 @@ function M.install(node)
   -- a caller can compare or wait on.
   srv:route("POST", "/sync", function(_, res)
     return res:json({status = "ok", state_index = node:state_index(), node_id = node.id})
-  end)
+  end, {auth = "read"})
 
   -- No ETag: counters and raft indexes move with every request and tick.
   srv:route("GET", "/metrics", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     return res:header("Content-Type", "text/plain; version=0.0.4"):send(M.metrics(node))
-  end)
+  end, {auth = "read"})
 end
 
 local raft_states = {unavailable = 0, follower = 1, candidate = 2, leader = 3}

@@ -19,7 +19,6 @@ function M.install(node)
   local srv = node.http
 
   srv:route("GET", "/snapshot", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local stale = req.query.stale ~= nil and req.query.stale ~= "0" and req.query.stale ~= "false"
     if not stale and not node:is_leader() then
       return membership.not_leader(node, res)
@@ -30,10 +29,9 @@ function M.install(node)
     for _, p in ipairs(snap.partitions) do p.replica_nodes = json.array(p.replica_nodes) end
     res:header("Content-Disposition", 'attachment; filename="clusterkit-snapshot-' .. snap.state_index .. '.json"')
     return res:json(snap)
-  end)
+  end, {auth = "read"})
 
   srv:route("POST", "/snapshot/restore", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local snap, derr = req:json()
     if type(snap) ~= "table" then
       return res:error(400, "BAD_SNAPSHOT", "the body must be a snapshot (JSON): " .. tostring(derr))
@@ -45,7 +43,7 @@ function M.install(node)
     end
     out.missing = json.array(out.missing)
     return res:json(out)
-  end)
+  end, {auth = "write"})
 end
 
 return M

@@ -33,7 +33,6 @@ local core = require "clusterkit.core"
 local errors = require "clusterkit.errors"
 local json = require "clusterkit.json"
 local sched = require "clusterkit.sched"
-local membership = require "clusterkit.membership"
 
 local M = {}
 
@@ -495,7 +494,6 @@ function M.install(node)
   local srv = node.http
 
   srv:route("POST", "/v1/sessions", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local body = req:body() ~= "" and req:json() or {}
     if type(body) ~= "table" then return res:error(400, "BAD_REQUEST", "body must be a JSON object") end
     local ttl = duration(body.ttl, 10)
@@ -506,41 +504,37 @@ function M.install(node)
     local id, err = commit_ops(node, {{type = "session_create", key = "", number = math.floor(ttl * 1000)}})
     if not id then return fail(res, err) end
     return res:json({id = id, ttl_ms = math.floor(ttl * 1000)})
-  end)
+  end, {auth = "write"})
 
   srv:route("GET", "/v1/sessions", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local c = node._core
     local out = c and not c:closed() and c:kv_sessions() or {}
     for _, s in ipairs(out) do s.owner = s.owner ~= "" and s.owner or json.null end
     return res:json({sessions = json.array(out)})
-  end)
+  end, {auth = "read"})
 
   -- PUT /v1/sessions/<id>: a keep-alive (committed before the answer).
   srv:route("PUT", "/v1/sessions/:id", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local id = tonumber(req.params.id)
     if not id then return res:error(400, "BAD_REQUEST", "session id must be a number") end
     local index, err = commit_ops(node, {{type = "session_renew", number = id}})
     if not index then return fail(res, err) end
     return res:json({index = index})
-  end)
+  end, {auth = "write"})
 
   srv:route("DELETE", "/v1/sessions/:id", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local id = tonumber(req.params.id)
     if not id or id < 1 then return res:error(400, "BAD_REQUEST", "session id must be a number") end
     local index, err = commit_ops(node, {{type = "session_destroy", number = id}})
     if not index then return fail(res, err) end
     return res:json({index = index})
-  end)
+  end, {auth = "write"})
 
   for _, kind in ipairs({"locks", "elections"}) do
     local prefix = kind == "locks" and LOCK_PREFIX or ELECT_PREFIX
     -- POST /v1/locks/<name> {"session": id, "timeout": "5s", "value": "..."}:
     -- waits until held, then {"token", "key"}.
     srv:route("POST", "/v1/" .. kind .. "/:name", function(req, res)
-      if not membership.authorized(node, req, res) then return end
       local ok, err = check_name(req.params.name)
       if not ok then return fail(res, err) end
       local body = req:json()
@@ -556,22 +550,20 @@ function M.install(node)
       held, err = contend(node, prefix .. req.params.name .. "/", s, value, timeout)
       if not held then return fail(res, err) end
       return res:json({token = held.token, key = held.key, session = s.id})
-    end)
+    end, {auth = "write"})
 
     srv:route("GET", "/v1/" .. kind .. "/:name", function(req, res)
-      if not membership.read_authorized(node, req, res) then return end
       local ok, err = check_name(req.params.name)
       if not ok then return fail(res, err) end
       local all = contenders(node, prefix .. req.params.name .. "/")
       if not all[1] then return res:error(404, "NOT_FOUND", "nobody holds " .. req.params.name) end
       return res:json({value = json.utf8_safe(all[1].value), token = all[1].create_index,
                        session = all[1].session, waiters = #all - 1})
-    end)
+    end, {auth = "read"})
 
     -- DELETE /v1/locks/<name>?session=id: release (resign); only that
     -- session's own key goes.
     srv:route("DELETE", "/v1/" .. kind .. "/:name", function(req, res)
-      if not membership.authorized(node, req, res) then return end
       local ok, err = check_name(req.params.name)
       if not ok then return fail(res, err) end
       local id = tonumber(req.query.session)
@@ -585,7 +577,7 @@ function M.install(node)
       index, err = node:kv_txn({ops = ops})
       if not index then return fail(res, err) end
       return res:json({index = index, released = #ops})
-    end)
+    end, {auth = "write"})
   end
 end
 

@@ -3,6 +3,7 @@
 -- handler may wait (call another node, wait for a change) without holding
 -- up other connections. A handler error becomes a 500 JSON answer and a log
 -- line with the traceback; nothing a handler does can crash the node.
+local auth = require "clusterkit.auth"
 local core = require "clusterkit.core"
 local json = require "clusterkit.json"
 local metrics = require "clusterkit.metrics"
@@ -281,15 +282,18 @@ Server.__index = Server
 
 --- A router bound to `node` (whose opts give the limits). Not listening yet.
 function M.server(node)
-  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}, latency = metrics.family("route")},
-                      Server)
+  return setmetatable({node = node, exact = {}, patterns = {}, counts = {}, latency = metrics.family("route"),
+                       auth_of = {}}, Server)
 end
 
 local METHODS = {GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, HEAD = true, OPTIONS = true}
 
 --- Adds a route. pattern is a path whose segments may be ":name"
 -- (captured into req.params) or a final "*" (the rest, in req.params["*"]).
-function Server:route(method, pattern, fn)
+-- opts.auth: "write", "read" or "read_basic" (clusterkit.auth): the token
+-- checked before fn runs; a request without it gets 401 and never reaches
+-- fn. Without opts.auth the route is open.
+function Server:route(method, pattern, fn, opts)
   if not METHODS[method] then
     error("clusterkit: route: unknown method " .. tostring(method), 3)
   end
@@ -298,6 +302,20 @@ function Server:route(method, pattern, fn)
   end
   if type(fn) ~= "function" then
     error("clusterkit: route: handler must be a function", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("clusterkit: route: options must be a table", 3)
+  end
+  local level = opts and opts.auth
+  if level ~= nil and not auth.LEVELS[level] then
+    error("clusterkit: route: auth must be \"write\", \"read\" or \"read_basic\"", 3)
+  end
+  self.auth_of[method .. " " .. pattern] = level or false
+  if level then
+    local node, handler = self.node, fn
+    fn = function(req, res)
+      if auth.check(node, level, req, res) then return handler(req, res) end
+    end
   end
   local fast = self._fast
   if method == "GET" or method == "HEAD" then
@@ -353,6 +371,17 @@ end
 -- exists for another method (405 rather than 404). HEAD without a HEAD
 -- route of its own runs the GET route's handler (RFC 9110 §9.3.2: the same
 -- status and headers as GET); C leaves the body out.
+--- Every route as {method, pattern, auth} (auth nil: open), sorted.
+function Server:routes()
+  local out = {}
+  for key, _ in pairs(self.auth_of) do
+    local m, p = key:match("^(%S+) (.*)$")
+    out[#out + 1] = {method = m, pattern = p, auth = self.auth_of[key] or nil}
+  end
+  table.sort(out, function(a, b) return a.pattern .. a.method < b.pattern .. b.method end)
+  return out
+end
+
 function Server:find(method, path)
   local fn, params, route = self:_find(method, path)
   if not fn and method == "HEAD" then

@@ -25,6 +25,7 @@ local base64 = require "clusterkit.base64"
 local httpc = require "clusterkit.httpc"
 local http = require "clusterkit.http"
 local sched = require "clusterkit.sched"
+local auth = require "clusterkit.auth"
 local membership = require "clusterkit.membership"
 
 local M = {}
@@ -226,7 +227,7 @@ local function commit(self, bytes, timeout, idempotent)
       if not refused and not idempotent then return nil, unknown_outcome("leadership was lost while committing") end
       last = errors.new("NOT_LEADER", "lost leadership while committing")
     else
-      local headers = membership.auth_headers(self)
+      local headers = auth.headers(self)
       headers["Content-Type"] = "application/octet-stream"
       local left = math.max(0.1, math.min(hop, (deadline - hrtime()) / 1e9))
       local res, herr = httpc.request {tls = self._tls_client, method = "POST",
@@ -641,14 +642,13 @@ function M.install(node)
   -- The leader's end of a follower's write: the encoded transaction, checked
   -- and given this node's limits before it is proposed.
   srv:route("POST", "/v1/internal/kv", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     if not node:is_leader() then return membership.not_leader(node, res) end
     local bytes, msg, code = core.kv_txn_limit(req:body(), node.opts.kv_max_value, node.opts.kv_max_bytes)
     if not bytes then return res:error(400, "BAD_REQUEST", tostring(msg) .. " (" .. tostring(code) .. ")") end
     local index, err = commit(node, bytes)
     if not index then return fail(res, err) end
     return res:json({index = index})
-  end)
+  end, {auth = "write"})
 
   local function key_of(req)
     local k = http.unescape(req.params["*"] or "")
@@ -656,7 +656,6 @@ function M.install(node)
   end
 
   srv:route("GET", "/v1/kv/*", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local key, q = key_of(req), req.query
     local since = query_index(q, "index")
     if since == false then return res:error(400, "BAD_REQUEST", "index must be a non-negative integer") end
@@ -694,30 +693,27 @@ function M.install(node)
     local out = entry_json(e)
     out.index = idx
     return res:json(out)
-  end)
+  end, {auth = "read"})
 
   srv:route("PUT", "/v1/kv/*", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local prev = query_index(req.query, "cas")
     if prev == false then return res:error(400, "BAD_REQUEST", "cas must be a non-negative integer") end
     local index, err = node:kv_put(key_of(req), req:body(), {prev_index = prev or nil})
     if not index then return fail(res, err) end
     return res:json({index = index})
-  end)
+  end, {auth = "write"})
 
   srv:route("DELETE", "/v1/kv/*", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local q = req.query
     local prev = query_index(q, "cas")
     if prev == false then return res:error(400, "BAD_REQUEST", "cas must be a non-negative integer") end
     local index, err = node:kv_delete(key_of(req), {prev_index = prev or nil, prefix = bool_query(q, "prefix")})
     if not index then return fail(res, err) end
     return res:json({index = index})
-  end)
+  end, {auth = "write"})
 
   -- GET /v1/kv?prefix=&limit=&after=&keys=1&consistent=1: a sorted listing.
   srv:route("GET", "/v1/kv", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local q = req.query
     local limit = q.limit and tonumber(q.limit) or 1000
     local items, info = node:kv_list(q.prefix or "", {limit = limit, after = q.after,
@@ -727,12 +723,11 @@ function M.install(node)
     for i, e in ipairs(items) do out[i] = entry_json(e) end
     res:header("X-Clusterkit-Index", format("%d", info.index))
     return res:json({entries = json.array(out), index = info.index, more = info.more})
-  end)
+  end, {auth = "read"})
 
   -- POST /v1/kv: a transaction in JSON, {"compares": [{"key", "target", "op",
   -- "value"}], "ops": [{"type", "key", "value" | "value_base64"}]}.
   srv:route("POST", "/v1/kv", function(req, res)
-    if not membership.authorized(node, req, res) then return end
     local body, jerr = req:json()
     if type(body) ~= "table" then return res:error(400, "BAD_REQUEST", jerr or "body must be a JSON object") end
     for _, list in ipairs({body.compares or {}, body.ops or {}}) do
@@ -753,12 +748,11 @@ function M.install(node)
       return fail(res, err)
     end
     return res:json({succeeded = true, index = index})
-  end)
+  end, {auth = "write"})
 
   -- GET /v1/watch?prefix=&index=&wait=30s: the changes under prefix after
   -- index, in order, as soon as there are any (or none when the wait ends).
   srv:route("GET", "/v1/watch", function(req, res)
-    if not membership.read_authorized(node, req, res) then return end
     local q = req.query
     local since = query_index(q, "index")
     if not since then return res:error(400, "BAD_REQUEST", "index must be a non-negative integer") end
@@ -769,7 +763,7 @@ function M.install(node)
     local out = {}
     for i, ev in ipairs(evs) do out[i] = entry_json(ev) end
     return res:json({events = json.array(out), index = nxt})
-  end)
+  end, {auth = "read"})
 end
 
 M.normalize = normalize

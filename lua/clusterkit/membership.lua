@@ -13,6 +13,7 @@
 -- standbys that receive the log. When a voter is down (or stopped) and a
 -- healthy standby exists, the leader promotes the standby and demotes the
 -- dead voter, one raft configuration change at a time.
+local auth = require "clusterkit.auth"
 local core = require "clusterkit.core"
 local sched = require "clusterkit.sched"
 local errors = require "clusterkit.errors"
@@ -20,8 +21,6 @@ local httpc = require "clusterkit.httpc"
 local json = require "clusterkit.json"
 local config = require "clusterkit.config"
 local detector = require "clusterkit.detector"
-local bit = require "bit"
-local base64 = require "clusterkit.base64"
 
 local M = {}
 
@@ -34,63 +33,8 @@ local function now() return hrtime() / 1e9 end
 -- Authorization (shared by every mutating endpoint)
 -- ---------------------------------------------------------------------------
 
--- Constant-time comparison of two strings of equal length.
-local function same(a, b)
-  if #a ~= #b then return false end
-  local bx, acc = string.byte, 0
-  for i = 1, #a do
-    acc = bit.bor(acc, bit.bxor(bx(a, i), bx(b, i)))
-  end
-  return acc == 0
-end
-
-
--- The token a request carries: "Authorization: Bearer <token>", or Basic
--- credentials whose password is the token (any user name), which is what a
--- browser sends after its login prompt for the dashboard (/ui).
-local function bearer(req)
-  local h = req:header("Authorization") or ""
-  local t = h:match("^Bearer%s+(.+)$")
-  if t then return t end
-  local cred = h:match("^[Bb]asic%s+([%w+/=]+)%s*$")
-  local plain = cred and base64.decode(cred)
-  return plain and plain:match("^[^:]*:(.*)$") or ""
-end
-
-local function deny(res, what, challenge)
-  res:header("WWW-Authenticate", challenge or "Bearer")
-  res:error(401, "UNAUTHORIZED", "a valid " .. what .. " is required")
-  return false
-end
-
---- True when the request may mutate (no token configured, or the right
--- "Authorization: Bearer <token>"); otherwise answers 401 and returns false.
-function M.authorized(node, req, res)
-  local token = node.opts.token
-  if not token then return true end
-  if same(bearer(req), token) then return true end
-  return deny(res, "cluster token")
-end
-
---- True when the request may read (no read_token configured, or the read
--- token or the cluster token given); otherwise answers 401.
--- challenge (optional) replaces "Bearer" in WWW-Authenticate: the
--- dashboard asks for Basic, which makes a browser prompt for the token.
-function M.read_authorized(node, req, res, challenge)
-  local rt = node.opts.read_token
-  if not rt then return true end
-  local given = bearer(req)
-  if same(given, rt) or (node.opts.token and same(given, node.opts.token)) then return true end
-  return deny(res, "read token", challenge)
-end
-
-local function auth_headers(node)
-  local h = {["Content-Type"] = "application/json"}
-  if node.opts.token then
-    h.Authorization = "Bearer " .. node.opts.token
-  end
-  return h
-end
+-- This node's calls to its peers carry the cluster token (clusterkit.auth).
+local auth_headers = auth.headers
 
 -- Answers NOT_LEADER with the leader's HTTP address so the caller can follow.
 -- Location keeps the request's path and query: `curl -L -X POST
@@ -826,7 +770,6 @@ function M.install(node)
   }
 
   srv:route("POST", "/join", function(req, res)
-    if not M.authorized(node, req, res) then return end
     local body, jerr = req:json()
     if body == nil then return res:error(400, "BAD_REQUEST", jerr) end
     local info, why = check_join(body)
@@ -851,10 +794,9 @@ function M.install(node)
     local l = node:leader()
     return res:json({status = "ok", node_id = info.id, leader = l and l.leader_id or json.null,
                      cluster_id = node:cluster().id, state_index = node:state_index()})
-  end)
+  end, {auth = "write"})
 
   srv:route("POST", "/heartbeat", function(req, res)
-    if not M.authorized(node, req, res) then return end
     local body = req:json()
     if type(body) ~= "table" or type(body.id) ~= "string" then
       return res:error(400, "BAD_REQUEST", 'body must be {"id": "<node id>"}')
@@ -878,10 +820,9 @@ function M.install(node)
       sched.spawn(M.leader_tick, node)
     end
     return res:json({status = "ok", state_index = node:state_index()})
-  end)
+  end, {auth = "write"})
 
   srv:route("POST", "/leave", function(req, res)
-    if not M.authorized(node, req, res) then return end
     local body = req:json()
     local id = type(body) == "table" and body.id or req.query.id
     if type(id) ~= "string" or id == "" then
@@ -916,7 +857,7 @@ function M.install(node)
       return res:error(err.status or 500, err.code, err.message)
     end
     return res:json({status = "ok", node_id = id})
-  end)
+  end, {auth = "write"})
 end
 
 M.auth_headers = auth_headers

@@ -693,7 +693,7 @@ function Node:_check_removed(r)
   sched.spawn(function()
     local res = require("clusterkit.httpc").request {
       tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. peer.http_addr .. "/cluster",
-      headers = require("clusterkit.membership").auth_headers(self), timeout = 1,
+      headers = require("clusterkit.auth").headers(self), timeout = 1,
     }
     self._probing = false
     local body = res and res.status == 200 and json.decode(res.body)
@@ -1693,7 +1693,6 @@ function Node:leave(timeout)
     error("clusterkit: leave: node is not running", 2)
   end
   timeout = timeout or 10
-  local membership = require "clusterkit.membership"
   local deadline = hrtime() + timeout * 1e9
   local v = self:_view()
   if #v.nodes <= 1 then
@@ -1707,7 +1706,7 @@ function Node:leave(timeout)
     if l and not l.is_me and l.leader_ip ~= "" then
       res, err = require("clusterkit.httpc").request {
         tls = self._tls_client, method = "POST", url = self.scheme .. "://" .. l.leader_ip .. "/leave",
-        headers = membership.auth_headers(self), body = json.encode({id = self.id}),
+        headers = require("clusterkit.auth").headers(self), body = json.encode({id = self.id}),
         timeout = math.max(1, (deadline - hrtime()) / 1e9),
       }
       if res and res.status == 200 then break end
@@ -1809,9 +1808,9 @@ function Node:set_placement(fn)
 end
 
 --- Adds an HTTP route served by this node: ck:route("GET", "/kv/:key", fn).
-function Node:route(method, pattern, fn)
+function Node:route(method, pattern, fn, opts)
   check(self, "route")
-  self.http:route(method, pattern, fn)
+  self.http:route(method, pattern, fn, opts)
   return self
 end
 

@@ -6,14 +6,11 @@
 -- With a READ_TOKEN the page answers 401 with a Basic challenge, so that a
 -- browser prompts once (any user name, the token as password) and then
 -- sends the same credentials with the page's own requests, which
--- membership.read_authorized accepts beside Bearer.
+-- clusterkit.auth accepts beside Bearer (the routes' auth = "read_basic").
 local core = require "clusterkit.core"
 local http = require "clusterkit.http"
-local membership = require "clusterkit.membership"
 
 local M = {}
-
-local CHALLENGE = 'Basic realm="clusterkit", charset="UTF-8"'
 
 -- The page may load only its own files and talk only to its own node.
 local SECURITY = {
@@ -24,7 +21,6 @@ local SECURITY = {
 
 local function serve(node, asset, etag)
   return function(req, res)
-    if not membership.read_authorized(node, req, res, CHALLENGE) then return end
     for k, v in pairs(SECURITY) do res:header(k, v) end
     -- Revalidate on every load: a node upgraded in place serves new files.
     res:header("Cache-Control", "no-cache"):header("ETag", etag)
@@ -42,13 +38,13 @@ function M.install(node)
   for name, asset in pairs(assets) do
     -- The version and the size tell builds apart well enough for a cache.
     local etag = string.format('"ui-%s-%d"', core.version, #asset.body)
-    srv:route("GET", "/ui/" .. name, serve(node, asset, etag))
+    srv:route("GET", "/ui/" .. name, serve(node, asset, etag), {auth = "read_basic"})
   end
   local index = assets["index.html"]
   if index then
     local page = serve(node, index, string.format('"ui-%s-%d"', core.version, #index.body))
-    srv:route("GET", "/ui", page)
-    srv:route("GET", "/ui/", page)
+    srv:route("GET", "/ui", page, {auth = "read_basic"})
+    srv:route("GET", "/ui/", page, {auth = "read_basic"})
   end
 end
 

@@ -71,6 +71,59 @@ describe("clusterkit.new", function()
   end)
 end)
 
+describe("route authorization", function()
+  -- Open to anyone, whatever the tokens: what a load balancer or an
+  -- orchestrator probes.
+  local OPEN = {["GET /health"] = true, ["GET /ready"] = true}
+  -- POSTs that change nothing (they answer what a GET would).
+  local READ_POSTS = {["POST /sync"] = true}
+
+  it("is declared by every built-in route: reads need the read token, changes the cluster token", function()
+    local ck, opts = new_node()
+    local routes = ck.http:routes()
+    assert.is_true(#routes > 30)
+    for _, r in ipairs(routes) do
+      local key = r.method .. " " .. r.pattern
+      if OPEN[key] then
+        assert.is_nil(r.auth, key)
+      elseif r.method == "GET" or READ_POSTS[key] then
+        assert.is_truthy(r.auth == "read" or r.auth == "read_basic", key .. ": " .. tostring(r.auth))
+      else
+        assert.are.equal("write", r.auth, key)
+      end
+    end
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+
+  it("runs before the handler, for the application's routes too", function()
+    local ck, opts = new_node({token = "s3cret", read_token = "r3ad"})
+    local ran = 0
+    ck:route("POST", "/app/write", function(_, res) ran = ran + 1 return res:json({ok = true}) end, {auth = "write"})
+    ck:route("GET", "/app/read", function(_, res) ran = ran + 1 return res:json({ok = true}) end, {auth = "read"})
+    assert.has_error(function() ck:route("GET", "/x", function() end, {auth = "admin"}) end,
+      'clusterkit: route: auth must be "write", "read" or "read_basic"')
+    assert(ck:start())
+    local function call(method, path, token)
+      return assert(ck:request({method = method, url = ck:url(ck:me(), path), timeout = 5,
+                                headers = token and {Authorization = "Bearer " .. token} or nil}))
+    end
+    assert.are.equal(401, call("POST", "/app/write").status)
+    assert.are.equal(401, call("POST", "/app/write", "r3ad").status)
+    assert.are.equal(401, call("GET", "/app/read").status)
+    assert.are.equal(0, ran)
+    assert.are.equal(200, call("POST", "/app/write", "s3cret").status)
+    assert.are.equal(200, call("GET", "/app/read", "r3ad").status)
+    assert.are.equal(200, call("GET", "/app/read", "s3cret").status)
+    assert.are.equal(3, ran)
+    -- And the built-in ones: a read needs a token, a change the cluster's.
+    assert.are.equal(401, call("GET", "/cluster").status)
+    assert.are.equal(401, call("POST", "/rebalance", "r3ad").status)
+    assert.are.equal(200, call("GET", "/health").status)
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+end)
+
 describe("a started single node", function()
   local ck, opts
   setup(function()

@@ -2,7 +2,7 @@
 -- base64 decoder behind Basic credentials, and which credentials a read
 -- token accepts (a fake request and response stand in for HTTP).
 local core = require "clusterkit.core"
-local membership = require "clusterkit.membership"
+local auth = require "clusterkit.auth"
 local base64 = require "clusterkit.base64"
 
 describe("embedded dashboard files", function()
@@ -50,7 +50,7 @@ describe("base64", function()
   end)
 end)
 
-describe("read_authorized", function()
+describe("auth.check at read levels", function()
   local function b64(s)
     -- Test-side encoder, kept independent of the decoder under test.
     local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -66,29 +66,29 @@ describe("read_authorized", function()
     end) .. ({"", "==", "="})[#s % 3 + 1])
   end
   local node = {opts = {read_token = "r3ad", token = "wr1te"}}
-  local function try(auth, challenge)
+  local function try(given, basic)
     local res = {headers = {}}
     function res:header(k, v) self.headers[k] = v return self end
     function res:error(status, code) self.status, self.code = status, code end
-    local req = {header = function(_, name) return name == "Authorization" and auth or nil end}
-    return membership.read_authorized(node, req, res, challenge), res
+    local req = {header = function(_, name) return name == "Authorization" and given or nil end}
+    return auth.check(node, basic and "read_basic" or "read", req, res), res
   end
 
   it("accepts Bearer and Basic with the token as password, read or cluster token", function()
     assert.are.equal("Zm9vYmFy", b64("foobar"))
-    for _, auth in ipairs({"Bearer r3ad", "Bearer wr1te", "Basic " .. b64("ck:r3ad"), "Basic " .. b64(":r3ad"),
+    for _, given in ipairs({"Bearer r3ad", "Bearer wr1te", "Basic " .. b64("ck:r3ad"), "Basic " .. b64(":r3ad"),
                            "basic " .. b64("any one:wr1te"), "Basic " .. b64("u:r3ad"):gsub("=", "")}) do
-      assert.is_true((try(auth)), auth)
+      assert.is_true((try(given)), given)
     end
   end)
 
   it("refuses anything else with 401 and the challenge asked for", function()
-    for _, auth in ipairs({false, "", "Bearer nope", "Basic " .. b64("r3ad"), "Basic " .. b64("r3ad:x"),
+    for _, given in ipairs({false, "", "Bearer nope", "Basic " .. b64("r3ad"), "Basic " .. b64("r3ad:x"),
                            "Basic !!", "Basic " .. b64("ck:r3ad") .. " x", "Digest r3ad"}) do
-      local ok, res = try(auth or nil, 'Basic realm="clusterkit"')
-      assert.is_false(ok, tostring(auth))
+      local ok, res = try(given or nil, true)
+      assert.is_false(ok, tostring(given))
       assert.are.equal(401, res.status)
-      assert.are.equal('Basic realm="clusterkit"', res.headers["WWW-Authenticate"])
+      assert.are.equal('Basic realm="clusterkit", charset="UTF-8"', res.headers["WWW-Authenticate"])
     end
     local _, res = try("Bearer nope")
     assert.are.equal("Bearer", res.headers["WWW-Authenticate"])
