@@ -37,6 +37,12 @@ local spec = {
   rebalance_delay    = {"REBALANCE_DELAY", "duration", 30},
   policy_timeout     = {"POLICY_TIMEOUT", "duration", 2},
   removed_linger     = {"REMOVED_LINGER", "duration", 10},
+  -- Raft snapshots: taken every SNAPSHOT_THRESHOLD entries (default 8192),
+  -- keeping SNAPSHOT_TRAILING entries after one (default 128) for
+  -- followers that are only a little behind; one further behind gets the
+  -- snapshot.
+  snapshot_threshold = {"SNAPSHOT_THRESHOLD", "integer", nil, 16, 1000000000},
+  snapshot_trailing  = {"SNAPSHOT_TRAILING", "integer", nil, 1, 1000000000},
   placement          = {"PLACEMENT", "string", nil},
   log_level          = {"CK_LOG_LEVEL", "string", "info"},
   log_format         = {"LOG_FORMAT", "string", "text"},

@@ -1512,6 +1512,7 @@ function Node:start()
     tls_server = self._tls and self._tls.server, tls_client = self._tls_client,
     election_timeout = math.floor(o.election_timeout * 1000),
     heartbeat_timeout = math.floor(o.heartbeat_timeout * 1000),
+    snapshot_threshold = o.snapshot_threshold, snapshot_trailing = o.snapshot_trailing,
   }, function(ev) self:_on_event(ev) end)
   local ok
   ok, msg, code = self._core:start()

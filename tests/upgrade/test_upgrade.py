@@ -130,7 +130,10 @@ def test_rolling_upgrade_from_v010(ck):
     app = os.path.join(str(ck.tmp_path), "app.lua")
     with open(app, "w") as f:
         f.write(APP)
-    c = Cluster(ck, env={"PARTITION_COUNT": "32", "REPLICATION_FACTOR": "2"}, args=[app])
+    # The new build snapshots often, so that an old follower that was away
+    # is sent a snapshot by a new leader (v0.1.0 ignores these variables).
+    c = Cluster(ck, env={"PARTITION_COUNT": "32", "REPLICATION_FACTOR": "2", "SNAPSHOT_THRESHOLD": "32",
+                         "SNAPSHOT_TRAILING": "8"}, args=[app])
     nodes = []
     for _ in range(3):
         n = c.add(start=False)
@@ -176,6 +179,20 @@ def test_rolling_upgrade_from_v010(ck):
         wait_agreed(c, members, "after replacing n1")
         assert c.leader(nodes=members) is n2
         still_level_1(members, "n1")
+        # 2b. The old n3 is away while the new leader commits past its
+        # snapshot threshold: back (still old), it must install the new
+        # leader's snapshot, which is written as v0.1.0 reads it.
+        n3.stop()
+        for i in range(40):
+            for action in ("pause", "resume"):
+                r = n2.post("/rebalance/" + action)
+                assert r.status == 200, (i, action, r.status, r.text)
+        wait_for(lambda: (probe(n2, "/consensus/stats") or {}).get("snapshot_index", 0) > 0, timeout=20,
+                 what="the new leader to take a snapshot")
+        assert (probe(n1, "/consensus/stats") or {}).get("snapshot_index", 0) > 0
+        n3.start()
+        wait_agreed(c, members, "after the old n3 came back")
+        assert (probe(n3, "/consensus/stats") or {}).get("snapshot_index", 0) > 0, probe(n3, "/consensus/stats")
         # 3. Under the new leader, a graceful stop while the old n3 runs:
         # committed as v0.1.0 can apply it (down, not stopped), so n3's
         # state index and statuses stay those of the others.
