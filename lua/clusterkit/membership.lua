@@ -380,7 +380,8 @@ end
 -- which may come back) reported a build that applies the next level; then,
 -- from level 2 on, writes the builds members reported into their entries
 -- (a trailing field), one per tick. Returns true when it proposed.
-function M.upgrade_step(node, v)
+local function upgrade_locked(node)
+  local v = node:_view()
   local reports, t = node._reports or {}, now()
   local target = core.FEATURE_LEVEL
   if v.feature_level < target then
@@ -390,11 +391,7 @@ function M.upgrade_step(node, v)
         return false
       end
     end
-    -- The reconciler and the ticker both get here: one proposal at a time.
-    if node._raising_level then return false end
-    node._raising_level = true
     local ok, msg = node:_propose(core.encode_features(target))
-    node._raising_level = nil
     if ok then
       node.log:info("cluster feature level %d -> %d: every member runs a build that applies it", v.feature_level,
         target)
@@ -403,25 +400,29 @@ function M.upgrade_step(node, v)
     end
     return true
   end
-  -- An upsert rewrites the whole entry: it must not race a status change
-  -- in flight. Statuses come from this leader's ticks (serialized with
-  -- this) and from admit and remove, which hold the change lock.
-  if node._changing then return false end
-  return with_lock(node, function()
-    for _, n in ipairs(node:_view().nodes) do
-      local r = reports[n.id]
-      if n.id ~= node.id and n.status ~= "left" and r and r.build and r.build ~= (n.version or "") then
-        local ok, msg = node:_propose(core.encode_node {
-          id = n.id, name = n.name, http_addr = n.http_addr, raft_addr = n.raft_addr, zone = n.zone,
-          weight = n.weight, services = n.services, raft_id = n.raft_id, status = n.status,
-          time_ms = n.status_since, build = r.build,
-        })
-        if not ok then node.log:warn("recording %s's build: %s", n.id, tostring(msg)) end
-        return true
-      end
+  for _, n in ipairs(v.nodes) do
+    local r = reports[n.id]
+    if n.id ~= node.id and n.status ~= "left" and r and r.build and r.build ~= (n.version or "") then
+      local ok, msg = node:_propose(core.encode_node {
+        id = n.id, name = n.name, http_addr = n.http_addr, raft_addr = n.raft_addr, zone = n.zone,
+        weight = n.weight, services = n.services, raft_id = n.raft_id, status = n.status,
+        time_ms = n.status_since, build = r.build,
+      })
+      if not ok then node.log:warn("recording %s's build: %s", n.id, tostring(msg)) end
+      return true
     end
-    return false
-  end)
+  end
+  return false
+end
+
+function M.upgrade_step(node)
+  -- Under the change lock: admit checks a joiner's level against the
+  -- committed one, so a raise must not pass it in flight (an old joiner
+  -- admitted at level 1 behind a raise to 2), and an upsert rewrites a
+  -- whole entry, so it must not land behind a status (left) that remove
+  -- has in flight. The ticker never waits for the lock.
+  if node._changing then return false end
+  return with_lock(node, function() return upgrade_locked(node) end)
 end
 
 -- Raft-level contact, sampled every leader tick: when raft last said it
@@ -483,7 +484,7 @@ function M.leader_tick(node)
         node:_handover()
       else
         finish_leaves(node, node:_view())
-        M.upgrade_step(node, node:_view())
+        M.upgrade_step(node)
       end
       -- A down node's grace period ended: its replica slots move now.
       if node._grace_deadline and core.time_ms() >= node._grace_deadline then

@@ -979,7 +979,7 @@ function Node:_reconcile_once()
     if cur and cur.status == "left" then
       return self:_rebalance_if_needed(raw, false)
     elseif raw.feature_level < core.FEATURE_LEVEL
-      and require("clusterkit.membership").upgrade_step(self, self:_view()) then
+      and require("clusterkit.membership").upgrade_step(self) then
       -- A new cluster (its only member) is raised right after INIT;
       -- upgraded members are raised once they all reported (leader tick).
       return true
