@@ -23,6 +23,12 @@ local coord = require "clusterkit.coord"
 local tlsm = require "clusterkit.tls"
 local metrics = require "clusterkit.metrics"
 local is_down = require("clusterkit.detector").is_down
+local apim = require "clusterkit.api"
+local auth = require "clusterkit.auth"
+local backup = require "clusterkit.backup"
+local httpc = require "clusterkit.httpc"
+local membership = require "clusterkit.membership"
+local ui = require "clusterkit.ui"
 
 local M = {}
 
@@ -92,10 +98,10 @@ function M.new(opts)
     self._policy, self._policy_gen = fn, 1
   end
   self.http = http.server(self)
-  require("clusterkit.api").install(self)
-  require("clusterkit.membership").install(self)
-  require("clusterkit.backup").install(self)
-  require("clusterkit.ui").install(self)
+  apim.install(self)
+  membership.install(self)
+  backup.install(self)
+  ui.install(self)
   kv.install(self)
   coord.install(self)
   return self
@@ -371,7 +377,7 @@ function Node:request(opts)
     o.tls = self._tls_client
     opts = o
   end
-  return require("clusterkit.httpc").request(opts)
+  return httpc.request(opts)
 end
 
 --- Waits until the state index exceeds `index` (at most `timeout`
@@ -691,9 +697,9 @@ function Node:_check_removed(r)
   self.log:info("no leader for %.1fs: asking %s whether this node is still a member", quiet, peer.id)
   self._probing = true
   sched.spawn(function()
-    local res = require("clusterkit.httpc").request {
+    local res = httpc.request {
       tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. peer.http_addr .. "/cluster",
-      headers = require("clusterkit.auth").headers(self), timeout = 1,
+      headers = auth.headers(self), timeout = 1,
     }
     self._probing = false
     local body = res and res.status == 200 and json.decode(res.body)
@@ -893,7 +899,7 @@ function Node:_persist()
   end
   local v = self:_view()
   if not v.ready then return end
-  local body = json.encode(require("clusterkit.api").cluster_json(self))
+  local body = json.encode(apim.cluster_json(self))
   self._writing = true
   core.write_file(self.opts.data_dir .. "/cluster-state.json", body, function(ok, err)
     self._writing = false
@@ -979,7 +985,7 @@ function Node:_reconcile_once()
     if cur and cur.status == "left" then
       return self:_rebalance_if_needed(raw, false)
     elseif raw.feature_level < core.FEATURE_LEVEL
-      and require("clusterkit.membership").upgrade_step(self) then
+      and membership.upgrade_step(self) then
       -- A new cluster (its only member) is raised right after INIT;
       -- upgraded members are raised once they all reported (leader tick).
       return true
@@ -1422,7 +1428,7 @@ local function join_addr_mismatch(self)
   local mine = o.join_addr and saved_cluster(o.data_dir)
   if not mine then return nil end
   local token = o.read_token or o.token
-  local res = require("clusterkit.httpc").request {
+  local res = httpc.request {
     tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. o.join_addr .. "/cluster", timeout = 3,
     headers = token and {Authorization = "Bearer " .. token} or nil,
   }
@@ -1535,7 +1541,7 @@ function Node:start()
       self:stop()
       return nil, errors.new("INVALID", "a new node needs bootstrap = true or a join_addr")
     end
-    sched.spawn(function() require("clusterkit.membership").join(self) end)
+    sched.spawn(function() membership.join(self) end)
   else
     -- Restarted with its data dir at a new raft address (a new pod IP, say):
     -- peers would keep dialling the old one, so ask to be re-admitted.
@@ -1554,7 +1560,7 @@ function Node:start()
       if via then
         self.log:info("raft address changed from %s to %s: rejoining through %s", moved, o.raft_addr, via)
         self._rejoin_via = via
-        sched.spawn(function() require("clusterkit.membership").join(self, true) end)
+        sched.spawn(function() membership.join(self, true) end)
       else
         self.log:warn("raft address changed from %s, and no other node is known to rejoin through", moved)
       end
@@ -1595,7 +1601,6 @@ end
 -- Every heartbeat_interval: the leader checks liveness and roles, the
 -- others heartbeat the leader. Each run is a coroutine; runs never overlap.
 function Node:_start_ticker()
-  local membership = require "clusterkit.membership"
   local t = core.timer()
   self._ticker = t
   local ms = self.opts.heartbeat_interval * 1000
@@ -1705,9 +1710,9 @@ function Node:leave(timeout)
   while hrtime() < deadline do
     local l = self:leader()
     if l and not l.is_me and l.leader_ip ~= "" then
-      res, err = require("clusterkit.httpc").request {
+      res, err = httpc.request {
         tls = self._tls_client, method = "POST", url = self.scheme .. "://" .. l.leader_ip .. "/leave",
-        headers = require("clusterkit.auth").headers(self), body = json.encode({id = self.id}),
+        headers = auth.headers(self), body = json.encode({id = self.id}),
         timeout = math.max(1, (deadline - hrtime()) / 1e9),
       }
       if res and res.status == 200 then break end
@@ -1744,7 +1749,6 @@ end
 -- down, and never hands leadership to it. Best effort and bounded: one
 -- retry when the answer is not the leader's OK (leadership moving).
 function Node:_announce_stop()
-  local membership = require "clusterkit.membership"
   for _ = 1, 2 do
     local ok, res, err = pcall(membership.heartbeat, self, true)
     if not ok then
