@@ -230,23 +230,52 @@ end
 -- a standby was promoted) stops the cluster until it comes back, and with
 -- the removal appended but not committed, even the survivors' old
 -- configuration cannot elect anyone.
-local function promote_before_removing(node, raft_id)
-  local entry = config_entry(node, raft_id)
-  if not (entry and entry.role == "voter") then return end
-  local status = {}
-  for _, n in ipairs(node:_view().nodes) do status[n.raft_id] = n.status end
-  local voters, standby = 0, nil
-  for _, s in ipairs(node._core:configuration()) do
-    if s.role == "voter" and s.id ~= raft_id then
-      voters = voters + 1
-    elseif s.role == "standby" and status[s.id] == "active" and s.recent ~= false then
-      standby = standby or s
+--
+-- Live: active in the state and heard from by raft, now (its recent flag)
+-- or at a leader tick less than an election timeout ago. A new leader has
+-- heard from nobody yet: raft 0.15 starts every follower's recent flag
+-- false when it takes office (progressBuildArray), and the successor of a
+-- leader that was asked to leave removes it within milliseconds
+-- (make test-faults FAULT_SCENARIO=kill-membership FAULT_SEED=174162: it
+-- promoted nobody, and a kill then left one of two voters). So an active
+-- standby not heard from yet is waited for, until two election timeouts
+-- into the term: with `block` polling (bounded by that deadline), without
+-- it returning false (ask again next tick). True: go ahead and remove.
+local function promote_before_removing(node, raft_id, block)
+  local et = node.opts.election_timeout
+  local deadline
+  for _ = 1, 1000 do
+    local entry = config_entry(node, raft_id)
+    if not (entry and entry.role == "voter" and node:is_leader()) then return true end
+    local since = node._raft_term == node._core:raft().term and node._raft_since or nil
+    local heard = since and node._raft_heard or {}
+    deadline = deadline or (since or now()) + 2 * et
+    local status = {}
+    for _, n in ipairs(node:_view().nodes) do status[n.raft_id] = n.status end
+    local voters, standby, pending = 0, nil, false
+    for _, s in ipairs(node._core:configuration()) do
+      if s.role == "voter" and s.id ~= raft_id then
+        voters = voters + 1
+      elseif s.role == "standby" and status[s.id] == "active" then
+        if s.recent or now() - (heard[s.id] or -math.huge) < et then
+          standby = standby or s
+        else
+          pending = true
+        end
+      end
     end
+    if voters >= node.opts.voters then return true end
+    if standby then
+      node.log:info("promoting standby %s to voter before removing voter %s", standby.address, entry.address)
+      local ok, msg = raft_call(node, "assign", standby.id, "voter")
+      if not ok then node.log:warn("promoting %s: %s", standby.address, tostring(msg)) end
+      return true
+    end
+    if not pending or now() >= deadline then return true end
+    if not block then return false end
+    sched.sleep(0.02)
   end
-  if voters >= node.opts.voters or not standby then return end
-  node.log:info("promoting standby %s to voter before removing voter %s", standby.address, entry.address)
-  local ok, msg = raft_call(node, "assign", standby.id, "voter")
-  if not ok then node.log:warn("promoting %s: %s", standby.address, tostring(msg)) end
+  return true
 end
 
 --- Removes a node for good (leader only): status left, table without it,
@@ -273,7 +302,7 @@ function M.remove(node, id)
     -- Let the reconciler move the table off the node before it goes.
     node:_wait_until(function() return not in_table(node:_view(), id) end, 5)
     local raft_id = core.raft_id(id)
-    promote_before_removing(node, raft_id)
+    promote_before_removing(node, raft_id, true)
     if config_entry(node, raft_id) then
       ok, msg = raft_call(node, "remove", raft_id)
       if not ok then return nil, errors.new("RAFT", "raft remove: " .. tostring(msg), {status = 503}) end
@@ -344,9 +373,9 @@ local function finish_leaves(node, v)
       local raft_id = core.raft_id(n.id)
       if config_entry(node, raft_id) then
         if not quorum_refusal(node, v, n.id, true) then
-          node.log:info("finishing the leave of %s: removing it from raft", n.id)
           with_lock(node, function()
-            promote_before_removing(node, raft_id)
+            if not promote_before_removing(node, raft_id, false) then return end -- the next tick asks again
+            node.log:info("finishing the leave of %s: removing it from raft", n.id)
             return raft_call(node, "remove", raft_id)
           end)
         end
