@@ -890,7 +890,6 @@ function M.install(node)
   end, {auth = "write"})
 end
 
-M.auth_headers = auth_headers
 M.not_leader = not_leader
 M.check_join = check_join
 return M
