@@ -515,12 +515,13 @@ end
 -- source. Returns true when the source answered with its complete copy (with
 -- `partial`: with whatever it holds, complete or not; with `dropped` as well,
 -- also what it set aside when it regained the partition, see Store:_sync).
-function Store:_fetch(index, id, epoch, gen, partial, dropped)
+function Store:_fetch(index, id, epoch, gen, partial, dropped, since)
   local addr = self:_addr(id)
   if not addr then return false end
   local res, err = self.ck:request {
-    url = self.ck:url(addr, format("/internal/partition/%d?epoch=%d%s%s", index, epoch,
-      partial and "&partial=1" or "", partial and dropped and "&dropped=1" or "")),
+    url = self.ck:url(addr, format("/internal/partition/%d?epoch=%d%s%s%s", index, epoch,
+      partial and "&partial=1" or "", partial and dropped and "&dropped=1" or "",
+      since and format("&since=%d", since) or "")),
     headers = self:_auth_headers(), timeout = self.replication_timeout,
   }
   if not res or res.status ~= 200 then
@@ -602,12 +603,12 @@ function Store:_sync(index, plan)
   for attempt = 1, 100000 do
     if not self:_running() then return end
     local all, missing
-    if plan.primary and self:_fetch(index, plan.primary, plan.epoch, gen) then
+    if plan.primary and self:_fetch(index, plan.primary, plan.epoch, gen, false, false, plan.since) then
       from = plan.primary
     else
       for _, id in ipairs(plan.others) do
         if count >= plan.need then break end
-        if not answered[id] and self:_fetch(index, id, plan.epoch, gen) then
+        if not answered[id] and self:_fetch(index, id, plan.epoch, gen, false, false, plan.since) then
           answered[id], count = true, count + 1
         end
       end
@@ -703,12 +704,12 @@ function Store:_on_partition_change(ev)
     -- member holds, its own copy included (newer stamps win, tombstones
     -- included, so what it holds that is stale loses to what it missed).
     local owners = without({ev.new_primary, unpack(ev.new_replicas)}, self.id)
-    self:_sync(ev.index, {why = "resync", epoch = ev.epoch, others = owners,
+    self:_sync(ev.index, {why = "resync", epoch = ev.epoch, since = ev.epoch, others = owners,
       need = overlap(#owners + 1), everyone = true})
   elseif ev.role == "gain" then
     -- New here: whatever an earlier ownership left behind is replaced by a
     -- copy from the previous owners.
-    self:_sync(ev.index, {why = "gain", epoch = ev.epoch, drop_before = ev.epoch,
+    self:_sync(ev.index, {why = "gain", epoch = ev.epoch, since = ev.old_epoch, drop_before = ev.epoch,
       primary = ev.old_primary ~= "" and ev.old_primary or nil,
       others = without(old, ev.old_primary), need = overlap(#old)})
   elseif ev.role == "promote" then
@@ -716,7 +717,7 @@ function Store:_on_partition_change(ev)
     -- missed writes that a quorum without it acknowledged: merge the other
     -- previous owners' copies. Its own copy counts when it was complete.
     local need = overlap(#old) - (part.ready and 1 or 0)
-    self:_sync(ev.index, {why = "promote", epoch = ev.epoch,
+    self:_sync(ev.index, {why = "promote", epoch = ev.epoch, since = ev.old_epoch,
       primary = ev.old_primary ~= "" and ev.old_primary or nil,
       others = without(old, ev.old_primary, self.id), need = need})
   elseif ev.role == "lose" then
@@ -745,7 +746,7 @@ function Store:start()
       local owners = {p.primary_node}
       for _, r in ipairs(p.replica_nodes) do owners[#owners + 1] = r end
       local primary = p.primary_node ~= self.id and p.primary_node or nil
-      clusterkit.spawn(self._sync, self, p.index, {why = "start", epoch = p.epoch, primary = primary,
+      clusterkit.spawn(self._sync, self, p.index, {why = "start", epoch = p.epoch, since = p.epoch, primary = primary,
         others = without(owners, self.id, p.primary_node), need = overlap(#owners), everyone = true})
     end
   end
@@ -887,6 +888,13 @@ function Store:_install_routes()
     if epoch then part:see(epoch) end
     if not part.ready and not truthy(req.query.partial) then
       return res:error(503, "SYNCING", "partition-" .. index .. " is not complete on " .. self.id)
+    end
+    -- ?since=S: the asker counts on this node being complete as an owner of row S. A table
+    -- behind S (not applied yet, raft stuck) may have `ready` from an older ownership.
+    local since = int(req.query.since)
+    if since and not truthy(req.query.partial) and ck:partition(index).epoch < since then
+      return res:error(503, "SYNCING", format("partition-%d is at epoch %d on %s, the copy needs epoch %d",
+        index, ck:partition(index).epoch, self.id, since))
     end
     -- ?partial=1: what this node holds, complete or not (a starting node asks
     -- every member, see Store:_sync).
