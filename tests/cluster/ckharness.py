@@ -89,11 +89,18 @@ class HarnessError(AssertionError):
 # Ports
 # ---------------------------------------------------------------------------
 
-def free_port():
-    """A TCP port on 127.0.0.1 that the kernel just handed out as free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def free_port(avoid=()):
+    """A TCP port on 127.0.0.1 that the kernel just handed out as free, and
+    not one of `avoid`: the kernel may hand the port it just released out
+    again, and a node whose HTTP and raft ports were the same failed to
+    start (seen in CI: test_duplicate_id_cannot_take_over_a_live_member)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise HarnessError("no free port on %s apart from %s after 100 tries" % (HOST, list(avoid)))
 
 
 def port_is_free(port):
@@ -270,7 +277,7 @@ class CkNode:
         self.extra_env = dict(env or {})
         self.fixed_ports = http_port is not None or raft_port is not None
         self.http_port = http_port or free_port()
-        self.raft_port = raft_port or free_port()
+        self.raft_port = raft_port or free_port(avoid=(self.http_port,))
         self.data_dir = os.path.join(self.base_dir, name + "-data")
         self.log_path = os.path.join(self.base_dir, name + ".log")
         self.proc = None
@@ -369,7 +376,8 @@ class CkNode:
             with open(self.log_path, "ab") as log:
                 log.write(b"---- port clash, retrying with fresh ports\n")
             shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.http_port, self.raft_port = free_port(), free_port()
+            self.http_port = free_port()
+            self.raft_port = free_port(avoid=(self.http_port,))
         raise HarnessError("%s: could not start after %d attempts\n%s" % (
             self.name, START_ATTEMPTS, self.log_tail()))
 

@@ -237,7 +237,7 @@ def test_restart_at_new_raft_address(ck):
     c.wait_converged(members=True)
     victim = c.followers()[0]
     victim.kill9()
-    victim.raft_port = free_port()
+    victim.raft_port = free_port(avoid=(victim.http_port,))
     victim.extra_env.pop("JOIN_ADDR", None)
     victim.start()
     agreed = c.wait_converged(nodes=nodes, members=True)

@@ -269,8 +269,9 @@ def test_unsafe_node_id_is_a_config_error(ck, tmp_path, node_id):
     config error naming NODE_ID; the default data dir is never created."""
     work = tmp_path / "work"
     work.mkdir()
-    env = {"NODE_ID": node_id, "HTTP_ADDR": "%s:%d" % (HOST, free_port()),
-           "RAFT_ADDR": "%s:%d" % (HOST, free_port()), "DATA_DIR": "", "JOIN_ADDR": "",
+    http_port = free_port()
+    env = {"NODE_ID": node_id, "HTTP_ADDR": "%s:%d" % (HOST, http_port),
+           "RAFT_ADDR": "%s:%d" % (HOST, free_port(avoid=(http_port,))), "DATA_DIR": "", "JOIN_ADDR": "",
            "BOOTSTRAP": "true"}
     r = run_in(work, env)
     assert r.returncode != 0, r
