@@ -19,7 +19,7 @@
  * reader skips the tags it does not know, so a later build can add a field
  * (a node attribute) that this one ignores. Encoders write version 1 when
  * there is no field, which is all that builds up to feature level 1 read.
- * Fields of NODE_UPSERT: tag 1, str-less bytes: the node's build (its
+ * Fields of NODE_UPSERT: tag 1, the node's build (its
  * clusterkit version, at most CK_MAX_STR bytes).
  *
  * Feature levels. A new command type, status value, flag or field changes
