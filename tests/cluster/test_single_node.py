@@ -586,9 +586,9 @@ def test_harness_retries_when_a_picked_port_is_taken(ck, monkeypatch, which):
         real = ckharness.free_port
         handed = []
 
-        def first_taken():
+        def first_taken(avoid=()):
             # The first pick of the chosen kind is the busy port.
-            port = taken if len(handed) == (0 if which == "http" else 1) else real()
+            port = taken if len(handed) == (0 if which == "http" else 1) else real(avoid=avoid)
             handed.append(port)
             return port
 
