@@ -374,9 +374,9 @@ end
 --- Every route as {method, pattern, auth} (auth nil: open), sorted.
 function Server:routes()
   local out = {}
-  for key, _ in pairs(self.auth_of) do
+  for key, level in pairs(self.auth_of) do
     local m, p = key:match("^(%S+) (.*)$")
-    out[#out + 1] = {method = m, pattern = p, auth = self.auth_of[key] or nil}
+    out[#out + 1] = {method = m, pattern = p, auth = level or nil}
   end
   table.sort(out, function(a, b) return a.pattern .. a.method < b.pattern .. b.method end)
   return out

@@ -202,9 +202,13 @@ local function commit(self, bytes, timeout, idempotent)
   if not c then return nil, err end
   -- KV_TXN is a feature-level-2 command (ck_state.h): a v0.1.0 member
   -- could not apply it. Reads need it too (their barrier is one).
-  -- A new cluster raises it right after INIT: wait that moment out.
-  self:_wait_until(function() return self:_view().feature_level >= 2 end, 1)
+  -- A new cluster raises it right after INIT: wait that moment out (only
+  -- then: this is every write's and every read barrier's path).
   local level = self:_view().feature_level
+  if level < 2 then
+    self:_wait_until(function() return self:_view().feature_level >= 2 end, 1)
+    level = self:_view().feature_level
+  end
   if level < 2 then
     return nil, errors.new("NOT_READY", format("the key-value store needs cluster feature level 2 and the "
       .. "cluster is at %d: some member runs an older build (a rolling upgrade is in progress). The "
