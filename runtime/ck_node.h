@@ -96,7 +96,7 @@ struct ck_node_options {
     bool bootstrap;                /* Bootstrap a one-voter cluster if pristine. */
     unsigned election_timeout_ms;  /* Default 300. */
     unsigned heartbeat_timeout_ms; /* Default 50. */
-    unsigned watch_interval_ms;    /* Raft role/leader polling. Default 20. */
+    unsigned watch_interval_ms;    /* Backstop poll of raft (node_watch). Default 1000. */
     size_t segment_size; /* Preallocated segment bytes. Default 1 MiB (each rollover costs a pause of tens of ms; raft
                             keeps 3 prepared). */
     unsigned snapshot_threshold; /* Entries between snapshots, default 8192; sooner by
@@ -171,6 +171,11 @@ const struct raft_configuration *ck_node_configuration(const struct ck_node *n);
  * configuration's servers (recent_recv: heard from within the last election
  * timeout); NULL on any other node. */
 const struct raft_progress *ck_node_progress(const struct ck_node *n);
+
+/* When server @id last answered this node's replication (an
+ * AppendEntriesResult: only a leader gets those), as ms before now: false
+ * if never. See node_note_contact. */
+bool ck_node_last_contact(const struct ck_node *n, raft_id id, uint64_t *ms_ago);
 
 /* Propose command @buf (copied). On 0, @cb is called exactly once, on a
  * later loop turn (never from inside this call or a raft callback); on error

@@ -382,7 +382,8 @@ static int lnode_counters(lua_State *L)
     return 1;
 }
 
-/* node:configuration() -> {{id = hex, address =, role = "voter"|..., recent = bool (leader only)}, ...} */
+/* node:configuration() -> {{id = hex, address =, role = "voter"|..., recent = bool (leader only),
+ *   heard = seconds since it last answered this node's replication (nil: never)}, ...} */
 static int lnode_configuration(lua_State *L)
 {
     struct lnode *b = lnode_check(L, "node:configuration");
@@ -397,6 +398,10 @@ static int lnode_configuration(lua_State *L)
              * election timeout (raft's own liveness view). */
             lua_pushboolean(L, progress[i].recent_recv);
             lua_setfield(L, -2, "recent");
+        }
+        uint64_t ago;
+        if (ck_node_last_contact(b->node, c->servers[i].id, &ago)) {
+            set_num(L, "heard", (lua_Number)ago / 1000);
         }
         push_raft_id(L, c->servers[i].id);
         lua_setfield(L, -2, "id");

@@ -24,6 +24,24 @@
 --   service on the strength of silence: it may be the one that is cut off.
 --   Recoveries (a node that heartbeats again) and announced stops are
 --   always committed.
+--
+-- Two sources of evidence, for scale (issue 10, item 6):
+--
+-- * Raft members that replicate the log (voters and standbys: the
+--   `replicated` set a step is given) are judged by raft's own traffic: when
+--   each last answered the leader's AppendEntries (`contact`, fed from C
+--   every tick; see node_note_contact in ck_node.c). Raft sends those every
+--   heartbeat_timeout anyway, so these members heartbeat over HTTP only
+--   every few intervals, to report their build (and to come back). An HTTP
+--   heartbeat keeps none of them in service: a node whose HTTP answers but
+--   whose raft does not (stuck as a candidate in another term, its raft
+--   port cut off) falls behind the log, and serving its partitions as
+--   current would be wrong (the fault suite saw a node marked active by a
+--   late heartbeat serve copies from an ownership it had lost). Such a node
+--   comes back only when both hold: an HTTP heartbeat (a restart
+--   announces itself) and raft contact within suspect_after.
+-- * Every other member (spares, nodes raft does not have yet) is judged by
+--   HTTP heartbeats alone, as before.
 local M = {}
 
 --- Every committed node status, in the order /metrics lists them.
@@ -51,6 +69,8 @@ function M.new(o)
     down_after = o.down_after,
     stall_after = o.stall_after or o.suspect_after / 2,
     heard_at = {},  -- id -> time of the last heartbeat actually received
+    raft_at = {},   -- id -> time it last answered raft replication (contact)
+    grace = {},     -- id -> start of its grace period (replicated members)
     since = {},     -- id -> start of the current silence (heartbeat or grace)
     stops = {},     -- id -> raft term in which it announced a graceful stop
     term = nil,
@@ -68,6 +88,21 @@ function Detector:heard(id, now)
   self.stops[id] = nil
 end
 
+--- Raft evidence: `id` answered this leader's replication at `at`. Unlike
+-- a heartbeat, it cancels no announced stop: a stopping node's raft answers
+-- until its process exits.
+function Detector:contact(id, at)
+  local t = self.raft_at[id]
+  if not t or at > t then self.raft_at[id] = at end
+end
+
+-- The latest evidence of either kind, or nil.
+local function latest(self, id)
+  local h, r = self.heard_at[id], self.raft_at[id]
+  if h and r then return math.max(h, r) end
+  return h or r
+end
+
 --- `id` announced a graceful stop to this leader, in raft term `term`: it
 -- is stopped at the next step (no silence to wait for).
 function Detector:stopping(id, term)
@@ -83,7 +118,7 @@ end
 
 --- Seconds since `id` was last heard from, or nil if never (by this leader).
 function Detector:silence(id, now)
-  local t = self.heard_at[id]
+  local t = latest(self, id)
   return t and now - t or nil
 end
 
@@ -93,18 +128,20 @@ function Detector:has_quorum(now, voters)
   if not voters or #voters == 0 then return true end
   local n = 0
   for _, id in ipairs(voters) do
-    local t = self.heard_at[id]
+    local t = latest(self, id)
     if id == self.self_id or (t and now - t < self.suspect_after) then n = n + 1 end
   end
   return n * 2 > #voters
 end
 
 --- One step. nodes: list of {id, status}; voters: node ids of raft voters;
--- term: the leader's raft term. Returns a list of {id = , status = , why = }
--- to commit (why: for the log), and a second value: "stalled", "no_quorum"
--- or nil.
-function Detector:step(now, term, nodes, voters)
+-- term: the leader's raft term; replicated: set of node ids judged by raft
+-- contact (see the top; nil: none). Returns a list of {id = , status = ,
+-- why = } to commit (why: for the log), and a second value: "stalled",
+-- "no_quorum" or nil.
+function Detector:step(now, term, nodes, voters, replicated)
   local since, stops = self.since, self.stops
+  replicated = replicated or {}
   if term ~= self.term then
     -- A new leader starts with a clean slate: every node that is not
     -- already out of service gets a grace period; a down or stopped node
@@ -113,10 +150,10 @@ function Detector:step(now, term, nodes, voters)
     -- leader that hands over announces its stop to its successor, maybe
     -- before the successor's first step); older ones are stale: that node
     -- may have come back meanwhile, heartbeating to another leader.
-    since, self.heard_at = {}, {}
+    since, self.heard_at, self.grace = {}, {}, {}
     self.since, self.term = since, term
     for _, n in ipairs(nodes) do
-      if not OUT[n.status] then since[n.id] = now end
+      if not OUT[n.status] then since[n.id], self.grace[n.id] = now, now end
     end
     for id, t in pairs(stops) do
       if t ~= term then stops[id] = nil end
@@ -130,10 +167,12 @@ function Detector:step(now, term, nodes, voters)
     -- heartbeat and flap the node back to active.
     for _, n in ipairs(nodes) do
       if since[n.id] and not OUT[n.status] then since[n.id] = now end
+      if not OUT[n.status] then self.grace[n.id] = now end
     end
     return {}, "stalled"
   end
   self.heard_at[self.self_id], since[self.self_id] = now, now
+  local grace, raft_at, sa = self.grace, self.raft_at, self.suspect_after
   local quorum = self:has_quorum(now, voters)
   local changes, held = {}, false
   -- The status an announced stop commits: "stopped", or "down" while the
@@ -151,6 +190,25 @@ function Detector:step(now, term, nodes, voters)
         stops[id], since[id] = nil, nil
       else
         want, why, announced = stop_as, "graceful stop", true
+      end
+    elseif st ~= "left" and replicated[id] and id ~= self.self_id then
+      local start
+      if OUT[st] then
+        -- Back only with both: an HTTP heartbeat and raft contact.
+        local h, r = self.heard_at[id], raft_at[id]
+        if h and r and now - h < sa and now - r < sa then start = math.max(h, r) end
+      else
+        if grace[id] == nil then grace[id] = now end -- Newly seen: grace period.
+        start = math.max(grace[id], raft_at[id] or grace[id])
+      end
+      if start ~= nil then
+        local age = now - start
+        if age < sa then
+          want, why = "active", OUT[st] and "heartbeat" or "raft contact"
+        else
+          want = OUT[st] and st or (age >= self.down_after and "down" or "suspect")
+          why = string.format("silent for %.1fs", age)
+        end
       end
     elseif st ~= "left" then
       local start = since[id]

@@ -87,10 +87,21 @@ class BenchError(RuntimeError):
     pass
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this run has not handed out
+    before: the kernel may give a just-released port out again, and a node
+    whose HTTP and raft ports came out the same fails to start."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise BenchError("no fresh port after 100 tries")
 
 
 def get(port, path, timeout=HTTP_TIMEOUT):

@@ -602,12 +602,13 @@ def test_resumed_leader_keeps_live_nodes_up(ck):
         return float(m.group(1)) if m else None
     # Long enough after the resume for any misjudgement to be committed:
     # heartbeats from both standbys for more than DOWN_AFTER, counted by the
-    # leader's HTTP request counter.
+    # leader's HTTP request counter (raft members heartbeat over HTTP every
+    # 5 intervals: membership.lua, REPORT_EVERY).
     def heartbeats():
         r = lead.get("/metrics")
         return sum(float(x) for x in re.findall(r'route="[^"]*heartbeat",code="200"\} (\S+)', r.text))
     start = heartbeats()
-    wait_for(lambda: heartbeats() - start >= 2 * 2 * (1.5 / 0.2), timeout=20,
+    wait_for(lambda: heartbeats() - start >= 2 * 2 * (1.5 / (5 * 0.2)), timeout=20,
              what="heartbeats for two DOWN_AFTER periods after the resume")
     after = "\n".join(lead.log_text().split("\n")[before:])
     assert not re.search(r"marked \S+ (down|suspect)", after), after
