@@ -402,6 +402,7 @@ void ck_state_free(struct ck_state *s)
     table_free(&s->table);
     ck_kv_free(&s->kv);
     ck_wbuf_free(&s->changes.buf);
+    ck_wbuf_free(&s->changes.nodes);
     memset(s, 0, sizeof *s);
 }
 
@@ -414,8 +415,25 @@ void ck_state_take_changes(struct ck_state *s, struct ck_changes *out)
 static void changes_gap(struct ck_changes *c)
 {
     ck_wbuf_free(&c->buf);
+    ck_wbuf_free(&c->nodes);
     c->count = 0;
+    c->node_count = 0;
     c->gap = true;
+}
+
+/* Records that node entry @id (now in the state) changed. */
+static void changes_node(struct ck_state *s, struct ck_str id)
+{
+    struct ck_changes *c = &s->changes;
+    int at = ck_state_find_node(s, id.p, id.len);
+    if (c->gap || at < 0) {
+        return;
+    }
+    ck_w_u32(&c->nodes, (uint32_t)at);
+    c->node_count++;
+    if (c->nodes.err != 0 || c->nodes.len > CK_CHANGES_MAX) {
+        changes_gap(c);
+    }
 }
 
 /* Records row @p as it is after a change: @epoch, and @row's node indexes
@@ -790,6 +808,24 @@ int ck_state_apply(struct ck_state *s, const void *buf, size_t len, uint64_t ind
         }
     }
     bool kv = c.type == CK_CMD_KV_TXN;
+    if (rv == 0) {
+        switch (c.type) {
+        case CK_CMD_NODE_UPSERT:
+            changes_node(s, c.node.id);
+            break;
+        case CK_CMD_NODE_STATUS:
+            changes_node(s, c.status.id);
+            break;
+        case CK_CMD_INIT:
+        case CK_CMD_NODE_REMOVE:
+        case CK_CMD_FLAGS:
+        case CK_CMD_FEATURES:
+            s->changes.whole = true;
+            break;
+        default:
+            break;
+        }
+    }
     ck_cmd_free(&c);
     if (rv == 0 && !kv) {
         s->index = index;

@@ -168,11 +168,22 @@ struct ck_table {
  * Not part of the snapshot or of the replicated state. A restore, a record
  * over CK_CHANGES_MAX bytes or an allocation failure drop it and set `gap`:
  * the owner then knows only the state as it is. Entry encoding: u32
- * partition | u64 epoch | u32 n | n * str id. */
+ * partition | u64 epoch | u32 n | n * str id.
+ *
+ * Beside the rows, the record says which node entries changed: `nodes`
+ * holds the index (into s->nodes, u32, in apply order, maybe repeated) of
+ * every entry an upsert or a status change touched, and `whole` is set by
+ * a change that the indexes cannot describe (a removal renumbers the
+ * entries; INIT, FLAGS and FEATURES change the configuration). With both,
+ * the owner updates what it derived from the state in O(changes) instead
+ * of copying all of it after every commit (issue 10, item 2). */
 #define CK_CHANGES_MAX (16u << 20)
 struct ck_changes {
     struct ck_wbuf buf;
     uint32_t count;
+    struct ck_wbuf nodes; /* u32 node indexes. */
+    uint32_t node_count;
+    bool whole;
     bool gap;
 };
 

@@ -177,6 +177,7 @@ static int lnode_close(lua_State *L)
     struct lnode *b = luaL_checkudata(L, 1, NODE_MT);
     if (b->taken_open) {
         ck_wbuf_free(&b->taken.buf);
+        ck_wbuf_free(&b->taken.nodes);
         b->taken_open = false;
     }
     if (b->node != NULL) {
@@ -412,17 +413,21 @@ static int lnode_configuration(lua_State *L)
     return 1;
 }
 
-/* node:changes() -> list, gap: the table's row changes applied since the
- * last call, in apply order, each {index = partition (0-based), epoch,
- * owners = {id, ...} (primary first)}; gap is true when some changes are not
- * in the list (a snapshot was installed, or the record outgrew its bound):
- * then compare with the state. The record is copied into Lua and freed. */
+/* node:changes() -> list, gap, nodes, whole: the table's row changes
+ * applied since the last call, in apply order, each {index = partition
+ * (0-based), epoch, owners = {id, ...} (primary first)}; gap is true when
+ * some changes are not in the list (a snapshot was installed, or the record
+ * outgrew its bound): then compare with the state. nodes lists the
+ * (1-based) positions in view().nodes of the entries that changed, whole
+ * says that something else changed too (a removal, the configuration): see
+ * ck_changes. The record is copied into Lua and freed. */
 static int lnode_changes(lua_State *L)
 {
     struct lnode *b = lnode_check(L, "node:changes");
     bool lost = b->taken_open; /* The last copy raised: its changes are lost. */
     if (lost) {
         ck_wbuf_free(&b->taken.buf);
+        ck_wbuf_free(&b->taken.nodes);
     }
     ck_node_take_changes(b->node, &b->taken);
     b->taken_open = true;
@@ -445,10 +450,36 @@ static int lnode_changes(lua_State *L)
         lua_rawseti(L, -2, (int)i + 1);
     }
     bool gap = c.gap || lost || !ck_r_done(&r);
-    ck_wbuf_free(&b->taken.buf);
-    b->taken_open = false;
     lua_pushboolean(L, gap);
-    return 2;
+    struct ck_rbuf rn;
+    ck_rbuf_init(&rn, c.nodes.p, c.nodes.len);
+    lua_createtable(L, (int)(c.node_count <= 4096 ? c.node_count : 0), 0);
+    for (uint32_t i = 0; i < c.node_count && rn.err == 0; i++) {
+        lua_pushnumber(L, (lua_Number)ck_r_u32(&rn) + 1);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_pushboolean(L, c.whole || !ck_r_done(&rn));
+    ck_wbuf_free(&b->taken.buf);
+    ck_wbuf_free(&b->taken.nodes);
+    b->taken_open = false;
+    return 4;
+}
+
+static void push_node_info(lua_State *L, const struct ck_node_info *n);
+
+/* node:node_at(i) -> the entry at 1-based position i of view().nodes, in
+ * the same shape, or nil. */
+static int lnode_node_at(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:node_at");
+    const struct ck_state *s = ck_node_state(b->node);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (uint64_t)i > s->n_nodes) {
+        lua_pushnil(L);
+        return 1;
+    }
+    push_node_info(L, &s->nodes[i - 1]);
+    return 1;
 }
 
 /* node:index() -> state index, table index */
@@ -1154,6 +1185,7 @@ static const luaL_Reg lnode_methods[] = {
     {"index", lnode_index},
     {"flags", lnode_flags},
     {"changes", lnode_changes},
+    {"node_at", lnode_node_at},
     {"hasher", lnode_hasher},
     {"view", lnode_view},
     {"kv_get", lnode_kv_get},

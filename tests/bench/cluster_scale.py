@@ -48,7 +48,10 @@ def stats(n):
 
 def form(c):
     """Seconds from spawning all until all are ready and agree on a leader.
-    Polls only the nodes not yet seen ready, then the leader agreement."""
+    Each poll asks the nodes not yet seen ready, up to the first that is not
+    (a probe costs the node it asks: polling all 100 every 20 ms was a
+    measurable part of the formation it measured), then, once all are
+    ready, the leader agreement."""
     t0 = time.monotonic()
     for n in c.nodes:
         n.spawn()
@@ -57,8 +60,13 @@ def form(c):
     def all_ready():
         for n in c.nodes:
             n.check_alive()
-        pending[:] = [n for n in pending if not n.ready()]
-        return not pending and c.agreed_leader(c.nodes)
+        while pending and pending[0].ready():
+            pending.pop(0)
+        if pending:
+            # The one in front may be slow while later ones are done.
+            pending.append(pending.pop(0))
+            return False
+        return c.agreed_leader(c.nodes)
     cf.wait_until(all_ready, "formation of %d nodes" % len(c.nodes), limit=120, poll=0.02)
     return time.monotonic() - t0
 
