@@ -95,10 +95,32 @@ local function role_counts(node)
   return n
 end
 
+-- Admissions waiting for the change lock or under it, per node (the
+-- reconciler holds back a table while more joiners queue: see
+-- M.admissions).
+local admitting = setmetatable({}, {__mode = "k"})
+
+--- How many admissions are in flight on this leader.
+function M.admissions(node)
+  return admitting[node] or 0
+end
+
+local admit_locked
+
 --- Adds or re-admits a node (leader only). info: {id, name, http_addr,
 -- raft_addr, zone, weight, services}. Returns true, or nil, err (err.status
 -- is the HTTP status to answer with).
 function M.admit(node, info)
+  admitting[node] = (admitting[node] or 0) + 1
+  local ok, a, b = pcall(admit_locked, node, info)
+  admitting[node] = admitting[node] - 1
+  -- The table held back for this burst of joins is placed now.
+  if admitting[node] == 0 then node:_reconcile() end
+  if not ok then error(a, 0) end
+  return a, b
+end
+
+function admit_locked(node, info)
   return with_lock(node, function()
     if not node:is_leader() then
       return nil, errors.new("NOT_LEADER", "leadership moved", {status = 307})

@@ -1290,12 +1290,37 @@ end
 -- Commits a new table when placement says the current one should change.
 -- Skips the computation when nothing it depends on changed. Returns true
 -- when it proposed a table.
+-- True when every partition's primary is on a member in service (active or
+-- suspect): holding a table back then delays only new members' share.
+local function primaries_serving(raw)
+  local w, owners, nodes = raw.width, raw.owners, raw.nodes
+  for p = 1, raw.partitions do
+    local at = owners[(p - 1) * w + 1]
+    local n = at ~= 0 and nodes[at]
+    if not n or (n.status ~= "active" and n.status ~= "suspect") then return false end
+  end
+  return true
+end
+
+-- While joiners are being admitted, how long the table may wait for the
+-- burst to end (admit places it when the last one is in: membership.admit).
+local JOIN_BURST_MS = 1000
+
 function Node:_rebalance_if_needed(raw, force)
   local now_ms = core.time_ms()
   if not force and raw.index == self._placed_index and self._policy_gen == self._placed_gen
     and not (self._grace_deadline and now_ms >= self._grace_deadline) then
     return false
   end
+  -- A cluster forming (or a join storm) placed one table per joiner: 100
+  -- joins made 100 tables, each a commit that every member applies, and a
+  -- placement the leader computed. While joiners queue, and no primary
+  -- needs a new home, the table waits for the burst (at most JOIN_BURST_MS).
+  if not force and membership.admissions(self) > 0 and raw.initialized and primaries_serving(raw) then
+    self._held_since = self._held_since or now_ms
+    if now_ms - self._held_since < JOIN_BURST_MS then return false end
+  end
+  self._held_since = nil
   local t0 = hrtime()
   local plan, err = self:_placement(raw, force)
   self._placed_index, self._placed_gen = raw.index, self._policy_gen

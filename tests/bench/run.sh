@@ -10,6 +10,8 @@ echo "== Lua: lookups on a started node (tests/bench/lookup.lua)"
 "$BUILD/ckrun" tests/bench/lookup.lua
 echo "== Lua: the HTTP request path without sockets (tests/bench/http_dispatch.lua)"
 "$BUILD/ckrun" tests/bench/http_dispatch.lua
+echo "== Lua: what one commit costs every node, N = 10..1000 (tests/bench/commit_cost.lua)"
+"$BUILD/ckrun" tests/bench/commit_cost.lua
 echo "== placement through the Lua policy interface (tests/bench/place_lua.lua)"
 "$BUILD/ckrun" tests/bench/place_lua.lua
 for b in "$BUILD"/tests/bench_place; do

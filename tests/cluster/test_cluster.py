@@ -363,6 +363,12 @@ local clusterkit = require "clusterkit"
 local core = require "clusterkit.core"
 local ck = clusterkit.new()
 ck:route("POST", "/test/half-leave/:id", function(req, res)
+  -- The change lock, taken for good: this leader (killed next) must not
+  -- finish the leave itself (finish_leaves skips while the lock is held).
+  -- Without it, the leader's next tick removed the node from raft before
+  -- the test killed it, in about half the runs once nothing else held the
+  -- lock in the first seconds (builds are now recorded at admission).
+  ck._changing = true
   local ok, err = ck:_propose(core.encode_status(req.params.id, "left", core.time_ms()))
   if not ok then return res:error(503, "RAFT", tostring(err)) end
   return res:json({ok = true})
