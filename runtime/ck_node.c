@@ -691,7 +691,12 @@ static void node_watch(struct ck_node *n)
     raft_leader(&n->raft, &leader, &addr);
     int state = raft_state(&n->raft);
     if (state == RAFT_UNAVAILABLE) {
-        node_fail(n, "raft stopped after an error");
+        /* raft's own message says which error (an entry conflicting with a
+         * committed one, a failed term write, ...); the node log shows it. */
+        const char *why = raft_errmsg(&n->raft);
+        char msg[sizeof n->errmsg];
+        snprintf(msg, sizeof msg, "raft stopped after an error%s%.300s", why && why[0] ? ": " : "", why ? why : "");
+        node_fail(n, msg);
     }
     if (state != n->seen_state || n->raft.current_term != n->seen_term || leader != n->seen_leader ||
         n->raft.configuration_index != n->seen_conf_index) {
