@@ -177,20 +177,6 @@ local function build_view(raw, hasher)
   return v
 end
 
--- The partition-derived entries of row p (1-based) from the owners' ids:
--- the row of node tables, the replica nodes and the partition object.
-local function row_from_ids(by_id, p, ids, epoch)
-  local row, rids, rnodes = {}, {}, {}
-  for k = 1, #ids do
-    local n = by_id[ids[k]]
-    if not n then return nil end -- Not in this view: the caller rebuilds.
-    row[k] = n
-    if k > 1 then rids[k - 1], rnodes[k - 1] = n.id, n end
-  end
-  return row, rnodes, {id = "partition-" .. (p - 1), index = p - 1,
-                       primary_node = row[1] and row[1].id or "", replica_nodes = rids, epoch = epoch}
-end
-
 local new_table = require "table.new" -- LuaJIT's presized tables.
 
 local function shallow(t, nhash)
@@ -206,66 +192,129 @@ local function copy_list(t)
   return c
 end
 
+-- The partitions each node holds, by node id: {[id] = {[p] = true}}, for
+-- the rows of view v. Built once from the rows (P x RF), then kept up to
+-- date by update_view from the record.
+local function rows_of(v)
+  local idx = v.rows_of
+  if idx then return idx end
+  idx = {}
+  for p = 1, #(v.pnodes or {}) do
+    local row = v.pnodes[p]
+    for k = 1, #row do
+      local set = idx[row[k].id]
+      if not set then set = {}; idx[row[k].id] = set end
+      set[p] = true
+    end
+  end
+  v.rows_of = idx
+  return idx
+end
+
 -- The view of the next committed state, from the previous one and the
 -- core's record of what changed in between (node:changes()): only the node
--- entries and rows that changed are read from C and built again; every
--- other node table, row and partition object is shared with `old`, which
--- stays as it was (hooks compare the two). Before, every commit copied the
--- whole state into Lua and rebuilt every derived structure on every node:
--- O(cluster size) per commit, most of a follower's work while a 100-node
--- cluster formed. Returns nil when the record cannot be applied (then the
--- caller builds the view from scratch).
+-- entries and rows that changed are read from C and built again. Before,
+-- every commit copied the whole state into Lua and rebuilt every derived
+-- structure on every node: O(cluster size) per commit, most of a
+-- follower's work while a 100-node cluster formed.
+--
+-- What a commit costs here does not grow with the number of nodes: the
+-- node list and the id index are shared with `old` and patched in place
+-- (a changed entry gets a new table; `old` then answers with the new
+-- entries too), the rows that hold a changed node are found through
+-- rows_of, and the three per-partition lists are copied (P pointers, so
+-- that `old`'s rows stay as they were for the hooks' diff). Returns the new
+-- view and the list of {new = entry, old = entry or nil} for the diff, or
+-- nil when the record cannot be applied; then nothing was touched and the
+-- caller builds the view from scratch.
 function update_view(old, c, rows, changed)
   local index, table_index = c:index()
+  local nodes, by_id = old.nodes, old.by_id
+  -- First everything that can fail, touching nothing shared.
+  local patch, entries, order = {}, {}, {} -- position -> new entry; id -> {new, old}; ids
+  for _, i in ipairs(changed) do
+    local raw = c:node_at(i)
+    if not raw then return nil end
+    local pn, was = public_node(raw), nodes[i]
+    if was and was.id ~= pn.id then return nil end -- Positions moved: not ours to patch.
+    if not was and i ~= #nodes + 1 and not patch[i - 1] then return nil end
+    patch[i] = pn
+    local e = entries[pn.id]
+    if e then
+      e.new = pn
+    else
+      entries[pn.id], order[#order + 1] = {new = pn, old = was}, pn.id
+    end
+  end
+  local function lookup(id)
+    local e = entries[id]
+    return e and e.new or by_id[id]
+  end
   local v = shallow(old)
   v.index, v.table_index = index, table_index
-  local replaced -- old node table -> new one
-  if #changed > 0 then
-    local nodes, by_id = copy_list(old.nodes), shallow(old.by_id, #old.nodes + #changed)
-    replaced = {}
-    for _, i in ipairs(changed) do
-      local raw = c:node_at(i)
-      if not raw then return nil end
-      local pn, was = public_node(raw), nodes[i]
-      if was then
-        if was.id ~= pn.id then return nil end -- Positions moved: not ours to patch.
-        replaced[was] = pn
-      end
-      nodes[i], by_id[pn.id] = pn, pn
-    end
-    -- A table replaced twice in one record: the latest wins.
-    for was, pn in pairs(replaced) do replaced[was] = by_id[pn.id] end
-    v.nodes, v.by_id = nodes, by_id
-  end
-  if not old.ready or (#rows == 0 and not replaced) then return v end
-  local pnodes, replicas, parts = copy_list(old.pnodes), copy_list(old.replicas), copy_list(old.parts)
-  if replaced then
-    -- Rows holding a node whose entry changed point at its new table. The
-    -- scan is over the rows' slots (P x RF pointer compares), not a copy.
-    for p = 1, #pnodes do
-      local row = pnodes[p]
-      for k = 1, #row do
-        if replaced[row[k]] then
+  local pnodes, replicas, parts
+  local moved = {} -- p -> the row's old owner ids, for rows_of
+  if old.ready and (#rows > 0 or next(entries)) then
+    pnodes, replicas, parts = copy_list(old.pnodes), copy_list(old.replicas), copy_list(old.parts)
+    local idx = rows_of(old)
+    -- Rows holding a node whose entry changed point at its new table.
+    for id, e in pairs(entries) do
+      if e.old then
+        for p in pairs(idx[id] or {}) do
+          local row = pnodes[p]
           local nrow, rnodes = {}, {}
           for j = 1, #row do
-            nrow[j] = replaced[row[j]] or row[j]
+            local n = row[j]
+            nrow[j] = lookup(n.id)
             if j > 1 then rnodes[j - 1] = nrow[j] end
           end
           pnodes[p], replicas[p] = nrow, rnodes
-          break
         end
       end
     end
+    for _, ch in ipairs(rows) do
+      local p = ch.index + 1
+      if not moved[p] then
+        local was = {}
+        for k, n in ipairs(old.pnodes[p] or {}) do was[k] = n.id end
+        moved[p] = was
+      end
+      local row, rnodes = {}, {}
+      local rids = {}
+      for k = 1, #ch.owners do
+        local n = lookup(ch.owners[k])
+        if not n then return nil end -- Not in this view: the caller rebuilds.
+        row[k] = n
+        if k > 1 then rids[k - 1], rnodes[k - 1] = n.id, n end
+      end
+      pnodes[p], replicas[p] = row, rnodes
+      parts[p] = {id = "partition-" .. (p - 1), index = p - 1, primary_node = row[1] and row[1].id or "",
+                  replica_nodes = rids, epoch = ch.epoch}
+    end
+    v.pnodes, v.replicas, v.parts = pnodes, replicas, parts
   end
-  local by_id = v.by_id
-  for _, ch in ipairs(rows) do
-    local p = ch.index + 1
-    local row, rnodes, part = row_from_ids(by_id, p, ch.owners, ch.epoch)
-    if not row then return nil end
-    pnodes[p], replicas[p], parts[p] = row, rnodes, part
+  -- Then the shared structures.
+  for i, pn in pairs(patch) do
+    nodes[i], by_id[pn.id] = pn, pn
   end
-  v.pnodes, v.replicas, v.parts = pnodes, replicas, parts
-  return v
+  local idx = old.rows_of
+  if idx and next(moved) then
+    for p, was in pairs(moved) do
+      for _, id in ipairs(was) do
+        local set = idx[id]
+        if set then set[p] = nil end
+      end
+      for _, n in ipairs(pnodes[p]) do
+        local set = idx[n.id]
+        if not set then set = {}; idx[n.id] = set end
+        set[p] = true
+      end
+    end
+  end
+  v.rows_of = idx
+  local list = {}
+  for k, id in ipairs(order) do list[k] = entries[id] end
+  return v, list
 end
 
 -- For tests/lua/view_spec.lua: the two ways a view comes to be.
@@ -697,19 +746,18 @@ function Node:_on_event(ev)
     end
     self.http:fast_reset() -- Before anything can answer from the new state.
     local old = self._prev_view
-    local v
+    local v, entries
     if old and old == self._cached and changes and not gap and not whole then
-      v = update_view(old, self._core, changes, nodes_changed)
+      v, entries = update_view(old, self._core, changes, nodes_changed)
     end
     if v then
       self._cached, self._last_view = v, v
     else
       self._cached = nil
       v = self:_view()
-      nodes_changed = nil -- Compare every entry.
     end
     self:_persist()
-    self:_diff(old, v, changes, gap, nodes_changed)
+    self:_diff(old, v, changes, gap, entries)
     self._prev_view = v
     self:_fire("state_change", {index = v.index})
     self:_check_self(v)
@@ -968,26 +1016,23 @@ end
 
 -- Fires membership and partition hooks for what changed between two views;
 -- changes and gap: the core's record of the rows (node:changes());
--- changed: the positions of the node entries that changed, when `new` was
--- updated from the record (nil: compare every entry, and look for removals).
+-- entries: the node entries that changed, {new =, old = (nil: it joined)},
+-- when `new` was updated from the record (nil: compare every entry, and look
+-- for removals; `old` then still holds its own entries).
 -- Runs on every node, after the state changed (never inside the apply).
-function Node:_diff(old, new, changes, gap, changed)
+function Node:_diff(old, new, changes, gap, entries)
   if not old then
     if self._hooks.cluster_health_change then self._health = health_of(new) end
     return
   end
   local counts = self.membership_changes -- clusterkit_membership_changes_total
-  local list = new.nodes
-  if changed then
+  local list = entries
+  if not list then
     list = {}
-    local seen = {}
-    for _, i in ipairs(changed) do
-      local n = new.nodes[i]
-      if n and not seen[n] then seen[n] = true; list[#list + 1] = n end
-    end
+    for i, n in ipairs(new.nodes) do list[i] = {new = n, old = old.by_id[n.id]} end
   end
-  for _, n in ipairs(list) do
-    local o = old.by_id[n.id]
+  for _, e in ipairs(list) do
+    local n, o = e.new, e.old
     if not o then
       counts.join = counts.join + 1
       self:_fire("node_join", {node = n})
@@ -1003,7 +1048,7 @@ function Node:_diff(old, new, changes, gap, changed)
     end
   end
   -- A removal always comes without positions (the record says `whole`).
-  for _, o in ipairs(changed and {} or old.nodes) do
+  for _, o in ipairs(entries and {} or old.nodes) do
     if not new.by_id[o.id] then
       counts.remove = counts.remove + 1
       self:_fire("node_leave", {node = o, reason = "removed"})
