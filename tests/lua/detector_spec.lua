@@ -17,19 +17,29 @@ end
 
 local VOTERS = {"a", "b", "c"}
 
--- Runs ticks from t to t_end; `beats(t)` lists who heartbeats at t. Applies
--- every change to `st` (as committing would) and returns all changes seen.
-local function run(d, st, t, t_end, beats)
+local function none() return {} end
+
+-- Runs ticks from t to t_end; `contacts(t)` lists who answered raft at t,
+-- `beats(t)` who heartbeated over HTTP; `replicated` is the step's set of
+-- members judged by raft contact. Applies every change to `st` (as
+-- committing would) and returns all changes seen.
+local function drive(d, st, t, t_end, contacts, beats, replicated)
   local seen = {}
   while t < t_end + 1e-9 do
+    for _, id in ipairs(contacts(t)) do d:contact(id, t) end
     for _, id in ipairs(beats(t)) do d:heard(id, t) end
-    for _, c in ipairs((d:step(t, 1, nodes(st), VOTERS))) do
+    for _, c in ipairs((d:step(t, 1, nodes(st), VOTERS, replicated))) do
       st[c.id] = c.status
       seen[#seen + 1] = {t = t, id = c.id, status = c.status, why = c.why}
     end
     t = t + TICK
   end
   return seen, t
+end
+
+-- Heartbeats only, nobody judged by raft contact.
+local function run(d, st, t, t_end, beats)
+  return drive(d, st, t, t_end, none, beats)
 end
 
 local function everyone() return {"b", "c"} end
@@ -239,27 +249,13 @@ end)
 -- leader's AppendEntries answered), HTTP heartbeats only bring them back.
 describe("the failure detector with raft contact", function()
   local ALL = {b = true, c = true}
-
-  -- Like run(), with `contacts(t)` (who answered raft at t) and
-  -- `beats(t)` (who heartbeated over HTTP at t).
-  local function drive(d, st, t, t_end, contacts, beats)
-    local seen = {}
-    while t < t_end + 1e-9 do
-      for _, id in ipairs(contacts(t)) do d:contact(id, t) end
-      for _, id in ipairs(beats(t)) do d:heard(id, t) end
-      for _, c in ipairs((d:step(t, 1, nodes(st), VOTERS, ALL))) do
-        st[c.id] = c.status
-        seen[#seen + 1] = {t = t, id = c.id, status = c.status, why = c.why}
-      end
-      t = t + TICK
-    end
-    return seen, t
+  local function drive_all(d, st, t, t_end, contacts, beats)
+    return drive(d, st, t, t_end, contacts, beats, ALL)
   end
-  local function none() return {} end
 
   it("keeps a member that answers raft active with no HTTP heartbeat at all", function()
     local d, st = new(), {}
-    local seen = drive(d, st, 0, 10, everyone, none)
+    local seen = drive_all(d, st, 0, 10, everyone, none)
     assert.are.same({}, seen)
   end)
 
@@ -267,59 +263,59 @@ describe("the failure detector with raft contact", function()
     -- A node stuck as a candidate in another term, or with its raft port
     -- cut off, still answers HTTP: it must not keep serving as current.
     local d, st = new(), {}
-    local _, t = drive(d, st, 0, 1, everyone, none)
+    local _, t = drive_all(d, st, 0, 1, everyone, none)
     local seen
-    seen, t = drive(d, st, t, t + 3, function() return {"b"} end, everyone)
+    seen, t = drive_all(d, st, t, t + 3, function() return {"b"} end, everyone)
     assert.are.same({"suspect", "down"}, {seen[1].status, seen[2].status})
     assert.are.equal("c", seen[1].id)
     -- Heartbeats alone never bring it back...
-    seen, t = drive(d, st, t, t + 3, function() return {"b"} end, everyone)
+    seen, t = drive_all(d, st, t, t + 3, function() return {"b"} end, everyone)
     assert.are.same({}, seen)
     assert.are.equal("down", st.c)
     -- ...raft contact with a heartbeat does.
-    seen = drive(d, st, t, t + 1, everyone, everyone)
+    seen = drive_all(d, st, t, t + 1, everyone, everyone)
     assert.are.same({{t = seen[1].t, id = "c", status = "active", why = "heartbeat"}}, seen)
   end)
 
   it("brings a down member back only with an HTTP heartbeat besides raft contact", function()
     local d, st = new(), {}
-    local _, t = drive(d, st, 0, 1, everyone, none)
-    _, t = drive(d, st, t, t + 3, function() return {"b"} end, none)
+    local _, t = drive_all(d, st, 0, 1, everyone, none)
+    _, t = drive_all(d, st, t, t + 3, function() return {"b"} end, none)
     assert.are.equal("down", st.c)
     -- Raft answers again (a lingering connection, say), no heartbeat: stays down.
     local seen
-    seen, t = drive(d, st, t, t + 2, everyone, none)
+    seen, t = drive_all(d, st, t, t + 2, everyone, none)
     assert.are.same({}, seen)
     d:heard("c", t)
-    seen = drive(d, st, t, t, everyone, none)
+    seen = drive_all(d, st, t, t, everyone, none)
     assert.are.same("active", seen[1] and seen[1].status)
   end)
 
   it("takes a suspect member back on raft contact alone", function()
     local d, st = new(), {}
-    local _, t = drive(d, st, 0, 1, everyone, none)
-    _, t = drive(d, st, t, t + 0.8, function() return {"b"} end, none)
+    local _, t = drive_all(d, st, 0, 1, everyone, none)
+    _, t = drive_all(d, st, t, t + 0.8, function() return {"b"} end, none)
     assert.are.equal("suspect", st.c)
-    local seen = drive(d, st, t, t, everyone, none)
+    local seen = drive_all(d, st, t, t, everyone, none)
     assert.are.same({{t = t, id = "c", status = "active", why = "raft contact"}}, seen)
   end)
 
   it("lets raft contact cancel no announced stop, and revive no committed one", function()
     -- A stopping node's raft answers until its process exits.
     local d, st = new(), {}
-    local _, t = drive(d, st, 0, 1, everyone, none)
+    local _, t = drive_all(d, st, 0, 1, everyone, none)
     d:stopping("c", 1)
-    local seen = drive(d, st, t, t + 2, everyone, none)
+    local seen = drive_all(d, st, t, t + 2, everyone, none)
     assert.are.same({{t = seen[1].t, id = "c", status = "stopped", why = "graceful stop"}}, seen)
     assert.are.equal(1, #seen)
   end)
 
   it("counts voters heard by raft toward its quorum", function()
     local d, st = new(), {}
-    local _, t = drive(d, st, 0, 1, everyone, none)
+    local _, t = drive_all(d, st, 0, 1, everyone, none)
     -- b and c answer raft only: the leader has its quorum, so c's silence
     -- (when it stops answering) is judged.
-    local seen = drive(d, st, t, t + 2, function() return {"b"} end, none)
+    local seen = drive_all(d, st, t, t + 2, function() return {"b"} end, none)
     assert.are.same({"suspect", "down"}, {seen[1].status, seen[2].status})
   end)
 
