@@ -412,6 +412,13 @@ void ck_state_take_changes(struct ck_state *s, struct ck_changes *out)
     memset(&s->changes, 0, sizeof s->changes);
 }
 
+void ck_changes_free(struct ck_changes *c)
+{
+    ck_wbuf_free(&c->buf);
+    ck_wbuf_free(&c->nodes);
+    memset(c, 0, sizeof *c);
+}
+
 static void changes_gap(struct ck_changes *c)
 {
     ck_wbuf_free(&c->buf);

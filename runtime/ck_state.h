@@ -282,6 +282,9 @@ int ck_state_restore(struct ck_state *s, const void *buf, size_t len);
  * ck_wbuf_free) and starts a new, empty one without a gap. */
 void ck_state_take_changes(struct ck_state *s, struct ck_changes *out);
 
+/* Frees what a taken record holds (both buffers) and empties it. */
+void ck_changes_free(struct ck_changes *c);
+
 /* Lookups. */
 int ck_state_find_node(const struct ck_state *s, const char *id, size_t len); /* index or -1 */
 int ck_state_find_node_raft(const struct ck_state *s, uint64_t raft_id);      /* index or -1 */

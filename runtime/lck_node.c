@@ -176,8 +176,7 @@ static int lnode_close(lua_State *L)
 {
     struct lnode *b = luaL_checkudata(L, 1, NODE_MT);
     if (b->taken_open) {
-        ck_wbuf_free(&b->taken.buf);
-        ck_wbuf_free(&b->taken.nodes);
+        ck_changes_free(&b->taken);
         b->taken_open = false;
     }
     if (b->node != NULL) {
@@ -426,8 +425,7 @@ static int lnode_changes(lua_State *L)
     struct lnode *b = lnode_check(L, "node:changes");
     bool lost = b->taken_open; /* The last copy raised: its changes are lost. */
     if (lost) {
-        ck_wbuf_free(&b->taken.buf);
-        ck_wbuf_free(&b->taken.nodes);
+        ck_changes_free(&b->taken);
     }
     ck_node_take_changes(b->node, &b->taken);
     b->taken_open = true;
@@ -459,8 +457,7 @@ static int lnode_changes(lua_State *L)
         lua_rawseti(L, -2, (int)i + 1);
     }
     lua_pushboolean(L, c.whole || !ck_r_done(&rn));
-    ck_wbuf_free(&b->taken.buf);
-    ck_wbuf_free(&b->taken.nodes);
+    ck_changes_free(&b->taken);
     b->taken_open = false;
     return 4;
 }

@@ -1267,7 +1267,15 @@ static void test_change_record(void **state)
     ck_state_take_changes(&s, &c);
     assert_false(c.gap);
     assert_int_equal(c.count, 3);
-    ck_wbuf_free(&c.buf);
+    /* INIT says "whole"; the three upserts name their positions. */
+    assert_true(c.whole);
+    assert_int_equal(c.node_count, 3);
+    ck_rbuf_init(&r, c.nodes.p, c.nodes.len);
+    assert_int_equal(ck_r_u32(&r), 0);
+    assert_int_equal(ck_r_u32(&r), 1);
+    assert_int_equal(ck_r_u32(&r), 2);
+    assert_true(ck_r_done(&r));
+    ck_changes_free(&c);
 
     /* a leaves row 0 (b takes over) and comes back as its primary: two
      * changes, the table as it began; row 1 only reorders its replicas. */
@@ -1283,7 +1291,7 @@ static void test_change_record(void **state)
     assert_change(&r, 0, 3, "a,b,c");
     assert_change(&r, 1, 1, "b,c,a");
     assert_true(ck_r_done(&r));
-    ck_wbuf_free(&c.buf);
+    ck_changes_free(&c);
     uint64_t e[] = {3, 1, 1};
     assert_memory_equal(s.table.epochs, e, sizeof e);
 
@@ -1295,19 +1303,26 @@ static void test_change_record(void **state)
     assert_int_equal(c.count, 0);
     assert_int_equal(c.buf.len, 0);
     assert_false(c.gap);
-    ck_wbuf_free(&c.buf);
+    /* The status change names a's position; nothing else changed. */
+    assert_false(c.whole);
+    assert_int_equal(c.node_count, 1);
+    ck_rbuf_init(&r, c.nodes.p, c.nodes.len);
+    assert_int_equal(ck_r_u32(&r), 0);
+    assert_true(ck_r_done(&r));
+    ck_changes_free(&c);
 
     /* Removing b: every row lost it; the ids are right although the
      * remaining nodes are renumbered. */
     assert_int_equal(apply(&s, enc_remove("b"), 10), 0);
     ck_state_take_changes(&s, &c);
     assert_int_equal(c.count, 3);
+    assert_true(c.whole); /* The positions after b moved. */
     ck_rbuf_init(&r, c.buf.p, c.buf.len);
     assert_change(&r, 0, 4, "a,c");
     assert_change(&r, 1, 2, "c,a");
     assert_change(&r, 2, 2, "c,a");
     assert_true(ck_r_done(&r));
-    ck_wbuf_free(&c.buf);
+    ck_changes_free(&c);
 
     /* A restore cannot say what changed. */
     struct blob b = snap(&s);
@@ -1316,10 +1331,10 @@ static void test_change_record(void **state)
     ck_state_take_changes(&s, &c);
     assert_true(c.gap);
     assert_int_equal(c.count, 0);
-    ck_wbuf_free(&c.buf);
+    ck_changes_free(&c);
     ck_state_take_changes(&s, &c);
     assert_false(c.gap);
-    ck_wbuf_free(&c.buf);
+    ck_changes_free(&c);
     ck_state_free(&s);
 }
 
