@@ -72,6 +72,10 @@ struct ck_node {
         uint64_t at; /* Loop time, ms. */
     } * contacts;
     size_t contacts_cap, contacts_n;
+    /* A leader's first entry of its term (node_arm_term_entry): the index
+     * that must be stored here before replication answers may count. */
+    raft_index term_entry_index;
+    uint64_t results_held; /* Answers dropped meanwhile (node_io_recv). */
     /* Commit flush (see node_flush_commit): entries applied since the last
      * flush, and the barrier in flight. */
     bool applied_since_flush, flush_inflight;
@@ -335,6 +339,8 @@ static int node_io_append(struct raft_io *io, struct raft_io_append *req, const 
  * each of those sees every candidacy and every win. This only reads raft's
  * state once raft has returned: no owner code runs here. A single voter
  * goes from follower to leader inside one call; that was a candidacy too. */
+static void node_arm_term_entry(struct ck_node *n);
+
 static void node_count_elections(struct ck_node *n)
 {
     int state = n->raft.state;
@@ -346,8 +352,68 @@ static void node_count_elections(struct ck_node *n)
     }
     if (state == RAFT_LEADER) {
         n->elections_won++;
+        node_arm_term_entry(n);
     }
     n->counted_state = state;
+}
+
+static void node_on_term_entry(struct raft_barrier *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* raft 0.15 commits entries of earlier terms by counting replicas
+ * (replicationQuorum has no term check: canonical/raft issue #220, fixed in
+ * v0.17.1 by commit 524f735, "Don't commit entries from old terms by
+ * counting"). That is the unsafe case of the Raft paper's Figure 8: a new
+ * leader whose log ends with an entry of an older term commits it once a
+ * majority stores it, and a later leader that never had it may overwrite
+ * it; a node that applied it then meets a conflict below its commit index
+ * and raft stops (RAFT_SHUTDOWN). The fault suite saw exactly that once
+ * (pause-plus-split: an old leader paused through the split went
+ * unavailable as soon as it learned of the next term).
+ *
+ * Debian ships 0.15, so the rule is kept from outside: on winning an
+ * election the leader appends a barrier, an entry of its own term, at
+ * index term_entry_index; until the leader itself has stored it, the
+ * AppendEntries answers of this term do not reach raft (node_io_recv), so
+ * raft counts no replicas of older entries. Once it is stored, raft counts
+ * replicas of r->last_stored, which is of the current term, and committing
+ * it commits what comes before, as the paper's rule does. raft sends
+ * heartbeats every heartbeat_timeout, so an answer dropped costs at most
+ * that much delay to the first commit of a term. A single voter commits by
+ * itself (convertToLeader) and gets no answers. */
+static void node_arm_term_entry(struct ck_node *n)
+{
+    struct raft_barrier *req = calloc(1, sizeof *req);
+    if (req != NULL && raft_barrier(&n->raft, req, node_on_term_entry) == 0) {
+        n->term_entry_index = raft_last_index(&n->raft);
+        return;
+    }
+    free(req);
+    /* No barrier: hold every answer of this term. Unable to count, this
+     * leader loses its contact quorum within an election timeout and
+     * another election follows; that is safe, an early commit is not. */
+    n->term_entry_index = UINT64_MAX;
+}
+
+bool ck_node_hold_result(int state, raft_term result_term, raft_term current_term, raft_index last_stored,
+                         raft_index term_entry_index)
+{
+    /* An answer of a later term must reach raft: it makes the leader step
+     * down. Followers and candidates get no answers to hold. */
+    return state == RAFT_LEADER && result_term <= current_term && last_stored < term_entry_index;
+}
+
+/* Whether an AppendEntries answer must not reach raft yet: see
+ * node_arm_term_entry. */
+static bool node_hold_result(const struct ck_node *n, const struct raft_message *msg)
+{
+    const struct raft *r = &n->raft;
+    return msg->type == RAFT_IO_APPEND_ENTRIES_RESULT &&
+           ck_node_hold_result(r->state, msg->append_entries_result.term, r->current_term, r->last_stored,
+                               n->term_entry_index);
 }
 
 static void node_io_tick(struct raft_io *io)
@@ -478,6 +544,10 @@ static void node_io_recv(struct raft_io *io, struct raft_message *msg)
     struct ck_node *n = node_of_io(io);
     if (msg->type == RAFT_IO_APPEND_ENTRIES_RESULT) {
         node_note_contact(n, msg->server_id, uv_now(n->loop));
+        if (node_hold_result(n, msg)) {
+            n->results_held++; /* An answer owns no buffers: nothing to free. */
+            return;
+        }
     }
     if (n->lost_leader != 0 && msg->server_id == n->lost_leader &&
         (msg->type == RAFT_IO_APPEND_ENTRIES || msg->type == RAFT_IO_INSTALL_SNAPSHOT)) {
@@ -1020,6 +1090,7 @@ void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out)
     out->votes_after_lease = n->votes_after_lease;
     out->leaders_lost = n->leaders_lost;
     out->resends = n->resends;
+    out->results_held = n->results_held;
 }
 
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n)

@@ -151,6 +151,7 @@ struct ck_node_counters {
     uint64_t votes_after_lease;   /* Vote requests answered although a leader was known: its lease was over. */
     uint64_t leaders_lost;        /* Times the leader closed this follower's connection to it. */
     uint64_t resends;             /* Small raft messages sent again after a failed write. */
+    uint64_t results_held;        /* Replication answers held back until the leader stored its term's first entry. */
     uint64_t auth_failures;       /* Raft connections refused by the token handshake (ck_transport_stats). */
     uint64_t tls_failures;        /* Raft connections whose TLS failed (ck_transport_stats). */
 };
@@ -163,6 +164,13 @@ void ck_node_counters(const struct ck_node *n, struct ck_node_counters *out);
  * connection (see node_io_recv). Pure, exposed for tests. */
 bool ck_node_vote_lease_over(int state, raft_id leader, bool leader_closed, raft_time now, raft_time last_contact,
                              unsigned election_timeout);
+
+/* Whether a leader holds back a replication answer of @result_term: until
+ * it has stored its term's first entry (index @term_entry_index), raft 0.15
+ * would commit entries of older terms by counting their replicas (see
+ * node_arm_term_entry). Pure, exposed for tests. */
+bool ck_node_hold_result(int state, raft_term result_term, raft_term current_term, raft_index last_stored,
+                         raft_index term_entry_index);
 
 /* The raft configuration as raft currently has it (committed or not). */
 const struct raft_configuration *ck_node_configuration(const struct ck_node *n);

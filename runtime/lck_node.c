@@ -377,6 +377,7 @@ static int lnode_counters(lua_State *L)
     set_num(L, "votes_after_lease", (lua_Number)c.votes_after_lease);
     set_num(L, "leaders_lost", (lua_Number)c.leaders_lost);
     set_num(L, "resends", (lua_Number)c.resends);
+    set_num(L, "results_held", (lua_Number)c.results_held);
     set_num(L, "auth_failures", (lua_Number)c.auth_failures);
     set_num(L, "tls_failures", (lua_Number)c.tls_failures);
     return 1;

@@ -444,7 +444,7 @@ function M.metrics(node)
   if not rc then
     local none = core.histogram():read()
     rc = {commit = none, apply = none, elections = 0, elections_won = 0, votes_after_lease = 0,
-      leaders_lost = 0, resends = 0}
+      leaders_lost = 0, resends = 0, results_held = 0}
   end
   metrics.histogram(out, "clusterkit_raft_commit_duration_seconds",
     "Leader: time from proposing a command to raft reporting it committed and applied.", rc.commit)
@@ -462,6 +462,9 @@ function M.metrics(node)
     "counter", {{nil, rc.leaders_lost}})
   add("clusterkit_raft_resends_total", "Small raft messages (votes, append results) sent again because their "
     .. "write failed on a connection the peer had closed.", "counter", {{nil, rc.resends}})
+  add("clusterkit_raft_results_held_total", "Leader: replication answers held back until it stored the first "
+    .. "entry of its term, so that raft 0.15 commits no entry of an older term by counting replicas.",
+    "counter", {{nil, rc.results_held}})
   add("clusterkit_raft_refused_connections_total", "Raft connections refused by the token handshake (auth) "
     .. "or by TLS (a certificate not from TLS_CA, a wrong name, plaintext on a TLS port).", "counter",
     {{'{reason="auth"}', rc.auth_failures or 0}, {'{reason="tls"}', rc.tls_failures or 0}})

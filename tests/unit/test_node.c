@@ -403,6 +403,28 @@ static void test_vote_lease(void **state)
     assert_false(ck_node_vote_lease_over(RAFT_FOLLOWER, 7, false, 900, 1000, 300));
 }
 
+/* The Figure 8 guard for raft 0.15 (node_arm_term_entry): a leader holds
+ * back replication answers of its term until it has stored the first entry
+ * of that term, so that raft counts no replicas of an older term's entry. */
+static void test_hold_results_until_term_entry_stored(void **state)
+{
+    (void)state;
+    /* A new leader of term 5 whose first entry (index 12) is not stored
+     * yet: answers of term 5 (and stale ones) are held. */
+    assert_true(ck_node_hold_result(RAFT_LEADER, 5, 5, 11, 12));
+    assert_true(ck_node_hold_result(RAFT_LEADER, 4, 5, 11, 12));
+    /* Stored: raft counts replicas of index >= 12, an entry of term 5. */
+    assert_false(ck_node_hold_result(RAFT_LEADER, 5, 5, 12, 12));
+    assert_false(ck_node_hold_result(RAFT_LEADER, 5, 5, 40, 12));
+    /* An answer of a later term always reaches raft: the leader steps down. */
+    assert_false(ck_node_hold_result(RAFT_LEADER, 6, 5, 11, 12));
+    /* No barrier could be appended: hold everything of this term. */
+    assert_true(ck_node_hold_result(RAFT_LEADER, 5, 5, 1000000, UINT64_MAX));
+    /* Only leaders count replicas. */
+    assert_false(ck_node_hold_result(RAFT_FOLLOWER, 5, 5, 11, 12));
+    assert_false(ck_node_hold_result(RAFT_CANDIDATE, 5, 5, 11, 12));
+}
+
 static void test_close_cancels_pending(void **state)
 {
     (void)state;
@@ -425,6 +447,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stepdown_with_pending_proposals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_cancels_pending, setup, teardown),
         cmocka_unit_test(test_vote_lease),
+        cmocka_unit_test(test_hold_results_until_term_entry_stored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
