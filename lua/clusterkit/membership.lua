@@ -491,8 +491,9 @@ end
 -- heard from each server (its progress' recent flag), and, for the failure
 -- detector, when each last answered replication (`heard`, exact to the
 -- message; see node_note_contact in ck_node.c). Returns the set of node ids
--- that replicate the log (voters and standbys): the detector judges those
--- by raft contact.
+-- that replicate the log (voters and standbys: the detector judges those
+-- by raft contact) and the list of the voters' node ids (a voter not in
+-- the state yet by its raft id), from one pass over the configuration.
 local function sample_raft_contact(node, term, v)
   local t = now()
   if node._raft_term ~= term then
@@ -500,16 +501,17 @@ local function sample_raft_contact(node, term, v)
   end
   local by_raft = {}
   for _, n in ipairs(v.nodes) do by_raft[n.raft_id] = n.id end
-  local det, replicated = node._detector, {}
+  local det, replicated, voters = node._detector, {}, {}
   for _, s in ipairs(node._core:configuration()) do
     if s.recent then node._raft_heard[s.id] = t end
     local id = by_raft[s.id]
+    if s.role == "voter" then voters[#voters + 1] = id or s.id end
     if id and (s.role == "voter" or s.role == "standby") then
       replicated[id] = true
       if s.heard then det:contact(id, t - s.heard) end
     end
   end
-  return replicated
+  return replicated, voters
 end
 
 --- Seconds for which this leader's raft has not heard from server
@@ -517,17 +519,6 @@ end
 function M.raft_silence(node, raft_id)
   if not node._raft_since then return 0 end
   return now() - ((node._raft_heard or {})[raft_id] or node._raft_since)
-end
-
--- The node ids of raft's voters.
-local function voter_ids(node, v)
-  local by_raft = {}
-  for _, n in ipairs(v.nodes) do by_raft[n.raft_id] = n.id end
-  local ids = {}
-  for _, s in ipairs(node._core:configuration()) do
-    if s.role == "voter" then ids[#ids + 1] = by_raft[s.id] or s.id end
-  end
-  return ids
 end
 
 function M.leader_tick(node)
@@ -538,9 +529,9 @@ function M.leader_tick(node)
     if not v.ready then return end
     local det = node._detector
     local term = node._core:raft().term
-    local replicated = sample_raft_contact(node, term, v)
+    local replicated, voters = sample_raft_contact(node, term, v)
     det.stop_status = v.feature_level >= 2 and "stopped" or "down"
-    local changes, why = det:step(now(), term, v.nodes, voter_ids(node, v), replicated)
+    local changes, why = det:step(now(), term, v.nodes, voters, replicated)
     if why == "stalled" then
       node.log:warn("the loop stalled (no tick for over %.2fs): every node's grace period restarts",
         det.stall_after)

@@ -195,20 +195,43 @@ end
 -- The partitions each node holds, by node id: {[id] = {[p] = true}}, for
 -- the rows of view v. Built once from the rows (P x RF), then kept up to
 -- date by update_view from the record.
+local function index_row(idx, p, row)
+  for k = 1, #row do
+    local set = idx[row[k].id]
+    if not set then set = {}; idx[row[k].id] = set end
+    set[p] = true
+  end
+end
+
 local function rows_of(v)
   local idx = v.rows_of
   if idx then return idx end
   idx = {}
-  for p = 1, #(v.pnodes or {}) do
-    local row = v.pnodes[p]
-    for k = 1, #row do
-      local set = idx[row[k].id]
-      if not set then set = {}; idx[row[k].id] = set end
-      set[p] = true
-    end
-  end
+  for p = 1, #(v.pnodes or {}) do index_row(idx, p, v.pnodes[p]) end
   v.rows_of = idx
   return idx
+end
+
+-- A row of node tables and its replicas from a list of owners (ids, or
+-- the node tables of an older row), each resolved by lookup(id); nil when
+-- one is unknown.
+local function resolve_row(owners, lookup)
+  local row, rnodes = {}, {}
+  for k = 1, #owners do
+    local o = owners[k]
+    local n = lookup(type(o) == "table" and o.id or o)
+    if not n then return nil end
+    row[k] = n
+    if k > 1 then rnodes[k - 1] = n end
+  end
+  return row, rnodes
+end
+
+-- The owners' ids of a row of node tables.
+local function row_ids(row)
+  local ids = {}
+  for k = 1, #row do ids[k] = row[k].id end
+  return ids
 end
 
 -- The view of the next committed state, from the previous one and the
@@ -261,35 +284,18 @@ function update_view(old, c, rows, changed)
     for id, e in pairs(entries) do
       if e.old then
         for p in pairs(idx[id] or {}) do
-          local row = pnodes[p]
-          local nrow, rnodes = {}, {}
-          for j = 1, #row do
-            local n = row[j]
-            nrow[j] = lookup(n.id)
-            if j > 1 then rnodes[j - 1] = nrow[j] end
-          end
-          pnodes[p], replicas[p] = nrow, rnodes
+          pnodes[p], replicas[p] = resolve_row(pnodes[p], lookup)
         end
       end
     end
     for _, ch in ipairs(rows) do
       local p = ch.index + 1
-      if not moved[p] then
-        local was = {}
-        for k, n in ipairs(old.pnodes[p] or {}) do was[k] = n.id end
-        moved[p] = was
-      end
-      local row, rnodes = {}, {}
-      local rids = {}
-      for k = 1, #ch.owners do
-        local n = lookup(ch.owners[k])
-        if not n then return nil end -- Not in this view: the caller rebuilds.
-        row[k] = n
-        if k > 1 then rids[k - 1], rnodes[k - 1] = n.id, n end
-      end
+      moved[p] = moved[p] or row_ids(old.pnodes[p] or {})
+      local row, rnodes = resolve_row(ch.owners, lookup)
+      if not row then return nil end -- Not in this view: the caller rebuilds.
       pnodes[p], replicas[p] = row, rnodes
       parts[p] = {id = "partition-" .. (p - 1), index = p - 1, primary_node = row[1] and row[1].id or "",
-                  replica_nodes = rids, epoch = ch.epoch}
+                  replica_nodes = {unpack(ch.owners, 2)}, epoch = ch.epoch}
     end
     v.pnodes, v.replicas, v.parts = pnodes, replicas, parts
   end
@@ -304,11 +310,7 @@ function update_view(old, c, rows, changed)
         local set = idx[id]
         if set then set[p] = nil end
       end
-      for _, n in ipairs(pnodes[p]) do
-        local set = idx[n.id]
-        if not set then set = {}; idx[n.id] = set end
-        set[p] = true
-      end
+      index_row(idx, p, pnodes[p])
     end
   end
   v.rows_of = idx
@@ -948,12 +950,6 @@ local function role_in(me, was_ids, is_ids)
   return "none"
 end
 
-local function row_ids(row)
-  local t = {}
-  for k = 1, #row do t[k] = row[k].id end
-  return t
-end
-
 local function same_ids(a, b)
   if #a ~= #b then return false end
   for k = 1, #a do
@@ -1048,10 +1044,12 @@ function Node:_diff(old, new, changes, gap, entries)
     end
   end
   -- A removal always comes without positions (the record says `whole`).
-  for _, o in ipairs(entries and {} or old.nodes) do
-    if not new.by_id[o.id] then
-      counts.remove = counts.remove + 1
-      self:_fire("node_leave", {node = o, reason = "removed"})
+  if not entries then
+    for _, o in ipairs(old.nodes) do
+      if not new.by_id[o.id] then
+        counts.remove = counts.remove + 1
+        self:_fire("node_leave", {node = o, reason = "removed"})
+      end
     end
   end
   if new.ready and old.ready and new.partitions == old.partitions and self._hooks.partition_change then
@@ -1332,9 +1330,6 @@ function Node:_placement(raw, force)
           moved_primaries = moved_primaries, min_moves = stats and stats.min_moves, deadline = deadline}
 end
 
--- Commits a new table when placement says the current one should change.
--- Skips the computation when nothing it depends on changed. Returns true
--- when it proposed a table.
 -- True when every partition's primary is on a member in service (active or
 -- suspect): holding a table back then delays only new members' share.
 local function primaries_serving(raw)
@@ -1351,6 +1346,9 @@ end
 -- burst to end (admit places it when the last one is in: membership.admit).
 local JOIN_BURST_MS = 1000
 
+-- Commits a new table when placement says the current one should change.
+-- Skips the computation when nothing it depends on changed. Returns true
+-- when it proposed a table.
 function Node:_rebalance_if_needed(raw, force)
   local now_ms = core.time_ms()
   if not force and raw.index == self._placed_index and self._policy_gen == self._placed_gen
@@ -2023,7 +2021,7 @@ function Node:stop()
   -- Let the last cluster-state.json write land before we report stopped.
   if self._persist_due then
     self._persist_due = false
-    self:_write_state() -- The last state, not 100 ms short of it.
+    self:_write_state() -- The last state, not one PERSIST_DELAY short of it.
   end
   self:_wait_until(function() return not self._writing end, 5)
   self.status = "stopped"
