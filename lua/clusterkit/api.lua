@@ -490,10 +490,10 @@ function M.metrics(node)
   add("clusterkit_hook_errors_total", "Hook handlers that raised, by event.", "counter",
     labelled("hook", node.hook_errors))
   metrics.histogram(out, "clusterkit_placement_policy_duration_seconds", "Runs of the Lua placement policy.",
-    node.policy_time:read())
+    node.reconciler.policy_time:read())
   add("clusterkit_placement_policy_errors_total", "Lua placement policy runs that failed (error, timeout, "
     .. "yielded, invalid answer); each one fell back to the built-in policy.", "counter",
-    labelled("reason", node.policy_errors))
+    labelled("reason", node.reconciler.policy_errors))
   local det = node._detector
   add("clusterkit_detector_stalls_total",
     "Leader ticks that found the loop had stalled (every grace period restarted).", "counter",
@@ -503,9 +503,9 @@ function M.metrics(node)
     {{nil, det and det.held or 0}})
   add("clusterkit_placement_fallbacks_total",
     "Placements where the Lua policy failed (error, timeout, invalid answer) and the built-in one was used.",
-    "counter", {{nil, node.policy_fallbacks or 0}})
+    "counter", {{nil, node.reconciler.policy_fallbacks}})
   add("clusterkit_rebalance_moved_slots_total", "Partition slots moved by tables this node committed as leader.",
-    "counter", {{nil, node.rebalance_moves or 0}})
+    "counter", {{nil, node.reconciler.rebalance_moves}})
   add("clusterkit_rebalance_paused", "1 while rebalancing is paused (maintenance mode).", "gauge",
     {{nil, node:rebalance_paused() and 1 or 0}})
   add("clusterkit_feature_level", "The cluster's committed feature level (raised once every member's build "

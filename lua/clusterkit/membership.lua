@@ -552,10 +552,7 @@ function M.leader_tick(node)
         finish_leaves(node, node:_view())
         M.upgrade_step(node)
       end
-      -- A down node's grace period ended: its replica slots move now.
-      if node._grace_deadline and core.time_ms() >= node._grace_deadline then
-        node:_reconcile()
-      end
+      node.reconciler:tick() -- A down node's grace period may have ended.
     end
   end, debug.traceback)
   node._ticking = false

@@ -29,6 +29,7 @@ local backup = require "clusterkit.backup"
 local httpc = require "clusterkit.httpc"
 local membership = require "clusterkit.membership"
 local ui = require "clusterkit.ui"
+local reconciler = require "clusterkit.reconciler"
 
 local M = {}
 
@@ -62,6 +63,40 @@ M.Node = Node
 kv.extend(Node) -- ck:kv_*, the custom-data names (clusterkit.kv)
 coord.extend(Node) -- ck:session, ck:lock, ck:elect, ck:leader_of (clusterkit.coord)
 
+-- What the leader's reconciler proposes (clusterkit.reconciler), encoded.
+local encode = {
+  init = function(cmd) return core.encode_init(cmd) end,
+  node = function(cmd) return core.encode_node(cmd.entry) end,
+  table = function(cmd) return core.encode_table(cmd.partitions, cmd.replication, cmd.ids, cmd.owners) end,
+}
+
+-- The reconciler of node `self`, wired to its core, clock and hooks.
+local function new_reconciler(self)
+  local o = self.opts
+  return reconciler.new {
+    opts = {id = self.id, cluster_name = o.cluster_name, partition_count = o.partition_count,
+            replication_factor = o.replication_factor, hash_algorithm = o.hash_algorithm,
+            hash_tags = o.hash_tags, rebalance_delay = o.rebalance_delay, policy_timeout = o.policy_timeout,
+            feature_level = core.FEATURE_LEVEL},
+    core = {
+      view = function() return self._core:view() end,
+      leading = function()
+        local c = self._core
+        return c ~= nil and not c:closed() and c:raft().state == "leader"
+      end,
+    },
+    submit = function(cmd) return self:_propose(encode[cmd.op](cmd)) end,
+    clock = {time_ms = core.time_ms, hrtime = hrtime},
+    spawn = sched.spawn,
+    entry = function() return self:_my_entry() end,
+    admissions = function() return membership.admissions(self) end,
+    upgrade = function() return membership.upgrade_step(self) end,
+    running = function() return self.status == "running" end,
+    fire = function(event, info) return self:_fire(event, info) end,
+    log = self.log,
+  }
+end
+
 --- clusterkit.new(opts): a node, not started. Raises on misuse.
 function M.new(opts)
   local o = config.resolve(opts, "clusterkit.new")
@@ -73,10 +108,9 @@ function M.new(opts)
     _cond = sched.cond(),
     _last_leader = false,
     raft_id = core.raft_id(o.node_id),
-    -- For /metrics (clusterkit.api): hook runs by event, placement policy
-    -- runs, and committed membership changes as this node applied them.
+    -- For /metrics (clusterkit.api): hook runs by event, and committed
+    -- membership changes as this node applied them.
     hook_time = metrics.family("hook"), hook_errors = {},
-    policy_time = core.histogram(), policy_errors = {error = 0, timeout = 0, yielded = 0, invalid = 0},
     membership_changes = {join = 0, leave = 0, remove = 0, status = 0, role = 0},
     -- Every node of a cluster speaks the same: HTTPS (and raft over TLS)
     -- when TLS_CERT is set (clusterkit.tls).
@@ -88,6 +122,7 @@ function M.new(opts)
   end)
   self._change_cond = sched.cond()
   self._kv_cond = sched.cond() -- Signalled when a KV transaction was applied.
+  self.reconciler = new_reconciler(self)
   if o.placement then
     local ok, mod = pcall(require, o.placement)
     local fn = ok and (type(mod) == "table" and mod.place or mod)
@@ -95,7 +130,7 @@ function M.new(opts)
       error("clusterkit.new: placement module " .. o.placement .. " must return a function or {place = fn}"
         .. (ok and "" or (": " .. tostring(mod))), 2)
     end
-    self._policy, self._policy_gen = fn, 1
+    self.reconciler.policy = fn
   end
   self.http = http.server(self)
   apim.install(self)
@@ -1140,21 +1175,6 @@ function Node:_my_entry()
   }
 end
 
-local function same_entry(a, b)
-  if a.name ~= b.name or a.http_addr ~= b.http_addr or a.raft_addr ~= b.raft_addr
-    or a.zone ~= b.zone or a.weight ~= b.weight or a.status ~= b.status
-    or (a.build or "") ~= (b.build or "") then
-    return false
-  end
-  for k, x in pairs(a.services) do
-    if b.services[k] ~= x then return false end
-  end
-  for k in pairs(b.services) do
-    if a.services[k] == nil then return false end
-  end
-  return true
-end
-
 function Node:_propose(bytes)
   return sched.wait(function(resume)
     local ok, msg, code = self._core:propose(bytes, resume)
@@ -1162,234 +1182,6 @@ function Node:_propose(bytes)
       resume(nil, msg, code)
     end
   end)
-end
-
--- One pass; returns true when it proposed something (then the next event
--- runs another pass).
-function Node:_reconcile_once()
-  local c = self._core
-  if not c or c:closed() or c:raft().state ~= "leader" then
-    return false
-  end
-  local raw = c:view()
-  local o = self.opts
-  local ok, msg, code
-  if not raw.initialized then
-    self.log:info("initialising cluster %s (P=%d, RF=%d, hash %s)", o.cluster_name,
-      o.partition_count, o.replication_factor, o.hash_algorithm)
-    ok, msg, code = self:_propose(core.encode_init {
-      cluster_id = core.random_hex(16), name = o.cluster_name,
-      partitions = o.partition_count, replication = o.replication_factor,
-      hash_algo = o.hash_algorithm, hash_tags = o.hash_tags,
-    })
-  else
-    local mine = self:_my_entry()
-    local cur
-    for _, n in ipairs(raw.nodes) do
-      if n.id == self.id then cur = n end
-    end
-    -- A leader whose own status is left was asked to leave before it was
-    -- elected: registering itself as active would undo the leave. It
-    -- moves the table off itself and hands over (membership.leader_tick).
-    if cur and cur.status == "left" then
-      return self:_rebalance_if_needed(raw, false)
-    elseif raw.feature_level < core.FEATURE_LEVEL
-      and membership.upgrade_step(self) then
-      -- A new cluster (its only member) is raised right after INIT;
-      -- upgraded members are raised once they all reported (leader tick).
-      return true
-    elseif not cur or not same_entry(cur, mine) then
-      mine.time_ms = core.time_ms()
-      ok, msg, code = self:_propose(core.encode_node(mine))
-    else
-      return self:_rebalance_if_needed(raw, false)
-    end
-  end
-  if not ok then
-    self.log:warn("proposal failed: %s (%s)", tostring(msg), tostring(code))
-    return false
-  end
-  return true
-end
-
--- The placement for a committed view: returns {rows, ids, owners, stats,
--- deadline} or nil, reason. `force` ignores maintenance mode. Holders are
--- active/suspect nodes, and down or stopped nodes within their grace
--- period, which keep their replica slots but may not lead (a quick restart
--- moves nothing, whether after a crash or a planned stop).
-function Node:_placement(raw, force)
-  local cfg = {partitions = raw.partitions, replication = raw.replication}
-  local now_ms = core.time_ms()
-  local grace_ms = self.opts.rebalance_delay * 1000
-  local holders, deadline = {}, nil
-  for _, n in ipairs(raw.nodes) do
-    if n.weight > 0 then
-      if n.status == "active" or n.status == "suspect" then
-        holders[#holders + 1] = {node = n, lead = true}
-      elseif is_down(n.status) and now_ms < n.status_since + grace_ms then
-        holders[#holders + 1] = {node = n, lead = false}
-        local d = n.status_since + grace_ms
-        deadline = deadline and math.min(deadline, d) or d
-      end
-    end
-  end
-  table.sort(holders, function(a, b) return a.node.id < b.node.id end)
-  if #holders == 0 then
-    return nil, "no eligible node"
-  end
-  local paused = raw.rebalance_paused and not force
-  local current = placement.rows_of(raw)
-  local rows, stats
-  if self._policy then
-    local nodes = {}
-    for i, h in ipairs(holders) do
-      local n = h.node
-      nodes[i] = {id = n.id, zone = n.zone, weight = n.weight, status = n.status,
-                  services = n.services, can_lead = h.lead}
-    end
-    local t0 = hrtime()
-    local ok, out, kind = placement.run_policy(self._policy, nodes, current, cfg, self.opts.policy_timeout)
-    self.policy_time:observe((hrtime() - t0) / 1e9)
-    local why
-    if ok then
-      ok, why = placement.validate(out, nodes, cfg)
-      if not ok then kind = "invalid" end
-    else
-      why = out
-    end
-    if ok then
-      rows = out
-    else
-      -- A policy that fails must never stop failover (a down node's
-      -- primaries would stay on it): use the built-in policy this time.
-      self.policy_fallbacks = (self.policy_fallbacks or 0) + 1
-      self.policy_errors[kind] = self.policy_errors[kind] + 1
-      self.log:warn("placement policy failed, using the built-in policy: %s", tostring(why))
-    end
-  end
-  if not rows then
-    local pos, raw_pos = {}, {}
-    local pnodes = {}
-    for i, h in ipairs(holders) do
-      pos[h.node.id] = i
-      pnodes[i] = {zone = h.node.zone, weight = h.node.weight, lead = h.lead}
-    end
-    for i, n in ipairs(raw.nodes) do
-      raw_pos[i] = pos[n.id] or 0
-    end
-    local flat, w = {}, raw.width
-    local owners = raw.owners
-    for i = 1, raw.partitions * w do
-      local at = owners[i]
-      flat[i] = at > 0 and raw_pos[at] or 0
-    end
-    -- Rows that lost an owner to a non-holder keep the others in order.
-    for p = 0, raw.partitions - 1 do
-      local k = 1
-      for j = 1, w do
-        local v = flat[p * w + j]
-        flat[p * w + j] = 0
-        if v > 0 then
-          flat[p * w + k] = v
-          k = k + 1
-        end
-      end
-    end
-    local out, width, st = core.place(pnodes, raw.partitions, raw.replication, flat, w, paused)
-    if not out then
-      return nil, tostring(width)
-    end
-    stats = st
-    rows = {}
-    for p = 1, raw.partitions do
-      local row = {}
-      for k = 1, width do
-        local at = out[(p - 1) * width + k]
-        if at == 0 then break end
-        row[k] = holders[at].node.id
-      end
-      rows[p] = row
-    end
-  end
-  local moved, moved_primaries, moves = 0, 0, {}
-  for p = 1, raw.partitions do
-    local old, new = current[p], rows[p]
-    local had = {}
-    for _, id in ipairs(old) do had[id] = true end
-    local gained = 0
-    for _, id in ipairs(new) do
-      if not had[id] then gained = gained + 1 end
-    end
-    if gained > 0 or old[1] ~= new[1] or #old ~= #new then
-      moves[#moves + 1] = {partition = "partition-" .. (p - 1), index = p - 1, from = old, to = new}
-    end
-    moved = moved + gained
-    if old[1] and old[1] ~= new[1] then moved_primaries = moved_primaries + 1 end
-  end
-  return {rows = rows, current = current, moves = moves, moved_slots = moved,
-          moved_primaries = moved_primaries, min_moves = stats and stats.min_moves, deadline = deadline}
-end
-
--- True when every partition's primary is on a member in service (active or
--- suspect): holding a table back then delays only new members' share.
-local function primaries_serving(raw)
-  local w, owners, nodes = raw.width, raw.owners, raw.nodes
-  for p = 1, raw.partitions do
-    local at = owners[(p - 1) * w + 1]
-    local n = at ~= 0 and nodes[at]
-    if not n or (n.status ~= "active" and n.status ~= "suspect") then return false end
-  end
-  return true
-end
-
--- While joiners are being admitted, how long the table may wait for the
--- burst to end (admit places it when the last one is in: membership.admit).
-local JOIN_BURST_MS = 1000
-
--- Commits a new table when placement says the current one should change.
--- Skips the computation when nothing it depends on changed. Returns true
--- when it proposed a table.
-function Node:_rebalance_if_needed(raw, force)
-  local now_ms = core.time_ms()
-  if not force and raw.index == self._placed_index and self._policy_gen == self._placed_gen
-    and not (self._grace_deadline and now_ms >= self._grace_deadline) then
-    return false
-  end
-  -- A cluster forming (or a join storm) placed one table per joiner: 100
-  -- joins made 100 tables, each a commit that every member applies, and a
-  -- placement the leader computed. While joiners queue, and no primary
-  -- needs a new home, the table waits for the burst (at most JOIN_BURST_MS).
-  if not force and membership.admissions(self) > 0 and raw.initialized and primaries_serving(raw) then
-    self._held_since = self._held_since or now_ms
-    if now_ms - self._held_since < JOIN_BURST_MS then return false end
-  end
-  self._held_since = nil
-  local t0 = hrtime()
-  local plan, err = self:_placement(raw, force)
-  self._placed_index, self._placed_gen = raw.index, self._policy_gen
-  if not plan then
-    self.log:warn("placement refused, keeping the current table: %s", err)
-    return false
-  end
-  self._grace_deadline = plan.deadline
-  if #plan.moves == 0 then
-    return false
-  end
-  local ids, owners = placement.flatten(plan.rows, raw.replication)
-  self:_fire("rebalance_start", {moves = #plan.moves, moved_slots = plan.moved_slots,
-                                 moved_primaries = plan.moved_primaries})
-  local index, msg = self:_propose(core.encode_table(raw.partitions, raw.replication, ids, owners))
-  local ms = (hrtime() - t0) / 1e6
-  if not index then
-    self.log:warn("table proposal failed: %s", tostring(msg))
-    return false
-  end
-  self.rebalance_moves = (self.rebalance_moves or 0) + plan.moved_slots
-  self.log:info("new table at index %d: %d partitions changed, %d slots moved, %d primaries moved (%.1f ms)",
-    index, #plan.moves, plan.moved_slots, plan.moved_primaries, ms)
-  self:_fire("rebalance_complete", {index = index, moves = #plan.moves, moved_slots = plan.moved_slots,
-                                    moved_primaries = plan.moved_primaries, duration_ms = ms})
-  return true, plan
 end
 
 local function leader_error(self)
@@ -1408,7 +1200,7 @@ function Node:rebalance()
   end
   local raw = self._core:view()
   if not raw.initialized then return nil, not_ready end
-  local ok, plan = self:_rebalance_if_needed(raw, true)
+  local ok, plan = self.reconciler:rebalance(raw, true)
   if ok then
     return {moves = #plan.moves, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries}
   end
@@ -1421,7 +1213,7 @@ function Node:plan_rebalance()
   check(self, "plan_rebalance")
   local raw = self._core:view()
   if not raw.initialized then return nil, not_ready end
-  local plan, err = self:_placement(raw, true)
+  local plan, err = self.reconciler:plan(raw, true)
   if not plan then
     return nil, errors.new("PLACEMENT", err)
   end
@@ -1587,26 +1379,7 @@ function Node:rebalance_paused()
 end
 
 function Node:_reconcile()
-  if self._reconciling then
-    self._reconcile_again = true
-    return
-  end
-  local c = self._core
-  if not c or c:closed() or c:raft().state ~= "leader" then
-    return
-  end
-  self._reconciling = true
-  sched.spawn(function()
-    repeat
-      self._reconcile_again = false
-      local ok, more = xpcall(self._reconcile_once, debug.traceback, self)
-      if not ok then
-        self.log:error("reconcile: %s", tostring(more))
-        more = false
-      end
-    until not (more or self._reconcile_again) or self.status ~= "running"
-    self._reconciling = false
-  end)
+  return self.reconciler:poke()
 end
 
 -- ---------------------------------------------------------------------------
@@ -2044,9 +1817,7 @@ function Node:set_placement(fn)
   if type(fn) ~= "function" then
     error("clusterkit: set_placement: policy must be a function", 2)
   end
-  self._policy = fn
-  self._policy_gen = (self._policy_gen or 0) + 1
-  self:_reconcile()
+  self.reconciler:set_policy(fn)
   return self
 end
 

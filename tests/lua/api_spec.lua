@@ -452,30 +452,30 @@ describe("Lua placement policies", function()
     assert(ck:start())
     assert.is_true(calls >= 1)
     assert.are.equal("t1", ck:partition(0).primary_node)
-    assert.is_true(ck.policy_fallbacks >= 1)
+    assert.is_true(ck.reconciler.policy_fallbacks >= 1)
     assert.matches("clusterkit_placement_fallbacks_total [1-9]", require("clusterkit.api").metrics(ck))
     local function failed(reason)
       return sample(ck, 'clusterkit_placement_policy_errors_total{reason="' .. reason .. '"}')
     end
     assert.is_true(failed("error") >= 1)
-    local before = ck.policy_fallbacks
+    local before = ck.reconciler.policy_fallbacks
     ck:set_placement(function()
       local t0 = core.hrtime()
       while core.hrtime() - t0 < 1e9 do end -- longer than policy_timeout
       return {}
     end)
-    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(wait_for(function() return ck.reconciler.policy_fallbacks > before end, 5))
     assert.is_true(failed("timeout") >= 1)
-    before = ck.policy_fallbacks
+    before = ck.reconciler.policy_fallbacks
     ck:set_placement(function() return {{"nobody"}} end)
-    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(wait_for(function() return ck.reconciler.policy_fallbacks > before end, 5))
     assert.is_true(failed("invalid") >= 1)
-    before = ck.policy_fallbacks
+    before = ck.reconciler.policy_fallbacks
     ck:set_placement(function() coroutine.yield() end)
-    assert.is_true(wait_for(function() return ck.policy_fallbacks > before end, 5))
+    assert.is_true(wait_for(function() return ck.reconciler.policy_fallbacks > before end, 5))
     assert.is_true(failed("yielded") >= 1)
     -- Every run is timed, the failed ones included.
-    assert.is_true(sample(ck, "clusterkit_placement_policy_duration_seconds_count") >= ck.policy_fallbacks)
+    assert.is_true(sample(ck, "clusterkit_placement_policy_duration_seconds_count") >= ck.reconciler.policy_fallbacks)
     assert.are.equal("t1", ck:partition(0).primary_node)
     ck:stop()
     os.execute("rm -rf '" .. opts.data_dir .. "'")
