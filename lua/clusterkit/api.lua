@@ -494,7 +494,7 @@ function M.metrics(node)
   add("clusterkit_placement_policy_errors_total", "Lua placement policy runs that failed (error, timeout, "
     .. "yielded, invalid answer); each one fell back to the built-in policy.", "counter",
     labelled("reason", node.reconciler.policy_errors))
-  local det = node._detector
+  local det = node.detector
   add("clusterkit_detector_stalls_total",
     "Leader ticks that found the loop had stalled (every grace period restarted).", "counter",
     {{nil, det and det.stalls or 0}})

@@ -21,6 +21,7 @@ local httpc = require "clusterkit.httpc"
 local json = require "clusterkit.json"
 local config = require "clusterkit.config"
 local detector = require "clusterkit.detector"
+local roles = require "clusterkit.roles"
 
 local M = {}
 
@@ -81,20 +82,6 @@ local function with_lock(node, fn)
   return a, b, c
 end
 
-local function config_entry(node, raft_id)
-  for _, s in ipairs(node._core:configuration()) do
-    if s.id == raft_id then return s end
-  end
-end
-
-local function role_counts(node)
-  local n = {voter = 0, standby = 0, spare = 0}
-  for _, s in ipairs(node._core:configuration()) do
-    n[s.role] = (n[s.role] or 0) + 1
-  end
-  return n
-end
-
 -- Admissions waiting for the change lock or under it, per node (the
 -- reconciler holds back a table while more joiners queue: see
 -- M.admissions).
@@ -149,11 +136,11 @@ function admit_locked(node, info)
       if info.id == node.id then
         return nil, errors.new("CONFLICT", "node id " .. info.id .. " is the leader's own", {status = 409})
       end
-      local quiet = node._detector:silence(info.id, now())
+      local quiet = node.detector:silence(info.id, now())
       local silent = not quiet or quiet > node.opts.down_after
-      local old = config_entry(node, raft_id)
+      local old = node.roles:entry(raft_id)
       local raft_silent = old ~= nil and old.address == cur.raft_addr and old.recent == false
-        and M.raft_silence(node, raft_id) > node.opts.down_after
+        and node.roles:silence(raft_id) > node.opts.down_after
       if not is_down(cur.status) and cur.status ~= "left" and not silent and not raft_silent then
         return nil, errors.new("CONFLICT", "node id " .. info.id .. " is taken by a live node at "
           .. cur.raft_addr, {status = 409})
@@ -166,7 +153,7 @@ function admit_locked(node, info)
           .. n.id, {status = 409})
       end
     end
-    local entry = config_entry(node, raft_id)
+    local entry = node.roles:entry(raft_id)
     if entry and entry.address ~= info.raft_addr then
       local ok, msg = raft_call(node, "remove", raft_id)
       if not ok then
@@ -184,21 +171,19 @@ function admit_locked(node, info)
           return nil, errors.new("RAFT", "raft add: " .. tostring(msg), {status = 503})
         end
       end
-      local ok, msg
-      local counts = role_counts(node)
-      local role = counts.voter < node.opts.voters and "voter" or "standby"
-      ok, msg = raft_call(node, "assign", raft_id, role)
+      local role = node.roles:role_for_joiner()
+      local ok, msg = raft_call(node, "assign", raft_id, role)
       if not ok then
         -- Do not leave a spare behind that can never catch up (an
         -- unreachable address): take the half-added server out again.
-        if config_entry(node, raft_id) and node:is_leader() then
+        if node.roles:entry(raft_id) and node:is_leader() then
           raft_call(node, "remove", raft_id)
         end
         return nil, errors.new("RAFT", "raft assign " .. role .. ": " .. tostring(msg), {status = 503})
       end
       node.log:info("added %s (%s) as %s", info.id, info.raft_addr, role)
     end
-    node._detector:heard(info.id, now())
+    node.detector:heard(info.id, now())
     M.note_report(node, info.id, level, info.build)
     if level >= core.FEATURE_LEVEL and node:_view().feature_level < core.FEATURE_LEVEL then
       -- A new cluster is raised right after INIT, but its first joiners
@@ -222,28 +207,10 @@ function admit_locked(node, info)
   end)
 end
 
--- Removing a voter shrinks the quorum: an error when the voters left
--- behind could not commit (more than half of them must be alive), else nil.
--- Alive means active in the state; with `heard`, also heard from by raft
--- within the last election timeout (the status of a node that just died
--- stays active for DOWN_AFTER, and a new leader has seen nobody fail yet).
+-- Removing node `id` may shrink the quorum too far: an error, or nil
+-- (roles.quorum_refusal; `heard`: count only voters raft heard from).
 local function quorum_refusal(node, v, id, heard)
-  local entry = config_entry(node, core.raft_id(id))
-  if not (entry and entry.role == "voter") then return nil end
-  local live, total = 0, 0
-  for _, s in ipairs(node._core:configuration()) do
-    if s.role == "voter" and s.id ~= entry.id then
-      total = total + 1
-      local recent = not heard or s.id == node.raft_id or s.recent == true
-      for _, n in ipairs(v.nodes) do
-        if n.raft_id == s.id and n.status == "active" and recent then live = live + 1 end
-      end
-    end
-  end
-  if live * 2 <= total then
-    return errors.new("QUORUM", format("removing %s would leave %d of %d voters alive", id, live, total),
-      {status = 409})
-  end
+  return roles.quorum_refusal(node._core:configuration(), v.nodes, core.raft_id(id), id, node.raft_id, heard)
 end
 
 -- True while some partition of view v names node `id` as an owner.
@@ -255,60 +222,6 @@ local function in_table(v, id)
     end
   end
   return false
-end
-
--- Before a voter is removed, a live standby takes its vote when the
--- voters would otherwise fall below VOTERS. Removing one of three voters
--- first leaves two, which need each other: the leader dying then (before
--- a standby was promoted) stops the cluster until it comes back, and with
--- the removal appended but not committed, even the survivors' old
--- configuration cannot elect anyone.
---
--- Live: active in the state and heard from by raft, now (its recent flag)
--- or at a leader tick less than an election timeout ago. A new leader has
--- heard from nobody yet: raft 0.15 starts every follower's recent flag
--- false when it takes office (progressBuildArray), and the successor of a
--- leader that was asked to leave removes it within milliseconds
--- (make test-faults FAULT_SCENARIO=kill-membership FAULT_SEED=174162: it
--- promoted nobody, and a kill then left one of two voters). So an active
--- standby not heard from yet is waited for, until two election timeouts
--- into the term: with `block` polling (bounded by that deadline), without
--- it returning false (ask again next tick). True: go ahead and remove.
-local function promote_before_removing(node, raft_id, block)
-  local et = node.opts.election_timeout
-  local deadline
-  for _ = 1, 1000 do
-    local entry = config_entry(node, raft_id)
-    if not (entry and entry.role == "voter" and node:is_leader()) then return true end
-    local since = node._raft_term == node._core:raft().term and node._raft_since or nil
-    local heard = since and node._raft_heard or {}
-    deadline = deadline or (since or now()) + 2 * et
-    local status = {}
-    for _, n in ipairs(node:_view().nodes) do status[n.raft_id] = n.status end
-    local voters, standby, pending = 0, nil, false
-    for _, s in ipairs(node._core:configuration()) do
-      if s.role == "voter" and s.id ~= raft_id then
-        voters = voters + 1
-      elseif s.role == "standby" and status[s.id] == "active" then
-        if s.recent or now() - (heard[s.id] or -math.huge) < et then
-          standby = standby or s
-        else
-          pending = true
-        end
-      end
-    end
-    if voters >= node.opts.voters then return true end
-    if standby then
-      node.log:info("promoting standby %s to voter before removing voter %s", standby.address, entry.address)
-      local ok, msg = raft_call(node, "assign", standby.id, "voter")
-      if not ok then node.log:warn("promoting %s: %s", standby.address, tostring(msg)) end
-      return true
-    end
-    if not pending or now() >= deadline then return true end
-    if not block then return false end
-    sched.sleep(0.02)
-  end
-  return true
 end
 
 --- Removes a node for good (leader only): status left, table without it,
@@ -335,8 +248,8 @@ function M.remove(node, id)
     -- Let the reconciler move the table off the node before it goes.
     node:_wait_until(function() return not in_table(node:_view(), id) end, 5)
     local raft_id = core.raft_id(id)
-    promote_before_removing(node, raft_id, true)
-    if config_entry(node, raft_id) then
+    node.roles:promote_before_removing(raft_id, true)
+    if node.roles:entry(raft_id) then
       ok, msg = raft_call(node, "remove", raft_id)
       if not ok then return nil, errors.new("RAFT", "raft remove: " .. tostring(msg), {status = 503}) end
     end
@@ -360,39 +273,6 @@ local function set_status(node, id, status, why)
   end
 end
 
--- Keeps `voters` live voters: while fewer voters than that are alive
--- (active or suspect), promote a healthy standby; once enough are alive,
--- demote a voter that is down or stopped (it comes back as a standby). A
--- suspect voter is never touched. One raft configuration change per tick.
-local function repair_roles(node, v)
-  local status = {}
-  for _, n in ipairs(v.nodes) do
-    status[n.raft_id] = n.status
-  end
-  local live, total, dead, standby = 0, 0, nil, nil
-  for _, s in ipairs(node._core:configuration()) do
-    local st = status[s.id]
-    if s.role == "voter" then
-      total = total + 1
-      if is_down(st) or st == "left" then
-        dead = dead or s
-      else
-        live = live + 1
-      end
-    elseif s.role == "standby" and st == "active" then
-      standby = standby or s
-    end
-  end
-  local want = node.opts.voters
-  if live < want and standby then
-    node.log:info("promoting standby %s to voter (%d of %d voters alive)", standby.address, live, want)
-    with_lock(node, function() return raft_call(node, "assign", standby.id, "voter") end)
-  elseif dead and total > want then
-    node.log:info("demoting %s voter %s to standby", status[dead.id] or "unknown", dead.address)
-    with_lock(node, function() return raft_call(node, "assign", dead.id, "standby") end)
-  end
-end
-
 -- A node whose status is left but which is still in raft's configuration
 -- or in the state is a leave that an earlier leader began and did not
 -- finish: it died between the steps of M.remove. (The leaving node keeps
@@ -404,10 +284,10 @@ local function finish_leaves(node, v)
   for _, n in ipairs(v.nodes) do
     if n.status == "left" and n.id ~= node.id and not in_table(v, n.id) then
       local raft_id = core.raft_id(n.id)
-      if config_entry(node, raft_id) then
+      if node.roles:entry(raft_id) then
         if not quorum_refusal(node, v, n.id, true) then
           with_lock(node, function()
-            if not promote_before_removing(node, raft_id, false) then return end -- the next tick asks again
+            if not node.roles:promote_before_removing(raft_id, false) then return end -- the next tick asks again
             node.log:info("finishing the leave of %s: removing it from raft", n.id)
             return raft_call(node, "remove", raft_id)
           end)
@@ -487,49 +367,17 @@ function M.upgrade_step(node)
   return with_lock(node, function() return upgrade_locked(node) end)
 end
 
--- Raft-level contact, sampled every leader tick: when raft last said it
--- heard from each server (its progress' recent flag), and, for the failure
--- detector, when each last answered replication (`heard`, exact to the
--- message; see node_note_contact in ck_node.c). Returns the set of node ids
--- that replicate the log (voters and standbys: the detector judges those
--- by raft contact) and the list of the voters' node ids (a voter not in
--- the state yet by its raft id), from one pass over the configuration.
-local function sample_raft_contact(node, term, v)
-  local t = now()
-  if node._raft_term ~= term then
-    node._raft_term, node._raft_heard, node._raft_since = term, {}, t
-  end
-  local by_raft = {}
-  for _, n in ipairs(v.nodes) do by_raft[n.raft_id] = n.id end
-  local det, replicated, voters = node._detector, {}, {}
-  for _, s in ipairs(node._core:configuration()) do
-    if s.recent then node._raft_heard[s.id] = t end
-    local id = by_raft[s.id]
-    if s.role == "voter" then voters[#voters + 1] = id or s.id end
-    if id and (s.role == "voter" or s.role == "standby") then
-      replicated[id] = true
-      if s.heard then det:contact(id, t - s.heard) end
-    end
-  end
-  return replicated, voters
-end
-
---- Seconds for which this leader's raft has not heard from server
--- `raft_id` (counted from when it started leading, if never).
-function M.raft_silence(node, raft_id)
-  if not node._raft_since then return 0 end
-  return now() - ((node._raft_heard or {})[raft_id] or node._raft_since)
-end
-
 function M.leader_tick(node)
   if node._ticking then return end
   node._ticking = true
   local ok, err = xpcall(function()
     local v = node:_view()
     if not v.ready then return end
-    local det = node._detector
+    local det = node.detector
     local term = node._core:raft().term
-    local replicated, voters = sample_raft_contact(node, term, v)
+    local replicated, voters, contacts = node.roles:sample(term, v.nodes)
+    local t = now()
+    for _, c in ipairs(contacts) do det:contact(c[1], t - c[2]) end
     det.stop_status = v.feature_level >= 2 and "stopped" or "down"
     local changes, why = det:step(now(), term, v.nodes, voters, replicated)
     if why == "stalled" then
@@ -543,7 +391,7 @@ function M.leader_tick(node)
       if node:is_leader() then set_status(node, c.id, c.status, c.why) end
     end
     if node:is_leader() then
-      repair_roles(node, node:_view())
+      node.roles:repair()
       if node:_gone() == "leaving" then
         -- This leader's own status is left (it was asked to leave, and
         -- the leader that began it died): another voter must lead.
@@ -848,13 +696,6 @@ end
 
 function M.install(node)
   local srv = node.http
-  local o = node.opts
-  node._detector = detector.new {
-    self_id = node.id, suspect_after = o.suspect_after, down_after = o.down_after,
-    -- A tick this late means heartbeats went unread (see detector.lua).
-    stall_after = math.max(2 * o.heartbeat_interval, o.suspect_after / 2),
-  }
-
   srv:route("POST", "/join", function(req, res)
     local body, jerr = req:json()
     if body == nil then return res:error(400, "BAD_REQUEST", jerr) end
@@ -894,11 +735,11 @@ function M.install(node)
     if body.stopping == true then
       -- A graceful stop: the node is going away now, so take it out of
       -- handover choices and commit it stopped without waiting for silence.
-      node._detector:stopping(body.id, node._core:raft().term)
+      node.detector:stopping(body.id, node._core:raft().term)
       sched.spawn(M.leader_tick, node)
       return res:json({status = "ok", state_index = node:state_index()})
     end
-    node._detector:heard(body.id, now())
+    node.detector:heard(body.id, now())
     M.note_report(node, body.id, reported(body))
     local n = node:_view().by_id[body.id]
     if n.status ~= "active" and n.status ~= "left" then
@@ -948,4 +789,6 @@ end
 
 M.not_leader = not_leader
 M.check_join = check_join
+M.with_lock = with_lock
+M.raft_call = raft_call
 return M

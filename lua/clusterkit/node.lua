@@ -22,7 +22,8 @@ local kv = require "clusterkit.kv"
 local coord = require "clusterkit.coord"
 local tlsm = require "clusterkit.tls"
 local metrics = require "clusterkit.metrics"
-local is_down = require("clusterkit.detector").is_down
+local detector = require "clusterkit.detector"
+local is_down = detector.is_down
 local apim = require "clusterkit.api"
 local auth = require "clusterkit.auth"
 local backup = require "clusterkit.backup"
@@ -30,6 +31,7 @@ local httpc = require "clusterkit.httpc"
 local membership = require "clusterkit.membership"
 local ui = require "clusterkit.ui"
 local reconciler = require "clusterkit.reconciler"
+local roles = require "clusterkit.roles"
 
 local M = {}
 
@@ -97,6 +99,24 @@ local function new_reconciler(self)
   }
 end
 
+-- The raft roles of node `self` (clusterkit.roles), wired to its core.
+local function new_roles(self)
+  return roles.new {
+    raft = {
+      configuration = function() return self._core:configuration() end,
+      leading = function() return self:is_leader() end,
+      term = function() return self._core:raft().term end,
+      assign = function(id, role) return membership.raft_call(self, "assign", id, role) end,
+    },
+    nodes = function() return self:_view().nodes end,
+    clock = {now = function() return hrtime() / 1e9 end},
+    sleep = sched.sleep,
+    lock = function(fn) return membership.with_lock(self, fn) end,
+    log = self.log,
+    opts = {voters = self.opts.voters, election_timeout = self.opts.election_timeout},
+  }
+end
+
 --- clusterkit.new(opts): a node, not started. Raises on misuse.
 function M.new(opts)
   local o = config.resolve(opts, "clusterkit.new")
@@ -122,7 +142,15 @@ function M.new(opts)
   end)
   self._change_cond = sched.cond()
   self._kv_cond = sched.cond() -- Signalled when a KV transaction was applied.
+  -- The control plane's components (each owns its state; node.lua wires
+  -- them to the core, the clock and each other).
   self.reconciler = new_reconciler(self)
+  self.detector = detector.new {
+    self_id = self.id, suspect_after = o.suspect_after, down_after = o.down_after,
+    -- A tick this late means heartbeats went unread (see detector.lua).
+    stall_after = math.max(2 * o.heartbeat_interval, o.suspect_after / 2),
+  }
+  self.roles = new_roles(self)
   if o.placement then
     local ok, mod = pcall(require, o.placement)
     local fn = ok and (type(mod) == "table" and mod.place or mod)
@@ -756,15 +784,8 @@ end
 function Node:_count_role_changes()
   local c = self._core
   if not c or c:closed() then return end
-  local roles, old = {}, self._roles
-  for _, s in ipairs(c:configuration()) do
-    roles[s.id] = s.role
-    local was = old and old[s.id]
-    if was and was ~= "spare" and was ~= s.role then
-      self.membership_changes.role = self.membership_changes.role + 1
-    end
-  end
-  self._roles = roles
+  local counts = self.membership_changes
+  counts.role = counts.role + self.roles:count_changes(c:configuration())
 end
 
 function Node:_on_event(ev)
@@ -1654,23 +1675,11 @@ function Node:_handover()
   end
   -- raft_transfer(0) may pick a voter that is down or stopping (it only
   -- looks at the log): choose an active one ourselves.
-  local status, det = {}, self._detector
+  local status, det = {}, self.detector
   for _, n in ipairs(self:_view().nodes) do
     status[n.raft_id] = not det:is_stopping(n.id) and n.status or "stopping"
   end
-  -- Prefer a voter raft heard from recently (a stopped node may still
-  -- look active in the state for a moment).
-  local target, fallback
-  for _, s in ipairs(c:configuration()) do
-    if s.role == "voter" and s.id ~= self.raft_id and status[s.id] == "active" then
-      if s.recent ~= false then
-        target = target or s
-      else
-        fallback = fallback or s
-      end
-    end
-  end
-  target = target or fallback
+  local target = roles.successor(c:configuration(), status, self.raft_id)
   if not target then
     self.log:warn("no live voter to hand leadership to")
     return false
