@@ -23,28 +23,25 @@ local coord = require "clusterkit.coord"
 local tlsm = require "clusterkit.tls"
 local metrics = require "clusterkit.metrics"
 local detector = require "clusterkit.detector"
-local is_down = detector.is_down
 local apim = require "clusterkit.api"
 local auth = require "clusterkit.auth"
 local backup = require "clusterkit.backup"
 local httpc = require "clusterkit.httpc"
 local membership = require "clusterkit.membership"
 local ui = require "clusterkit.ui"
+local viewm = require "clusterkit.view" -- Before the FFI declarations: it declares struct ck_hasher.
 local reconciler = require "clusterkit.reconciler"
 local roles = require "clusterkit.roles"
 
 local M = {}
 
 ffi.cdef [[
-struct ck_hasher { uint32_t algo; uint32_t partitions; bool tags; };
 struct ck_ffi_api {
   uint32_t (*partition)(const struct ck_hasher *h, const char *key, size_t len);
 };
 ]]
 local api = ffi.cast("const struct ck_ffi_api *", core.ffi_api())
 local hash_partition = api.partition
-local hasher_ptr_t = ffi.typeof("const struct ck_hasher *")
-local hasher_t = ffi.typeof("struct ck_hasher")
 
 local type, error, pairs, ipairs, tostring = type, error, pairs, ipairs, tostring
 local format = string.format
@@ -144,6 +141,10 @@ function M.new(opts)
   self._kv_cond = sched.cond() -- Signalled when a KV transaction was applied.
   -- The control plane's components (each owns its state; node.lua wires
   -- them to the core, the clock and each other).
+  self.view = viewm.new(function()
+    local c = self._core
+    return c and not c:closed() and c or nil
+  end)
   self.reconciler = new_reconciler(self)
   self.detector = detector.new {
     self_id = self.id, suspect_after = o.suspect_after, down_after = o.down_after,
@@ -182,221 +183,12 @@ end
 -- ---------------------------------------------------------------------------
 -- Views: Lua tables derived from the committed state, rebuilt lazily.
 -- ---------------------------------------------------------------------------
-
-local function public_node(n)
-  return {
-    id = n.id, name = n.name, ip = n.http_addr, http_addr = n.http_addr,
-    raft_addr = n.raft_addr, status = n.status, zone = n.zone, weight = n.weight,
-    services = n.services, status_since = n.status_since, raft_id = n.raft_id,
-    version = n.build ~= "" and n.build or nil,
-  }
-end
-
-local update_view -- Below build_view.
-local health_of   -- With the hooks.
-
--- Builds the lookup structures for one committed state:
---   nodes[i], by_id[id], pnodes[p+1] = {primary, replicas...} (node tables),
---   parts[p+1] = {id, index, primary_node, replica_nodes, epoch}.
-local function build_view(raw, hasher)
-  local v = {index = raw.index, table_index = raw.table_index, ready = raw.initialized,
-             feature_level = raw.feature_level or 1}
-  local nodes, by_id = {}, {}
-  for i, n in ipairs(raw.nodes) do
-    local pn = public_node(n)
-    nodes[i], by_id[n.id] = pn, pn
-  end
-  v.nodes, v.by_id = nodes, by_id
-  if not raw.initialized then
-    return v
-  end
-  v.cluster_id, v.name = raw.cluster_id, raw.name
-  v.partitions, v.replication = raw.partitions, raw.replication
-  v.hash_algo, v.hash_tags = raw.hash_algo, raw.hash_tags
-  -- A copy the view owns: the core's hasher lives in the replicated state,
-  -- which close frees while a hook or handler may still hold this view
-  -- (lookups during stop read freed memory when this was a pointer).
-  v.hasher = hasher_t(ffi.cast(hasher_ptr_t, hasher)[0])
-  local pnodes, parts, replicas = {}, {}, {}
-  local owners, w, epochs = raw.owners, raw.width, raw.epochs
-  for p = 1, raw.partitions do
-    local row, rids, rnodes = {}, {}, {}
-    for k = 1, w do
-      local at = owners[(p - 1) * w + k]
-      if at == 0 then break end
-      row[k] = nodes[at]
-      if k > 1 then
-        rids[k - 1] = nodes[at].id
-        rnodes[k - 1] = nodes[at]
-      end
-    end
-    pnodes[p], replicas[p] = row, rnodes
-    parts[p] = {
-      id = "partition-" .. (p - 1), index = p - 1,
-      primary_node = row[1] and row[1].id or "", replica_nodes = rids, epoch = epochs[p],
-    }
-  end
-  v.pnodes, v.parts, v.replicas = pnodes, parts, replicas
-  return v
-end
-
-local new_table = require "table.new" -- LuaJIT's presized tables.
-
-local function shallow(t, nhash)
-  local c = new_table(0, nhash or 16)
-  for k, x in pairs(t) do c[k] = x end
-  return c
-end
-
-local function copy_list(t)
-  local n = #t
-  local c = new_table(n, 0)
-  for i = 1, n do c[i] = t[i] end
-  return c
-end
-
--- The partitions each node holds, by node id: {[id] = {[p] = true}}, for
--- the rows of view v. Built once from the rows (P x RF), then kept up to
--- date by update_view from the record.
-local function index_row(idx, p, row)
-  for k = 1, #row do
-    local set = idx[row[k].id]
-    if not set then set = {}; idx[row[k].id] = set end
-    set[p] = true
-  end
-end
-
-local function rows_of(v)
-  local idx = v.rows_of
-  if idx then return idx end
-  idx = {}
-  for p = 1, #(v.pnodes or {}) do index_row(idx, p, v.pnodes[p]) end
-  v.rows_of = idx
-  return idx
-end
-
--- A row of node tables and its replicas from a list of owners (ids, or
--- the node tables of an older row), each resolved by lookup(id); nil when
--- one is unknown.
-local function resolve_row(owners, lookup)
-  local row, rnodes = {}, {}
-  for k = 1, #owners do
-    local o = owners[k]
-    local n = lookup(type(o) == "table" and o.id or o)
-    if not n then return nil end
-    row[k] = n
-    if k > 1 then rnodes[k - 1] = n end
-  end
-  return row, rnodes
-end
-
--- The owners' ids of a row of node tables.
-local function row_ids(row)
-  local ids = {}
-  for k = 1, #row do ids[k] = row[k].id end
-  return ids
-end
-
--- The view of the next committed state, from the previous one and the
--- core's record of what changed in between (node:changes()): only the node
--- entries and rows that changed are read from C and built again. Before,
--- every commit copied the whole state into Lua and rebuilt every derived
--- structure on every node: O(cluster size) per commit, most of a
--- follower's work while a 100-node cluster formed.
---
--- What a commit costs here does not grow with the number of nodes: the
--- node list and the id index are shared with `old` and patched in place
--- (a changed entry gets a new table; `old` then answers with the new
--- entries too), the rows that hold a changed node are found through
--- rows_of, and the three per-partition lists are copied (P pointers, so
--- that `old`'s rows stay as they were for the hooks' diff). Returns the new
--- view and the list of {new = entry, old = entry or nil} for the diff, or
--- nil when the record cannot be applied; then nothing was touched and the
--- caller builds the view from scratch.
-function update_view(old, c, rows, changed)
-  local index, table_index = c:index()
-  local nodes, by_id = old.nodes, old.by_id
-  -- First everything that can fail, touching nothing shared.
-  local patch, entries, order = {}, {}, {} -- position -> new entry; id -> {new, old}; ids
-  for _, i in ipairs(changed) do
-    local raw = c:node_at(i)
-    if not raw then return nil end
-    local pn, was = public_node(raw), nodes[i]
-    if was and was.id ~= pn.id then return nil end -- Positions moved: not ours to patch.
-    if not was and i ~= #nodes + 1 and not patch[i - 1] then return nil end
-    patch[i] = pn
-    local e = entries[pn.id]
-    if e then
-      e.new = pn
-    else
-      entries[pn.id], order[#order + 1] = {new = pn, old = was}, pn.id
-    end
-  end
-  local function lookup(id)
-    local e = entries[id]
-    return e and e.new or by_id[id]
-  end
-  local v = shallow(old)
-  v.index, v.table_index = index, table_index
-  local pnodes, replicas, parts
-  local moved = {} -- p -> the row's old owner ids, for rows_of
-  if old.ready and (#rows > 0 or next(entries)) then
-    pnodes, replicas, parts = copy_list(old.pnodes), copy_list(old.replicas), copy_list(old.parts)
-    local idx = rows_of(old)
-    -- Rows holding a node whose entry changed point at its new table.
-    for id, e in pairs(entries) do
-      if e.old then
-        for p in pairs(idx[id] or {}) do
-          pnodes[p], replicas[p] = resolve_row(pnodes[p], lookup)
-        end
-      end
-    end
-    for _, ch in ipairs(rows) do
-      local p = ch.index + 1
-      moved[p] = moved[p] or row_ids(old.pnodes[p] or {})
-      local row, rnodes = resolve_row(ch.owners, lookup)
-      if not row then return nil end -- Not in this view: the caller rebuilds.
-      pnodes[p], replicas[p] = row, rnodes
-      parts[p] = {id = "partition-" .. (p - 1), index = p - 1, primary_node = row[1] and row[1].id or "",
-                  replica_nodes = {unpack(ch.owners, 2)}, epoch = ch.epoch}
-    end
-    v.pnodes, v.replicas, v.parts = pnodes, replicas, parts
-  end
-  -- Then the shared structures.
-  for i, pn in pairs(patch) do
-    nodes[i], by_id[pn.id] = pn, pn
-  end
-  local idx = old.rows_of
-  if idx and next(moved) then
-    for p, was in pairs(moved) do
-      for _, id in ipairs(was) do
-        local set = idx[id]
-        if set then set[p] = nil end
-      end
-      index_row(idx, p, pnodes[p])
-    end
-  end
-  v.rows_of = idx
-  local list = {}
-  for k, id in ipairs(order) do list[k] = entries[id] end
-  return v, list
-end
-
--- For tests/lua/view_spec.lua: the two ways a view comes to be.
-M._build_view, M._update_view = function(...) return build_view(...) end, function(...) return update_view(...) end
+-- The node's view of the committed state is clusterkit.view's (self.view):
+-- lookups read its current view, hooks fire from its diff.
+local public_node = viewm.public_node
 
 function Node:_view()
-  local v = self._cached
-  if v then
-    return v
-  end
-  local c = self._core
-  if not c or c:closed() then
-    return self._last_view or {ready = false, nodes = {}, by_id = {}, index = 0, feature_level = 1}
-  end
-  v = build_view(c:view(), c:hasher())
-  self._cached, self._last_view = v, v
-  return v
+  return self.view:current()
 end
 
 local not_ready = errors.new("NOT_READY", "the cluster state is not initialised yet")
@@ -413,7 +205,7 @@ local function lookup(self, key, fn)
   if self.status == "stopped" then
     error("clusterkit: " .. fn .. ": node is stopped", 3)
   end
-  local v = self._cached or self:_view()
+  local v = self.view:current()
   if not v.ready then
     return nil
   end
@@ -714,9 +506,10 @@ function Node:on(event, fn)
   local list = self._hooks[event] or {}
   list[#list + 1] = fn
   self._hooks[event] = list
-  if event == "cluster_health_change" and self._health == nil and self._prev_view then
-    -- Health is followed only while someone listens (_diff): from now.
-    self._health = health_of(self._prev_view)
+  local shown = self.view:previous()
+  if event == "cluster_health_change" and self._health == nil and shown then
+    -- Health is followed only while someone listens (_fire_changes): from now.
+    self._health = viewm.health(shown)
   end
   -- Series from the start: a hook that never failed shows 0, not nothing.
   self.hook_time:get(event)
@@ -798,25 +591,10 @@ function Node:_on_event(ev)
     -- The record of what changed up to this state, taken in the same step
     -- as the view is updated (no yield in between, and the core applies
     -- only on this loop).
-    local changes, gap, nodes_changed, whole
-    if self._core and not self._core:closed() then
-      changes, gap, nodes_changed, whole = self._core:changes()
-    end
     self.http:fast_reset() -- Before anything can answer from the new state.
-    local old = self._prev_view
-    local v, entries
-    if old and old == self._cached and changes and not gap and not whole then
-      v, entries = update_view(old, self._core, changes, nodes_changed)
-    end
-    if v then
-      self._cached, self._last_view = v, v
-    else
-      self._cached = nil
-      v = self:_view()
-    end
+    local v, old, changes, gap, entries = self.view:advance()
     self:_persist()
-    self:_diff(old, v, changes, gap, entries)
-    self._prev_view = v
+    self:_fire_changes(old, v, changes, gap, entries)
     self:_fire("state_change", {index = v.index})
     self:_check_self(v)
   end
@@ -847,6 +625,21 @@ function Node:_on_event(ev)
   if ev ~= "closed" then
     self:_reconcile()
   end
+end
+
+-- Fires the hooks for what changed between two views (clusterkit.view's
+-- diff) and counts the membership changes. Runs on every node, after the
+-- state changed (never inside the apply).
+function Node:_fire_changes(old, new, changes, gap, entries)
+  local hooks = self._hooks
+  local events, counts, health = viewm.diff(old, new, changes, gap, entries, {
+    me = self.id, rows = hooks.partition_change ~= nil,
+    health = hooks.cluster_health_change and (self._health or false) or nil,
+  })
+  if health then self._health = health end
+  local total = self.membership_changes -- clusterkit_membership_changes_total
+  for kind, n in pairs(counts) do total[kind] = total[kind] + n end
+  for _, e in ipairs(events) do self:_fire(e[1], e[2]) end
 end
 
 local function ids_of(row)
@@ -945,8 +738,8 @@ function Node:_removed_now(reason)
   self._removed = reason
   self.log:error("removed from the cluster: %s. Stopping; to join again, start it with an empty "
     .. "DATA_DIR and a JOIN_ADDR", reason)
-  local v = self._last_view
-  if v and v.ready then
+  local v = self.view:current()
+  if v.ready then
     for p = 1, v.partitions do
       local row = v.pnodes[p]
       for k = 1, #row do
@@ -968,161 +761,6 @@ function Node:_removed_now(reason)
     self:stop()
     if M.on_removed then M.on_removed(self, reason) end
   end)
-end
-
--- The health of the cluster as this node sees it: "healthy" when every
--- node is active and every partition has min(RF, eligible nodes) owners;
--- "degraded" otherwise; "unavailable" when some partition has no owner.
-function health_of(v)
-  if not v.ready then return "unavailable" end
-  local eligible = 0
-  local ok = true
-  for _, n in ipairs(v.nodes) do
-    if n.status == "active" or n.status == "suspect" then eligible = eligible + 1 end
-    if n.status ~= "active" and n.status ~= "left" then ok = false end
-  end
-  local want = math.min(v.replication, eligible)
-  for p = 1, v.partitions do
-    local row = v.pnodes[p]
-    if #row == 0 then return "unavailable" end
-    for k = 1, #row do
-      if is_down(row[k].status) then ok = false end
-    end
-    if #row < want then ok = false end
-  end
-  return ok and "healthy" or "degraded"
-end
-
--- This node's part in a row change: gain, lose, promote, demote or none.
-local function role_in(me, was_ids, is_ids)
-  local was, is = "", ""
-  for k = 1, #was_ids do if was_ids[k] == me then was = k == 1 and "primary" or "replica" end end
-  for k = 1, #is_ids do if is_ids[k] == me then is = k == 1 and "primary" or "replica" end end
-  if was == "" and is ~= "" then return "gain"
-  elseif was ~= "" and is == "" then return "lose"
-  elseif was == "replica" and is == "primary" then return "promote"
-  elseif was == "primary" and is == "replica" then return "demote"
-  end
-  return "none"
-end
-
-local function same_ids(a, b)
-  if #a ~= #b then return false end
-  for k = 1, #a do
-    if a[k] ~= b[k] then return false end
-  end
-  return true
-end
-
-function Node:_fire_row(p, was, is, epoch, old_epoch, resync)
-  local old_replicas, new_replicas = {}, {}
-  for k = 2, #was do old_replicas[k - 1] = was[k] end
-  for k = 2, #is do new_replicas[k - 1] = is[k] end
-  self:_fire("partition_change", {
-    partition = "partition-" .. (p - 1), index = p - 1, epoch = epoch, old_epoch = old_epoch,
-    old_primary = was[1] or "", new_primary = is[1] or "",
-    old_replicas = old_replicas, new_replicas = new_replicas, role = role_in(self.id, was, is),
-    resync = resync or nil,
-  })
-end
-
--- One partition_change per row change, in apply order, from the core's
--- record of the rows (node:changes()). Several commits are often applied
--- before this node looks (a follower catching up after a pause, a batch of
--- entries in one append): comparing only the view before and after would miss
--- a row that lost this node and got it back (no event at all, yet the node
--- was no owner for an epoch and missed that epoch's writes: the fault suite's
--- pause-lock-holder caught a stale read through it) or see a lose and a
--- gain as one promote.
-function Node:_replay_rows(old, new, changes)
-  local rows, epochs = {}, {}
-  for _, ch in ipairs(changes) do
-    local p = ch.index + 1
-    if p <= new.partitions then
-      local was = rows[p] or row_ids(old.pnodes[p])
-      local old_epoch = epochs[p] or old.parts[p].epoch
-      if not same_ids(was, ch.owners) then
-        self:_fire_row(p, was, ch.owners, ch.epoch, old_epoch)
-      end
-      rows[p], epochs[p] = ch.owners, ch.epoch
-    end
-  end
-end
-
--- Without the record (a snapshot was installed, or the record outgrew its
--- bound): one event per row that differs between the two views. A row whose
--- epoch moved further than the owners' difference explains (more than one
--- epoch, or a new epoch with the same owners) went through changes that are
--- not known here: its event says resync = true (treat what this node holds
--- of it as possibly stale, as after a gain).
-function Node:_compare_rows(old, new)
-  for p = 1, new.partitions do
-    local was, is = row_ids(old.pnodes[p]), row_ids(new.pnodes[p])
-    local e0, e1 = old.parts[p].epoch, new.parts[p].epoch
-    local same = same_ids(was, is)
-    if not same or e0 ~= e1 then
-      self:_fire_row(p, was, is, e1, e0, e1 > e0 + 1 or (same and e1 ~= e0))
-    end
-  end
-end
-
--- Fires membership and partition hooks for what changed between two views;
--- changes and gap: the core's record of the rows (node:changes());
--- entries: the node entries that changed, {new =, old = (nil: it joined)},
--- when `new` was updated from the record (nil: compare every entry, and look
--- for removals; `old` then still holds its own entries).
--- Runs on every node, after the state changed (never inside the apply).
-function Node:_diff(old, new, changes, gap, entries)
-  if not old then
-    if self._hooks.cluster_health_change then self._health = health_of(new) end
-    return
-  end
-  local counts = self.membership_changes -- clusterkit_membership_changes_total
-  local list = entries
-  if not list then
-    list = {}
-    for i, n in ipairs(new.nodes) do list[i] = {new = n, old = old.by_id[n.id]} end
-  end
-  for _, e in ipairs(list) do
-    local n, o = e.new, e.old
-    if not o then
-      counts.join = counts.join + 1
-      self:_fire("node_join", {node = n})
-    elseif o.status ~= n.status then
-      local kind = n.status == "left" and "leave" or "status"
-      counts[kind] = counts[kind] + 1
-      if is_down(n.status) or n.status == "left" then
-        self:_fire("node_leave", {node = n, reason = n.status})
-      elseif n.status == "active" and is_down(o.status) then
-        self:_fire("node_rejoin", {node = n, previous = o.status,
-          offline_ms = math.max(0, (n.status_since or 0) - (o.status_since or 0))})
-      end
-    end
-  end
-  -- A removal always comes without positions (the record says `whole`).
-  if not entries then
-    for _, o in ipairs(old.nodes) do
-      if not new.by_id[o.id] then
-        counts.remove = counts.remove + 1
-        self:_fire("node_leave", {node = o, reason = "removed"})
-      end
-    end
-  end
-  if new.ready and old.ready and new.partitions == old.partitions and self._hooks.partition_change then
-    if changes and not gap then
-      self:_replay_rows(old, new, changes)
-    else
-      self:_compare_rows(old, new)
-    end
-  end
-  -- O(nodes + slots): only for those who listen.
-  if not self._hooks.cluster_health_change then return end
-  local h = health_of(new)
-  if h ~= self._health then
-    local was = self._health
-    self._health = h
-    self:_fire("cluster_health_change", {health = h, previous = was})
-  end
 end
 
 -- cluster-state.json: the committed state, human-readable, replaced
@@ -1808,7 +1446,7 @@ function Node:stop()
   self:_wait_until(function() return not self._writing end, 5)
   self.status = "stopped"
   M.running[self] = nil
-  self._cached = nil
+  self.view:forget()
   self._cond:signal("stopped")
   self.log:info("stopped")
   return true

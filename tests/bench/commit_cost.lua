@@ -76,7 +76,7 @@ local function bench(N)
   local function measure(kind, rebuild)
     times = {}
     for r = 1, ROUNDS do
-      if rebuild then ck._cached = nil end -- The update has no base: a rebuild.
+      if rebuild then ck.view:forget() end -- The update has no base: a rebuild.
       if kind == "status" then
         local id = ids[(r % (N - 1)) + 2]
         propose(core.encode_status(id, r % 2 == 0 and "active" or "suspect", core.time_ms()))

@@ -11,7 +11,7 @@
 -- cost, and a follower's cost per committed status change.
 local core = require "clusterkit.core"
 local detector = require "clusterkit.detector"
-local nodem = require "clusterkit.node"
+local viewm = require "clusterkit.view"
 
 local TICK, RAFT_HB, REPORT = 0.2, 0.05, 1.0 -- heartbeat_interval, heartbeat_timeout, 5 intervals
 local SUSPECT, DOWN = 0.75, 1.5
@@ -87,7 +87,7 @@ local function sim(N, crashed)
       index = index + 1
       status[c.id] = c.status
       local t1 = core.hrtime()
-      local v = nodem._update_view(view, fake, {}, {positions[c.id]})
+      local v = viewm.update(view, fake, {}, {positions[c.id]})
       follower[#follower + 1] = (core.hrtime() - t1) / 1e3
       view = v
       if c.status == "down" and dead[c.id] then marked_down = marked_down + 1 end

@@ -1,9 +1,10 @@
 -- partition_change events from the core's record of row changes: one per
 -- change, in apply order, also when the view before and after look alike.
--- Drives Node:_diff with built views and change lists (no loop, no raft), and
+-- Drives clusterkit.view's diff with built views and change lists (no loop, no raft), and
 -- once through a real node's core.
 local clusterkit = require "clusterkit"
 local testnode = require "testnode"
+local viewm = require "clusterkit.view"
 
 local function node_t(id)
   return {id = id, status = "active"}
@@ -28,14 +29,10 @@ local function view(rows, epochs)
 end
 
 local function events(me, old, new, changes, gap)
-  local ck = clusterkit.new({node_id = me, http_addr = "127.0.0.1:0", raft_addr = "127.0.0.1:1",
-                             data_dir = testnode.tmpdir(), log_level = "error"})
   local got = {}
-  ck:on("partition_change", function() end) -- so that the diff looks at rows
-  ck._fire = function(_, ev, info)
-    if ev == "partition_change" then got[#got + 1] = info end
+  for _, e in ipairs((viewm.diff(old, new, changes, gap, nil, {me = me, rows = true}))) do
+    if e[1] == "partition_change" then got[#got + 1] = e[2] end
   end
-  ck:_diff(old, new, changes, gap)
   return got
 end
 
@@ -87,11 +84,11 @@ describe("partition_change from the change record", function()
       ck:stop()
       os.execute("rm -rf '" .. opts.data_dir .. "'")
     end)
-    local seen, diff = {}, ck._diff
-    ck._diff = function(self, old, new, changes, gap)
+    local seen, fire = {}, ck._fire_changes
+    ck._fire_changes = function(self, old, new, changes, gap, ...)
       assert.is_false(gap)
       for _, ch in ipairs(changes) do seen[#seen + 1] = ch end
-      return diff(self, old, new, changes, gap)
+      return fire(self, old, new, changes, gap, ...)
     end
     local e0 = ck:partition(0).epoch
     -- Two tables proposed in one go (often applied in one loop turn): every

@@ -6,7 +6,7 @@
 -- compares the two views at every applied event.
 local clusterkit = require "clusterkit"
 local core = require "clusterkit.core"
-local nodem = require "clusterkit.node"
+local viewm = require "clusterkit.view"
 local testnode = require "testnode"
 
 local P, RF = 8, 2
@@ -44,14 +44,14 @@ describe("the view updated from the change record", function()
     end)
     local c = ck._core
     local events, incremental, mismatches = 0, 0, {}
-    local diff = ck._diff
-    ck._diff = function(self, old, new, changes, gap, changed)
+    local fire = ck._fire_changes
+    ck._fire_changes = function(self, old, new, changes, gap, changed)
       events = events + 1
       if changed then incremental = incremental + 1 end
-      local full = nodem._build_view(c:view(), c:hasher())
+      local full = viewm.build(c:view(), c:hasher())
       local a, b = canon(new), canon(full)
-    if not pcall(assert.are.same, b, a) then mismatches[#mismatches + 1] = {events, changed ~= nil} end
-      return diff(self, old, new, changes, gap, changed)
+      if not pcall(assert.are.same, b, a) then mismatches[#mismatches + 1] = {events, changed ~= nil} end
+      return fire(self, old, new, changes, gap, changed)
     end
 
     math.randomseed(4242)
@@ -106,7 +106,7 @@ describe("the view updated from the change record", function()
       clusterkit.sleep(0.01)
     end
     assert.are.same({}, mismatches)
-    assert.are.same(canon(nodem._build_view(c:view(), c:hasher())), canon(ck:_view()))
+    assert.are.same(canon(viewm.build(c:view(), c:hasher())), canon(ck:_view()))
     -- Most events took the incremental path (removals and the start do not).
     assert.is_true(events >= 30, "events: " .. events)
     assert.is_true(incremental * 2 > events, ("incremental %d of %d"):format(incremental, events))
