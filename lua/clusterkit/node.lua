@@ -32,6 +32,7 @@ local ui = require "clusterkit.ui"
 local viewm = require "clusterkit.view" -- Before the FFI declarations: it declares struct ck_hasher.
 local reconciler = require "clusterkit.reconciler"
 local roles = require "clusterkit.roles"
+local joiner = require "clusterkit.joiner"
 
 local M = {}
 
@@ -137,7 +138,6 @@ function M.new(opts)
     local r = self._core and not self._core:closed() and self._core:raft()
     return r and format("%s t=%d", self.id, r.term) or self.id
   end)
-  self._change_cond = sched.cond()
   self._kv_cond = sched.cond() -- Signalled when a KV transaction was applied.
   -- The control plane's components (each owns its state; node.lua wires
   -- them to the core, the clock and each other).
@@ -152,6 +152,23 @@ function M.new(opts)
     stall_after = math.max(2 * o.heartbeat_interval, o.suspect_after / 2),
   }
   self.roles = new_roles(self)
+  self.joiner = joiner.new {
+    join_addr = o.join_addr,
+    request = function(target, body)
+      return httpc.request {
+        tls = self._tls_client, method = "POST", url = self.scheme .. "://" .. target .. "/join",
+        headers = auth.headers(self), body = body, timeout = 5,
+      }
+    end,
+    body = function() return membership.join_body(self) end,
+    decode = json.decode,
+    clock = {now = function() return hrtime() / 1e9 end},
+    sleep = sched.sleep,
+    running = function() return self.status == "running" end,
+    done = function(err) if err then self._cond:signal("join_failed") end end,
+    log = self.log,
+    opts = {election_timeout = o.election_timeout},
+  }
   if o.placement then
     local ok, mod = pcall(require, o.placement)
     local fn = ok and (type(mod) == "table" and mod.place or mod)
@@ -632,9 +649,10 @@ end
 -- state changed (never inside the apply).
 function Node:_fire_changes(old, new, changes, gap, entries)
   local hooks = self._hooks
+  local followed -- The health last reported; false: not yet; nil: nobody listens.
+  if hooks.cluster_health_change then followed = self._health or false end
   local events, counts, health = viewm.diff(old, new, changes, gap, entries, {
-    me = self.id, rows = hooks.partition_change ~= nil,
-    health = hooks.cluster_health_change and (self._health or false) or nil,
+    me = self.id, rows = hooks.partition_change ~= nil, health = followed,
   })
   if health then self._health = health end
   local total = self.membership_changes -- clusterkit_membership_changes_total
@@ -1207,7 +1225,7 @@ function Node:start()
       self:stop()
       return nil, errors.new("INVALID", "a new node needs bootstrap = true or a join_addr")
     end
-    sched.spawn(function() membership.join(self) end)
+    sched.spawn(function() self.joiner:run(false) end)
   else
     -- Restarted with its data dir at a new raft address (a new pod IP, say):
     -- peers would keep dialling the old one, so ask to be re-admitted.
@@ -1225,16 +1243,15 @@ function Node:start()
       end
       if via then
         self.log:info("raft address changed from %s to %s: rejoining through %s", moved, o.raft_addr, via)
-        self._rejoin_via = via
-        sched.spawn(function() membership.join(self, true) end)
+        sched.spawn(function() self.joiner:run(true, via) end)
       else
         self.log:warn("raft address changed from %s, and no other node is known to rejoin through", moved)
       end
     end
   end
-  local ready = self:_wait_until(function() return self._join_error or self:_ready() end, o.start_timeout)
-  if self._join_error then
-    local err = self._join_error
+  local ready = self:_wait_until(function() return self.joiner.error or self:_ready() end, o.start_timeout)
+  if self.joiner.error then
+    local err = self.joiner.error
     self:stop()
     return nil, err
   end
@@ -1244,7 +1261,7 @@ function Node:start()
   end
   if not ready then
     return nil, errors.new("TIMEOUT", format("not part of a ready cluster after %gs%s", o.start_timeout,
-      self._join_cause and " (last join attempt: " .. self._join_cause .. ")" or ""))
+      self.joiner.cause and " (last join attempt: " .. self.joiner.cause .. ")" or ""))
   end
   sched.spawn(coord.clean_own, self)
   return true

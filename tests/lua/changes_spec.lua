@@ -120,4 +120,30 @@ describe("partition_change from the change record", function()
     assert.are.same({e0 + 1, {}}, zero[1])
     assert.are.same({e0 + 2, {"n1"}}, zero[2])
   end)
+
+  it("fires cluster_health_change through a node whose hook was set before it started", function()
+    local ck, opts = testnode.new("n1", {partition_count = 4, replication_factor = 1,
+                                         suspect_after = 30, down_after = 60})
+    local seen, c = {}, clusterkit.cond()
+    ck:on("cluster_health_change", function(ev)
+      seen[#seen + 1] = ev.health .. "<" .. tostring(ev.previous)
+      c:signal()
+    end)
+    assert(ck:start())
+    finally(function()
+      ck:stop()
+      os.execute("rm -rf '" .. opts.data_dir .. "'")
+    end)
+    -- A second member, down: the cluster is degraded from then on.
+    local core = require "clusterkit.core"
+    assert(ck._core:propose(core.encode_node {
+      id = "ghost", name = "ghost", http_addr = "127.0.0.1:9", raft_addr = "127.0.0.1:9", zone = "", weight = 1,
+      services = {}, raft_id = core.raft_id("ghost"), status = "down", time_ms = 1,
+    }, function() end))
+    for _ = 1, 100 do
+      if #seen >= 2 then break end
+      c:wait(0.05)
+    end
+    assert.are.same({"healthy<unavailable", "degraded<healthy"}, seen)
+  end)
 end)
