@@ -64,17 +64,33 @@ local function raft_call(node, method, ...)
   end)
 end
 
--- Runs fn() while holding the node's change lock (FIFO).
+-- What this module keeps per node (weak keys: it goes with the node): the
+-- change lock (changing, its cond), the members' build reports, whether a
+-- leader tick runs, and whether the missing quorum was warned about.
+local states = setmetatable({}, {__mode = "k"})
+
+local function state(node)
+  local s = states[node]
+  if not s then
+    s = {changing = false, cond = sched.cond(), reports = {}, ticking = false, quorum_warned = false}
+    states[node] = s
+  end
+  return s
+end
+
 local upgrade_locked -- Below, with the rest of rolling upgrades.
 
+--- Runs fn() while holding the node's change lock (FIFO): one raft
+-- configuration or membership change at a time.
 local function with_lock(node, fn)
-  while node._changing do
-    node._change_cond:wait(5)
+  local s = state(node)
+  while s.changing do
+    s.cond:wait(5)
   end
-  node._changing = true
+  s.changing = true
   local ok, a, b, c = xpcall(fn, debug.traceback)
-  node._changing = false
-  node._change_cond:signal()
+  s.changing = false
+  s.cond:signal()
   if not ok then
     node.log:error("membership change failed: %s", tostring(a))
     return nil, errors.new("INTERNAL", "membership change failed")
@@ -280,7 +296,7 @@ end
 -- Node:_check_removed.) Finish it, one step per tick, never waiting for
 -- the change lock: the ticker must not stall behind a POST /leave.
 local function finish_leaves(node, v)
-  if node._changing then return end
+  if state(node).changing then return end
   for _, n in ipairs(v.nodes) do
     if n.status == "left" and n.id ~= node.id and not in_table(v, n.id) then
       local raft_id = core.raft_id(n.id)
@@ -313,8 +329,7 @@ local REPORT_TTL = 5
 --- Records what node `id` said of its build (leader only, in memory: a new
 -- leader hears every member again within a heartbeat interval).
 function M.note_report(node, id, level, build)
-  node._reports = node._reports or {}
-  node._reports[id] = {level = level, build = build, at = now()}
+  state(node).reports[id] = {level = level, build = build, at = now()}
 end
 
 -- Raises the committed feature level when every member (every node in the
@@ -324,7 +339,7 @@ end
 -- (a trailing field), one per tick. Returns true when it proposed.
 function upgrade_locked(node)
   local v = node:_view()
-  local reports, t = node._reports or {}, now()
+  local reports, t = state(node).reports, now()
   local target = core.FEATURE_LEVEL
   if v.feature_level < target then
     for _, n in ipairs(v.nodes) do
@@ -363,13 +378,14 @@ function M.upgrade_step(node)
   -- admitted at level 1 behind a raise to 2), and an upsert rewrites a
   -- whole entry, so it must not land behind a status (left) that remove
   -- has in flight. The ticker never waits for the lock.
-  if node._changing then return false end
+  if state(node).changing then return false end
   return with_lock(node, function() return upgrade_locked(node) end)
 end
 
 function M.leader_tick(node)
-  if node._ticking then return end
-  node._ticking = true
+  local s = state(node)
+  if s.ticking then return end
+  s.ticking = true
   local ok, err = xpcall(function()
     local v = node:_view()
     if not v.ready then return end
@@ -383,10 +399,10 @@ function M.leader_tick(node)
     if why == "stalled" then
       node.log:warn("the loop stalled (no tick for over %.2fs): every node's grace period restarts",
         det.stall_after)
-    elseif why == "no_quorum" and not node._quorum_warned then
+    elseif why == "no_quorum" and not s.quorum_warned then
       node.log:warn("not heard from a quorum of voters: holding liveness changes")
     end
-    node._quorum_warned = why == "no_quorum"
+    s.quorum_warned = why == "no_quorum"
     for _, c in ipairs(changes) do
       if node:is_leader() then set_status(node, c.id, c.status, c.why) end
     end
@@ -403,7 +419,7 @@ function M.leader_tick(node)
       node.reconciler:tick() -- A down node's grace period may have ended.
     end
   end, debug.traceback)
-  node._ticking = false
+  s.ticking = false
   if not ok then
     node.log:error("leader tick: %s", tostring(err))
   end
@@ -483,8 +499,8 @@ local function join_config(node)
   return cfg
 end
 
--- The join request body: the Go library's shape plus our fields.
-local function join_body(node)
+--- The join request body: the Go library's shape plus our fields.
+function M.join_body(node)
   local me = node:_my_entry()
   local _, port = config.parse_addr(me.http_addr)
   return json.encode {
@@ -494,102 +510,6 @@ local function join_body(node)
     config = join_config(node),
     features = core.FEATURE_LEVEL, build = core.version,
   }
-end
-
--- A short, printable excerpt of a foreign answer's body.
-local function excerpt(s)
-  s = tostring(s or ""):gsub("[%c]+", " ")
-  return #s > 80 and s:sub(1, 80) .. "..." or s
-end
-
--- Why one join attempt failed: a cause (warned about once per cause and
--- target) and a sentence for the operator. `e` is the answer's clusterkit
--- error object (empty when there is none).
-local function join_failure(target, res, err, body, e)
-  if not res then
-    local m = tostring(err and err.message or err)
-    if m:find("TLS", 1, true) then
-      return "tls", format("TLS with %s failed (%s): do this node's TLS_CERT and the cluster's TLS_CA come "
-        .. "from the same CA, and is JOIN_ADDR an https node?", target, m)
-    elseif m:find("refused", 1, true) then
-      return "refused", format("nothing accepts connections at %s (connection refused): is the node "
-        .. "there running, and is this its HTTP address?", target)
-    elseif err and err.code == "TIMEOUT" then
-      return "timeout", format("%s did not answer in time (%s)", target, m)
-    elseif err and (err.code == "CLOSED" or err.code == "PROTOCOL") then
-      return "foreign", format("%s gave no HTTP answer (%s): is it a clusterkit node's HTTP address, "
-        .. "not its raft port or another service?", target, m)
-    end
-    return "unreachable", format("cannot reach %s: %s", target, m)
-  end
-  if e.code == "JOIN_SELF" then
-    return "self", format("%s is this node itself, which is not a member yet: JOIN_ADDR must reach a "
-      .. "member of the cluster", target)
-  end
-  if type(body) ~= "table" or (res.status ~= 200 and type(e.code) ~= "string") or res.status == 200 then
-    return "foreign", format("%s answered HTTP %d with something that is not clusterkit's (%s): is it a "
-      .. "clusterkit node's HTTP address?", target, res.status, excerpt(res.body))
-  end
-  return "answer " .. tostring(e.code), format("%s answered %d %s: %s", target, res.status, tostring(e.code),
-    tostring(e.message))
-end
-
---- Asks the cluster at join_addr to admit this node, following redirects
--- to the leader and retrying with backoff until admitted, refused (409/401,
--- then node._join_error is set) or stopped. Each distinct cause of a failed
--- attempt (nothing listening, a foreign answer, this node's own address) is
--- logged once at WARN; node._join_cause keeps the last one (start's
--- TIMEOUT names it).
-function M.join(node, readdress)
-  local target = node.opts.join_addr or node._rejoin_via
-  local delay = 0.05
-  local warned = {}
-  -- A node whose raft address changed under its data dir: the leader
-  -- re-admits it once raft stops hearing the old address (within an
-  -- election timeout or two), so a conflict is retried for a while.
-  local conflict_until = readdress and now() + 10 or 0
-  node._joining = true
-  while node.status == "running" do
-    local res, err = httpc.request {
-      tls = node._tls_client, method = "POST", url = node.scheme .. "://" .. target .. "/join",
-      headers = auth_headers(node), body = join_body(node), timeout = 5,
-    }
-    local body = res and json.decode(res.body)
-    local e = type(body) == "table" and type(body.error) == "table" and body.error or {}
-    if res and res.status == 200 and type(body) == "table" and body.status == "ok" then
-      node.log:info("admitted by %s", target)
-      node._joining, node._join_cause = false, nil
-      return true
-    end
-    if res and (res.status == 307 or e.code == "NOT_LEADER") and type(e.leader) == "string" then
-      target = e.leader
-      delay = 0.05
-    elseif res and res.status == 409 and e.code ~= "CONFIG_MISMATCH" and now() < conflict_until then
-      node.log:debug("join via %s: %s; retrying until raft lets go of the old address", target, res.body)
-      sched.sleep(node.opts.election_timeout)
-    elseif res and type(e.code) == "string" and (res.status == 409 or res.status == 401 or res.status == 400) then
-      node._join_error = errors.new(e.code, tostring(e.message or res.body))
-      node.log:error("join refused by %s: %s", target, tostring(node._join_error))
-      node._joining = false
-      node._cond:signal("join_failed")
-      return nil, node._join_error
-    else
-      local cause, why = join_failure(target, res, err, body, e)
-      node._join_cause = why
-      -- Network trouble and foreign answers are what an operator must see;
-      -- clusterkit's own "not now" answers (no leader yet) are routine.
-      if not warned[cause .. " " .. target] and not cause:find("^answer ") then
-        warned[cause .. " " .. target] = true
-        node.log:warn("join via %s failed: %s; retrying", target, why)
-      else
-        node.log:debug("join via %s failed: %s; retrying", target, why)
-      end
-      target = node.opts.join_addr or node._rejoin_via
-      sched.sleep(delay)
-      delay = math.min(delay * 2, 1)
-    end
-  end
-  node._joining = false
 end
 
 -- ---------------------------------------------------------------------------
@@ -701,7 +621,7 @@ function M.install(node)
     if body == nil then return res:error(400, "BAD_REQUEST", jerr) end
     local info, why = check_join(body)
     if not info then return res:error(400, "BAD_REQUEST", why) end
-    if node._joining and info.id == node.id then
+    if node.joiner.active and info.id == node.id then
       -- This node is joining too and receives a join for its own id: its
       -- JOIN_ADDR reaches itself. 503, not a refusal: a shared address (a
       -- load balancer, a DNS name) may reach a member on the next try.
@@ -790,5 +710,20 @@ end
 M.not_leader = not_leader
 M.check_join = check_join
 M.with_lock = with_lock
+
+--- Takes the change lock if it is free and keeps it (until release):
+-- true when taken. For tests that must hold membership changes back.
+function M.try_lock(node)
+  local s = state(node)
+  if s.changing then return false end
+  s.changing = true
+  return true
+end
+
+function M.release(node)
+  local s = state(node)
+  s.changing = false
+  s.cond:signal()
+end
 M.raft_call = raft_call
 return M
