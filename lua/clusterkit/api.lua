@@ -156,7 +156,8 @@ function M.install(node)
     local gone = node:_gone()
     if gone then
       -- Removed (or leaving): a load balancer must stop sending traffic here.
-      return res:json({status = gone, node_id = node.id, reason = node._removed or "leaving the cluster"}, 503)
+      return res:json({status = gone, node_id = node.id,
+                       reason = node.standing.removed_why or "leaving the cluster"}, 503)
     end
     return res:json({status = "healthy", node_id = node.id})
   end)

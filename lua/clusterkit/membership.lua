@@ -293,7 +293,7 @@ end
 -- or in the state is a leave that an earlier leader began and did not
 -- finish: it died between the steps of M.remove. (The leaving node keeps
 -- voting meanwhile, so that this survivor could be elected; see
--- Node:_check_removed.) Finish it, one step per tick, never waiting for
+-- standing.lua.) Finish it, one step per tick, never waiting for
 -- the change lock: the ticker must not stall behind a POST /leave.
 local function finish_leaves(node, v)
   if state(node).changing then return end

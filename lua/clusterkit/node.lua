@@ -33,6 +33,7 @@ local viewm = require "clusterkit.view" -- Before the FFI declarations: it decla
 local reconciler = require "clusterkit.reconciler"
 local roles = require "clusterkit.roles"
 local joiner = require "clusterkit.joiner"
+local standing = require "clusterkit.standing"
 
 local M = {}
 
@@ -152,6 +153,13 @@ function M.new(opts)
     stall_after = math.max(2 * o.heartbeat_interval, o.suspect_after / 2),
   }
   self.roles = new_roles(self)
+  self.standing = standing.new {
+    id = self.id, clock = {now = function() return hrtime() / 1e9 end},
+    probe = function(peer) return self:_ask_peer(peer) end,
+    spawn = sched.spawn,
+    removed = function(reason) return self:_removed_now(reason) end,
+    log = self.log, opts = {election_timeout = o.election_timeout},
+  }
   self.joiner = joiner.new {
     join_addr = o.join_addr,
     request = function(target, body)
@@ -613,7 +621,7 @@ function Node:_on_event(ev)
     self:_persist()
     self:_fire_changes(old, v, changes, gap, entries)
     self:_fire("state_change", {index = v.index})
-    self:_check_self(v)
+    if self.status == "running" then self.standing:saw(v) end
   end
   if ev == "raft" then
     -- X-CK-Known-Leader of the bodies C serves may have changed.
@@ -667,95 +675,18 @@ local function ids_of(row)
 end
 
 -- ---------------------------------------------------------------------------
--- This node's own membership. A node that the cluster removed (POST /leave,
--- ck:leave() on another node, an operator) must stop acting as a member: it
--- is no longer sent the log, so it would otherwise stay a raft candidate
--- forever, answer /health as healthy and serve a state that no longer moves.
---
--- It learns of it in one of three ways: its own status "left" is committed
--- (then the leader moves its partitions and removes it from raft, after
--- which it hears no leader any more), its entry disappears from the state,
--- or, when it was removed while it was away, a peer's /cluster no longer
--- lists it. Then it fires `lose` for the partitions it still holds, stops,
--- and clusterkit.node.on_removed (ckrun sets it) is called.
+-- This node's own standing (clusterkit.standing: member, leaving, removed)
 -- ---------------------------------------------------------------------------
 
 --- "removed", "leaving" or nil (a member).
 function Node:_gone()
-  return self._removed and "removed" or (self._leaving and "leaving") or nil
+  return self.standing:gone()
 end
 
-function Node:_check_self(v)
-  if self._removed or self.status ~= "running" then return end
-  local me = v.by_id[self.id]
-  if me and me.status ~= "left" then
-    self._registered, self._leaving = true, nil
-    return
-  end
-  if not self._registered then return end
-  if not me then
-    return self:_removed_now("its entry was removed from the cluster state")
-  end
-  if not self._leaving then
-    self._leaving = hrtime()
-    self.log:warn("this node's status is left: it is leaving the cluster and no longer serves as a member")
-  end
-end
-
--- Runs every tick on a node that is not the leader: finishes a removal
--- that raft will never tell us about, and asks a peer whether we are still
--- a member after a long time without a leader.
-function Node:_check_removed(r)
-  if self._removed or self.status ~= "running" then return end
-  if not self._leaderless_since then return end
-  local t = hrtime()
-  local quiet = (t - self._leaderless_since) / 1e9
-  local et = self.opts.election_timeout
-  -- A leaving voter must go on voting until raft removes it: when the
-  -- leader that began its leave dies, the survivors may need its vote to
-  -- elect the one that finishes the leave (finish_leaves in
-  -- membership.lua). Stopping after some leaderless time, as a standby
-  -- may, once left a 3-voter cluster with one live voter and no leader.
-  -- So a leaving voter asks a peer instead, soon.
-  if self._leaving and (r.role == nil or (r.role ~= "voter" and quiet > 3 * et)) then
-    return self:_removed_now("it left the cluster and no leader sends it the log any more")
-  end
-  local probe_after = (self._leaving and 3 * et) or math.max(5, 10 * et)
-  if quiet < probe_after or self._probing then return end
-  if self._next_probe and t < self._next_probe then return end
-  self._next_probe = t + 2e9
-  local v = self:_view()
-  if not v.ready then return end
-  local peers = {}
-  for _, n in ipairs(v.nodes) do
-    if n.id ~= self.id and n.status ~= "left" then peers[#peers + 1] = n end
-  end
-  if #peers == 0 then return end
-  self._probe_at = (self._probe_at or 0) % #peers + 1
-  local peer = peers[self._probe_at]
-  self.log:info("no leader for %.1fs: asking %s whether this node is still a member", quiet, peer.id)
-  self._probing = true
-  sched.spawn(function()
-    local res = httpc.request {
-      tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. peer.http_addr .. "/cluster",
-      headers = auth.headers(self), timeout = 1,
-    }
-    self._probing = false
-    local body = res and res.status == 200 and json.decode(res.body)
-    local c = type(body) == "table" and type(body.cluster) == "table" and body.cluster
-    if not c or c.id ~= v.cluster_id or type(c.nodes) ~= "table" then return end
-    for _, n in ipairs(c.nodes) do
-      if type(n) == "table" and n.id == self.id then return end
-    end
-    self:_removed_now("the cluster (as " .. peer.id .. " sees it) no longer lists this node")
-  end)
-end
-
+-- The cluster no longer counts this node as a member (self.standing
+-- decided): fires `lose` for the partitions it still holds, lingers, stops,
+-- and calls clusterkit.node.on_removed (ckrun sets it).
 function Node:_removed_now(reason)
-  if self._removed then return end
-  self._removed = reason
-  self.log:error("removed from the cluster: %s. Stopping; to join again, start it with an empty "
-    .. "DATA_DIR and a JOIN_ADDR", reason)
   local v = self.view:current()
   if v.ready then
     for p = 1, v.partitions do
@@ -779,6 +710,16 @@ function Node:_removed_now(reason)
     self:stop()
     if M.on_removed then M.on_removed(self, reason) end
   end)
+end
+
+-- What a peer's /cluster says (its "cluster" object), or nil.
+function Node:_ask_peer(peer)
+  local res = httpc.request {
+    tls = self._tls_client, method = "GET", url = self.scheme .. "://" .. peer.http_addr .. "/cluster",
+    headers = auth.headers(self), timeout = 1,
+  }
+  local body = res and res.status == 200 and json.decode(res.body)
+  return type(body) == "table" and type(body.cluster) == "table" and body.cluster or nil
 end
 
 -- cluster-state.json: the committed state, human-readable, replaced
@@ -1291,16 +1232,11 @@ function Node:_start_ticker()
     local c = self._core
     if c and not c:closed() then
       local r = c:raft()
-      if r.leader_id then
-        self._leaderless_since = nil
-      else
-        self._leaderless_since = self._leaderless_since or hrtime()
-      end
+      if self.status == "running" then self.standing:tick(r, self:_view()) end
       coord.tick(self, r)
       if r.state == "leader" then
         membership.leader_tick(self)
       else
-        self:_check_removed(r)
         membership.heartbeat(self)
       end
     end
@@ -1444,7 +1380,7 @@ function Node:stop()
   local leading = self._core and not self._core:closed() and self._core:raft().state == "leader"
   self.status = "stopping"
   self.log:info("stopping")
-  if not self._removed and self._core and not self._core:closed() then
+  if not self.standing.removed_why and self._core and not self._core:closed() then
     -- A heartbeat still in flight could reach the leader after the stop
     -- announcement and read as an aborted stop: let the tick end first (a
     -- heartbeat times out after four intervals).
