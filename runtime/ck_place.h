@@ -57,10 +57,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* A node without a placement domain: distinct from every other. */
+#define CK_PLACE_NO_DOMAIN UINT32_MAX
+
 struct ck_place_node {
     uint32_t zone;   /* Small integer id of the node's zone. */
     uint32_t weight; /* > 0 */
     bool can_lead;   /* May be primary (active or suspect). */
+    uint32_t domain; /* Id of its domain within the zone (a rack), or CK_PLACE_NO_DOMAIN. */
 };
 
 struct ck_place_input {

@@ -47,12 +47,25 @@ static void w_field(struct ck_wbuf *w, uint8_t tag, struct ck_str v)
     ck_w_str(w, v.p, v.len);
 }
 
-/* A node's trailing fields (NODE_UPSERT, CKS3 node records). */
-static void w_node_fields(struct ck_wbuf *w, struct ck_str build)
+/* A node's trailing fields (NODE_UPSERT, CKS3 node records): its set
+ * attributes (ck_node_attrs.h). */
+static void w_node_fields(struct ck_wbuf *w, const struct ck_cmd_node *c)
 {
-    if (build.len > 0) {
-        w_field(w, CK_FIELD_NODE_BUILD, build);
+#define X(attr, tag, flags, env, json) \
+    if (c->attr.len > 0) {             \
+        w_field(w, tag, c->attr);      \
     }
+    CK_NODE_ATTRS(X)
+#undef X
+}
+
+static bool has_node_fields(const struct ck_cmd_node *c)
+{
+    uint32_t len = 0;
+#define X(attr, tag, flags, env, json) len |= c->attr.len;
+    CK_NODE_ATTRS(X)
+#undef X
+    return len > 0;
 }
 
 static void w_init_payload(struct ck_wbuf *w, const struct ck_cmd_init *c)
@@ -102,10 +115,10 @@ void ck_cmd_encode_init(struct ck_wbuf *w, const struct ck_cmd_init *c)
 void ck_cmd_encode_node(struct ck_wbuf *w, const struct ck_cmd_node *c)
 {
     /* Version 1 unless a field must travel: level-1 readers take only that. */
-    ck_w_u8(w, c->build.len > 0 ? 2 : CK_CMD_VERSION);
+    ck_w_u8(w, has_node_fields(c) ? 2 : CK_CMD_VERSION);
     ck_w_u8(w, CK_CMD_NODE_UPSERT);
     w_node_payload(w, c);
-    w_node_fields(w, c->build);
+    w_node_fields(w, c);
 }
 
 void ck_cmd_encode_status(struct ck_wbuf *w, const struct ck_cmd_status *c)
@@ -224,10 +237,16 @@ static int r_fields(struct ck_rbuf *r, size_t end, bool padded, struct ck_cmd_no
         if (r->err != 0 || len > end - r->pos) {
             return CK_ECORRUPT;
         }
-        if (c != NULL && tag == CK_FIELD_NODE_BUILD) {
-            r->pos -= 4; /* Read it as the str it is. */
-            c->build = r_text(r, CK_MAX_STR);
-        } else {
+        bool known = false;
+#define X(attr, tag_, flags, env, json)              \
+    if (c != NULL && tag == (tag_)) {                \
+        r->pos -= 4; /* Read it as the str it is. */ \
+        c->attr = r_text(r, CK_MAX_STR);             \
+        known = true;                                \
+    }
+        CK_NODE_ATTRS(X)
+#undef X
+        if (!known) {
             ck_r_bytes(r, len);
         }
     }
@@ -380,7 +399,9 @@ static void node_free(struct ck_node_info *n)
         free(n->services[i].addr);
     }
     free(n->services);
-    free(n->build);
+#define X(attr, tag, flags, env, json) free(n->attr);
+    CK_NODE_ATTRS(X)
+#undef X
     memset(n, 0, sizeof *n);
 }
 
@@ -545,15 +566,19 @@ static int node_from_cmd(struct ck_node_info *n, const struct ck_cmd_node *c)
     n->http_addr = ck_str_dup(c->http_addr);
     n->raft_addr = ck_str_dup(c->raft_addr);
     n->zone = ck_str_dup(c->zone);
-    n->build = ck_str_dup(c->build);
+    bool ok = true;
+#define X(attr, tag, flags, env, json) \
+    n->attr = ck_str_dup(c->attr);     \
+    ok = ok && n->attr != NULL;
+    CK_NODE_ATTRS(X)
+#undef X
     n->raft_id = c->raft_id;
     n->weight = c->weight;
     n->status = c->status;
     n->status_since_ms = c->time_ms;
     n->n_services = c->n_services;
     n->services = c->n_services ? calloc(c->n_services, sizeof *n->services) : NULL;
-    bool ok =
-        n->id && n->name && n->http_addr && n->raft_addr && n->zone && n->build && (c->n_services == 0 || n->services);
+    ok = ok && n->id && n->name && n->http_addr && n->raft_addr && n->zone && (c->n_services == 0 || n->services);
     for (uint32_t i = 0; ok && i < c->n_services; i++) {
         n->services[i].name = ck_str_dup(c->services[2 * i]);
         n->services[i].addr = ck_str_dup(c->services[2 * i + 1]);
@@ -865,14 +890,17 @@ static int r_node_fields(struct ck_rbuf *r, struct ck_node_info *n)
         return CK_ECORRUPT;
     }
     int rv = r_fields(r, r->pos + m, false, &c);
-    if (rv == 0 && c.build.len > 0) {
-        char *b = ck_str_dup(c.build);
-        if (b == NULL) {
-            return CK_ENOMEM;
-        }
-        free(n->build);
-        n->build = b;
+#define X(attr, tag, flags, env, json) \
+    if (rv == 0 && c.attr.len > 0) {   \
+        char *v = ck_str_dup(c.attr);  \
+        if (v == NULL) {               \
+            return CK_ENOMEM;          \
+        }                              \
+        free(n->attr);                 \
+        n->attr = v;                   \
     }
+    CK_NODE_ATTRS(X)
+#undef X
     return rv;
 }
 
@@ -915,7 +943,11 @@ void ck_state_snapshot(const struct ck_state *s, struct ck_wbuf *w)
         if (version == '3') {
             struct ck_wbuf f;
             ck_wbuf_init(&f);
-            w_node_fields(&f, sv(n->build));
+            struct ck_cmd_node c = {0};
+#define X(attr, tag, flags, env, json) c.attr = sv(n->attr);
+            CK_NODE_ATTRS(X)
+#undef X
+            w_node_fields(&f, &c);
             w->err = w->err != 0 ? w->err : f.err;
             ck_w_u32(w, (uint32_t)f.len);
             ck_w_bytes(w, f.p, f.len);

@@ -19,8 +19,8 @@
  * reader skips the tags it does not know, so a later build can add a field
  * (a node attribute) that this one ignores. Encoders write version 1 when
  * there is no field, which is all that builds up to feature level 1 read.
- * Fields of NODE_UPSERT: tag 1, the node's build (its
- * clusterkit version, at most CK_MAX_STR bytes).
+ * Fields of NODE_UPSERT: the node's optional attributes, declared in
+ * ck_node_attrs.h (tag 1: its build, the clusterkit version it runs).
  *
  * Feature levels. A new command type, status value, flag or field changes
  * what an older build can apply, so the leader proposes it only once the
@@ -73,11 +73,17 @@
 #include "ck_buf.h"
 #include "ck_hash.h"
 #include "ck_kv.h"
+#include "ck_node_attrs.h"
 
 #define CK_CMD_VERSION 1     /* Commands without trailing fields. */
 #define CK_CMD_VERSION_MAX 2 /* With trailing fields. */
 #define CK_FEATURE_LEVEL 2   /* The highest feature level this build applies. */
-#define CK_FIELD_NODE_BUILD 1
+/* Trailing-field tags of a node: CK_FIELD_NODE_<name> (ck_node_attrs.h). */
+enum {
+#define X(attr, tag, flags, env, json) CK_FIELD_NODE_##attr = tag,
+    CK_NODE_ATTRS(X)
+#undef X
+};
 #define CK_MAX_NODES 4096u
 #define CK_MAX_REPLICATION 16u
 #define CK_MAX_SERVICES 64u
@@ -135,7 +141,9 @@ struct ck_node_info {
     uint64_t joined_index;    /* Raft index of the node's first entry. */
     struct ck_service *services;
     uint32_t n_services;
-    char *build; /* Its clusterkit version ("" when not reported). */
+#define X(attr, tag, flags, env, json) char *attr;
+    CK_NODE_ATTRS(X) /* Optional attributes ("" when unset): ck_node_attrs.h. */
+#undef X
 };
 
 struct ck_config {
@@ -214,7 +222,9 @@ struct ck_cmd_node {
     uint64_t time_ms;
     uint32_t n_services;
     struct ck_str *services; /* 2 * n_services: name, addr, ... */
-    struct ck_str build;     /* Trailing field; empty = none. */
+#define X(attr, tag, flags, env, json) struct ck_str attr;
+    CK_NODE_ATTRS(X) /* Trailing fields; empty = none. */
+#undef X
 };
 
 struct ck_cmd_status {

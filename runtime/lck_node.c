@@ -528,7 +528,9 @@ static void push_node_info(lua_State *L, const struct ck_node_info *n)
     set_str(L, "status", ck_node_status_name(n->status));
     set_num(L, "status_since", (lua_Number)n->status_since_ms);
     set_num(L, "joined_index", (lua_Number)n->joined_index);
-    set_str(L, "build", n->build);
+#define X(attr, tag, flags, env, json) set_str(L, #attr, n->attr);
+    CK_NODE_ATTRS(X) /* ck_node_attrs.h */
+#undef X
     lua_createtable(L, 0, (int)n->n_services);
     for (uint32_t k = 0; k < n->n_services; k++) {
         set_str(L, n->services[k].name, n->services[k].addr);
@@ -599,6 +601,11 @@ static struct ck_str field_str(lua_State *L, int t, const char *k, bool required
         s.p = lua_tolstring(L, -1, &len);
         if (len > CK_MAX_STR) {
             luaL_error(L, "%s: %s longer than %d bytes", fn, k, CK_MAX_STR);
+        }
+        /* The decoder refuses a NUL in a str: a command carrying one would
+         * stop every node that applies it. */
+        if (memchr(s.p, '\0', len) != NULL) {
+            luaL_error(L, "%s: %s must not contain NUL bytes", fn, k);
         }
         s.len = (uint32_t)len;
     } else if (!lua_isnil(L, -1) || required) {
@@ -677,7 +684,11 @@ static int l_encode_node(lua_State *L)
     c.http_addr = field_str(L, 1, "http_addr", false, fn);
     c.raft_addr = field_str(L, 1, "raft_addr", false, fn);
     c.zone = field_str(L, 1, "zone", false, fn);
-    c.build = field_str(L, 1, "build", false, fn); /* Feature level 2: the leader leaves it out before. */
+    /* Optional attributes (ck_node_attrs.h): the leader leaves them out
+     * before feature level 2. */
+#define X(attr, tag, flags, env, json) c.attr = field_str(L, 1, #attr, false, fn);
+    CK_NODE_ATTRS(X)
+#undef X
     lua_getfield(L, 1, "raft_id");
     c.raft_id = lua_isnil(L, -1) ? 0 : check_raft_id(L, lua_gettop(L));
     lua_pop(L, 1);
@@ -1216,4 +1227,29 @@ void lck_open_node(lua_State *L)
     lck_setfuncs(L, lnode_funcs, 0);
     lua_pushinteger(L, CK_FEATURE_LEVEL);
     lua_setfield(L, -2, "FEATURE_LEVEL");
+    /* core.NODE_ATTRS: {{name, tag, json, env, operator, reported, domain}...}
+     * in declaration order (ck_node_attrs.h), for clusterkit.attrs. */
+    lua_newtable(L);
+    int i = 0;
+#define X(attr, tag, flags, env, json)                   \
+    lua_createtable(L, 0, 7);                            \
+    set_str(L, "name", #attr);                           \
+    set_num(L, "tag", tag);                              \
+    set_str(L, "json", json);                            \
+    {                                                    \
+        const char *e = env;                             \
+        if (e != NULL) {                                 \
+            set_str(L, "env", e);                        \
+        }                                                \
+    }                                                    \
+    lua_pushboolean(L, ((flags)&CK_ATTR_OPERATOR) != 0); \
+    lua_setfield(L, -2, "operator");                     \
+    lua_pushboolean(L, ((flags)&CK_ATTR_REPORTED) != 0); \
+    lua_setfield(L, -2, "reported");                     \
+    lua_pushboolean(L, ((flags)&CK_ATTR_DOMAIN) != 0);   \
+    lua_setfield(L, -2, "domain");                       \
+    lua_rawseti(L, -2, ++i);
+    CK_NODE_ATTRS(X)
+#undef X
+    lua_setfield(L, -2, "NODE_ATTRS");
 }

@@ -2,7 +2,9 @@
  * Lua binding of the default placement policy:
  *
  *   core.place(nodes, partitions, replication, current, current_width, failover_only)
- *     nodes:   array of {zone = string, weight = number, lead = bool}, sorted by id
+ *     nodes:   array of {zone = string, weight = number, lead = bool,
+ *              domain = string or nil (the node's placement domain within
+ *              its zone: ck_place.h)}, sorted by id
  *     current: flat array (partitions * current_width) of 1-based positions
  *              into nodes, 0 = empty; or nil
  *   -> owners (flat, partitions * width, 1-based, 0 = empty), width,
@@ -15,6 +17,36 @@
 #include "ck_place.h"
 #include "ck_state.h"
 #include "lck.h"
+
+/* The small integer id of the string field @k of the table on top of the
+ * stack, numbered in order of first appearance through the map at @map;
+ * a field that is not a string counts as @dflt, or, with @dflt NULL, has
+ * the id @none. */
+static uint32_t name_id(lua_State *L, const char *k, int map, uint32_t *next, const char *dflt, uint32_t none)
+{
+    uint32_t id = none;
+    lua_getfield(L, -1, k);
+    if (lua_type(L, -1) != LUA_TSTRING && dflt != NULL) {
+        lua_pop(L, 1);
+        lua_pushstring(L, dflt);
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        lua_pushvalue(L, -1);
+        lua_rawget(L, map);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_pushinteger(L, *next);
+            lua_rawset(L, map);
+            id = (*next)++;
+        } else {
+            id = (uint32_t)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return id;
+}
 
 static int l_place(lua_State *L)
 {
@@ -41,7 +73,9 @@ static int l_place(lua_State *L)
     const char *bad = NULL;
     lua_newtable(L); /* zone name -> id */
     int zmap = lua_gettop(L);
-    uint32_t next_zone = 0;
+    lua_newtable(L); /* domain name -> id */
+    int dmap = lua_gettop(L);
+    uint32_t next_zone = 0, next_domain = 0;
     for (size_t i = 0; i < n && bad == NULL; i++) {
         lua_rawgeti(L, 1, (int)i + 1);
         if (!lua_istable(L, -1)) {
@@ -49,24 +83,8 @@ static int l_place(lua_State *L)
             lua_pop(L, 1);
             break;
         }
-        lua_getfield(L, -1, "zone");
-        if (!lua_isstring(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushliteral(L, "");
-        }
-        lua_pushvalue(L, -1);
-        lua_rawget(L, zmap);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushvalue(L, -1);
-            lua_pushinteger(L, next_zone);
-            lua_rawset(L, zmap);
-            nodes[i].zone = next_zone++;
-        } else {
-            nodes[i].zone = (uint32_t)lua_tointeger(L, -1);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 1); /* zone */
+        nodes[i].zone = name_id(L, "zone", zmap, &next_zone, "", 0);
+        nodes[i].domain = name_id(L, "domain", dmap, &next_domain, NULL, CK_PLACE_NO_DOMAIN);
         lua_getfield(L, -1, "weight");
         lua_Number w = lua_isnil(L, -1) ? 1 : lua_tonumber(L, -1);
         lua_pop(L, 1);

@@ -11,6 +11,7 @@
 -- Every GET route answers HEAD too (clusterkit.http).
 local http = require "clusterkit.http"
 local json = require "clusterkit.json"
+local attrs = require "clusterkit.attrs"
 local membership = require "clusterkit.membership"
 local detector = require "clusterkit.detector"
 local core = require "clusterkit.core"
@@ -109,10 +110,10 @@ local function cached(node, name, build)
 end
 
 local function node_json(n)
-  return {
+  return attrs.to_json(n, {
     id = n.id, name = n.name, ip = n.ip, status = n.status, services = n.services,
-    zone = n.zone, weight = n.weight, raft_addr = n.raft_addr, version = n.version,
-  }
+    zone = n.zone, weight = n.weight, raft_addr = n.raft_addr,
+  })
 end
 
 local function partition_json(p)

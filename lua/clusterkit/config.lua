@@ -63,6 +63,10 @@ local spec = {
   tls_ca             = {"TLS_CA", "string", nil},
   tls_verify_peers   = {"TLS_VERIFY_PEERS", "boolean", false},
 }
+-- One option per operator attribute of a node (runtime/ck_node_attrs.h).
+for _, a in ipairs(require("clusterkit.attrs").operator) do
+  spec[a.name] = spec[a.name] or {a.env, "string", ""}
+end
 M.spec = spec
 
 -- Options whose value is one of a few words (any case; resolved lower-case).

@@ -22,6 +22,7 @@ local json = require "clusterkit.json"
 local config = require "clusterkit.config"
 local detector = require "clusterkit.detector"
 local roles = require "clusterkit.roles"
+local attrs = require "clusterkit.attrs"
 
 local M = {}
 
@@ -210,12 +211,17 @@ function admit_locked(node, info)
       -- changes nothing, when one of them has not).
       upgrade_locked(node)
     end
-    local ok, msg = node:_propose(core.encode_node {
+    local e = {
       id = info.id, name = info.name, http_addr = info.http_addr, raft_addr = info.raft_addr,
       zone = info.zone, weight = info.weight, services = info.services,
       raft_id = raft_id, status = "active", time_ms = core.time_ms(),
-      build = node:_view().feature_level >= 2 and info.build or nil,
-    })
+    }
+    -- Optional attributes are trailing fields: from feature level 2 on.
+    if node:_view().feature_level >= 2 then
+      for k, x in pairs(info.attrs) do e[k] = x end
+      e.build = info.build
+    end
+    local ok, msg = node:_propose(core.encode_node(e))
     if not ok then
       return nil, errors.new("RAFT", "registering the node: " .. tostring(msg), {status = 503})
     end
@@ -360,11 +366,13 @@ function upgrade_locked(node)
   for _, n in ipairs(v.nodes) do
     local r = reports[n.id]
     if n.id ~= node.id and n.status ~= "left" and r and r.build and r.build ~= (n.version or "") then
-      local ok, msg = node:_propose(core.encode_node {
+      local entry = attrs.to_cmd(n, {
         id = n.id, name = n.name, http_addr = n.http_addr, raft_addr = n.raft_addr, zone = n.zone,
         weight = n.weight, services = n.services, raft_id = n.raft_id, status = n.status,
-        time_ms = n.status_since, build = r.build,
+        time_ms = n.status_since,
       })
+      entry.build = r.build
+      local ok, msg = node:_propose(core.encode_node(entry))
       if not ok then node.log:warn("recording %s's build: %s", n.id, tostring(msg)) end
       return true
     end
@@ -504,8 +512,9 @@ function M.join_body(node)
   local me = node:_my_entry()
   local _, port = config.parse_addr(me.http_addr)
   return json.encode {
-    node = {id = me.id, name = me.name, ip = me.http_addr, port = port, status = "active",
-            services = next(me.services) and me.services or json.null, zone = me.zone, weight = me.weight},
+    node = attrs.join_fields(node.opts, {id = me.id, name = me.name, ip = me.http_addr, port = port,
+            status = "active", services = next(me.services) and me.services or json.null, zone = me.zone,
+            weight = me.weight}),
     raft_addr = me.raft_addr,
     config = join_config(node),
     features = core.FEATURE_LEVEL, build = core.version,
@@ -580,10 +589,12 @@ local function check_join(body)
       end
     end
   end
+  local extra, bad = attrs.from_join(n)
+  if not extra then return nil, bad end
   local features, build = reported(body)
   return {id = n.id, name = n.name or n.id, http_addr = http_addr, raft_addr = raft_addr,
           zone = n.zone or "", weight = weight, services = services, config = cfg,
-          features = features, build = build}
+          features = features, build = build, attrs = extra}
 end
 
 -- The joiner's settings that differ from the cluster's: a list of

@@ -34,6 +34,7 @@ local reconciler = require "clusterkit.reconciler"
 local roles = require "clusterkit.roles"
 local joiner = require "clusterkit.joiner"
 local standing = require "clusterkit.standing"
+local attrs = require "clusterkit.attrs"
 
 local M = {}
 
@@ -784,13 +785,18 @@ end
 
 function Node:_my_entry()
   local o = self.opts
-  return {
+  local e = {
     id = self.id, name = o.node_name, http_addr = self.advertise_http or o.http_addr,
     raft_addr = o.raft_addr, zone = o.zone, weight = o.weight, services = o.services,
     raft_id = core.raft_id(self.id), status = "active",
-    -- A trailing field (ck_state.h): only once every member can read it.
-    build = self:_view().feature_level >= 2 and core.version or nil,
   }
+  -- Optional attributes are trailing fields (ck_node_attrs.h): only once
+  -- every member can read them.
+  if self:_view().feature_level >= 2 then
+    attrs.from_opts(o, e)
+    e.build = core.version
+  end
+  return e
 end
 
 function Node:_propose(bytes)
@@ -876,8 +882,8 @@ function Node:snapshot()
   end
   local nodes = {}
   for i, n in ipairs(v.nodes) do
-    nodes[i] = {id = n.id, name = n.name, ip = n.ip, raft_addr = n.raft_addr, status = n.status, zone = n.zone,
-                weight = n.weight, services = n.services}
+    nodes[i] = attrs.to_json(n, {id = n.id, name = n.name, ip = n.ip, raft_addr = n.raft_addr, status = n.status,
+                                 zone = n.zone, weight = n.weight, services = n.services})
   end
   return {
     format = SNAPSHOT_FORMAT, version = SNAPSHOT_VERSION, state_index = v.index, taken_at_ms = core.time_ms(),

@@ -3,7 +3,8 @@
 -- A policy is a pure function policy(nodes, current, config) -> rows, where
 -- nodes are the holders sorted by id (active or suspect nodes with a
 -- weight, and down nodes within rebalance_delay, which have can_lead =
--- false), each {id, zone, weight, status, services, can_lead}; current is the committed table as
+-- false), each {id, zone, weight, status, services, can_lead} and the
+-- operator attributes that are set (clusterkit.attrs: rack, say); current is the committed table as
 -- rows (rows[p] = {owner ids}, primary first; p is 1-based); config has
 -- partitions and replication. rows[p] lists distinct owner ids, primary
 -- first. The leader validates what a policy returns before proposing it.
@@ -17,10 +18,12 @@ local min = math.min
 -- can_lead == false keep slots but are never primary.
 function M.default(nodes, current, cfg)
   local core = require "clusterkit.core"
+  local domain = require("clusterkit.attrs").domain -- Within a zone (ck_place.h).
   local pos, pnodes = {}, {}
   for i, nd in ipairs(nodes) do
     pos[nd.id] = i
-    pnodes[i] = {zone = nd.zone or "", weight = nd.weight or 1, lead = nd.can_lead ~= false}
+    pnodes[i] = {zone = nd.zone or "", weight = nd.weight or 1, lead = nd.can_lead ~= false,
+                 domain = domain and nd[domain.json]}
   end
   local width = cfg.replication
   local flat

@@ -30,6 +30,7 @@
 --   place, histogram, random_id   pure helpers (default: the C core's)
 local placement = require "clusterkit.placement"
 local is_down = require("clusterkit.detector").is_down
+local attrs = require "clusterkit.attrs"
 
 local M = {}
 
@@ -76,8 +77,7 @@ end
 
 local function same_entry(a, b)
   if a.name ~= b.name or a.http_addr ~= b.http_addr or a.raft_addr ~= b.raft_addr
-    or a.zone ~= b.zone or a.weight ~= b.weight or a.status ~= b.status
-    or (a.build or "") ~= (b.build or "") then
+    or a.zone ~= b.zone or a.weight ~= b.weight or a.status ~= b.status or not attrs.same(a, b) then
     return false
   end
   for k, x in pairs(a.services) do
@@ -168,9 +168,10 @@ end
 -- committed table: rows of node ids, or nil, reason.
 local function builtin(self, raw, holders, paused)
   local pos, pnodes = {}, {}
+  local domain = attrs.domain and attrs.domain.name -- Within a zone (ck_place.h).
   for i, h in ipairs(holders) do
     pos[h.node.id] = i
-    pnodes[i] = {zone = h.node.zone, weight = h.node.weight, lead = h.lead}
+    pnodes[i] = {zone = h.node.zone, weight = h.node.weight, lead = h.lead, domain = domain and h.node[domain]}
   end
   local raw_pos = {}
   for i, n in ipairs(raw.nodes) do
@@ -220,6 +221,7 @@ local function run_policy(self, holders, current, cfg)
     local n = h.node
     nodes[i] = {id = n.id, zone = n.zone, weight = n.weight, status = n.status,
                 services = n.services, can_lead = h.lead}
+    for _, a in ipairs(attrs.operator) do nodes[i][a.json] = n[a.name] ~= "" and n[a.name] or nil end
   end
   local t0 = self.clock.hrtime()
   local ok, out, kind = placement.run_policy(self.policy, nodes, current, cfg, self.opts.policy_timeout)

@@ -15,6 +15,7 @@
 --   primary_node, replica_nodes, epoch}; rows_of (see below), lazily.
 local ffi = require "ffi"
 local is_down = require("clusterkit.detector").is_down
+local attrs = require "clusterkit.attrs"
 local new_table = require "table.new" -- LuaJIT's presized tables.
 
 local M = {}
@@ -28,13 +29,13 @@ local hasher_ptr_t = ffi.typeof("const struct ck_hasher *")
 local hasher_t = ffi.typeof("struct ck_hasher")
 
 --- A committed node entry as views and the API show it.
+-- Its optional attributes (clusterkit.attrs) under their JSON names.
 local function public_node(n)
-  return {
+  return attrs.to_view(n, {
     id = n.id, name = n.name, ip = n.http_addr, http_addr = n.http_addr,
     raft_addr = n.raft_addr, status = n.status, zone = n.zone, weight = n.weight,
     services = n.services, status_since = n.status_since, raft_id = n.raft_id,
-    version = n.build ~= "" and n.build or nil,
-  }
+  })
 end
 
 -- Builds the lookup structures for one committed state:

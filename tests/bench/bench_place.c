@@ -84,7 +84,7 @@ static void bench_shape(uint32_t P, uint32_t N, int runs)
         die("calloc", 0);
     }
     for (uint32_t i = 0; i <= N; i++) {
-        nodes[i] = (struct ck_place_node){i % BENCH_ZONES, 1, true};
+        nodes[i] = (struct ck_place_node){i % BENCH_ZONES, 1, true, CK_PLACE_NO_DOMAIN};
     }
 
     struct ck_place_input in = {P, RF, N, nodes, NULL, 0, false};
@@ -151,12 +151,12 @@ static void bench_sequence(uint32_t P, uint32_t N, uint32_t steps, uint32_t zone
     }
     bench_rng = 42; /* The same events for every zone count. */
     for (uint32_t i = 0; i < n; i++) {
-        nodes[i] = (struct ck_place_node){bench_below(zones), 1, true};
+        nodes[i] = (struct ck_place_node){bench_below(zones), 1, true, CK_PLACE_NO_DOMAIN};
     }
     for (uint32_t step = 0; step <= steps; step++) {
         int kind = step == 0 ? -1 : (int)bench_below(3); /* 0 join, 1 leave, 2 crash */
         if (kind == 0 && n < cap) {
-            nodes[n++] = (struct ck_place_node){bench_below(zones), 1, true};
+            nodes[n++] = (struct ck_place_node){bench_below(zones), 1, true, CK_PLACE_NO_DOMAIN};
         } else if (kind >= 1 && n > RF + 1) {
             /* A leave removes a node; a crash marks one down, or removes one
              * that is already down. */

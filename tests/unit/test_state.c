@@ -1806,7 +1806,7 @@ static void test_trailing_fields(void **state)
     struct blob x = blob_copy(v1.p, v1.len, 1 + 4 + 3 + 1 + 4 + 5 + 3);
     x.p[0] = 2;
     uint8_t *q = x.p + v1.len;
-    const uint8_t unknown[] = {200, 3, 0, 0, 0, 'z', 'z', 'z', CK_FIELD_NODE_BUILD, 5, 0, 0, 0};
+    const uint8_t unknown[] = {200, 3, 0, 0, 0, 'z', 'z', 'z', CK_FIELD_NODE_build, 5, 0, 0, 0};
     memcpy(q, unknown, sizeof unknown);
     memcpy(q + sizeof unknown, "0.3.1", 5); /* then 3 zero bytes of padding */
     assert_int_equal(ck_cmd_decode(&c, x.p, x.len), 0);
