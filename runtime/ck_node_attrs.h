@@ -35,6 +35,8 @@
 #define CK_ATTR_DOMAIN 4u
 
 /* X(name, tag, flags, env, json) */
-#define CK_NODE_ATTRS(X) X(build, 1, CK_ATTR_REPORTED, NULL, "version")
+#define CK_NODE_ATTRS(X)                           \
+    X(build, 1, CK_ATTR_REPORTED, NULL, "version") \
+    X(rack, 2, CK_ATTR_OPERATOR | CK_ATTR_DOMAIN, "RACK", "rack")
 
 #endif /* CK_NODE_ATTRS_H */

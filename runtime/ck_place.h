@@ -15,6 +15,10 @@
  *    primaries change by promoting an existing owner where that balances;
  *  - zones: owners of a partition in distinct zones whenever there are at
  *    least w zones, otherwise no zone more than ceil(w / zones) times;
+ *  - racks (ck_place_node.domain): owners of a partition that share a zone
+ *    in distinct racks, as far as swaps that keep every count allow; for
+ *    free when the rows involved change anyway, and at two changed slots a
+ *    swap when every rack can fit (no rack holding more slots than P);
  *  - holders that may not lead (a node down within its grace period) keep
  *    their slots as replicas but lose their primaries at once;
  *  - a table that already has every slot filled and every node at its quota

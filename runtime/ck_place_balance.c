@@ -389,7 +389,7 @@ static bool zone_swap(struct place *s, struct zone_state *zs, uint32_t p, uint32
     return false;
 }
 
-void ck_place_zones(struct place *s)
+static void zones(struct place *s)
 {
     struct zone_state zs;
     memset(&zs, 0, sizeof zs);
@@ -488,4 +488,134 @@ out:
     free(zs.over);
     free(zs.vrows);
     free(zs.nrows);
+}
+
+/* ------------------------------------------------------------------------
+ * Racks within zones (after the zones): the owners of a row that share a
+ * zone should not share a domain (ck_place_node.domain: a rack). A slot of
+ * a row whose owner repeats a rack of its zone there is swapped with a slot
+ * of another row held by a node of the same zone in another rack, where
+ * neither row repeats a rack afterwards. Every count stays (slots per node,
+ * owners per zone and row), so what the earlier phases promise holds.
+ *
+ * First only swaps of two slots that are new in this computation: they
+ * move nothing that was not moving anyway. Then, when every rack can fit
+ * (no rack of a zone holds more slots than there are rows, so that one per
+ * row is possible), swaps that cost two more changed slots each, as the
+ * zones' do: a cluster that formed one join at a time otherwise keeps the
+ * rows its first two rack mates shared. A settled table is never touched
+ * (ck_place.c skips the phases: a crash or a restart moves no data).
+ * ------------------------------------------------------------------------ */
+
+static inline uint32_t domain_of(struct place *s, uint16_t x)
+{
+    return s->nodes[x].domain;
+}
+
+/* True when node @x (slot @skip of row @p excluded, -1: none) would share
+ * a rack of its zone with another owner of row @p. */
+static bool rack_taken(struct place *s, uint32_t p, uint16_t x, int skip)
+{
+    uint32_t d = domain_of(s, x);
+    if (d == CK_PLACE_NO_DOMAIN) {
+        return false;
+    }
+    const uint16_t *r = row(s, p);
+    for (uint32_t k = 0; k < s->cnt[p]; k++) {
+        if ((int)k != skip && r[k] != x && s->zidx[r[k]] == s->zidx[x] && domain_of(s, r[k]) == d) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Swaps slot @k of row @p with a slot of another row that takes the
+ * repeat away without making one (@free: only a slot new in this
+ * computation): true when it did. */
+static bool rack_swap(struct place *s, uint32_t p, uint32_t k, bool free_only, uint64_t *budget)
+{
+    uint16_t a = row(s, p)[k];
+    for (uint32_t i = 1; i<s->P && * budget> 0; i++) {
+        uint32_t q = (p + i) % s->P;
+        uint16_t *rq = row(s, q);
+        (*budget)--;
+        if (row_has(s, q, a)) {
+            continue;
+        }
+        for (uint32_t m = 0; m < s->cnt[q]; m++) {
+            uint16_t c = rq[m];
+            if (s->zidx[c] != s->zidx[a] || domain_of(s, c) == domain_of(s, a) || (free_only && cur_has(s, q, c)) ||
+                row_has(s, p, c) || rack_taken(s, p, c, (int)k) || rack_taken(s, q, a, (int)m)) {
+                continue;
+            }
+            row(s, p)[k] = c;
+            rq[m] = a;
+            return true;
+        }
+    }
+    return false;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* True when no rack of a zone holds more slots than there are rows. */
+static bool racks_can_fit(struct place *s)
+{
+    uint64_t *keys = malloc((s->n ? s->n : 1) * sizeof *keys);
+    if (keys == NULL) {
+        return false;
+    }
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        if (s->nodes[i].domain != CK_PLACE_NO_DOMAIN) {
+            keys[m++] = ((uint64_t)s->zidx[i] << 32 | s->nodes[i].domain) << 16 | i;
+        }
+    }
+    qsort(keys, m, sizeof *keys, u64_cmp);
+    bool fit = true;
+    for (uint32_t i = 0, j; i < m && fit; i = j) {
+        uint64_t total = 0;
+        for (j = i; j < m && keys[j] >> 16 == keys[i] >> 16; j++) {
+            total += s->held[keys[j] & 0xffff];
+        }
+        fit = total <= s->P;
+    }
+    free(keys);
+    return fit;
+}
+
+static void racks(struct place *s)
+{
+    bool any = false;
+    for (uint32_t i = 0; i < s->n && !any; i++) {
+        any = s->nodes[i].domain != CK_PLACE_NO_DOMAIN;
+    }
+    if (!any) {
+        return;
+    }
+    uint64_t budget = ((uint64_t)s->P * s->w + 4096) * 16;
+    for (int pass = 0; pass < 2 && budget > 0; pass++) {
+        if (pass == 1 && !racks_can_fit(s)) {
+            break;
+        }
+        for (uint32_t p = 0; p < s->P && budget > 0; p++) {
+            for (uint32_t k = 0; k < s->cnt[p] && budget > 0; k++) {
+                uint16_t a = row(s, p)[k];
+                if ((pass == 1 || !cur_has(s, p, a)) && rack_taken(s, p, a, (int)k)) {
+                    rack_swap(s, p, k, pass == 0, &budget);
+                }
+            }
+        }
+    }
+}
+
+/* Phase 4: zones, then racks within them. */
+void ck_place_zones(struct place *s)
+{
+    zones(s);
+    racks(s);
 }

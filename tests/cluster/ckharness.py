@@ -317,7 +317,7 @@ class CkNode:
         # The node must not inherit a cluster configuration from the shell.
         for k in ("JOIN_ADDR", "BOOTSTRAP", "NODE_NAME", "CLUSTER_TOKEN", "ADVERTISE_HTTP",
                   "HASH_ALGORITHM", "HASH_TAGS", "PARTITION_COUNT", "REPLICATION_FACTOR",
-                  "CLUSTER_NAME", "SERVICES", "ZONE", "WEIGHT"):
+                  "CLUSTER_NAME", "SERVICES", "ZONE", "RACK", "WEIGHT"):
             e.pop(k, None)
         e.update({
             "NODE_ID": self.name,

@@ -724,3 +724,26 @@ def test_leader_change_hook_names_the_leader(ck):
         wait_for(all_named, timeout=5, what="leader_change naming %s on every node" % lead.node_id)
     except AssertionError:
         pytest.fail("leader_change hooks without the leader's id: %r" % last_changes())
+
+
+def test_racks_spread_each_partitions_owners(ck):
+    """Nodes started with RACK form a cluster whose partitions' owners sit in distinct racks of their zone, one join at a time; /cluster shows each node's rack."""
+    c = Cluster(ck, env={"PARTITION_COUNT": "16", "REPLICATION_FACTOR": "2"})
+    racks = {}
+    for rack in ["r1", "r1", "r2", "r2"]:
+        n = c.add(env={"RACK": rack})
+        racks[n.node_id] = rack
+    c.wait_converged(members=True)
+
+    def spread():
+        j = probe(c.nodes[0], "/partitions")
+        if not j:
+            return None
+        for p in j["partitions"]:
+            owners = [p["primary_node"]] + p["replica_nodes"]
+            if len(owners) != 2 or len({racks[o] for o in owners}) != 2:
+                return None
+        return j["partitions"]
+    wait_for(spread, what="every partition's owners in two racks")
+    nodes = probe(c.nodes[0], "/cluster")["cluster"]["nodes"]
+    assert {n["id"]: n.get("rack") for n in nodes} == racks

@@ -26,13 +26,14 @@
  * Helpers
  * ------------------------------------------------------------------------ */
 
-/* @n nodes, all able to lead, weight 1, zone i % @zones. */
+/* @n nodes, all able to lead, weight 1, zone i % @zones, no rack. */
 static void nodes_init(struct ck_place_node *nodes, uint32_t n, uint32_t zones)
 {
     for (uint32_t i = 0; i < n; i++) {
         nodes[i].zone = i % zones;
         nodes[i].weight = 1;
         nodes[i].can_lead = true;
+        nodes[i].domain = CK_PLACE_NO_DOMAIN;
     }
 }
 
@@ -584,6 +585,125 @@ static void test_zones_yield_to_balance(void **state)
     ck_place_free(&r);
 }
 
+/* ------------------------------------------------------------------------
+ * Racks within zones (ck_place_node.domain)
+ * ------------------------------------------------------------------------ */
+
+/* Rows of @r whose owners in one zone share a rack. */
+static uint32_t rack_repeats(const struct ck_place_result *r, const struct ck_place_node *nodes, uint32_t P)
+{
+    uint32_t bad = 0;
+    for (uint32_t p = 0; p < P; p++) {
+        const uint16_t *row = r->rows + (size_t)p * r->width;
+        bool rep = false;
+        for (uint32_t j = 0; j < r->width; j++) {
+            for (uint32_t k = j + 1; k < r->width; k++) {
+                const struct ck_place_node *a = &nodes[row[j]], *b = &nodes[row[k]];
+                rep |= a->zone == b->zone && a->domain != CK_PLACE_NO_DOMAIN && a->domain == b->domain;
+            }
+        }
+        bad += rep;
+    }
+    return bad;
+}
+
+/* One zone, six nodes in three racks (ids sorted so that rack mates are
+ * neighbours, as ids often are): every row's three owners are in three
+ * racks, with the balance of a rack-blind placement; recomputing moves
+ * nothing. Without racks the same nodes repeat racks in many rows. */
+static void test_racks_spread_within_a_zone(void **state)
+{
+    struct ck_place_node nodes[MAXN];
+    uint32_t held[MAXN], prim[MAXN];
+
+    (void)state;
+    nodes_init(nodes, 6, 1);
+    struct ck_place_result blind = compute(nodes, 6, 128, 3, NULL, 0, false);
+    for (uint32_t i = 0; i < 6; i++) {
+        nodes[i].domain = i / 2;
+    }
+    assert_true(rack_repeats(&blind, nodes, 128) > 0);
+    struct ck_place_result r = compute(nodes, 6, 128, 3, NULL, 0, false);
+    assert_int_equal(rack_repeats(&r, nodes, 128), 0);
+    counts(&r, 128, 6, held, prim);
+    assert_true(spread(held, 6, NULL) <= 1);
+    assert_true(spread(prim, 6, NULL) <= 1);
+    struct ck_place_result again = compute(nodes, 6, 128, 3, r.rows, r.width, false);
+    assert_int_equal(again.moved_slots, 0);
+    assert_int_equal(rack_repeats(&again, nodes, 128), 0);
+    ck_place_free(&blind);
+    ck_place_free(&r);
+    ck_place_free(&again);
+}
+
+/* Zones come first: two zones of two racks of two nodes. With RF 2 the
+ * owners are in two zones; with RF 4, two per zone, in its two racks. */
+static void test_racks_within_zones(void **state)
+{
+    struct ck_place_node nodes[MAXN];
+
+    (void)state;
+    nodes_init(nodes, 8, 1);
+    for (uint32_t i = 0; i < 8; i++) {
+        nodes[i].zone = i / 4;
+        nodes[i].domain = i / 2; /* racks 0, 1 in zone 0; 2, 3 in zone 1 */
+    }
+    struct ck_place_result two = compute(nodes, 8, 64, 2, NULL, 0, false);
+    assert_zone_limit(&two, nodes, 64, 1);
+    struct ck_place_result four = compute(nodes, 8, 64, 4, NULL, 0, false);
+    assert_zone_limit(&four, nodes, 64, 2);
+    assert_int_equal(rack_repeats(&four, nodes, 64), 0);
+    ck_place_free(&two);
+    ck_place_free(&four);
+}
+
+/* Where the racks cannot all fit (a rack of three nodes holds more slots
+ * than there are rows), racks cost no moves: a join moves min_moves slots,
+ * as without racks. */
+static void test_racks_cost_no_moves(void **state)
+{
+    struct ck_place_node nodes[MAXN];
+
+    (void)state;
+    nodes_init(nodes, 7, 1);
+    for (uint32_t i = 0; i < 7; i++) {
+        nodes[i].domain = i % 3;
+    }
+    struct ck_place_result six = compute(nodes, 6, 256, 3, NULL, 0, false);
+    assert_int_equal(rack_repeats(&six, nodes, 256), 0);
+    struct ck_place_result seven = compute(nodes, 7, 256, 3, six.rows, six.width, false);
+    assert_int_equal(seven.moved_slots, seven.min_moves);
+    assert_true(rack_repeats(&seven, nodes, 256) <= seven.moved_slots);
+    ck_place_free(&six);
+    ck_place_free(&seven);
+}
+
+/* A cluster that forms one join at a time, its first two nodes in one
+ * rack: once the racks fit, the rows those two shared are taken apart
+ * (each swap costs two changed slots), and the balance holds. */
+static void test_racks_after_joins(void **state)
+{
+    struct ck_place_node nodes[MAXN];
+    uint32_t held[MAXN], prim[MAXN];
+
+    (void)state;
+    nodes_init(nodes, 4, 1);
+    for (uint32_t i = 0; i < 4; i++) {
+        nodes[i].domain = i / 2;
+    }
+    struct ck_place_result two = compute(nodes, 2, 64, 2, NULL, 0, false);
+    assert_int_equal(rack_repeats(&two, nodes, 64), 64); /* Nothing else is possible. */
+    struct ck_place_result three = compute(nodes, 3, 64, 2, two.rows, two.width, false);
+    struct ck_place_result four = compute(nodes, 4, 64, 2, three.rows, three.width, false);
+    assert_int_equal(rack_repeats(&four, nodes, 64), 0);
+    counts(&four, 64, 4, held, prim);
+    assert_true(spread(held, 4, NULL) <= 1);
+    assert_true(four.moved_slots >= four.min_moves);
+    ck_place_free(&two);
+    ck_place_free(&three);
+    ck_place_free(&four);
+}
+
 /* Weights 2:1:1 give 32/16/16 slots and primaries with RF 1; with RF 2 the
  * heavy node's share (64) is every partition; 3:1 with RF 2 caps the heavy
  * node at P too. */
@@ -805,6 +925,10 @@ int main(void)
         cmocka_unit_test(test_zones_win_over_movement),
         cmocka_unit_test(test_zones_spread),
         cmocka_unit_test(test_zones_yield_to_balance),
+        cmocka_unit_test(test_racks_spread_within_a_zone),
+        cmocka_unit_test(test_racks_within_zones),
+        cmocka_unit_test(test_racks_cost_no_moves),
+        cmocka_unit_test(test_racks_after_joins),
         cmocka_unit_test(test_weights),
         cmocka_unit_test(test_weight_change),
         cmocka_unit_test(test_failover_only),

@@ -1845,6 +1845,26 @@ static void test_trailing_fields(void **state)
     assert_int_equal(ck_state_apply(&a, v1.p, v1.len, 4), 0);
     assert_string_equal(a.nodes[0].build, "");
     blob_free(&s);
+
+    /* Every attribute of ck_node_attrs.h travels the same way: a rack. */
+    n.rack = S("r7");
+    struct blob v3 = enc_node_full(&n);
+    assert_int_equal(ck_cmd_decode(&c, v3.p, v3.len), 0);
+    assert_int_equal(c.node.rack.len, 2);
+    assert_memory_equal(c.node.rack.p, "r7", 2);
+    ck_cmd_free(&c);
+    assert_int_equal(ck_state_apply(&a, v3.p, v3.len, 5), 0);
+    assert_string_equal(a.nodes[0].rack, "r7");
+    assert_string_equal(a.nodes[0].build, "0.2.0");
+    struct ck_state d;
+    ck_state_init(&d);
+    s = snap(&a);
+    assert_int_equal(ck_state_restore(&d, s.p, s.len), 0);
+    assert_string_equal(d.nodes[0].rack, "r7");
+    assert_snap_equal(&d, s);
+    ck_state_free(&d);
+    blob_free(&v3);
+    blob_free(&s);
     blob_free(&v1);
     blob_free(&v2);
     ck_state_free(&a);
