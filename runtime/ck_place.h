@@ -61,6 +61,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ck_buf.h"
+#include "ck_state.h"
+
 /* A node without a placement domain: distinct from every other. */
 #define CK_PLACE_NO_DOMAIN UINT32_MAX
 
@@ -92,6 +95,36 @@ struct ck_place_result {
 
 /* Returns 0, CK_EINVAL for bad input, or CK_ENOMEM. */
 int ck_place_compute(const struct ck_place_input *in, struct ck_place_result *out);
+
+/* The leader's plan from a committed state, in one call (ck_place_plan.c):
+ * the holders (members with a weight that are active or suspect, and down
+ * or stopped ones until grace_ms after their status changed, which keep
+ * their slots but may not lead), sorted by id, with their zones, weights and
+ * domains (the CK_ATTR_DOMAIN attribute: a rack); the current table in their
+ * terms; maintenance mode unless @force; and, when the table changes, the
+ * TABLE command to propose. */
+struct ck_plan_input {
+    uint64_t now_ms;   /* The leader's wall clock (that of status_since). */
+    uint64_t grace_ms; /* REBALANCE_DELAY. */
+    bool force;        /* Ignore maintenance mode. */
+};
+
+struct ck_plan {
+    bool has_table;     /* The table changes: cmd holds the TABLE command. */
+    struct ck_wbuf cmd; /* Free with ck_plan_free. */
+    uint32_t moves;     /* Rows that change (owners or primary). */
+    uint32_t moved_slots, moved_primaries, min_moves;
+    bool has_deadline; /* A holder's grace period ends at deadline_ms. */
+    uint64_t deadline_ms;
+    uint32_t width; /* Of rows: */
+    uint16_t *rows; /* partitions * width positions in the state's node list, primary first
+                     * (CK_NO_NODE: empty); when has_table. */
+};
+
+/* Returns 0 (then @out says whether the table changes), CK_EINVAL when the
+ * state is not initialised or no node may hold partitions, or CK_ENOMEM. */
+int ck_place_plan(const struct ck_state *s, const struct ck_plan_input *in, struct ck_plan *out);
+void ck_plan_free(struct ck_plan *p);
 void ck_place_free(struct ck_place_result *r);
 
 /* The weighted quotas: out[i] = node i's share of @total, within one of

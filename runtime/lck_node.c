@@ -10,6 +10,7 @@
 
 #include "ck_common.h"
 #include "ck_node.h"
+#include "ck_place.h"
 #include "lck.h"
 #include "lck_tls.h"
 
@@ -498,6 +499,59 @@ static int lnode_flags(lua_State *L)
     const struct ck_config *c = &ck_node_state(b->node)->config;
     lua_pushboolean(L, (c->flags & CK_FLAG_REBALANCE_PAUSED) != 0);
     lua_pushinteger(L, c->feature_level);
+    return 2;
+}
+
+/* node:plan(now_ms, grace_ms, force[, rows]) -> the built-in placement's
+ * plan for the committed state (ck_place_plan): encoded TABLE command or
+ * false when the table stays, and {moves, moved_slots, moved_primaries,
+ * min_moves, deadline (ms, or nil), rows (with `rows`, when the table
+ * changes: rows[p] = {ids, primary first})}; or nil, err (no eligible node,
+ * not initialised). */
+static int lnode_plan(lua_State *L)
+{
+    struct lnode *b = lnode_check(L, "node:plan");
+    lua_Number now = luaL_checknumber(L, 2), grace = luaL_checknumber(L, 3);
+    if (now < 0 || grace < 0) {
+        return luaL_error(L, "node:plan: times must not be negative");
+    }
+    struct ck_plan_input in = {(uint64_t)now, (uint64_t)grace, lua_toboolean(L, 4)};
+    struct ck_plan plan;
+    int rv = ck_place_plan(ck_node_state(b->node), &in, &plan);
+    if (rv != 0) {
+        return lck_pushfail(L, rv, rv == CK_EINVAL ? "no eligible node" : NULL);
+    }
+    if (plan.has_table) {
+        lua_pushlstring(L, (const char *)plan.cmd.p, plan.cmd.len);
+    } else {
+        lua_pushboolean(L, false);
+    }
+    lua_createtable(L, 0, 5);
+    set_num(L, "moves", plan.moves);
+    set_num(L, "moved_slots", plan.moved_slots);
+    set_num(L, "moved_primaries", plan.moved_primaries);
+    set_num(L, "min_moves", plan.min_moves);
+    if (plan.has_deadline) {
+        set_num(L, "deadline", (lua_Number)plan.deadline_ms);
+    }
+    const struct ck_state *s = ck_node_state(b->node);
+    if (plan.has_table && lua_toboolean(L, 5)) {
+        lua_createtable(L, (int)s->table.partitions, 0);
+        for (uint32_t p = 0; p < s->table.partitions; p++) {
+            lua_newtable(L);
+            for (uint32_t k = 0; k < plan.width; k++) {
+                uint16_t at = plan.rows[(size_t)p * plan.width + k];
+                if (at == CK_NO_NODE) {
+                    break;
+                }
+                lua_pushstring(L, s->nodes[at].id);
+                lua_rawseti(L, -2, (int)k + 1);
+            }
+            lua_rawseti(L, -2, (int)p + 1);
+        }
+        lua_setfield(L, -2, "rows");
+    }
+    ck_plan_free(&plan);
     return 2;
 }
 
@@ -1193,6 +1247,7 @@ static const luaL_Reg lnode_methods[] = {
     {"configuration", lnode_configuration},
     {"index", lnode_index},
     {"flags", lnode_flags},
+    {"plan", lnode_plan},
     {"changes", lnode_changes},
     {"node_at", lnode_node_at},
     {"hasher", lnode_hasher},

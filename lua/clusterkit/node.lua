@@ -69,7 +69,9 @@ coord.extend(Node) -- ck:session, ck:lock, ck:elect, ck:leader_of (clusterkit.co
 local encode = {
   init = function(cmd) return core.encode_init(cmd) end,
   node = function(cmd) return core.encode_node(cmd.entry) end,
-  table = function(cmd) return core.encode_table(cmd.partitions, cmd.replication, cmd.ids, cmd.owners) end,
+  table = function(cmd)
+    return cmd.bytes or core.encode_table(cmd.partitions, cmd.replication, cmd.ids, cmd.owners)
+  end,
 }
 
 -- The reconciler of node `self`, wired to its core, clock and hooks.
@@ -82,6 +84,7 @@ local function new_reconciler(self)
             feature_level = core.FEATURE_LEVEL},
     core = {
       view = function() return self._core:view() end,
+      plan = function(now_ms, grace_ms, force) return self._core:plan(now_ms, grace_ms, force) end,
       leading = function()
         local c = self._core
         return c ~= nil and not c:closed() and c:raft().state == "leader"
@@ -826,7 +829,7 @@ function Node:rebalance()
   if not raw.initialized then return nil, not_ready end
   local ok, plan = self.reconciler:rebalance(raw, true)
   if ok then
-    return {moves = #plan.moves, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries}
+    return {moves = plan.changed, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries}
   end
   return {moves = 0, moved_slots = 0, moved_primaries = 0}
 end

@@ -10,12 +10,16 @@
 -- (tests/lua/reconciler_spec.lua):
 --
 --   core         {view = fn() -> the committed state as node:view() returns
---                it, leading = fn() -> true while this node leads}
+--                it, leading = fn() -> true while this node leads, plan =
+--                fn(now_ms, grace_ms, force) -> node:plan()'s answer (the
+--                built-in placement in one call; optional: without it, the
+--                Lua path below computes the same)}
 --   submit       fn(cmd) -> index | nil, msg, code: proposes a command and
 --                yields until it is committed. cmd.op is "init" (the fields
 --                of core.encode_init), "node" (cmd.entry: core.encode_node's)
 --                or "table" (partitions, replication, ids, owners:
---                core.encode_table's arguments)
+--                core.encode_table's arguments, or `bytes`: the command as
+--                node:plan() encoded it)
 --   clock        {time_ms = wall milliseconds (the clock of status_since),
 --                hrtime = monotonic nanoseconds (durations only)}
 --   spawn        fn(f): runs f in its own coroutine
@@ -171,7 +175,8 @@ local function builtin(self, raw, holders, paused)
   local domain = attrs.domain and attrs.domain.name -- Within a zone (ck_place.h).
   for i, h in ipairs(holders) do
     pos[h.node.id] = i
-    pnodes[i] = {zone = h.node.zone, weight = h.node.weight, lead = h.lead, domain = domain and h.node[domain]}
+    local d = domain and h.node[domain]
+    pnodes[i] = {zone = h.node.zone, weight = h.node.weight, lead = h.lead, domain = d ~= "" and d or nil}
   end
   local raw_pos = {}
   for i, n in ipairs(raw.nodes) do
@@ -287,8 +292,19 @@ function Reconciler:plan(raw, force)
     moved = moved + gained
     if old[1] and old[1] ~= new[1] then moved_primaries = moved_primaries + 1 end
   end
-  return {rows = rows, current = current, moves = moves, moved_slots = moved,
+  return {rows = rows, current = current, moves = moves, changed = #moves, moved_slots = moved,
           moved_primaries = moved_primaries, min_moves = stats and stats.min_moves, deadline = deadline}
+end
+
+-- The built-in policy's plan from the core in one call (node:plan): the
+-- rules of Reconciler:plan, the placement and the encoded TABLE command,
+-- without copying the table into Lua and back. The same shape as plan's,
+-- without rows and moves (bytes: the command, nil when nothing changes).
+local function quick_plan(self, force)
+  local bytes, st = self.core.plan(self.clock.time_ms(), self.opts.rebalance_delay * 1000, force)
+  if bytes == nil then return nil, tostring(st) end
+  return {bytes = bytes or nil, changed = st.moves, moved_slots = st.moved_slots,
+          moved_primaries = st.moved_primaries, min_moves = st.min_moves, deadline = st.deadline}
 end
 
 -- True when every partition's primary is on a member in service (active or
@@ -323,21 +339,26 @@ function Reconciler:rebalance(raw, force)
   end
   self.held_since = nil
   local t0 = self.clock.hrtime()
-  local plan, err = self:plan(raw, force)
+  local plan, err
+  if self.policy or not self.core.plan then
+    plan, err = self:plan(raw, force)
+  else
+    plan, err = quick_plan(self, force)
+  end
   self.placed_index, self.placed_gen = raw.index, self.policy_gen
   if not plan then
     self.log:warn("placement refused, keeping the current table: %s", err)
     return false
   end
   self.grace_deadline = plan.deadline
-  if #plan.moves == 0 then
+  if plan.changed == 0 then
     return false
   end
-  local ids, owners = placement.flatten(plan.rows, raw.replication)
-  local info = {moves = #plan.moves, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries}
+  local cmd = {op = "table", partitions = raw.partitions, replication = raw.replication, bytes = plan.bytes}
+  if not plan.bytes then cmd.ids, cmd.owners = placement.flatten(plan.rows, raw.replication) end
+  local info = {moves = plan.changed, moved_slots = plan.moved_slots, moved_primaries = plan.moved_primaries}
   self.fire("rebalance_start", info)
-  local index, msg = self.submit {op = "table", partitions = raw.partitions, replication = raw.replication,
-                                  ids = ids, owners = owners}
+  local index, msg = self.submit(cmd)
   local ms = (self.clock.hrtime() - t0) / 1e6
   if not index then
     self.log:warn("table proposal failed: %s", tostring(msg))
@@ -345,8 +366,8 @@ function Reconciler:rebalance(raw, force)
   end
   self.rebalance_moves = self.rebalance_moves + plan.moved_slots
   self.log:info("new table at index %d: %d partitions changed, %d slots moved, %d primaries moved (%.1f ms)",
-    index, #plan.moves, plan.moved_slots, plan.moved_primaries, ms)
-  self.fire("rebalance_complete", {index = index, moves = #plan.moves, moved_slots = plan.moved_slots,
+    index, plan.changed, plan.moved_slots, plan.moved_primaries, ms)
+  self.fire("rebalance_complete", {index = index, moves = plan.changed, moved_slots = plan.moved_slots,
                                    moved_primaries = plan.moved_primaries, duration_ms = ms})
   return true, plan
 end
