@@ -12,6 +12,8 @@ echo "== Lua: the HTTP request path without sockets (tests/bench/http_dispatch.l
 "$BUILD/ckrun" tests/bench/http_dispatch.lua
 echo "== Lua: what one commit costs every node, N = 10..1000 (tests/bench/commit_cost.lua)"
 "$BUILD/ckrun" tests/bench/commit_cost.lua
+echo "== Lua/C: what planning a rebalance costs the leader, Lua path vs one call (tests/bench/plan_cost.lua)"
+"$BUILD/ckrun" tests/bench/plan_cost.lua
 echo "== the control plane at N = 100 and 1000 on a fake clock (tests/bench/sim_control_plane.lua)"
 "$BUILD/ckrun" tests/bench/sim_control_plane.lua
 echo "== placement through the Lua policy interface (tests/bench/place_lua.lua)"
