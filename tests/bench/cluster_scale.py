@@ -68,7 +68,9 @@ def form(c):
             return False
         return c.agreed_leader(c.nodes)
     cf.wait_until(all_ready, "formation of %d nodes" % len(c.nodes), limit=120, poll=0.02)
-    return time.monotonic() - t0
+    took = time.monotonic() - t0
+    cpu = {n.name: cpu_seconds(n.proc.pid) for n in c.nodes}
+    return took, sum(cpu.values()), cpu
 
 
 def settled(c, leader):
@@ -144,8 +146,9 @@ def failover(c, rounds):
 def bench(size):
     c = cf.Cluster(size)
     try:
-        t_form = form(c)
+        t_form, form_cpu, cpu = form(c)
         leader = c.by_id(c.agreed_leader(c.nodes))
+        form_lead = cpu[leader.name]
         cf.wait_until(lambda: settled(c, leader), "%d nodes settled" % size, limit=120, poll=0.2)
         total, mean, lead, commits = idle(c, leader)
         role = roles(c)
@@ -155,9 +158,9 @@ def bench(size):
         t_voter = mark_down(c, leader, voter)
         cf.wait_until(lambda: settled(c, leader), "settled after the crashes", limit=120, poll=0.2)
         fo = failover(c, 3)
-        print("N=%-3d formation %6.2f s | idle CPU: cluster %5.1f%% of a core, node %.2f%%, leader %.2f%%, "
-              "%d commits in %.0f s | down: %s %s, voter %s | failover median %s max %s" % (
-                  size, t_form, total, mean, lead, commits, IDLE_WINDOW,
+        print("N=%-3d formation %6.2f s (CPU: nodes %.2f s, leader %.2f s) | idle CPU: cluster %5.1f%% of a core, "
+              "node %.2f%%, leader %.2f%%, %d commits in %.0f s | down: %s %s, voter %s | failover median %s max %s" % (
+                  size, t_form, form_cpu, form_lead, total, mean, lead, commits, IDLE_WINDOW,
                   role.get(standby.name) if standby else "standby", cf.ms(t_standby) if standby else "-",
                   cf.ms(t_voter), cf.ms(statistics.median(fo)), cf.ms(max(fo))), flush=True)
     finally:
