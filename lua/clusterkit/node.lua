@@ -109,14 +109,23 @@ local function new_roles(self)
       configuration = function() return self._core:configuration() end,
       leading = function() return self:is_leader() end,
       term = function() return self._core:raft().term end,
+      state = function() return self._core:raft() end,
+      transfer = function(id, timeout)
+        local c = self._core
+        sched.wait_timeout(timeout, function(resume)
+          local started, msg = c:transfer(id, resume)
+          if not started then resume(nil, msg) end
+        end)
+      end,
       assign = function(id, role) return membership.raft_call(self, "assign", id, role) end,
     },
     nodes = function() return self:_view().nodes end,
     clock = {now = function() return hrtime() / 1e9 end},
     sleep = sched.sleep,
+    wait_until = function(pred, timeout) return self:_wait_until(pred, timeout) end,
     lock = function(fn) return membership.with_lock(self, fn) end,
     log = self.log,
-    opts = {voters = self.opts.voters, election_timeout = self.opts.election_timeout},
+    opts = {voters = self.opts.voters, election_timeout = self.opts.election_timeout, self_raft_id = self.raft_id},
   }
 end
 
@@ -1270,39 +1279,12 @@ end
 -- Returns true when another node leads afterwards.
 function Node:_handover()
   local c = self._core
-  if not c or c:closed() or c:raft().state ~= "leader" or c:raft().voters < 2 then
-    return false
-  end
-  -- raft_transfer(0) may pick a voter that is down or stopping (it only
-  -- looks at the log): choose an active one ourselves.
+  if not c or c:closed() then return false end
   local status, det = {}, self.detector
   for _, n in ipairs(self:_view().nodes) do
     status[n.raft_id] = not det:is_stopping(n.id) and n.status or "stopping"
   end
-  local target = roles.successor(c:configuration(), status, self.raft_id)
-  if not target then
-    self.log:warn("no live voter to hand leadership to")
-    return false
-  end
-  local t0 = hrtime()
-  sched.wait_timeout(self.opts.election_timeout * 4, function(resume)
-    local started, msg = c:transfer(target.id, resume)
-    if not started then resume(nil, msg) end
-  end)
-  -- raft calls back when the transfer ends; the new leader may take a
-  -- heartbeat longer to make itself known here.
-  self:_wait_until(function()
-    local r = c:raft()
-    return r.state ~= "leader" and r.leader_id ~= nil
-  end, self.opts.election_timeout * 2)
-  local r = c:raft()
-  local ms = (hrtime() - t0) / 1e6
-  if r.state ~= "leader" and r.leader_id and r.leader_id ~= self.raft_id then
-    self.log:info("leadership handed over to %s in %.0f ms", tostring(r.leader_addr), ms)
-    return true
-  end
-  self.log:warn("leadership handover to %s did not complete in %.0f ms", target.address, ms)
-  return false
+  return self.roles:handover(status)
 end
 
 --- Leaves the cluster for good: the leader moves this node's partitions

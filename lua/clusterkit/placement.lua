@@ -44,13 +44,19 @@ function M.default(nodes, current, cfg)
   if not out then
     error("placement: " .. tostring(w))
   end
+  return M.rows_from(out, w, cfg.partitions, function(at) return nodes[at].id end)
+end
+
+--- Rows of ids from core.place's answer: `out` (flat, width w, 1-based
+-- positions, 0 = empty) over `partitions` rows, id_of(position) -> id.
+function M.rows_from(out, w, partitions, id_of)
   local rows = {}
-  for p = 1, cfg.partitions do
+  for p = 1, partitions do
     local row = {}
     for k = 1, w do
       local at = out[(p - 1) * w + k]
       if at == 0 then break end
-      row[k] = nodes[at].id
+      row[k] = id_of(at)
     end
     rows[p] = row
   end

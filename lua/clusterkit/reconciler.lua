@@ -204,17 +204,7 @@ local function builtin(self, raw, holders, paused)
   if not out then
     return nil, tostring(width)
   end
-  local rows = {}
-  for p = 1, raw.partitions do
-    local row = {}
-    for k = 1, width do
-      local at = out[(p - 1) * width + k]
-      if at == 0 then break end
-      row[k] = holders[at].node.id
-    end
-    rows[p] = row
-  end
-  return rows, st
+  return placement.rows_from(out, width, raw.partitions, function(at) return holders[at].node.id end), st
 end
 
 -- The Lua policy's rows, or nil when it failed (counted and logged: the

@@ -7,14 +7,20 @@
 --   raft    {configuration = fn() -> servers as node:configuration() lists
 --           them ({id, address, role, recent, heard}), leading = fn() ->
 --           true while this node leads, term = fn() -> raft's current
---           term, assign = fn(id, role) -> ok, msg
+--           term, state = fn() -> node:raft() ({state, leader_id,
+--           leader_addr, voters}), transfer = fn(id, timeout) (yields
+--           until raft's transfer ended or the timeout), assign = fn(id,
+--           role) -> ok, msg
 --           (yields until raft applied it)}
 --   nodes   fn() -> the committed node entries ({id, raft_id, status})
 --   clock   {now = fn() -> monotonic seconds}
 --   sleep   fn(seconds) (yields)
+--   wait_until  fn(pred, seconds) -> true once pred() holds (yields,
+--           woken by the core's events), false at the timeout
 --   lock    fn(f) -> f's results, run under the membership change lock
 --   log     logger
---   opts    voters (how many voters to keep), election_timeout (seconds)
+--   opts    voters (how many voters to keep), election_timeout (seconds),
+--           self_raft_id
 --
 -- The decisions themselves are pure functions of the configuration and the
 -- statuses (M.repair_action, M.quorum_refusal, M.successor).
@@ -233,6 +239,37 @@ function Roles:promote_before_removing(raft_id, block)
     self.sleep(0.02)
   end
   return true
+end
+
+--- Hands leadership to a live voter when this node leads and has one
+-- (status: raft id -> status, "stopping" for a node that announced its
+-- stop). raft_transfer(0) may pick a voter that is down or stopping (it
+-- only looks at the log), so the target is chosen here (M.successor).
+-- Returns true when another node leads afterwards.
+function Roles:handover(status)
+  local r = self.raft.state()
+  if r.state ~= "leader" or r.voters < 2 then return false end
+  local target = M.successor(self.raft.configuration(), status, self.opts.self_raft_id)
+  if not target then
+    self.log:warn("no live voter to hand leadership to")
+    return false
+  end
+  local et, t0 = self.opts.election_timeout, self.clock.now()
+  self.raft.transfer(target.id, et * 4)
+  -- raft calls back when the transfer ends; the new leader may take a
+  -- heartbeat longer to make itself known here.
+  self.wait_until(function()
+    local s = self.raft.state()
+    return s.state ~= "leader" and s.leader_id ~= nil
+  end, et * 2)
+  r = self.raft.state()
+  local ms = (self.clock.now() - t0) * 1000
+  if r.state ~= "leader" and r.leader_id and r.leader_id ~= self.opts.self_raft_id then
+    self.log:info("leadership handed over to %s in %.0f ms", tostring(r.leader_addr), ms)
+    return true
+  end
+  self.log:warn("leadership handover to %s did not complete in %.0f ms", target.address, ms)
+  return false
 end
 
 --- Whom a leader that steps down hands over to: a voter other than itself

@@ -8,8 +8,8 @@
 -- the record and, for comparison in the same run, rebuilt from the whole
 -- state (what every node did before the record drove the view).
 --   ckrun tests/bench/commit_cost.lua
-local clusterkit = require "clusterkit"
 local core = require "clusterkit.core"
+local benchnode = require "benchnode"
 
 local P, RF, ROUNDS = 1024, 3, 200
 
@@ -19,30 +19,7 @@ local function median(xs)
 end
 
 local function bench(N)
-  local dir = os.tmpname()
-  os.remove(dir)
-  local ck = clusterkit.new {
-    node_id = "n1", http_addr = "127.0.0.1:0", log_level = "warn",
-    raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()), data_dir = dir,
-    partition_count = P, replication_factor = RF,
-    -- Nobody heartbeats: keep the detector from judging during the run.
-    suspect_after = 600, down_after = 1200,
-  }
-  assert(ck:start())
-  local c = ck._core
-  local pending, cond = 0, clusterkit.cond()
-  local function cb() pending = pending - 1; cond:signal() end
-  local function propose(bytes)
-    pending = pending + 1
-    assert(c:propose(bytes, cb))
-  end
-  local function settle()
-    for _ = 1, 1000 do
-      if pending == 0 and ck:_view().index == c:index() then return end
-      cond:wait(0.01)
-    end
-    error("commits did not apply")
-  end
+  local ck, propose, settle, stop = benchnode.start(P, RF)
   assert(ck:pause_rebalance()) -- Tables come from this script only.
   local ids = {"n1"}
   for i = 2, N do
@@ -53,7 +30,7 @@ local function bench(N)
       zone = "z" .. (i % 3), weight = 1, services = {}, raft_id = core.raft_id(id), status = "active",
       time_ms = core.time_ms(),
     })
-    if pending > 256 then settle() end
+    if i % 256 == 0 then settle() end
   end
   settle()
   -- One table over all of them, then one row at a time.
@@ -96,8 +73,7 @@ local function bench(N)
   print(string.format("N=%-5d P=%d  per applied event: status change %7.1f us (rebuild %8.1f us), "
     .. "one-row table change %7.1f us (rebuild %8.1f us)", N, P, s_inc, s_full, t_inc, t_full))
   ck._on_event = on_event
-  ck:stop()
-  os.execute("rm -rf '" .. dir .. "'")
+  stop()
 end
 
 for _, n in ipairs({10, 100, 1000}) do bench(n) end

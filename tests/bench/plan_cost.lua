@@ -6,9 +6,9 @@
 -- member in service, a balanced table, one member just down (its primaries
 -- move). Prints the median ms of each.
 --   ckrun tests/bench/plan_cost.lua
-local clusterkit = require "clusterkit"
 local core = require "clusterkit.core"
 local placement = require "clusterkit.placement"
+local benchnode = require "benchnode"
 
 local P, RF, RUNS = 1024, 3, 21
 
@@ -18,28 +18,8 @@ local function median(xs)
 end
 
 local function bench(N)
-  local dir = os.tmpname()
-  os.remove(dir)
-  local ck = clusterkit.new {
-    node_id = "n1", http_addr = "127.0.0.1:0", log_level = "warn",
-    raft_addr = "127.0.0.1:" .. assert(clusterkit.free_port()), data_dir = dir,
-    partition_count = P, replication_factor = RF, suspect_after = 600, down_after = 1200,
-  }
-  assert(ck:start())
+  local ck, propose, settle, stop = benchnode.start(P, RF)
   local c = ck._core
-  local pending, cond = 0, clusterkit.cond()
-  local function cb() pending = pending - 1; cond:signal() end
-  local function propose(bytes)
-    pending = pending + 1
-    assert(c:propose(bytes, cb))
-  end
-  local function settle()
-    for _ = 1, 2000 do
-      if pending == 0 then return end
-      cond:wait(0.01)
-    end
-    error("commits did not apply")
-  end
   assert(ck:pause_rebalance()) -- Tables come from this script only.
   for i = 2, N do
     local id = "m" .. i
@@ -48,7 +28,7 @@ local function bench(N)
       zone = "z" .. (i % 3), weight = 1, services = {}, raft_id = core.raft_id(id),
       status = i == 2 and "down" or "active", time_ms = core.time_ms() - 1000,
     })
-    if pending > 256 then settle() end
+    if i % 256 == 0 then settle() end
   end
   settle()
   local bytes = assert(c:plan(core.time_ms(), 0, true)) -- Balanced over everyone but m2.
@@ -68,8 +48,7 @@ local function bench(N)
   end
   print(string.format("N=%-5d P=%d RF=%d  plan a rebalance: Lua path %7.2f ms, one call to C %7.2f ms",
     N, P, RF, median(lua_t), median(c_t)))
-  ck:stop()
-  os.execute("rm -rf '" .. dir .. "'")
+  stop()
 end
 
 for _, n in ipairs({10, 100, 1000}) do bench(n) end

@@ -4,7 +4,6 @@
 -- deadline, on a real core driven through random states (members joining,
 -- in and out of service, within and past their grace period, zones, racks,
 -- weights, maintenance mode).
-local clusterkit = require "clusterkit"
 local core = require "clusterkit.core"
 local testnode = require "testnode"
 
@@ -12,22 +11,10 @@ local GRACE = 30 -- seconds (rebalance_delay)
 
 describe("the plan from C", function()
   it("equals the reconciler's Lua plan over random states", function()
-    local ck, opts = testnode.new("n1", {partition_count = 32, replication_factor = 3, rebalance_delay = GRACE,
-                                         suspect_after = 30, down_after = 60})
-    assert(ck:start())
-    finally(function()
-      ck:stop()
-      os.execute("rm -rf '" .. opts.data_dir .. "'")
-    end)
+    local ck = testnode.started(finally, "n1", {partition_count = 32, replication_factor = 3,
+                                                rebalance_delay = GRACE, suspect_after = 30, down_after = 60})
     local c = ck._core
-    local pending, cond = 0, clusterkit.cond()
-    local function propose(bytes)
-      pending = pending + 1
-      assert(c:propose(bytes, function()
-        pending = pending - 1
-        cond:signal()
-      end))
-    end
+    local propose, settle = testnode.proposer(c)
     math.randomseed(77)
     local statuses = {"active", "active", "suspect", "down", "stopped"}
     local compared, changed = 0, 0
@@ -45,11 +32,7 @@ describe("the plan from C", function()
         })
       end
       if round % 10 == 5 then propose(core.encode_flags({rebalance_paused = round % 20 == 5})) end
-      for _ = 1, 200 do
-        if pending == 0 then break end
-        cond:wait(0.05)
-      end
-      assert.are.equal(0, pending)
+      assert.are.equal(0, settle())
       for _, force in ipairs({false, true}) do
         -- Both from the same state: nothing yields in between.
         local lua_plan, lua_err = ck.reconciler:plan(c:view(), force)

@@ -9,7 +9,8 @@ local quiet = {info = function() end, warn = function() end, error = function() 
 
 -- servers: {{id, role, recent}...}; statuses: id -> status (default active).
 local function setup(servers, statuses, voters)
-  local f = {t = 100, term = 1, leading = true, assigned = {}, statuses = statuses or {}}
+  local f = {t = 100, term = 1, leading = true, assigned = {}, statuses = statuses or {},
+             raft = {state = "leader", leader_id = "a", voters = 3}}
   f.servers = {}
   for i, s in ipairs(servers) do
     f.servers[i] = {id = s[1], address = s[1] .. ":90", role = s[2], recent = s[3], heard = s[4]}
@@ -19,6 +20,11 @@ local function setup(servers, statuses, voters)
       configuration = function() return f.servers end,
       leading = function() return f.leading end,
       term = function() return f.term end,
+      state = function() return f.raft end,
+      transfer = function(id, timeout)
+        f.transferred = {id, timeout}
+        if f.moves then f.raft = {state = "follower", leader_id = id, leader_addr = id .. ":90", voters = 3} end
+      end,
       assign = function(id, role)
         for _, s in ipairs(f.servers) do
           if s.id == id then s.role = role end
@@ -36,9 +42,17 @@ local function setup(servers, statuses, voters)
     end,
     clock = {now = function() return f.t end},
     sleep = function(s) f.t = f.t + s end,
+    wait_until = function(pred, timeout)
+      local deadline = f.t + timeout
+      while not pred() do
+        if f.t >= deadline then return false end
+        f.t = f.t + 0.05
+      end
+      return true
+    end,
     lock = function(fn) return fn() end,
     log = quiet,
-    opts = {voters = voters or 3, election_timeout = ET},
+    opts = {voters = voters or 3, election_timeout = ET, self_raft_id = "a"},
   }
   return f
 end
@@ -187,6 +201,35 @@ describe("role changes", function()
     assert.are.equal(0, r:count_changes({{id = 1, role = "voter"}, {id = 2, role = "standby"}}))
     assert.are.equal(2, r:count_changes({{id = 1, role = "standby"}, {id = 2, role = "voter"}}))
     assert.are.equal(0, r:count_changes({{id = 1, role = "standby"}}))
+  end)
+end)
+
+describe("the handover", function()
+  local servers = {{"a", "voter", true}, {"b", "voter", false}, {"c", "voter", true}}
+
+  it("hands leadership to a live voter raft heard from", function()
+    local f = setup(servers)
+    f.moves = true
+    assert.is_true(f.roles:handover({a = "active", b = "active", c = "active"}))
+    assert.are.same({"c", 4 * ET}, f.transferred)
+  end)
+
+  it("gives up, bounded, when leadership does not move", function()
+    local f = setup(servers)
+    local t0 = f.t
+    assert.is_false(f.roles:handover({a = "active", b = "active", c = "active"}))
+    assert.is_true(f.t - t0 <= 2 * ET + 0.1)
+  end)
+
+  it("does nothing without a live voter, or on a follower, or alone", function()
+    local f = setup(servers)
+    assert.is_false(f.roles:handover({a = "active", b = "down", c = "stopping"}))
+    assert.is_nil(f.transferred)
+    f.raft = {state = "follower", leader_id = "b", voters = 3}
+    assert.is_false(f.roles:handover({a = "active", b = "active", c = "active"}))
+    f.raft = {state = "leader", leader_id = "a", voters = 1}
+    assert.is_false(f.roles:handover({a = "active", b = "active", c = "active"}))
+    assert.is_nil(f.transferred)
   end)
 end)
 

@@ -21,4 +21,39 @@ function M.new(node_id, extra)
   return clusterkit.new(opts), opts
 end
 
+--- A node started for a spec (see new): stopped, and its data dir
+-- removed, when the spec ends (busted's `finally`, passed in).
+function M.started(finally, node_id, extra)
+  local ck, opts = M.new(node_id, extra)
+  assert(ck:start())
+  finally(function()
+    ck:stop()
+    os.execute("rm -rf '" .. opts.data_dir .. "'")
+  end)
+  return ck, opts
+end
+
+--- Proposals through core handle `c` (node._core): propose(bytes), and
+-- settle(), which waits until raft answered every one of them (at most
+-- 10 s) and returns how many are still unanswered (0).
+function M.proposer(c)
+  local pending, cond = 0, clusterkit.cond()
+  local function answered()
+    pending = pending - 1
+    cond:signal()
+  end
+  local function propose(bytes)
+    pending = pending + 1
+    assert(c:propose(bytes, answered))
+  end
+  local function settle()
+    for _ = 1, 200 do
+      if pending == 0 then break end
+      cond:wait(0.05)
+    end
+    return pending
+  end
+  return propose, settle
+end
+
 return M

@@ -33,15 +33,10 @@ end
 
 describe("the view updated from the change record", function()
   it("equals the view built from scratch after random batches of commands", function()
-    local ck, opts = testnode.new("n1", {partition_count = P, replication_factor = RF,
-                                         -- The leader's own reconciler and detector add commands of
-                                         -- their own; slow them so that the test's dominate.
-                                         suspect_after = 30, down_after = 60})
-    assert(ck:start())
-    finally(function()
-      ck:stop()
-      os.execute("rm -rf '" .. opts.data_dir .. "'")
-    end)
+    local ck = testnode.started(finally, "n1", {partition_count = P, replication_factor = RF,
+                                                -- The leader's own reconciler and detector add commands
+                                                -- of their own; slow them so that the test's dominate.
+                                                suspect_after = 30, down_after = 60})
     local c = ck._core
     local events, incremental, mismatches = 0, 0, {}
     local fire = ck._fire_changes
@@ -57,15 +52,7 @@ describe("the view updated from the change record", function()
     math.randomseed(4242)
     local ids, known = {"n1"}, {n1 = true}
     local statuses = {"active", "suspect", "down", "stopped", "active"}
-    local pending, cond = 0, clusterkit.cond()
-    local function cb()
-      pending = pending - 1
-      cond:signal()
-    end
-    local function propose(bytes)
-      pending = pending + 1
-      assert(c:propose(bytes, cb))
-    end
+    local propose, settle = testnode.proposer(c)
     for round = 1, 60 do
       for _ = 1, math.random(1, 4) do
         local r = math.random()
@@ -94,11 +81,7 @@ describe("the view updated from the change record", function()
           propose(core.encode_table(P, RF, ids, owners))
         end
       end
-      for _ = 1, 200 do
-        if pending == 0 then break end
-        cond:wait(0.05)
-      end
-      assert.are.equal(0, pending)
+      assert.are.equal(0, settle())
     end
     -- The last batch's event, then compare once more with what is there now.
     for _ = 1, 100 do
