@@ -23,9 +23,10 @@ for _, a in ipairs(M.list) do
 end
 
 --- Copies the attributes of a core entry (names, "" when unset) into a
--- view entry `out` (json keys, nil when unset).
-function M.to_view(raw, out)
-  for _, a in ipairs(M.list) do
+-- view entry `out` (json keys, nil when unset); `list`: only those (default
+-- all).
+function M.to_view(raw, out, list)
+  for _, a in ipairs(list or M.list) do
     local v = raw[a.name]
     out[a.json] = v ~= "" and v or nil
   end
@@ -58,13 +59,19 @@ function M.same(a, b)
   return true
 end
 
---- This node's operator attributes from its options, into `entry` (names).
-function M.from_opts(o, entry)
+-- The operator attributes set in options `o` (by name, "" when unset)
+-- into `out` under each attribute's `key` ("name" or "json").
+local function set_options(o, out, key)
   for _, a in ipairs(M.operator) do
     local v = o[a.name]
-    entry[a.name] = v ~= "" and v or nil
+    out[a[key]] = v ~= "" and v or nil
   end
-  return entry
+  return out
+end
+
+--- This node's operator attributes from its options, into `entry` (names).
+function M.from_opts(o, entry)
+  return set_options(o, entry, "name")
 end
 
 --- The operator attributes of a join request's node object (json keys):
@@ -85,11 +92,7 @@ end
 
 --- The join request's fields for this node (json keys) from its options.
 function M.join_fields(o, out)
-  for _, a in ipairs(M.operator) do
-    local v = o[a.name]
-    out[a.json] = v ~= "" and v or nil
-  end
-  return out
+  return set_options(o, out, "json")
 end
 
 return M

@@ -722,19 +722,14 @@ M.not_leader = not_leader
 M.check_join = check_join
 M.with_lock = with_lock
 
---- Takes the change lock if it is free and keeps it (until release):
--- true when taken. For tests that must hold membership changes back.
+--- Takes the change lock if it is free and keeps it for good: true when
+-- taken. For tests that must hold membership changes back on a leader
+-- they kill next.
 function M.try_lock(node)
   local s = state(node)
   if s.changing then return false end
   s.changing = true
   return true
-end
-
-function M.release(node)
-  local s = state(node)
-  s.changing = false
-  s.cond:signal()
 end
 M.raft_call = raft_call
 return M

@@ -1,10 +1,14 @@
 --- The clusterkit node object (what clusterkit.new returns).
 --
 -- State flows one way: the C core applies committed raft entries to the
--- replicated state and reports "applied"; this file then drops its cached
--- view, which the next lookup rebuilds from the core. Lua never mutates the
--- state: every change is a command proposed through raft by the leader's
--- reconciler (init the cluster, register nodes, commit the table).
+-- replicated state and reports "applied"; the node's view (clusterkit.view)
+-- then moves on from the core's record of what changed, and the hooks fire
+-- from its diff. Lua never mutates the state: every change is a command
+-- proposed through raft (the leader's reconciler, roles and membership).
+--
+-- This file is the composition root: it creates the control plane's
+-- components (view, reconciler, detector, roles, standing, joiner) and wires
+-- them to the core, the loop's clock and the HTTP client.
 --
 -- Lookups (nodes_for_key, ...) are synchronous: one FFI hash call and one
 -- array read, no allocation. Calls that wait (start, stop,

@@ -216,7 +216,7 @@ local function run_policy(self, holders, current, cfg)
     local n = h.node
     nodes[i] = {id = n.id, zone = n.zone, weight = n.weight, status = n.status,
                 services = n.services, can_lead = h.lead}
-    for _, a in ipairs(attrs.operator) do nodes[i][a.json] = n[a.name] ~= "" and n[a.name] or nil end
+    attrs.to_view(n, nodes[i], attrs.operator)
   end
   local t0 = self.clock.hrtime()
   local ok, out, kind = placement.run_policy(self.policy, nodes, current, cfg, self.opts.policy_timeout)

@@ -98,7 +98,7 @@ end
 
 -- The partitions each node holds, by node id: {[id] = {[p] = true}}, for
 -- the rows of view v. Built once from the rows (P x RF), then kept up to
--- date by update_view from the record.
+-- date by M.update from the record.
 local function index_row(idx, p, row)
   for k = 1, #row do
     local set = idx[row[k].id]
@@ -258,8 +258,6 @@ function M.health(v)
   end
   return ok and "healthy" or "degraded"
 end
-
-M.row_ids = row_ids
 
 -- This node's part in a row change: gain, lose, promote, demote or none.
 local function role_in(me, was_ids, is_ids)

@@ -39,4 +39,10 @@ function M.start(partitions, replication)
   return ck, propose, settle, stop
 end
 
+--- The median of a list of numbers (sorts it).
+function M.median(xs)
+  table.sort(xs)
+  return xs[math.floor(#xs / 2) + 1]
+end
+
 return M

@@ -12,10 +12,7 @@ local benchnode = require "benchnode"
 
 local P, RF, RUNS = 1024, 3, 21
 
-local function median(xs)
-  table.sort(xs)
-  return xs[math.floor(#xs / 2) + 1]
-end
+local median = benchnode.median
 
 local function bench(N)
   local ck, propose, settle, stop = benchnode.start(P, RF)

@@ -17,12 +17,9 @@ local TICK, RAFT_HB, REPORT = 0.2, 0.05, 1.0 -- heartbeat_interval, heartbeat_ti
 local SUSPECT, DOWN = 0.75, 1.5
 local P, RF = 1024, 3
 
-local function median(xs)
-  table.sort(xs)
-  return xs[math.floor(#xs / 2) + 1]
-end
+local median = require("benchnode").median
 
--- A view of N members and a P x RF table, as build_view makes it.
+-- A view of N members and a P x RF table, as view.build makes it.
 local function make_view(N)
   local nodes, by_id = {}, {}
   for i = 1, N do

@@ -78,12 +78,7 @@ describe("partition_change from the change record", function()
   end)
 
   it("a real core hands over every row change with the applied event", function()
-    local ck, opts = testnode.new("n1", {partition_count = 4, replication_factor = 1})
-    assert(ck:start())
-    finally(function()
-      ck:stop()
-      os.execute("rm -rf '" .. opts.data_dir .. "'")
-    end)
+    local ck = testnode.started(finally, "n1", {partition_count = 4, replication_factor = 1})
     local seen, fire = {}, ck._fire_changes
     ck._fire_changes = function(self, old, new, changes, gap, ...)
       assert.is_false(gap)
